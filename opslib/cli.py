@@ -1,0 +1,259 @@
+"""``opsbench`` — the command line of the Biblio Ops Workbench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from opslib.logs import configure_logging, get_logger
+from opslib.settings import Settings
+from opslib.workspace import Workspace
+
+log = get_logger(__name__)
+
+
+class CliError(Exception):
+    pass
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``key=value``; the value is read as JSON when it parses (7, 0.5, true, "x"), else as text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise CliError(f"parameter {text!r}: expected key=value")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _workspace(args: argparse.Namespace) -> Workspace:
+    overrides: dict[str, Any] = {}
+    if args.config:
+        overrides["config_file"] = args.config
+    if args.workspace:
+        overrides["workspace"] = args.workspace
+    settings = Settings(**overrides)
+    configure_logging(settings.log_level)
+    return Workspace(settings)
+
+
+def _ready(ws: Workspace) -> Workspace:
+    from opslib.db.migrate import require_current
+
+    require_current(ws.db)
+    return ws
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from opslib.bootstrap import init_workspace
+
+    report = init_workspace(_workspace(args), progress=not args.quiet)
+    state = "bootstrapped" if report.created else "already initialised"
+    print(f"workspace {state}: serving {report.model_version} on index {report.index_name}")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from opslib.db.migrate import current_revision, upgrade
+
+    ws = _workspace(args)
+    if args.db_command == "upgrade":
+        print(f"Metadata DB at revision {upgrade(ws.db, args.revision)}")
+    else:
+        print(current_revision(ws.db) or "empty (no schema yet)")
+    return 0
+
+
+def cmd_import_beir(args: argparse.Namespace) -> int:
+    from opslib.beir import read_beir
+    from opslib.corpus import load_corpus
+
+    ws = _ready(_workspace(args))
+    name = args.name or Path(args.path).resolve().name.lower()
+    report = load_corpus(ws, read_beir(Path(args.path), name), reserve_fraction=args.reserve_fraction,
+                         seed=args.seed, progress=not args.quiet)
+    print(f"imported {report.name}: {report.chunks} chunks, {report.videos} videos, {report.projects} projects, "
+          f"{report.traffic_queries} traffic + {report.reserved_queries} reserved queries "
+          f"({report.dropped_queries} without judged passages dropped)")
+    return 0
+
+
+def cmd_import_builtin(args: argparse.Namespace) -> int:
+    from opslib.corpus import load_corpus
+    from opslib.demo_corpus import build_demo_corpus
+
+    ws = _ready(_workspace(args))
+    report = load_corpus(ws, build_demo_corpus(args.name), seed=args.seed, progress=not args.quiet)
+    print(f"imported {report.name}: {report.chunks} chunks, {report.traffic_queries} traffic + "
+          f"{report.reserved_queries} reserved queries")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from opslib.simulate import simulate_traffic
+
+    ws = _ready(_workspace(args))
+    report = simulate_traffic(ws, args.corpus, requests=args.requests, seed=args.seed, noise=args.noise,
+                              users=args.users, progress=not args.quiet)
+    print(f"{report.requests} requests: {report.likes} likes, {report.dislikes} dislikes, "
+          f"hit rate {report.hit_rate:.1%}; {report.ingest.accepted} events in "
+          f"{len(report.ingest.raw_files)} raw log file(s)")
+    return 0
+
+
+def cmd_ingest_feedback(args: argparse.Namespace) -> int:
+    from opslib.feedback import ingest_feedback
+
+    ws = _workspace(args)
+    batch = args.batch_size or ws.settings.feedback_batch_size
+    if args.file == "-":
+        report = ingest_feedback(ws.objects, sys.stdin.buffer, batch_size=batch)
+    else:
+        path = Path(args.file)
+        if not path.is_file():
+            raise CliError(f"file {path}: not found")
+        with open(path, "rb") as handle:
+            report = ingest_feedback(ws.objects, handle, batch_size=batch)
+    print(f"{report.lines} lines: {report.accepted} accepted into {len(report.raw_files)} raw log file(s), "
+          f"{report.rejected} rejected into {len(report.error_files)} error log file(s)")
+    for reason, count in sorted(report.reasons.items()):
+        print(f"  rejected {count}: {reason}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from opslib.runner import run_stage
+
+    ws = _ready(_workspace(args))
+    params = dict(parse_param(p) for p in args.param)
+    result = run_stage(ws, args.stage, params, run_id=args.run_id, progress=not args.quiet)
+    print(f"{result.stage} {result.status.value} (execution {result.execution_id})")
+    print(f"  notebook: {result.output_ipynb}")
+    print(f"  report:   {result.output_html}")
+    if result.error:
+        print(f"  failed at cell {result.error['cell_index']}: {result.error['ename']}: {result.error['evalue']}")
+        return 1
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from opslib.status import workspace_status
+
+    status = workspace_status(_workspace(args))
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+        return 0
+    release = status.get("release")
+    print(f"workspace: {status['workspace']}  (schema {status['schema']['current']}, head {status['schema']['head']})")
+    if "hint" in status:
+        print(status["hint"])
+        return 0
+    if release:
+        print(f"release: {release['release_status']}  active {release['active_model_version']} "
+              f"on {release['active_index_name']}  previous {release['previous_model_version']}")
+    corpus = status["corpus"]
+    print(f"corpus: {corpus['chunks']} chunks; videos {corpus['videos_by_status']}; imports {corpus['imports']}")
+    print(f"indexes: {corpus['index_entries']}")
+    print(f"models: {[m['model_version'] for m in status['models']]}")
+    print(f"queue: {status['queue']['unacked']} unacked message(s); runs: {len(status['runs'])} recent")
+    for e in status["stage_executions"]:
+        print(f"  stage {e['id']:>4} {e['stage']:<22} {e['status']:<9} {e['started_at']}  {e['output_html']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from opslib.demo import run_demo
+
+    report = run_demo(_workspace(args), requests=args.requests)
+    print()
+    print(f"Demo finished. Feedback-health report: {report.feedback_health.output_html}")
+    print("Status: `opsbench status`")
+    return 0 if report.feedback_health.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opsbench", description="Biblio Ops Workbench: ML lifecycle and ops")
+    parser.add_argument("--config", type=Path, help="TOML settings file (else OPS_* environment variables)")
+    parser.add_argument("--workspace", type=Path, help="workspace folder (overrides OPS_WORKSPACE)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = add("init", cmd_init, "create the workspace: migrate the Metadata DB, bootstrap model, release and index")
+    sub.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub = add("db", cmd_db, "Metadata DB schema (Alembic migrations)")
+    db_commands = sub.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    upgrade = db_commands.add_parser("upgrade", help="migrate to a revision (default: head)")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    db_commands.add_parser("current", help="print the current revision")
+
+    sub = add("import-beir", cmd_import_beir, "load a BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv)")
+    sub.add_argument("path", help="the BEIR folder")
+    sub.add_argument("--name", help="corpus name (default: the folder name)")
+    sub.add_argument("--reserve-fraction", type=float, default=0.3, help="share of queries kept for evaluation")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the traffic/evaluation query split")
+    sub.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub = add("import-builtin", cmd_import_builtin, "load the built-in corpus made from the stdlib's docstrings")
+    sub.add_argument("--name", default="stdlib", help="corpus name")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the traffic/evaluation query split")
+    sub.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub = add("simulate-traffic", cmd_simulate, "send simulated searches and ingest their feedback")
+    sub.add_argument("--corpus", required=True, help="an imported corpus name")
+    sub.add_argument("--requests", type=int, default=200, help="number of search requests")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--noise", type=float, default=0.1, help="probability a rating is flipped")
+    sub.add_argument("--users", type=int, default=25, help="number of simulated users")
+    sub.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub = add("ingest-feedback", cmd_ingest_feedback, "validate feedback events (JSONL) into raw_logs/ and error_logs/")
+    sub.add_argument("file", help="a JSONL file, or - for standard input")
+    sub.add_argument("--batch-size", type=int, help="lines per raw log file (default: settings)")
+
+    sub = add("run", cmd_run, "execute a stage notebook with Papermill and archive it in runs/")
+    sub.add_argument("stage", help="stage name, e.g. 10_feedback_health")
+    sub.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="a stage parameter (repeatable); values are read as JSON when they parse")
+    sub.add_argument("--run-id", type=int, help="the MLPipelineRun this execution belongs to")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sub = add("status", cmd_status, "summarise the workspace from the Metadata DB")
+    sub.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sub = add("demo", cmd_demo, "init + built-in corpus + simulated traffic + 10_feedback_health")
+    sub.add_argument("--requests", type=int, default=300, help="simulated search requests")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        print(f"error: settings: {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
+    except (CliError, ValueError, LookupError, RuntimeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:  # storage / vector-store / stage errors all name their cause
+        if type(exc).__module__.startswith("opslib"):
+            print(f"error: {exc}", file=sys.stderr)
+        else:
+            raise
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""SQLAlchemy 2.0 typed models for every table of DESIGN §3.
+
+Tables are created only by Alembic migrations (``opsbench db upgrade``); ``metadata`` here is the
+target the migrations are checked against in the test suite.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no offset of its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; the Metadata DB stores aware UTC datetimes")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    return Enum(
+        cls, name=name, native_enum=False, create_constraint=True, length=32,
+        values_callable=lambda e: [m.value for m in e], validate_strings=True,
+    )
+
+
+class VideoStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    UPLOADED = "UPLOADED"
+    PROCESSING = "PROCESSING"
+    READY = "READY"
+    FAILED = "FAILED"
+    DELETING = "DELETING"
+
+
+class ServingState(enum.StrEnum):
+    SERVABLE = "SERVABLE"
+    ROLLBACK_EXCLUDED = "ROLLBACK_EXCLUDED"
+
+
+class RunStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    READY_FOR_RELEASE = "READY_FOR_RELEASE"
+    FAILED = "FAILED"
+    SUPERSEDED = "SUPERSEDED"
+
+
+class RunStage(enum.StrEnum):
+    DATASET = "DATASET"
+    TRAINING = "TRAINING"
+    EVALUATION = "EVALUATION"
+    REINDEX = "REINDEX"
+    CUTOVER = "CUTOVER"
+
+
+class FailureType(enum.StrEnum):
+    FAIL = "FAIL"  # quality below criteria
+    ERROR = "ERROR"  # system error
+
+
+class TriggerSource(enum.StrEnum):
+    SCHEDULE = "schedule"
+    MANUAL = "manual"
+
+
+class ExecutionStatus(enum.StrEnum):
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+class Decision(enum.StrEnum):
+    PASS = "PASS"
+    FAIL = "FAIL"
+
+
+class ReleaseStatus(enum.StrEnum):
+    STABLE = "STABLE"
+    CANDIDATE_REINDEXING = "CANDIDATE_REINDEXING"
+    ROLLBACK_PREPARING = "ROLLBACK_PREPARING"
+
+
+class MessageOutcome(enum.StrEnum):
+    DONE = "DONE"
+    REFUSED = "REFUSED"
+
+
+class Video(Base):
+    __tablename__ = "videos"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    project_id: Mapped[str] = mapped_column(String(128), index=True)
+    title: Mapped[str] = mapped_column(String(512))
+    category: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[VideoStatus] = mapped_column(_enum(VideoStatus, "video_status"), index=True)
+    search_serving_state: Mapped[ServingState] = mapped_column(
+        _enum(ServingState, "serving_state"), default=ServingState.SERVABLE
+    )
+    failed_stage: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Chunk(Base):
+    __tablename__ = "chunks"
+
+    id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    video_id: Mapped[str] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
+    start_ms: Mapped[int] = mapped_column(Integer)
+    end_ms: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    enriched_text: Mapped[str] = mapped_column(Text)
+    chunking_version: Mapped[str] = mapped_column(String(64))
+    embedding_model_version: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class VectorIndexEntry(Base):
+    """SOT record of which chunk is in which index (DESIGN §3)."""
+
+    __tablename__ = "vector_index_entries"
+    __table_args__ = (
+        UniqueConstraint("index_name", "chunk_id", name="uq_vector_index_entries_index_chunk"),
+        Index("ix_vector_index_entries_model_hash", "embedding_model_version", "content_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    index_name: Mapped[str] = mapped_column(String(128), index=True)
+    chunk_id: Mapped[str] = mapped_column(String(160), index=True)
+    embedding_model_version: Mapped[str] = mapped_column(String(128))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SearchResponseSnapshot(Base):
+    __tablename__ = "search_response_snapshots"
+
+    req_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128))
+    project_id: Mapped[str] = mapped_column(String(128))
+    query_text: Mapped[str] = mapped_column(Text)
+    topk_ids: Mapped[list[Any]] = mapped_column(JSON)
+    used_ids: Mapped[list[Any]] = mapped_column(JSON)
+    active_model_version: Mapped[str] = mapped_column(String(128))
+    active_index_name: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class MLPipelineRun(Base):
+    __tablename__ = "ml_pipeline_runs"
+    __table_args__ = (
+        # DESIGN §5: at most one RUNNING and one PENDING run, enforced by the database.
+        Index(
+            "uq_ml_pipeline_runs_one_running", "status", unique=True,
+            sqlite_where=text("status = 'RUNNING'"), postgresql_where=text("status = 'RUNNING'"),
+        ),
+        Index(
+            "uq_ml_pipeline_runs_one_pending", "status", unique=True,
+            sqlite_where=text("status = 'PENDING'"), postgresql_where=text("status = 'PENDING'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    status: Mapped[RunStatus] = mapped_column(_enum(RunStatus, "run_status"))
+    failed_stage: Mapped[RunStage | None] = mapped_column(_enum(RunStage, "run_stage"))
+    failure_type: Mapped[FailureType | None] = mapped_column(_enum(FailureType, "failure_type"))
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    dataset_version: Mapped[str | None] = mapped_column(String(128))
+    baseline_model_version: Mapped[str | None] = mapped_column(String(128))
+    candidate_model_version: Mapped[str | None] = mapped_column(String(128))
+    candidate_index_name: Mapped[str | None] = mapped_column(String(128))
+    evaluation_id: Mapped[int | None] = mapped_column(Integer)
+    cutover_time: Mapped[datetime | None] = mapped_column()
+    superseded_by_run_id: Mapped[int | None] = mapped_column(ForeignKey("ml_pipeline_runs.id"))
+    trigger_source: Mapped[TriggerSource] = mapped_column(_enum(TriggerSource, "trigger_source"))
+    trace_id: Mapped[str] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class StageExecution(Base):
+    __tablename__ = "stage_executions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("ml_pipeline_runs.id"), index=True)
+    stage: Mapped[str] = mapped_column(String(64), index=True)
+    notebook: Mapped[str] = mapped_column(String(256))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    output_ipynb: Mapped[str | None] = mapped_column(String(1024))
+    output_html: Mapped[str | None] = mapped_column(String(1024))
+    status: Mapped[ExecutionStatus] = mapped_column(_enum(ExecutionStatus, "execution_status"))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+    trace_id: Mapped[str] = mapped_column(String(64))
+
+
+class TrainingDataset(Base):
+    __tablename__ = "training_datasets"
+
+    dataset_version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    storage_path: Mapped[str] = mapped_column(String(1024))
+    generation_rule_version: Mapped[str] = mapped_column(String(64))
+    source_window_start: Mapped[datetime] = mapped_column()
+    source_window_end: Mapped[datetime] = mapped_column()
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON)
+    eligible: Mapped[bool] = mapped_column(Boolean, index=True)
+    ineligible_reasons: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class EvaluationDataset(Base):
+    __tablename__ = "evaluation_datasets"
+
+    evaluation_dataset_ref: Mapped[str] = mapped_column(String(128), primary_key=True)
+    storage_path: Mapped[str] = mapped_column(String(1024))
+    sample_count: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    model_version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    artifact_path: Mapped[str] = mapped_column(String(1024))
+    base_model_version: Mapped[str | None] = mapped_column(String(128))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("ml_pipeline_runs.id"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelEvaluation(Base):
+    __tablename__ = "model_evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("ml_pipeline_runs.id"), index=True)
+    candidate_model_version: Mapped[str] = mapped_column(String(128))
+    baseline_model_version: Mapped[str] = mapped_column(String(128))
+    evaluation_dataset_ref: Mapped[str] = mapped_column(String(128))
+    sample_count: Mapped[int] = mapped_column(Integer)
+    quality_metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    pass_criteria: Mapped[dict[str, Any]] = mapped_column(JSON)
+    overall_decision: Mapped[Decision] = mapped_column(_enum(Decision, "decision"))
+    fail_reason: Mapped[str | None] = mapped_column(Text)
+    detail_artifact_path: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelRelease(Base):
+    """One row per serving combination; updated by compare-and-swap on ``row_version``."""
+
+    __tablename__ = "model_releases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    serving_key: Mapped[str] = mapped_column(String(64), unique=True, default="default")
+    release_status: Mapped[ReleaseStatus] = mapped_column(_enum(ReleaseStatus, "release_status"))
+    active_model_version: Mapped[str] = mapped_column(String(128))
+    active_index_name: Mapped[str] = mapped_column(String(128))
+    previous_model_version: Mapped[str | None] = mapped_column(String(128))
+    previous_index_name: Mapped[str | None] = mapped_column(String(128))
+    candidate_model_version: Mapped[str | None] = mapped_column(String(128))
+    candidate_index_name: Mapped[str | None] = mapped_column(String(128))
+    candidate_run_id: Mapped[int | None] = mapped_column(ForeignKey("ml_pipeline_runs.id"))
+    rollback_snapshot_active_model_version: Mapped[str | None] = mapped_column(String(128))
+    rollback_snapshot_active_index_name: Mapped[str | None] = mapped_column(String(128))
+    rollback_snapshot_captured_at: Mapped[datetime | None] = mapped_column()
+    candidate_ready_at: Mapped[datetime | None] = mapped_column()
+    switched_at: Mapped[datetime | None] = mapped_column()
+    row_version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __mapper_args__ = {"version_id_col": row_version}
+
+
+class ReleaseEvent(Base):
+    """Append-only history of release transitions: the answer to "what served when"."""
+
+    __tablename__ = "release_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("model_releases.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any]] = mapped_column(JSON)
+    actor: Mapped[str] = mapped_column(String(128))
+    trace_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class OpsMessage(Base):
+    """The control-message queue (DESIGN §2: a table in the Metadata DB)."""
+
+    __tablename__ = "ops_messages"
+    __table_args__ = (Index("ix_ops_messages_ready", "acked_at", "visible_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_type: Mapped[str] = mapped_column(String(64), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    trace_id: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    issued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    visible_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    acked_at: Mapped[datetime | None] = mapped_column()
+    # Not in DESIGN §3's field list; needed so a refusal is recorded with its reason.
+    outcome: Mapped[MessageOutcome | None] = mapped_column(_enum(MessageOutcome, "message_outcome"))
+    outcome_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditLog(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    operator: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str] = mapped_column(Text)
+    result: Mapped[str] = mapped_column(Text)
+    trace_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class CorpusImport(Base):
+    """An imported corpus and where its queries live (traffic and reserved-for-evaluation)."""
+
+    __tablename__ = "corpus_imports"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(1024))
+    project_count: Mapped[int] = mapped_column(Integer)
+    video_count: Mapped[int] = mapped_column(Integer)
+    chunk_count: Mapped[int] = mapped_column(Integer)
+    traffic_query_count: Mapped[int] = mapped_column(Integer)
+    reserved_query_count: Mapped[int] = mapped_column(Integer)
+    traffic_queries_key: Mapped[str] = mapped_column(String(1024))
+    reserved_queries_key: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

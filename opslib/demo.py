@@ -1,0 +1,52 @@
+"""The demo: an empty workspace to an archived, executed stage report in one command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from opslib.bootstrap import BootstrapReport, init_workspace
+from opslib.corpus import CorpusReport, load_corpus
+from opslib.db.models import CorpusImport, utcnow
+from opslib.demo_corpus import build_demo_corpus
+from opslib.runner import StageResult, run_stage
+from opslib.simulate import SimulationReport, simulate_traffic
+from opslib.workspace import Workspace
+
+DEMO_CORPUS = "stdlib"
+
+
+@dataclass
+class DemoReport:
+    bootstrap: BootstrapReport
+    corpus: CorpusReport | None
+    traffic: SimulationReport
+    feedback_health: StageResult
+
+
+def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, say=print) -> DemoReport:
+    """Initialise, bootstrap, load the built-in corpus, simulate traffic, run 10_feedback_health."""
+    say("[1/4] initialising the workspace and bootstrapping the base model + its index")
+    boot = init_workspace(ws, progress=True)
+    say(f"      serving {boot.model_version} on index {boot.index_name}")
+    with ws.db.read() as session:
+        imported = session.get(CorpusImport, DEMO_CORPUS) is not None
+    corpus = None
+    if imported:
+        say(f"[2/4] built-in corpus {DEMO_CORPUS!r} already loaded")
+    else:
+        say("[2/4] building the built-in corpus from the standard library's docstrings")
+        corpus = load_corpus(ws, build_demo_corpus(DEMO_CORPUS), progress=True)
+        say(f"      {corpus.chunks} chunks in {corpus.videos} videos of {corpus.projects} projects; "
+            f"{corpus.traffic_queries} traffic queries, {corpus.reserved_queries} reserved for evaluation")
+    say(f"[3/4] simulating {requests} search requests with feedback")
+    traffic = simulate_traffic(
+        ws, DEMO_CORPUS, requests=requests, seed=seed, progress=True,
+        start=utcnow() - timedelta(days=6), spread=timedelta(days=6),
+    )
+    say(f"      {traffic.likes} likes, {traffic.dislikes} dislikes; relevant chunk in top-5 for "
+        f"{traffic.hit_rate:.0%} of requests; {len(traffic.ingest.raw_files)} raw log file(s)")
+    say("[4/4] running stage 10_feedback_health")
+    result = run_stage(ws, "10_feedback_health", {"window_days": 7}, progress=True)
+    say(f"      {result.status.value}: report {result.output_html}")
+    return DemoReport(boot, corpus, traffic, result)

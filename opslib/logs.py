@@ -1,0 +1,90 @@
+"""Structured JSON logs: one JSON object per line, every line carrying the current ``trace_id``.
+
+A trace id is bound with ``trace(trace_id)``; messages and runs carry theirs, so every line a
+stage writes can be joined to the request that caused it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+_trace_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id", default=None)
+_STANDARD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "trace_id"}
+
+
+def new_trace_id() -> str:
+    return uuid.uuid4().hex
+
+
+def current_trace_id() -> str:
+    """The bound trace id, or a fresh one bound for the rest of this context."""
+    value = _trace_id.get()
+    if value is None:
+        value = new_trace_id()
+        _trace_id.set(value)
+    return value
+
+
+def bind_trace_id(trace_id: str) -> None:
+    """Bind ``trace_id`` for the rest of this context (a notebook kernel's whole session)."""
+    _trace_id.set(trace_id)
+
+
+@contextmanager
+def trace(trace_id: str | None = None) -> Iterator[str]:
+    token = _trace_id.set(trace_id or new_trace_id())
+    try:
+        yield _trace_id.get() or ""
+    finally:
+        _trace_id.reset(token)
+
+
+class TraceIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "trace_id", None):
+            record.trace_id = current_trace_id()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "trace_id": getattr(record, "trace_id", None) or current_trace_id(),
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                payload[key] = value
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO", stream: Any = None) -> None:
+    """Route the ``opslib`` loggers to JSON lines on ``stream`` (stderr by default)."""
+    logger = logging.getLogger("opslib")
+    for handler in list(logger.handlers):
+        if getattr(handler, "_opslib_json", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler._opslib_json = True  # type: ignore[attr-defined]
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(TraceIdFilter())
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(name if name.startswith("opslib") else f"opslib.{name}")

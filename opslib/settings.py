@@ -1,0 +1,148 @@
+"""The one typed settings object.
+
+Values come from (highest first) explicit keyword arguments, ``OPS_*`` environment variables,
+an optional TOML config file (``OPS_CONFIG_FILE``), then the defaults below. Nothing else in the
+package reads environment variables: code receives a ``Settings`` and child processes (notebook
+kernels) receive ``Settings.as_env()``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+OperatorRole = Literal["viewer", "operator", "admin"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPS_", extra="forbid", validate_default=True)
+
+    config_file: Path | None = Field(
+        default=None, description="Optional TOML file with any of these settings."
+    )
+    workspace: Path = Field(
+        default=Path("workspace"), description="Folder holding the embedded-default stores."
+    )
+    db_url: str | None = Field(
+        default=None, description="Metadata DB URL; default sqlite:///<workspace>/metadata.db"
+    )
+    object_store_url: str | None = Field(
+        default=None, description="fsspec URL of Object Storage; default <workspace>/objects"
+    )
+    model_store_url: str | None = Field(
+        default=None, description="fsspec URL of Model Artifact Files; default <workspace>/models"
+    )
+    chroma_path: Path | None = Field(
+        default=None, description="Chroma PersistentClient folder; default <workspace>/chroma"
+    )
+    chroma_host: str | None = Field(
+        default=None, description="Chroma server host; when set, HttpClient is used"
+    )
+    chroma_port: int = Field(default=8000, ge=1, le=65535)
+    runs_dir: Path = Field(
+        default=Path("runs"), description="Archive of executed stage notebooks (.ipynb + .html)."
+    )
+    notebooks_dir: Path | None = Field(
+        default=None, description="Stage notebooks; default: the repository's notebooks/ folder"
+    )
+    model_cache_dir: Path | None = Field(
+        default=None,
+        description="Local copies of models read from a remote model store; default <workspace>/model-cache",
+    )
+    base_model_path: Path | None = Field(
+        default=None,
+        description="Sentence-transformers folder registered at bootstrap; default: packaged all-MiniLM-L6-v2",
+    )
+    base_model_version: str = Field(default="all-minilm-l6-v2-base")
+    operator: str = Field(default="local-operator", min_length=1)
+    operator_role: OperatorRole = "viewer"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    queue_visibility_timeout_s: float = Field(default=300.0, gt=0)
+    feedback_window_days: int = Field(default=7, ge=1)
+    snapshot_ttl_days: int = Field(default=14, ge=1)
+    feedback_batch_size: int = Field(default=500, ge=1)
+    kernel_name: str = "python3"
+    stage_timeout_s: int = Field(default=3600, ge=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file_from(init_settings, env_settings)
+        if config_file is not None:
+            if not config_file.is_file():
+                raise ValueError(f"config_file: {config_file} does not exist")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @field_validator("workspace", "runs_dir", "chroma_path", "notebooks_dir", "model_cache_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.snapshot_ttl_days < self.feedback_window_days:
+            raise ValueError(
+                "snapshot_ttl_days must be >= feedback_window_days: feedback must find its snapshot"
+            )
+        return self
+
+    # Resolved locations -------------------------------------------------------------------
+    @property
+    def resolved_db_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.workspace / 'metadata.db'}"
+
+    @property
+    def resolved_object_store_url(self) -> str:
+        return self.object_store_url or str(self.workspace / "objects")
+
+    @property
+    def resolved_model_store_url(self) -> str:
+        return self.model_store_url or str(self.workspace / "models")
+
+    @property
+    def resolved_chroma_path(self) -> Path:
+        return self.chroma_path or self.workspace / "chroma"
+
+    @property
+    def resolved_model_cache_dir(self) -> Path:
+        return self.model_cache_dir or self.workspace / "model-cache"
+
+    @property
+    def resolved_notebooks_dir(self) -> Path:
+        return self.notebooks_dir or Path(__file__).resolve().parent.parent / "notebooks"
+
+    def as_env(self) -> dict[str, str]:
+        """Environment for a child process (a notebook kernel) so it sees these exact settings."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(exclude={"config_file"}).items():
+            if value is not None:
+                env[f"OPS_{name.upper()}"] = str(value)
+        return env
+
+
+def _config_file_from(*sources: PydanticBaseSettingsSource) -> Path | None:
+    for source in sources:
+        value: Any = source().get("config_file")
+        if value:
+            return Path(value)
+    return None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,66 @@
+"""The stage registry: each lifecycle stage's notebook and its typed parameter schema.
+
+Parameters are validated against the schema before any kernel starts: an unknown, missing or
+mistyped parameter is an error (``extra="forbid"``, strict types).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class StageParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class FeedbackHealthParams(StageParams):
+    window_days: int = Field(default=7, ge=1, le=365, description="look back this many days")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    notebook: str
+    params: type[StageParams]
+    description: str
+
+
+STAGES: dict[str, StageSpec] = {
+    spec.name: spec
+    for spec in (
+        StageSpec("10_feedback_health", "10_feedback_health.ipynb", FeedbackHealthParams,
+                  "raw-log volume, rejects, rating mix per active model version"),
+    )
+}
+
+# Injected by the runner next to the stage's own parameters; never accepted from callers.
+EXECUTION_ID_PARAM = "ops_execution_id"
+
+
+class StageError(ValueError):
+    pass
+
+
+def stage_spec(name: str) -> StageSpec:
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise StageError(f"stage {name!r}: unknown; known stages: {', '.join(sorted(STAGES))}") from None
+
+
+def validate_params(name: str, raw: dict[str, object]) -> StageParams:
+    """The stage's parameters as its schema types them; a clear error names each bad field."""
+    spec = stage_spec(name)
+    try:
+        return spec.params.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"]) or "parameters"
+            kind = {"extra_forbidden": "unknown parameter", "missing": "missing parameter"}.get(
+                error["type"], error["msg"]
+            )
+            problems.append(f"{field}: {kind}")
+        raise StageError(f"stage {name}: invalid parameters: " + "; ".join(problems)) from None

@@ -1,0 +1,54 @@
+"""The handle every stage works through: settings plus lazily opened stores."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from opslib.db.engine import Database, database_for
+from opslib.settings import Settings
+from opslib.storage import ObjectStore
+
+if TYPE_CHECKING:
+    from opslib.embedding import EmbeddingEndpoint
+    from opslib.vector_store import VectorStore
+
+
+class Workspace:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __repr__(self) -> str:
+        return f"Workspace({self.settings.workspace})"
+
+    @cached_property
+    def db(self) -> Database:
+        if self.settings.db_url is None:
+            self.settings.workspace.mkdir(parents=True, exist_ok=True)
+        return database_for(self.settings.resolved_db_url)
+
+    @cached_property
+    def objects(self) -> ObjectStore:
+        """Object Storage: raw feedback logs, datasets, evaluation sets and details, snapshots."""
+        return ObjectStore(self.settings.resolved_object_store_url)
+
+    @cached_property
+    def models(self) -> ObjectStore:
+        """Model Artifact Files: ``<model_version>/`` folders with ``model_manifest.json``."""
+        return ObjectStore(self.settings.resolved_model_store_url)
+
+    @cached_property
+    def vectors(self) -> VectorStore:
+        from opslib.vector_store import VectorStore
+
+        return VectorStore.for_settings(self.settings)
+
+    @cached_property
+    def embeddings(self) -> EmbeddingEndpoint:
+        from opslib.embedding import EmbeddingEndpoint
+
+        return EmbeddingEndpoint(self)
+
+
+def open_workspace(settings: Settings | None = None) -> Workspace:
+    return Workspace(settings or Settings())

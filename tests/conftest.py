@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny model, a Metadata DB on SQLite (and PostgreSQL when
+``OPS_TEST_POSTGRES_URL`` is set), and bootstrapped workspaces."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from opslib.bootstrap import init_workspace  # noqa: E402
+from opslib.db.engine import forget_database  # noqa: E402
+from opslib.settings import Settings  # noqa: E402
+from opslib.workspace import Workspace  # noqa: E402
+from tiny_model import build_tiny_model  # noqa: E402
+
+POSTGRES_URL = os.environ.get("OPS_TEST_POSTGRES_URL")
+BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
+
+
+@pytest.fixture(autouse=True)
+def _no_ops_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests build their Settings explicitly; stray OPS_* variables must not leak in."""
+    for key in list(os.environ):
+        if key.startswith("OPS_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+def _reset_postgres(url: str) -> None:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "postgresql":
+        assert POSTGRES_URL
+        forget_database(POSTGRES_URL)
+        _reset_postgres(POSTGRES_URL)
+        yield POSTGRES_URL
+        forget_database(POSTGRES_URL)
+    else:
+        url = f"sqlite:///{tmp_path / 'metadata.db'}"
+        yield url
+        forget_database(url)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str, tiny_model_dir: Path) -> Settings:
+    return Settings(
+        workspace=tmp_path / "ws", runs_dir=tmp_path / "runs", db_url=db_url,
+        base_model_path=tiny_model_dir, base_model_version="tiny-base", log_level="WARNING",
+    )
+
+
+@pytest.fixture
+def empty_ws(settings: Settings) -> Workspace:
+    """A workspace whose stores exist but with no schema yet."""
+    return Workspace(settings)
+
+
+@pytest.fixture
+def ws(settings: Settings) -> Workspace:
+    """A bootstrapped workspace: schema at head, tiny base model active, its (empty) index built."""
+    workspace = Workspace(settings)
+    init_workspace(workspace)
+    return workspace

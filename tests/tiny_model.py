@@ -1,0 +1,31 @@
+"""A tiny sentence-transformers model built locally (no download) for tests where model quality
+is not the point: a 2-layer, 32-wide BERT with all-MiniLM-L6-v2's tokenizer, seeded weights."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+def build_tiny_model(target: Path, seed: int = 0) -> Path:
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel
+
+    from opslib.bootstrap import packaged_model_path
+
+    source = packaged_model_path()
+    bert_dir = target.parent / (target.name + "-bert")
+    bert_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(source / name, bert_dir / name)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=256)
+    BertModel(config).save_pretrained(bert_dir)
+    transformer = models.Transformer(str(bert_dir), max_seq_length=128)
+    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+    model.save(str(target))
+    shutil.rmtree(bert_dir)
+    return target
