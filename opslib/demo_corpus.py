@@ -80,7 +80,9 @@ def build_demo_corpus(name: str = "stdlib", max_per_module: int | None = None) -
                 if not doc:
                     continue
                 summary, body = _split_docstring(doc)
-                if len(summary) < 10 or len(body.split()) < MIN_BODY_WORDS or summary in seen_summaries:
+                # A summary repeated verbatim in its body would make the query find itself.
+                if (len(summary) < 10 or len(body.split()) < MIN_BODY_WORDS or summary in seen_summaries
+                        or summary.lower() in body.lower()):
                     continue
                 seen_summaries.add(summary)
                 query_id = f"{module_name}.{qualname}"

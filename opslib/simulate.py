@@ -4,7 +4,8 @@ Only the corpus's *traffic* queries are sent (reserved queries never are). For e
 answer cites (``used``) the relevant chunks it was shown — up to ``MAX_USED`` — or, when it was
 shown none, the top results it would have leaned on; the user LIKEs an answer that used a
 relevant chunk and DISLIKEs one that did not, and flips that judgment with probability
-``noise``. Deterministic for a seed (given the same index contents).
+``noise``. Deterministic for a seed (given the same index contents): the same queries, users,
+answers and ratings; only the serving path's ``req_id`` (hence ``event_id``) is new per request.
 """
 
 from __future__ import annotations
@@ -84,7 +85,6 @@ def simulate_traffic(
         response = search(
             ws, query.query_text, project_id=query.project_id, user_id=user,
             choose_used=lambda hits: choose_used(hits, expected),
-            req_id=f"sim-{seed}-{i:06d}-{rng.getrandbits(32):08x}",
         )
         relevant_shown = any(ref in expected for ref in response.used_ids)
         hits_with_relevant += relevant_shown

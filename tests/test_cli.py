@@ -1,0 +1,77 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from opslib.cli import build_parser, main, parse_param
+from test_corpus import write_beir
+from test_feedback import _event, _line
+
+COMMANDS = ["init", "db", "import-beir", "import-builtin", "simulate-traffic", "ingest-feedback", "run", "status", "demo"]
+
+
+def _env(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPS_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.setenv("OPS_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("OPS_BASE_MODEL_PATH", str(tiny_model_dir))
+    monkeypatch.setenv("OPS_BASE_MODEL_VERSION", "tiny-base")
+    monkeypatch.setenv("OPS_LOG_LEVEL", "WARNING")
+
+
+@pytest.mark.parametrize("command", [[]] + [[c] for c in COMMANDS] + [["db", "upgrade"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    done = subprocess.run([sys.executable, "-m", "opslib.cli", *command, "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "usage: opsbench" in done.stdout
+    if not command:
+        for name in COMMANDS:
+            assert name in done.stdout
+
+
+def test_parse_param() -> None:
+    assert parse_param("window_days=7") == ("window_days", 7)
+    assert parse_param("lr=2e-5") == ("lr", 2e-5)
+    assert parse_param("as_of=2026-12-01") == ("as_of", "2026-12-01")
+    assert parse_param('name="x=y"') == ("name", "x=y")
+
+
+def test_cli_flow_and_clear_errors(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    _env(tmp_path, tiny_model_dir, monkeypatch)
+    assert main(["status"]) == 0
+    assert "opsbench init" in capsys.readouterr().out
+    assert main(["run", "10_feedback_health"]) == 2
+    assert "opsbench db upgrade" in capsys.readouterr().err
+    assert main(["init", "--quiet"]) == 0
+    assert "bootstrapped" in capsys.readouterr().out
+    assert main(["import-beir", str(write_beir(tmp_path / "mini")), "--quiet"]) == 0
+    assert "24 chunks" in capsys.readouterr().out
+    assert main(["import-beir", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert main(["simulate-traffic", "--corpus", "mini", "--requests", "10", "--quiet"]) == 0
+    assert "10 requests" in capsys.readouterr().out
+    feedback = tmp_path / "fb.jsonl"
+    feedback.write_bytes(_line(_event()) + b"\nnot json\n")
+    assert main(["ingest-feedback", str(feedback)]) == 0
+    out = capsys.readouterr().out
+    assert "2 lines: 1 accepted" in out and "rejected 1: not JSON" in out
+    assert main(["run", "10_feedback_health", "-p", "window_dayz=3"]) == 2
+    assert "window_dayz: unknown parameter" in capsys.readouterr().err
+    assert main(["run", "10_feedback_health", "-p", "oops"]) == 2
+    assert "expected key=value" in capsys.readouterr().err
+    assert main(["status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["release"]["active_model_version"] == "tiny-base"
+    assert status["corpus"]["chunks"] == 24 and status["corpus"]["imports"] == ["mini"]
+
+
+def test_bad_settings_are_reported(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OPS_OPERATOR_ROLE", "god")
+    assert main(["status"]) == 2
+    assert "operator_role" in capsys.readouterr().err
+
+
+def test_parser_requires_a_command() -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([])

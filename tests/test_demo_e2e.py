@@ -1,0 +1,27 @@
+"""The README's main command, end to end, on the built-in corpus (tiny model for speed)."""
+
+import pytest
+
+from opslib.db.models import CorpusImport, ExecutionStatus, ModelRelease, ReleaseStatus, StageExecution
+from opslib.demo import run_demo
+from opslib.feedback import RAW_PREFIX, log_files
+from opslib.workspace import Workspace
+
+
+@pytest.mark.slow
+def test_demo_path(empty_ws: Workspace) -> None:
+    lines: list[str] = []
+    report = run_demo(empty_ws, requests=40, say=lines.append)
+    assert report.bootstrap.created
+    assert report.corpus is not None and report.corpus.chunks > 500
+    assert report.traffic.requests == 40 and report.traffic.ingest.accepted == 40
+    assert report.feedback_health.ok and report.feedback_health.output_html.is_file()
+    assert any(str(report.feedback_health.output_html) in line for line in lines)
+    with empty_ws.db.read() as session:
+        assert session.query(ModelRelease).one().release_status is ReleaseStatus.STABLE
+        assert session.get(CorpusImport, "stdlib") is not None
+        assert session.query(StageExecution).one().status is ExecutionStatus.SUCCEEDED
+    assert log_files(empty_ws.objects, RAW_PREFIX)
+    # Running it again reuses the workspace: no second bootstrap, no second import.
+    again = run_demo(empty_ws, requests=5, say=lines.append)
+    assert not again.bootstrap.created and again.corpus is None and again.feedback_health.ok

@@ -1,0 +1,143 @@
+import json
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from opslib.feedback import (
+    ERROR_PREFIX,
+    FEEDBACK_NAMESPACE,
+    RAW_PREFIX,
+    batch_timestamp,
+    feedback_event_id,
+    ingest_feedback,
+    log_files,
+    make_event,
+    parse_event_line,
+    read_raw_events,
+)
+from opslib.storage import ObjectStore
+
+
+def _event(**overrides: object) -> dict:
+    event = make_event(
+        user_id="u1", project_id="p1", req_id="r1", query_text="how to sort", rating="LIKE",
+        topk_ids=["c1", "c2", "c3"], used_ids=["c1"], active_model_version="m1",
+        active_index_name="idx-m1", created_at=datetime(2026, 11, 30, tzinfo=timezone.utc), trace_id="t1",
+    ).model_dump()
+    event.update(overrides)
+    return event
+
+
+def _line(event: dict) -> bytes:
+    return json.dumps(event).encode()
+
+
+def test_event_id_is_uuid5_of_the_contract_string() -> None:
+    expected = uuid.uuid5(FEEDBACK_NAMESPACE, "feedback:u1:r1:LIKE")
+    assert feedback_event_id("u1", "r1", "LIKE") == str(expected) == _event()["event_id"]
+    assert feedback_event_id("u1", "r1", "DISLIKE") != feedback_event_id("u1", "r1", "LIKE")
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"schema_version": 2}, "unsupported schema_version 2"),
+        ({"rating": "MEH"}, "rating"),
+        ({"event_id": str(uuid.uuid4())}, "event_id must be the UUIDv5"),
+        ({"used_ids": ["c9"]}, "not in topk_ids"),
+        ({"created_at": "yesterday"}, "created_at"),
+        ({"created_at": "2026-11-30T00:00:00"}, "UTC offset"),
+        ({"topk_ids": "c1"}, "topk_ids"),
+        ({"extra": 1}, "extra"),
+    ],
+)
+def test_invalid_events_name_their_reason(change: dict, reason: str) -> None:
+    event, why = parse_event_line(_line(_event(**change)))
+    assert event is None and reason in (why or "")
+
+
+@pytest.mark.parametrize("field", ["user_id", "req_id", "query_text", "trace_id", "active_index_name",
+                                   "response_snapshot_ref", "topk_ids"])
+def test_missing_fields_are_rejected(field: str) -> None:
+    data = _event()
+    del data[field]
+    event, why = parse_event_line(_line(data))
+    assert event is None and why == f"{field}: missing field"
+
+
+@pytest.mark.parametrize(("line", "reason"), [(b"\xff\xfe", "not UTF-8"), (b"{", "not JSON"), (b"[1]", "not a JSON object"),
+                                              (b"   ", "empty line"), (b"x" * (1 << 20 + 1), "line too long")])
+def test_malformed_lines(line: bytes, reason: str) -> None:
+    assert parse_event_line(line) == (None, parse_event_line(line)[1]) and reason in parse_event_line(line)[1]
+
+
+def test_ingest_splits_valid_and_invalid_and_keeps_invalid_unchanged(tmp_path: Path) -> None:
+    store = ObjectStore(str(tmp_path))
+    bad = b'{"schema_version": 1, "nonsense": \xff}'
+    lines = [_line(_event()), bad, _line(_event(req_id="r2", event_id=feedback_event_id("u1", "r2", "LIKE")))]
+    report = ingest_feedback(store, [b"\n".join(lines) + b"\n"], batch_size=10)
+    assert (report.lines, report.accepted, report.rejected) == (3, 2, 1)
+    raw = log_files(store, RAW_PREFIX)
+    errors = log_files(store, ERROR_PREFIX)
+    assert len(raw) == 1 and len(errors) == 1
+    assert store.get_bytes(errors[0]) == bad + b"\n"
+    reasons = [json.loads(x) for x in store.get_text(errors[0].removesuffix(".jsonl") + ".reasons.jsonl").splitlines()]
+    assert reasons == [{"line": 1, "reason": "not UTF-8: invalid start byte at byte 34"}]
+    assert [e.req_id for _, e in read_raw_events(store)] == ["r1", "r2"]
+
+
+def test_batches_become_separate_files_named_by_utc_timestamp(tmp_path: Path) -> None:
+    store = ObjectStore(str(tmp_path))
+    events = [_line(_event(req_id=f"r{i}", event_id=feedback_event_id("u1", f"r{i}", "LIKE"))) for i in range(7)]
+    before = datetime.now(timezone.utc)
+    report = ingest_feedback(store, events, batch_size=3)
+    assert len(report.raw_files) == 3
+    for key in report.raw_files:
+        assert key.startswith("raw_logs/") and key.endswith(".jsonl")
+        assert before <= batch_timestamp(key) <= datetime.now(timezone.utc)
+    assert sum(len(store.get_bytes(k).splitlines()) for k in report.raw_files) == 7
+    with pytest.raises(ValueError, match="batch_size"):
+        ingest_feedback(store, events, batch_size=0)
+
+
+def test_duplicates_are_stored(tmp_path: Path) -> None:
+    store = ObjectStore(str(tmp_path))
+    line = _line(_event())
+    assert ingest_feedback(store, [line, line]).accepted == 2
+
+
+def test_crash_mid_batch_loses_nothing_already_published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ObjectStore(str(tmp_path))
+    lines = [_line(_event(req_id=f"r{i}", event_id=feedback_event_id("u1", f"r{i}", "LIKE"))) for i in range(10)]
+
+    def stream():  # type: ignore[no-untyped-def]
+        for i, line in enumerate(lines):
+            if i == 7:
+                raise KeyboardInterrupt("killed")
+            yield line
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest_feedback(store, stream(), batch_size=3)
+    published = sum(len(store.get_bytes(k).splitlines()) for k in log_files(store, RAW_PREFIX))
+    assert published == 6  # two whole batches; the third never appeared half-written
+    ingest_feedback(store, lines, batch_size=3)  # the re-run duplicates, never loses
+    ids = [e.req_id for _, e in read_raw_events(store)]
+    assert set(ids) == {f"r{i}" for i in range(10)} and len(ids) == 16
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.binary(max_size=200), st.sampled_from([b"{}", b'{"schema_version": 1}']),
+                          st.just(json.dumps(_event()).encode())), max_size=30),
+       st.integers(min_value=1, max_value=7))
+def test_lines_in_equal_lines_out(tmp_path_factory: pytest.TempPathFactory, raw_lines: list[bytes], batch: int) -> None:
+    store = ObjectStore(str(tmp_path_factory.mktemp("fb")))
+    lines = [line.replace(b"\n", b" ") for line in raw_lines]
+    report = ingest_feedback(store, [b"".join(l + b"\n" for l in lines)], batch_size=batch)
+    raw = sum(len(store.get_bytes(k).split(b"\n")) - 1 for k in log_files(store, RAW_PREFIX))
+    errors = sum(len(store.get_bytes(k).split(b"\n")) - 1 for k in log_files(store, ERROR_PREFIX))
+    assert report.lines == len(lines) == raw + errors
+    assert report.accepted == raw and report.rejected == errors
