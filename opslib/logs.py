@@ -71,19 +71,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str, ensure_ascii=False)
 
 
+class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time (it may be swapped after configuration)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO", stream: Any = None) -> None:
-    """Route the ``opslib`` loggers to JSON lines on ``stream`` (stderr by default)."""
-    logger = logging.getLogger("opslib")
-    for handler in list(logger.handlers):
+    """JSON lines on ``stream`` (stderr by default) for ``opslib`` at ``level`` and for every
+    other library (papermill, alembic, chromadb, …) at WARNING — all carrying the trace id."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
         if getattr(handler, "_opslib_json", False):
-            logger.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderrHandler()
     handler._opslib_json = True  # type: ignore[attr-defined]
     handler.setFormatter(JsonFormatter())
     handler.addFilter(TraceIdFilter())
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("opslib").setLevel(level)
 
 
 def get_logger(name: str) -> logging.Logger:

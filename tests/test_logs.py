@@ -22,7 +22,12 @@ def test_every_line_is_json_with_a_trace_id() -> None:
     assert lines[0]["run_id"] == 7 and "ValueError: bad" in lines[1]["exception"]
     assert lines[2]["trace_id"] and lines[2]["trace_id"] != "trace-abc"
     assert all({"ts", "level", "logger", "trace_id", "message"} <= set(l) for l in lines)
-    logging.getLogger("opslib").handlers.clear()
+    logging.getLogger("other.library").warning("third-party")
+    logging.getLogger("other.library").info("too chatty")
+    last = json.loads(stream.getvalue().splitlines()[-1])
+    assert (last["message"], last["logger"]) == ("third-party", "other.library") and last["trace_id"]
+    for handler in [h for h in logging.getLogger().handlers if getattr(h, "_opslib_json", False)]:
+        logging.getLogger().removeHandler(handler)
 
 
 def test_trace_ids_flow_from_messages_into_stage_records(ws) -> None:  # type: ignore[no-untyped-def]
