@@ -50,6 +50,13 @@ class FeedbackHealth:
         table["like_rate"] = (table["LIKE"] / table["events"]).round(3)
         return table
 
+    def like_rate_by_day(self) -> pd.DataFrame:
+        """Like rate per day (rows) and active model version (columns)."""
+        if self.events.empty:
+            return pd.DataFrame()
+        liked = self.events.assign(liked=self.events["rating"].eq("LIKE").astype(float))
+        return liked.pivot_table(index="day", columns="active_model_version", values="liked", aggfunc="mean").round(3)
+
     def rejects_by_reason(self) -> pd.DataFrame:
         if self.rejects.empty:
             return pd.DataFrame(columns=["lines"])

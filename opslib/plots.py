@@ -60,3 +60,46 @@ def like_rate(table: pd.DataFrame, title: str) -> Figure:
     ax.set_ylabel("like rate")
     ax.set_title(title)
     return fig
+
+
+def funnel(steps: dict[str, int], title: str) -> Figure:
+    """Horizontal bars, widest first: how many items survive each step."""
+    fig = Figure(figsize=(8, 0.5 + 0.45 * max(len(steps), 1)), layout="constrained")
+    ax = fig.subplots()
+    labels = list(steps)[::-1]
+    values = [steps[label] for label in labels]
+    bars = ax.barh(labels, values, color="#1f4e8c")
+    for bar, value in zip(bars, values):
+        ax.annotate(f"{value:,}", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                    xytext=(4, 0), textcoords="offset points", va="center", fontsize=9)
+    ax.set_title(title)
+    ax.set_xlim(0, max(values + [1]) * 1.15)
+    return fig
+
+
+def bars(values: dict[str, float], title: str, ylabel: str, colour: str = "#1f4e8c") -> Figure:
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    if not values:
+        return _empty(fig, title)
+    ax = fig.subplots()
+    ax.bar([str(k) for k in values], list(values.values()), color=colour)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.tick_params(axis="x", labelrotation=30)
+    return fig
+
+
+def lines(table: pd.DataFrame, title: str, ylabel: str) -> Figure:
+    """One line per column of ``table`` over its index (e.g. like rate per model per day)."""
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    if table.empty:
+        return _empty(fig, title)
+    ax = fig.subplots()
+    for column in table.columns:
+        ax.plot([str(i) for i in table.index], table[column], marker="o", label=str(column))
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.tick_params(axis="x", labelrotation=30)
+    return fig

@@ -6,6 +6,7 @@ Every execution, failed or not, is archived under ``runs/<YYYYMMDD>/`` and recor
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ class StageResult:
 def render_html(ipynb_path: Path, html_path: Path) -> Path:
     """Render an executed notebook to HTML that needs no network (no CDN scripts)."""
     exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(TEMPLATES)])
+    exporter.log.setLevel(logging.ERROR)  # not "alternative text is missing" for every plot
     exporter.exclude_input_prompt = True
     exporter.exclude_output_prompt = True
     body, _ = exporter.from_notebook_node(nbformat.read(ipynb_path, as_version=4))

@@ -7,8 +7,9 @@ mistyped parameter is an error (``extra="forbid"``, strict types).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class StageParams(BaseModel):
@@ -17,6 +18,32 @@ class StageParams(BaseModel):
 
 class FeedbackHealthParams(StageParams):
     window_days: int = Field(default=7, ge=1, le=365, description="look back this many days")
+
+
+def parse_instant(value: str) -> datetime:
+    """An ISO date or datetime; a date means 00:00 UTC that day, no offset means UTC."""
+    parsed = datetime.fromisoformat(value)
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+
+
+class BuildDatasetParams(StageParams):
+    as_of: str | None = Field(default=None, description="window end (ISO date/datetime, UTC); None = now")
+    source_window_days: int = Field(default=30, ge=1, le=365)
+    seed: int = Field(default=0, ge=0)
+
+    @field_validator("as_of")
+    @classmethod
+    def _iso(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_instant(value)
+            except ValueError:
+                raise ValueError("must be an ISO-8601 date or datetime, e.g. 2026-12-01 or 2026-12-01T03:00:00+09:00") from None
+        return value
+
+    @property
+    def as_of_instant(self) -> datetime | None:
+        return parse_instant(self.as_of) if self.as_of is not None else None
 
 
 @dataclass(frozen=True)
@@ -31,7 +58,9 @@ STAGES: dict[str, StageSpec] = {
     spec.name: spec
     for spec in (
         StageSpec("10_feedback_health", "10_feedback_health.ipynb", FeedbackHealthParams,
-                  "raw-log volume, rejects, rating mix per active model version"),
+                  "raw-log volume, rejects, duplicates, rating mix per active model version"),
+        StageSpec("20_build_dataset", "20_build_dataset.ipynb", BuildDatasetParams,
+                  "raw logs → retrieval groups + manifest + data-quality validation"),
     )
 }
 

@@ -10,6 +10,7 @@ import hashlib
 import os
 import posixpath
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -124,14 +125,34 @@ class ObjectStore:
         return StoredObject(key=key, sha256=digest, size=len(data))
 
     def put_file(self, key: str, source: Path) -> StoredObject:
-        return self.put_bytes(key, Path(source).read_bytes())
+        """Publish a local file without reading it into memory (datasets can be large)."""
+        source = Path(source)
+        final = self._path(key)
+        digest, size = sha256_file(source), source.stat().st_size
+        if self._local:
+            os.makedirs(posixpath.dirname(final), exist_ok=True)
+            tmp = self._temp_name()
+            shutil.copyfile(source, tmp)
+            self._link_into_place(tmp, final)
+            self._write_checksum(final, digest)
+        else:
+            if self.fs.exists(final):
+                raise ObjectExistsError(f"key {key!r}: already exists in {self.url} (write-once)")
+            self.fs.pipe_file(final + SHA_SUFFIX, digest.encode())
+            self.fs.put_file(str(source), final)
+        return StoredObject(key=key, sha256=digest, size=size)
 
     def put_text(self, key: str, text: str) -> StoredObject:
         return self.put_bytes(key, text.encode("utf-8"))
 
     def _publish_local(self, final: str, data: bytes, digest: str) -> None:
         os.makedirs(posixpath.dirname(final), exist_ok=True)
-        tmp = self._write_temp(data)
+        tmp = self._temp_name()
+        self._write_synced(tmp, data)
+        self._link_into_place(tmp, final)
+        self._write_checksum(final, digest)
+
+    def _link_into_place(self, tmp: str, final: str) -> None:
         try:
             # link() fails if the name exists: publishing is atomic *and* never clobbers,
             # even when two writers race for the same key.
@@ -142,18 +163,23 @@ class ObjectStore:
             ) from None
         finally:
             os.unlink(tmp)
-        checksum_tmp = self._write_temp(digest.encode())
-        os.replace(checksum_tmp, final + SHA_SUFFIX)
 
-    def _write_temp(self, data: bytes) -> str:
+    def _write_checksum(self, final: str, digest: str) -> None:
+        tmp = self._temp_name()
+        self._write_synced(tmp, digest.encode())
+        os.replace(tmp, final + SHA_SUFFIX)
+
+    def _temp_name(self) -> str:
         tmp_dir = f"{self.root}/{_TMP_DIR}"
         os.makedirs(tmp_dir, exist_ok=True)
-        tmp = f"{tmp_dir}/{uuid.uuid4().hex}"
-        with open(tmp, "wb") as handle:
+        return f"{tmp_dir}/{uuid.uuid4().hex}"
+
+    @staticmethod
+    def _write_synced(path: str, data: bytes) -> None:
+        with open(path, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        return tmp
 
     # Reading ------------------------------------------------------------------------------
     def exists(self, key: str) -> bool:

@@ -1,0 +1,392 @@
+"""Training datasets, rule ``retrieval-group-v1`` (DESIGN §4): raw feedback logs → retrieval
+groups (query, positives, negatives) + manifest, validated, immutable, versioned by content.
+
+The builder streams the raw logs twice and keeps no event in memory:
+
+1. *scan* — every line in the window is read and validated once; for each event only a 64-bit
+   id hash, its ``created_at``, its position and its rating are kept (25 bytes), which is
+   enough to pick, per ``event_id``, the copy with the latest ``created_at`` (ties: the one
+   written last);
+2. *emit* — the files are read again and each winning LIKE event becomes one group, written
+   straight to ``train.jsonl`` in file order (deterministic), with chunk text fetched from the
+   Metadata DB in batches.
+
+Dataset generation never starts training: it only writes the artifact and a ``TrainingDataset``
+row the training scheduler queries for the latest eligible dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import tempfile
+from array import array
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from tqdm.auto import tqdm
+
+from opslib.db.models import Chunk, TrainingDataset, Video, VideoStatus, utcnow
+from opslib.feedback import RAW_PREFIX, FeedbackEvent, batch_timestamp, log_files, parse_event_line
+from opslib.logs import get_logger
+from opslib.storage import sha256_file
+from opslib.workspace import Workspace
+
+log = get_logger(__name__)
+
+GENERATION_RULE_VERSION = "retrieval-group-v1"
+POSITIVE = "liked_response_used_chunk"
+EXPOSED = "exposed_unused"
+RANDOM = "random_same_project"
+CONFIDENCE = {POSITIVE: 0.8, EXPOSED: 0.4, RANDOM: 0.2}
+MIN_GROUPS = 10
+MIN_NEGATIVES = 20
+DEFAULT_WINDOW_DAYS = 30
+_RESOLVE_BATCH = 1000
+
+
+class DatasetError(ValueError):
+    pass
+
+
+def random_negative_count(exposed_unused: int) -> int:
+    """clamp(round(0.5 × exposed_unused), 1, 3), rounding halves up (0.5 → 1, 2.5 → 3)."""
+    if exposed_unused < 0:
+        raise DatasetError(f"exposed_unused {exposed_unused}: must be >= 0")
+    return min(max(math.floor(0.5 * exposed_unused + 0.5), 1), 3)
+
+
+@dataclass
+class DatasetCounts:
+    raw_files: int = 0
+    input_lines: int = 0  # lines read from raw log files in the window
+    invalid_lines: int = 0  # lines that are not valid events (ingestion should have kept them out)
+    input_events: int = 0  # valid events read
+    deduplicated_events: int = 0  # distinct event ids
+    duplicate_events: int = 0  # input_events - deduplicated_events
+    like_events: int = 0
+    dislike_events: int = 0
+    trainable_groups: int = 0  # groups written
+    dropped_groups: int = 0  # LIKE events without a usable positive (used chunks gone or none)
+    dropped_chunks: int = 0  # chunk references dropped because the chunk or its video was deleted
+    positives: int = 0
+    negatives: int = 0
+    negatives_by_source: dict[str, int] = field(default_factory=lambda: {EXPOSED: 0, RANDOM: 0})
+    groups_by_day: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetBuild:
+    dataset_version: str
+    created: bool  # False: the same content was already built and is returned as it is
+    eligible: bool
+    ineligible_reasons: list[str]
+    manifest: dict[str, Any]
+    train_key: str
+    manifest_key: str
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        return dict(self.manifest["counts"])
+
+
+# Pass 1: scan ------------------------------------------------------------------------------
+@dataclass
+class _Scan:
+    hashes: array = field(default_factory=lambda: array("Q"))  # type: ignore[type-arg]
+    created: array = field(default_factory=lambda: array("d"))  # type: ignore[type-arg]
+    positions: array = field(default_factory=lambda: array("q"))  # type: ignore[type-arg]
+    likes: array = field(default_factory=lambda: array("b"))  # type: ignore[type-arg]
+
+
+def id_hash64(value: str) -> int:
+    """A 64-bit hash of an id: enough to tell a million event ids apart (collision odds ~1e-8)."""
+    return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "big")
+
+
+def _iter_lines(ws: Workspace, keys: list[str]) -> Iterator[tuple[int, bytes]]:
+    position = 0
+    for key in keys:
+        for line in ws.objects.iter_lines(key):
+            yield position, line.rstrip(b"\n")
+            position += 1
+
+
+def _winning_like_positions(scan: _Scan, counts: DatasetCounts) -> np.ndarray:
+    if not len(scan.hashes):
+        return np.zeros(0, dtype=np.int64)
+    hashes = np.frombuffer(scan.hashes, dtype=np.uint64)
+    created = np.frombuffer(scan.created, dtype=np.float64)
+    positions = np.frombuffer(scan.positions, dtype=np.int64)
+    likes = np.frombuffer(scan.likes, dtype=np.int8).astype(bool)
+    order = np.lexsort((positions, created, hashes))  # by hash, then created_at, then position
+    last_of_hash = np.ones(len(order), dtype=bool)
+    last_of_hash[:-1] = hashes[order][1:] != hashes[order][:-1]
+    winners = order[last_of_hash]
+    counts.deduplicated_events = int(len(winners))
+    counts.duplicate_events = counts.input_events - counts.deduplicated_events
+    counts.like_events = int(likes[winners].sum())
+    counts.dislike_events = counts.deduplicated_events - counts.like_events
+    return np.sort(positions[winners][likes[winners]])
+
+
+# Pass 2: emit ------------------------------------------------------------------------------
+class _ChunkResolver:
+    """Chunk text and liveness from the Metadata DB, fetched in batches; project pools cached."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._pools: dict[str, tuple[list[str], frozenset[str]]] = {}
+
+    def alive(self, chunk_ids: set[str]) -> dict[str, str]:
+        """chunk id → text, for chunks that still exist in a video that is not being deleted."""
+        found: dict[str, str] = {}
+        ids = sorted(chunk_ids)
+        for start in range(0, len(ids), 500):
+            rows = self.session.execute(
+                select(Chunk.id, Chunk.text)
+                .join(Video, Video.id == Chunk.video_id)
+                .where(Chunk.id.in_(ids[start : start + 500]), Video.status != VideoStatus.DELETING)
+            ).all()
+            found.update({cid: text for cid, text in rows})
+        return found
+
+    def pool(self, project_id: str) -> tuple[list[str], frozenset[str]]:
+        """Chunk ids of the project's READY videos, sorted (random negatives are drawn from it)."""
+        if project_id not in self._pools:
+            ids = list(
+                self.session.scalars(
+                    select(Chunk.id).join(Video, Video.id == Chunk.video_id)
+                    .where(Video.project_id == project_id, Video.status == VideoStatus.READY)
+                    .order_by(Chunk.id)
+                )
+            )
+            self._pools[project_id] = (ids, frozenset(ids))
+        return self._pools[project_id]
+
+
+def _draw_random(pool: tuple[list[str], frozenset[str]], excluded: set[str], k: int,
+                 rng: random.Random) -> list[str]:
+    """k distinct pool members not in ``excluded`` — all that remain if that is k or fewer."""
+    ids, members = pool
+    if len(ids) - len(excluded & members) <= k:
+        return [c for c in ids if c not in excluded]
+    chosen: list[str] = []
+    taken = set(excluded)
+    while len(chosen) < k:
+        candidate = ids[rng.randrange(len(ids))]
+        if candidate not in taken:
+            taken.add(candidate)
+            chosen.append(candidate)
+    return chosen
+
+
+def _item(chunk_id: str, text: str, source: str) -> dict[str, Any]:
+    return {"chunk_id": chunk_id, "text": text, "source": source, "confidence": CONFIDENCE[source]}
+
+
+def _groups_for(
+    events: list[FeedbackEvent], resolver: _ChunkResolver, seed: int, counts: DatasetCounts
+) -> Iterator[dict[str, Any]]:
+    referenced = {c for e in events for c in e.topk_ids} | {c for e in events for c in e.used_ids}
+    texts = resolver.alive(referenced)
+    plans = []
+    for event in events:
+        used = list(dict.fromkeys(event.used_ids))
+        exposed = [c for c in dict.fromkeys(event.topk_ids) if c not in set(used)]
+        positives = [c for c in used if c in texts]
+        exposed_alive = [c for c in exposed if c in texts]
+        counts.dropped_chunks += (len(used) - len(positives)) + (len(exposed) - len(exposed_alive))
+        if not positives:
+            counts.dropped_groups += 1
+            continue
+        rng = random.Random(f"{GENERATION_RULE_VERSION}:{seed}:{event.event_id}")
+        excluded = set(used) | set(exposed)
+        # The count follows the event (topk − used), before deleted chunks are dropped.
+        randoms = _draw_random(resolver.pool(event.project_id), excluded, random_negative_count(len(exposed)), rng)
+        plans.append((event, positives, exposed_alive, randoms))
+    random_texts = resolver.alive({c for *_, randoms in plans for c in randoms})
+    for event, positives, exposed_alive, randoms in plans:
+        randoms = [c for c in randoms if c in random_texts]
+        group = {
+            "query_text": event.query_text,
+            "project_id": event.project_id,
+            "positives": [_item(c, texts[c], POSITIVE) for c in positives],
+            "negatives": [_item(c, texts[c], EXPOSED) for c in exposed_alive]
+            + [_item(c, random_texts[c], RANDOM) for c in randoms],
+            "source_event_ids": [event.event_id],
+            "generation_rule_version": GENERATION_RULE_VERSION,
+        }
+        counts.trainable_groups += 1
+        counts.positives += len(positives)
+        counts.negatives += len(exposed_alive) + len(randoms)
+        counts.negatives_by_source[EXPOSED] += len(exposed_alive)
+        counts.negatives_by_source[RANDOM] += len(randoms)
+        day = event.created.date().isoformat()
+        counts.groups_by_day[day] = counts.groups_by_day.get(day, 0) + 1
+        yield group
+
+
+def _dumps(group: dict[str, Any]) -> bytes:
+    return json.dumps(group, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+# The build ---------------------------------------------------------------------------------
+def source_window(as_of: datetime, days: int) -> tuple[datetime, datetime]:
+    """[as_of - days, as_of) by raw-log file timestamp."""
+    if as_of.tzinfo is None:
+        raise DatasetError("as_of: must carry a UTC offset")
+    if days < 1:
+        raise DatasetError(f"source_window_days {days}: must be >= 1")
+    end = as_of.astimezone(timezone.utc)
+    return end - timedelta(days=days), end
+
+
+def build_dataset(
+    ws: Workspace,
+    *,
+    as_of: datetime | None = None,
+    source_window_days: int = DEFAULT_WINDOW_DAYS,
+    seed: int = 0,
+    progress: bool = False,
+) -> DatasetBuild:
+    """Build (or find, if the same content exists) the dataset for the window ending ``as_of``."""
+    from opslib.data_quality import check_dataset
+
+    start, end = source_window(as_of or utcnow(), source_window_days)
+    keys = log_files(ws.objects, RAW_PREFIX, start, end)
+    counts = DatasetCounts(raw_files=len(keys))
+    lineage = [{"key": k, "sha256": ws.objects.recorded_sha256(k),
+                "file_timestamp": batch_timestamp(k).isoformat()} for k in keys]
+
+    scan = _Scan()
+    for position, line in tqdm(_iter_lines(ws, keys), desc="scan raw logs", unit="line", disable=not progress):
+        counts.input_lines += 1
+        event, _reason = parse_event_line(line)
+        if event is None:
+            counts.invalid_lines += 1
+            continue
+        counts.input_events += 1
+        scan.hashes.append(id_hash64(event.event_id))
+        scan.created.append(event.created.timestamp())
+        scan.positions.append(position)
+        scan.likes.append(event.rating == "LIKE")
+    winners = _winning_like_positions(scan, counts)
+    del scan
+
+    with tempfile.TemporaryDirectory(prefix="dataset-") as tmp:
+        train_path = Path(tmp) / "train.jsonl"
+        _emit(ws, keys, winners, seed, counts, train_path, progress)
+        quality = check_dataset(ws, train_path)
+        train_sha = sha256_file(train_path)
+        identity = hashlib.sha256(
+            json.dumps([GENERATION_RULE_VERSION, start.isoformat(), end.isoformat(), seed, train_sha]).encode()
+        ).hexdigest()
+        dataset_version = f"{end:%Y%m%d}-{identity[:12]}"
+        prefix = f"datasets/{dataset_version}"
+        with ws.db.read() as session:
+            existing = session.get(TrainingDataset, dataset_version)
+        if existing is not None:
+            manifest = json.loads(ws.objects.get_text(f"{prefix}/manifest.json"))
+            return DatasetBuild(dataset_version, False, existing.eligible, list(existing.ineligible_reasons),
+                                manifest, f"{prefix}/train.jsonl", f"{prefix}/manifest.json")
+        reasons = ineligible_reasons(counts.trainable_groups, counts.negatives, quality["success"])
+        manifest = {
+            "dataset_version": dataset_version,
+            "generation_rule_version": GENERATION_RULE_VERSION,
+            "source_window": {"start": start.isoformat(), "end": end.isoformat(), "days": source_window_days,
+                              "by": "raw log file timestamp"},
+            "seed": seed,
+            "counts": asdict(counts),
+            "lineage": {"raw_files": lineage, "train_sha256": train_sha},
+            "data_quality": quality,
+            "eligible": not reasons,
+            "ineligible_reasons": reasons,
+            "eligibility_rule": {"min_groups": MIN_GROUPS, "min_negatives": MIN_NEGATIVES,
+                                 "data_quality": "must pass"},
+            "created_at": utcnow().isoformat(),
+        }
+        if not ws.objects.exists(f"{prefix}/train.jsonl"):  # a crashed earlier build may have published it
+            ws.objects.put_file(f"{prefix}/train.jsonl", train_path)
+    if not ws.objects.exists(f"{prefix}/manifest.json"):
+        ws.objects.put_text(f"{prefix}/manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+    else:
+        manifest = json.loads(ws.objects.get_text(f"{prefix}/manifest.json"))
+    with ws.db.transaction() as session:
+        session.add(
+            TrainingDataset(
+                dataset_version=dataset_version, storage_path=ws.objects.uri(prefix),
+                generation_rule_version=GENERATION_RULE_VERSION, source_window_start=start,
+                source_window_end=end, counts=manifest["counts"], eligible=manifest["eligible"],
+                ineligible_reasons=manifest["ineligible_reasons"],
+            )
+        )
+    log.info("dataset built", extra={"dataset_version": dataset_version, "eligible": manifest["eligible"],
+                                     "groups": counts.trainable_groups})
+    return DatasetBuild(dataset_version, True, manifest["eligible"], manifest["ineligible_reasons"], manifest,
+                        f"{prefix}/train.jsonl", f"{prefix}/manifest.json")
+
+
+def _emit(ws: Workspace, keys: list[str], winners: np.ndarray, seed: int, counts: DatasetCounts,
+          train_path: Path, progress: bool) -> None:
+    wanted = iter(winners.tolist())
+    next_wanted = next(wanted, None)
+    batch: list[FeedbackEvent] = []
+    bar = tqdm(total=len(winners), desc="build groups", unit="group", disable=not progress)
+    with ws.db.read() as session, open(train_path, "wb") as out:
+        resolver = _ChunkResolver(session)
+
+        def flush() -> None:
+            for group in _groups_for(batch, resolver, seed, counts):
+                out.write(_dumps(group))
+            bar.update(len(batch))
+            batch.clear()
+
+        for position, line in _iter_lines(ws, keys):
+            if next_wanted is None:
+                break
+            if position != next_wanted:
+                continue
+            next_wanted = next(wanted, None)
+            event, reason = parse_event_line(line)
+            if event is None:  # raw logs are immutable: it was valid in the scan
+                raise DatasetError(f"raw log line {position} changed between the two passes: {reason}")
+            batch.append(event)
+            if len(batch) >= _RESOLVE_BATCH:
+                flush()
+        flush()
+    bar.close()
+
+
+def ineligible_reasons(groups: int, negatives: int, quality_passed: bool) -> list[str]:
+    """Empty iff eligible: groups ≥ 10, negatives ≥ 20 and the data-quality suite passed."""
+    reasons = []
+    if groups < MIN_GROUPS:
+        reasons.append(f"groups {groups} < {MIN_GROUPS}")
+    if negatives < MIN_NEGATIVES:
+        reasons.append(f"negatives {negatives} < {MIN_NEGATIVES}")
+    if not quality_passed:
+        reasons.append("data-quality suite failed")
+    return reasons
+
+
+def latest_eligible_dataset(session: Session) -> TrainingDataset | None:
+    """What the training scheduler starts a run on: a query, not a storage listing."""
+    return session.scalars(
+        select(TrainingDataset).where(TrainingDataset.eligible.is_(True))
+        .order_by(TrainingDataset.created_at.desc(), TrainingDataset.dataset_version.desc()).limit(1)
+    ).first()
+
+
+def read_groups(ws: Workspace, dataset_version: str) -> Iterator[dict[str, Any]]:
+    """Stream the groups of a stored dataset."""
+    for line in ws.objects.iter_lines(f"datasets/{dataset_version}/train.jsonl"):
+        yield json.loads(line)
