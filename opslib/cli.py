@@ -174,9 +174,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     report = run_demo(_workspace(args), requests=args.requests)
     print()
-    print(f"Demo finished. Feedback-health report: {report.feedback_health.output_html}")
-    print("Status: `opsbench status`")
-    return 0 if report.feedback_health.ok else 1
+    print("Demo finished.")
+    print(f"  feedback-health report: {report.feedback_health.output_html}")
+    print(f"  dataset report:         {report.build_dataset.output_html}")
+    if report.dataset is not None:
+        print(f"  dataset verdict:        {report.dataset.dataset_version} "
+              f"{'eligible' if report.dataset.eligible else 'ineligible: ' + '; '.join(report.dataset.ineligible_reasons)}")
+    print("  status: `.venv/bin/opsbench status`")
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("status", cmd_status, "summarise the workspace from the Metadata DB")
     sub.add_argument("--json", action="store_true", help="machine-readable output")
 
-    sub = add("demo", cmd_demo, "init + built-in corpus + simulated traffic + 10_feedback_health")
+    sub = add("demo", cmd_demo, "init + built-in corpus + simulated traffic + 10_feedback_health + 20_build_dataset")
     sub.add_argument("--requests", type=int, default=300, help="simulated search requests")
     return parser
 

@@ -15,7 +15,6 @@ Great Expectations is slow to import, so it is imported only here, only when a c
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from array import array
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 from sqlalchemy import select
 
@@ -33,6 +33,8 @@ from opslib.workspace import Workspace
 
 ALLOWED_CONFIDENCE = {0.8, 0.4, 0.2}
 ALLOWED_SOURCES = {"liked_response_used_chunk", "exposed_unused", "random_same_project"}
+SLICE_ROWS = 500_000
+WHOLE_FRAME = {"events"}  # frames whose rules compare rows with each other
 RULES = {
     "query_nonempty": "every group has a non-empty query",
     "project_present": "every group has a project_id",
@@ -45,37 +47,63 @@ RULES = {
 }
 
 
-def frames_from_groups(groups: Iterable[dict[str, Any]], existing_chunk_ids: set[str]) -> dict[str, pd.DataFrame]:
-    """The three frames the suite validates. Numeric where possible, to stay small at scale."""
-    query_chars, project_ok, positives, overlaps = array("i"), array("b"), array("i"), array("i")
-    confidence, source_ok, chunk_ok, event_hashes = array("d"), array("b"), array("b"), array("Q")
-    for group in groups:
-        query_chars.append(len(str(group.get("query_text") or "").strip()))
-        project_ok.append(bool(str(group.get("project_id") or "").strip()))
+class GroupFrames:
+    """Accumulates, group by group, the three frames the suite validates.
+
+    Numeric columns only (chunk ids as integer codes), so a million groups stay small; chunk
+    existence is looked up once for the distinct ids when the frames are made.
+    """
+
+    def __init__(self) -> None:
+        self.query_chars, self.project_ok = array("i"), array("b")
+        self.positives, self.overlaps = array("i"), array("i")
+        self.confidence, self.source_ok, self.chunk_codes = array("d"), array("b"), array("i")
+        self.event_hashes = array("Q")
+        self._codes: dict[object, int] = {}
+
+    def add(self, group: dict[str, Any]) -> None:
+        self.query_chars.append(len(str(group.get("query_text") or "").strip()))
+        self.project_ok.append(bool(str(group.get("project_id") or "").strip()))
         pos = group.get("positives") or []
-        neg = group.get("negatives") or []
-        positives.append(len(pos))
-        overlaps.append(len({i.get("chunk_id") for i in pos} & {i.get("chunk_id") for i in neg}))
-        for item in [*pos, *neg]:
-            confidence.append(float(item.get("confidence", float("nan"))))
-            source_ok.append(item.get("source") in ALLOWED_SOURCES)
-            chunk_ok.append(item.get("chunk_id") in existing_chunk_ids)
-        for event_id in group.get("source_event_ids") or []:
-            event_hashes.append(id_hash64(str(event_id)))
-    return {
-        "groups": pd.DataFrame({
-            "query_chars": np.frombuffer(query_chars, dtype=np.int32),
-            "project_present": np.frombuffer(project_ok, dtype=np.int8),
-            "positive_count": np.frombuffer(positives, dtype=np.int32),
-            "overlap_count": np.frombuffer(overlaps, dtype=np.int32),
-        }),
-        "items": pd.DataFrame({
-            "confidence": np.frombuffer(confidence, dtype=np.float64),
-            "source_allowed": np.frombuffer(source_ok, dtype=np.int8),
-            "chunk_exists": np.frombuffer(chunk_ok, dtype=np.int8),
-        }),
-        "events": pd.DataFrame({"event_id_hash": np.frombuffer(event_hashes, dtype=np.uint64).astype(np.int64)}),
-    }
+        items = pos + (group.get("negatives") or [])
+        ids = [i.get("chunk_id") for i in items]
+        self.positives.append(len(pos))
+        self.overlaps.append(len(set(ids[: len(pos)]) & set(ids[len(pos):])))
+        self.confidence.extend([float(i.get("confidence", "nan")) for i in items])
+        self.source_ok.extend([i.get("source") in ALLOWED_SOURCES for i in items])
+        codes = self._codes
+        self.chunk_codes.extend([codes.setdefault(c, len(codes)) for c in ids])
+        self.event_hashes.extend([id_hash64(str(e)) for e in group.get("source_event_ids") or []])
+
+    @property
+    def referenced_chunk_ids(self) -> list[str]:
+        return sorted(c for c in self._codes if isinstance(c, str))
+
+    def frames(self, existing_chunk_ids: set[str]) -> dict[str, pd.DataFrame]:
+        existing_codes = np.array([code for c, code in self._codes.items() if c in existing_chunk_ids], dtype=np.int32)
+        codes = np.frombuffer(self.chunk_codes, dtype=np.int32)
+        return {
+            "groups": pd.DataFrame({
+                "query_chars": np.frombuffer(self.query_chars, dtype=np.int32),
+                "project_present": np.frombuffer(self.project_ok, dtype=np.int8),
+                "positive_count": np.frombuffer(self.positives, dtype=np.int32),
+                "overlap_count": np.frombuffer(self.overlaps, dtype=np.int32),
+            }, copy=False),
+            "items": pd.DataFrame({
+                "confidence": np.frombuffer(self.confidence, dtype=np.float64),
+                "source_allowed": np.frombuffer(self.source_ok, dtype=np.int8),
+                "chunk_exists": np.isin(codes, existing_codes).astype(np.int8),
+            }, copy=False),
+            "events": pd.DataFrame({"event_id_hash": np.frombuffer(self.event_hashes, dtype=np.uint64).astype(np.int64)},
+                                   copy=False),
+        }
+
+
+def frames_from_groups(groups: Iterable[dict[str, Any]], existing_chunk_ids: set[str]) -> dict[str, pd.DataFrame]:
+    accumulated = GroupFrames()
+    for group in groups:
+        accumulated.add(group)
+    return accumulated.frames(existing_chunk_ids)
 
 
 def _expectations(gx: Any) -> dict[str, list[tuple[str, Any]]]:
@@ -121,34 +149,43 @@ def run_suite(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"check-{frame_name}", data=batch, suite=suite)
         )
-        outcome = definition.run(batch_parameters={"dataframe": frame})
-        for (rule, _expectation), result in zip(expectations, outcome.results):
+        # Row-wise rules are checked slice by slice (bounded memory, counts summed); a
+        # uniqueness rule needs the whole column at once.
+        whole = frame_name in WHOLE_FRAME
+        slices = [frame] if whole or len(frame) <= SLICE_ROWS else [
+            frame.iloc[i : i + SLICE_ROWS] for i in range(0, len(frame), SLICE_ROWS)]
+        outcomes = [definition.run(batch_parameters={"dataframe": part}).results for part in slices]
+        for position, (rule, _expectation) in enumerate(expectations):
+            results = [outcome[position] for outcome in outcomes]
             checks.append({
                 "rule": rule, "description": RULES[rule], "frame": frame_name, "rows": int(len(frame)),
-                "success": bool(result.success),
-                "unexpected_count": int((result.result or {}).get("unexpected_count") or 0),
+                "success": all(bool(r.success) for r in results),
+                "unexpected_count": sum(int((r.result or {}).get("unexpected_count") or 0) for r in results),
             })
     return {"suite": "retrieval-group-v1", "engine": f"great_expectations {gx.__version__}",
             "success": all(c["success"] for c in checks), "checks": checks}
 
 
-def check_dataset(ws: Workspace, train_path: Path) -> dict[str, Any]:
-    """Run the suite over a written ``train.jsonl`` (chunk existence from the Metadata DB)."""
-    referenced: set[str] = set()
-    for group in _read(train_path):
-        referenced.update(i.get("chunk_id") for i in [*group.get("positives", []), *group.get("negatives", [])])
+def existing_chunk_ids(ws: Workspace, chunk_ids: list[str]) -> set[str]:
     existing: set[str] = set()
-    ids = sorted(c for c in referenced if isinstance(c, str))
     with ws.db.read() as session:
-        for start in range(0, len(ids), 500):
-            existing.update(session.scalars(select(Chunk.id).where(Chunk.id.in_(ids[start : start + 500]))))
-    return run_suite(frames_from_groups(_read(train_path), existing))
+        for start in range(0, len(chunk_ids), 500):
+            existing.update(session.scalars(select(Chunk.id).where(Chunk.id.in_(chunk_ids[start : start + 500]))))
+    return existing
 
 
-def _read(path: Path) -> Iterable[dict[str, Any]]:
-    with open(path, "rb") as handle:
+def check_groups(ws: Workspace, groups: GroupFrames) -> dict[str, Any]:
+    """Run the suite over the groups a build wrote (chunk existence from the Metadata DB)."""
+    return run_suite(groups.frames(existing_chunk_ids(ws, groups.referenced_chunk_ids)))
+
+
+def check_train_file(ws: Workspace, train_path: Path) -> dict[str, Any]:
+    """Run the suite over a ``train.jsonl`` read back from disk."""
+    accumulated = GroupFrames()
+    with open(train_path, "rb") as handle:
         for line in handle:
-            yield json.loads(line)
+            accumulated.add(orjson.loads(line))
+    return check_groups(ws, accumulated)
 
 
 def checks_table(result: dict[str, Any]) -> pd.DataFrame:

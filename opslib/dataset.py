@@ -20,25 +20,28 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 import tempfile
 from array import array
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from tqdm.auto import tqdm
 
 from opslib.db.models import Chunk, TrainingDataset, Video, VideoStatus, utcnow
-from opslib.feedback import RAW_PREFIX, FeedbackEvent, batch_timestamp, log_files, parse_event_line
+from opslib.feedback import RAW_PREFIX, batch_timestamp, log_files, parse_event_dict
 from opslib.logs import get_logger
 from opslib.storage import sha256_file
 from opslib.workspace import Workspace
+
+if TYPE_CHECKING:
+    from opslib.data_quality import GroupFrames
 
 log = get_logger(__name__)
 
@@ -140,24 +143,31 @@ def _winning_like_positions(scan: _Scan, counts: DatasetCounts) -> np.ndarray:
 
 # Pass 2: emit ------------------------------------------------------------------------------
 class _ChunkResolver:
-    """Chunk text and liveness from the Metadata DB, fetched in batches; project pools cached."""
+    """Chunk text and liveness from the Metadata DB, in batches, remembered for the build.
+
+    The cache is bounded by the number of distinct chunks feedback refers to (the corpus), not
+    by the number of events.
+    """
 
     def __init__(self, session: Session) -> None:
         self.session = session
         self._pools: dict[str, tuple[list[str], frozenset[str]]] = {}
+        self._text: dict[str, str | None] = {}  # None: deleted (or its video is being deleted)
 
-    def alive(self, chunk_ids: set[str]) -> dict[str, str]:
-        """chunk id → text, for chunks that still exist in a video that is not being deleted."""
-        found: dict[str, str] = {}
-        ids = sorted(chunk_ids)
-        for start in range(0, len(ids), 500):
-            rows = self.session.execute(
+    def texts(self, chunk_ids: set[str]) -> dict[str, str | None]:
+        """chunk id → text, or None if the chunk is gone or its video is being deleted.
+
+        Returns the build-wide cache itself (every id asked for is in it afterwards)."""
+        unknown = sorted(c for c in chunk_ids if c not in self._text)
+        for start in range(0, len(unknown), 500):
+            part = unknown[start : start + 500]
+            rows = dict(self.session.execute(
                 select(Chunk.id, Chunk.text)
                 .join(Video, Video.id == Chunk.video_id)
-                .where(Chunk.id.in_(ids[start : start + 500]), Video.status != VideoStatus.DELETING)
-            ).all()
-            found.update({cid: text for cid, text in rows})
-        return found
+                .where(Chunk.id.in_(part), Video.status != VideoStatus.DELETING)
+            ).all())
+            self._text.update({cid: rows.get(cid) for cid in part})
+        return self._text
 
     def pool(self, project_id: str) -> tuple[list[str], frozenset[str]]:
         """Chunk ids of the project's READY videos, sorted (random negatives are drawn from it)."""
@@ -173,56 +183,91 @@ class _ChunkResolver:
         return self._pools[project_id]
 
 
-def _draw_random(pool: tuple[list[str], frozenset[str]], excluded: set[str], k: int,
-                 rng: random.Random) -> list[str]:
-    """k distinct pool members not in ``excluded`` — all that remain if that is k or fewer."""
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(state: int) -> tuple[int, int]:
+    """One step of SplitMix64: (next state, 64-bit output). Small, fast, fully reproducible."""
+    state = (state + 0x9E3779B97F4A7C15) & _MASK64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return state, z ^ (z >> 31)
+
+
+def _draw_random(pool: tuple[list[str], frozenset[str]], excluded: set[str], k: int, key: str) -> list[str]:
+    """k distinct pool members not in ``excluded`` — all that remain if that is k or fewer.
+
+    The draws come from a generator seeded by ``key`` alone, so they do not depend on what else
+    is in the window or in which order events are processed.
+    """
     ids, members = pool
     if len(ids) - len(excluded & members) <= k:
         return [c for c in ids if c not in excluded]
     chosen: list[str] = []
     taken = set(excluded)
+    state = id_hash64(key)
     while len(chosen) < k:
-        candidate = ids[rng.randrange(len(ids))]
+        state, value = _splitmix64(state)
+        candidate = ids[value % len(ids)]
         if candidate not in taken:
             taken.add(candidate)
             chosen.append(candidate)
     return chosen
 
 
-def _item(chunk_id: str, text: str, source: str) -> dict[str, Any]:
-    return {"chunk_id": chunk_id, "text": text, "source": source, "confidence": CONFIDENCE[source]}
+class _Items:
+    """The item objects of a build, one per (source, chunk): groups share them (less garbage)."""
+
+    def __init__(self) -> None:
+        self._by_source: dict[str, dict[str, dict[str, Any]]] = {source: {} for source in CONFIDENCE}
+
+    def of(self, source: str, chunk_ids: list[str], texts: dict[str, str | None]) -> list[dict[str, Any]]:
+        cache = self._by_source[source]
+        found = []
+        for chunk_id in chunk_ids:
+            item = cache.get(chunk_id)
+            if item is None:
+                item = cache[chunk_id] = {"chunk_id": chunk_id, "text": texts[chunk_id], "source": source,
+                                          "confidence": CONFIDENCE[source]}
+            found.append(item)
+        return found
+
+
+def _utc_day(created_at: str) -> str:
+    if created_at.endswith("+00:00"):  # how ingestion writes it: skip the parse
+        return created_at[:10]
+    return datetime.fromisoformat(created_at).astimezone(timezone.utc).date().isoformat()
 
 
 def _groups_for(
-    events: list[FeedbackEvent], resolver: _ChunkResolver, seed: int, counts: DatasetCounts
+    events: list[dict[str, Any]], resolver: _ChunkResolver, items: _Items, seed: int, counts: DatasetCounts
 ) -> Iterator[dict[str, Any]]:
-    referenced = {c for e in events for c in e.topk_ids} | {c for e in events for c in e.used_ids}
-    texts = resolver.alive(referenced)
+    texts = resolver.texts({c for e in events for c in (*e["topk_ids"], *e["used_ids"])})
     plans = []
     for event in events:
-        used = list(dict.fromkeys(event.used_ids))
-        exposed = [c for c in dict.fromkeys(event.topk_ids) if c not in set(used)]
-        positives = [c for c in used if c in texts]
-        exposed_alive = [c for c in exposed if c in texts]
+        used = list(dict.fromkeys(event["used_ids"]))
+        exposed = [c for c in dict.fromkeys(event["topk_ids"]) if c not in used]
+        positives = [c for c in used if texts[c] is not None]
+        exposed_alive = [c for c in exposed if texts[c] is not None]
         counts.dropped_chunks += (len(used) - len(positives)) + (len(exposed) - len(exposed_alive))
         if not positives:
             counts.dropped_groups += 1
             continue
-        rng = random.Random(f"{GENERATION_RULE_VERSION}:{seed}:{event.event_id}")
-        excluded = set(used) | set(exposed)
         # The count follows the event (topk − used), before deleted chunks are dropped.
-        randoms = _draw_random(resolver.pool(event.project_id), excluded, random_negative_count(len(exposed)), rng)
+        randoms = _draw_random(resolver.pool(event["project_id"]), set(used) | set(exposed),
+                               random_negative_count(len(exposed)),
+                               f"{GENERATION_RULE_VERSION}:{seed}:{event['event_id']}")
         plans.append((event, positives, exposed_alive, randoms))
-    random_texts = resolver.alive({c for *_, randoms in plans for c in randoms})
+    texts = resolver.texts({c for *_, randoms in plans for c in randoms})
     for event, positives, exposed_alive, randoms in plans:
-        randoms = [c for c in randoms if c in random_texts]
+        randoms = [c for c in randoms if texts[c] is not None]
         group = {
-            "query_text": event.query_text,
-            "project_id": event.project_id,
-            "positives": [_item(c, texts[c], POSITIVE) for c in positives],
-            "negatives": [_item(c, texts[c], EXPOSED) for c in exposed_alive]
-            + [_item(c, random_texts[c], RANDOM) for c in randoms],
-            "source_event_ids": [event.event_id],
+            "query_text": event["query_text"],
+            "project_id": event["project_id"],
+            "positives": items.of(POSITIVE, positives, texts),
+            "negatives": items.of(EXPOSED, exposed_alive, texts) + items.of(RANDOM, randoms, texts),
+            "source_event_ids": [event["event_id"]],
             "generation_rule_version": GENERATION_RULE_VERSION,
         }
         counts.trainable_groups += 1
@@ -230,13 +275,13 @@ def _groups_for(
         counts.negatives += len(exposed_alive) + len(randoms)
         counts.negatives_by_source[EXPOSED] += len(exposed_alive)
         counts.negatives_by_source[RANDOM] += len(randoms)
-        day = event.created.date().isoformat()
+        day = _utc_day(event["created_at"])
         counts.groups_by_day[day] = counts.groups_by_day.get(day, 0) + 1
         yield group
 
 
 def _dumps(group: dict[str, Any]) -> bytes:
-    return json.dumps(group, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    return orjson.dumps(group, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
 
 
 # The build ---------------------------------------------------------------------------------
@@ -259,7 +304,7 @@ def build_dataset(
     progress: bool = False,
 ) -> DatasetBuild:
     """Build (or find, if the same content exists) the dataset for the window ending ``as_of``."""
-    from opslib.data_quality import check_dataset
+    from opslib.data_quality import GroupFrames, check_groups
 
     start, end = source_window(as_of or utcnow(), source_window_days)
     keys = log_files(ws.objects, RAW_PREFIX, start, end)
@@ -270,22 +315,25 @@ def build_dataset(
     scan = _Scan()
     for position, line in tqdm(_iter_lines(ws, keys), desc="scan raw logs", unit="line", disable=not progress):
         counts.input_lines += 1
-        event, _reason = parse_event_line(line)
+        event, _reason = parse_event_dict(line)
         if event is None:
             counts.invalid_lines += 1
             continue
         counts.input_events += 1
-        scan.hashes.append(id_hash64(event.event_id))
-        scan.created.append(event.created.timestamp())
+        event_id = event["event_id"]  # a validated UUIDv5 (SHA-1 bits): its first 64 bits will do
+        scan.hashes.append(int(event_id[:8] + event_id[9:13] + event_id[14:18], 16))
+        scan.created.append(datetime.fromisoformat(event["created_at"]).timestamp())
         scan.positions.append(position)
-        scan.likes.append(event.rating == "LIKE")
+        scan.likes.append(event["rating"] == "LIKE")
     winners = _winning_like_positions(scan, counts)
     del scan
 
     with tempfile.TemporaryDirectory(prefix="dataset-") as tmp:
         train_path = Path(tmp) / "train.jsonl"
-        _emit(ws, keys, winners, seed, counts, train_path, progress)
-        quality = check_dataset(ws, train_path)
+        written = GroupFrames()
+        _emit(ws, keys, winners, seed, counts, train_path, written, progress)
+        quality = check_groups(ws, written)
+        del written
         train_sha = sha256_file(train_path)
         identity = hashlib.sha256(
             json.dumps([GENERATION_RULE_VERSION, start.isoformat(), end.isoformat(), seed, train_sha]).encode()
@@ -336,17 +384,18 @@ def build_dataset(
 
 
 def _emit(ws: Workspace, keys: list[str], winners: np.ndarray, seed: int, counts: DatasetCounts,
-          train_path: Path, progress: bool) -> None:
+          train_path: Path, written: GroupFrames, progress: bool) -> None:
     wanted = iter(winners.tolist())
     next_wanted = next(wanted, None)
-    batch: list[FeedbackEvent] = []
+    batch: list[dict[str, Any]] = []
     bar = tqdm(total=len(winners), desc="build groups", unit="group", disable=not progress)
     with ws.db.read() as session, open(train_path, "wb") as out:
-        resolver = _ChunkResolver(session)
+        resolver, items = _ChunkResolver(session), _Items()
 
         def flush() -> None:
-            for group in _groups_for(batch, resolver, seed, counts):
+            for group in _groups_for(batch, resolver, items, seed, counts):
                 out.write(_dumps(group))
+                written.add(group)  # the data-quality frames see exactly what is written
             bar.update(len(batch))
             batch.clear()
 
@@ -356,10 +405,7 @@ def _emit(ws: Workspace, keys: list[str], winners: np.ndarray, seed: int, counts
             if position != next_wanted:
                 continue
             next_wanted = next(wanted, None)
-            event, reason = parse_event_line(line)
-            if event is None:  # raw logs are immutable: it was valid in the scan
-                raise DatasetError(f"raw log line {position} changed between the two passes: {reason}")
-            batch.append(event)
+            batch.append(orjson.loads(line))  # validated in the scan; raw logs are immutable
             if len(batch) >= _RESOLVE_BATCH:
                 flush()
         flush()
@@ -389,4 +435,4 @@ def latest_eligible_dataset(session: Session) -> TrainingDataset | None:
 def read_groups(ws: Workspace, dataset_version: str) -> Iterator[dict[str, Any]]:
     """Stream the groups of a stored dataset."""
     for line in ws.objects.iter_lines(f"datasets/{dataset_version}/train.jsonl"):
-        yield json.loads(line)
+        yield orjson.loads(line)

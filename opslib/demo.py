@@ -7,7 +7,9 @@ from datetime import timedelta
 
 from opslib.bootstrap import BootstrapReport, init_workspace
 from opslib.corpus import CorpusReport, load_corpus
-from opslib.db.models import CorpusImport, utcnow
+from sqlalchemy import select
+
+from opslib.db.models import CorpusImport, TrainingDataset, utcnow
 from opslib.demo_corpus import build_demo_corpus
 from opslib.runner import StageResult, run_stage
 from opslib.simulate import SimulationReport, simulate_traffic
@@ -22,31 +24,49 @@ class DemoReport:
     corpus: CorpusReport | None
     traffic: SimulationReport
     feedback_health: StageResult
+    build_dataset: StageResult
+    dataset: TrainingDataset | None
+
+    @property
+    def ok(self) -> bool:
+        return self.feedback_health.ok and self.build_dataset.ok
 
 
 def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, say=print) -> DemoReport:
-    """Initialise, bootstrap, load the built-in corpus, simulate traffic, run 10_feedback_health."""
-    say("[1/4] initialising the workspace and bootstrapping the base model + its index")
+    """Initialise, bootstrap, load the built-in corpus, simulate traffic, run 10 and 20."""
+    say("[1/5] initialising the workspace and bootstrapping the base model + its index")
     boot = init_workspace(ws, progress=True)
     say(f"      serving {boot.model_version} on index {boot.index_name}")
     with ws.db.read() as session:
         imported = session.get(CorpusImport, DEMO_CORPUS) is not None
     corpus = None
     if imported:
-        say(f"[2/4] built-in corpus {DEMO_CORPUS!r} already loaded")
+        say(f"[2/5] built-in corpus {DEMO_CORPUS!r} already loaded")
     else:
-        say("[2/4] building the built-in corpus from the standard library's docstrings")
+        say("[2/5] building the built-in corpus from the standard library's docstrings")
         corpus = load_corpus(ws, build_demo_corpus(DEMO_CORPUS), progress=True)
         say(f"      {corpus.chunks} chunks in {corpus.videos} videos of {corpus.projects} projects; "
             f"{corpus.traffic_queries} traffic queries, {corpus.reserved_queries} reserved for evaluation")
-    say(f"[3/4] simulating {requests} search requests with feedback")
+    say(f"[3/5] simulating {requests} search requests with feedback")
     traffic = simulate_traffic(
         ws, DEMO_CORPUS, requests=requests, seed=seed, progress=True,
         start=utcnow() - timedelta(days=6), spread=timedelta(days=6),
     )
     say(f"      {traffic.likes} likes, {traffic.dislikes} dislikes; relevant chunk in top-5 for "
         f"{traffic.hit_rate:.0%} of requests; {len(traffic.ingest.raw_files)} raw log file(s)")
-    say("[4/4] running stage 10_feedback_health")
-    result = run_stage(ws, "10_feedback_health", {"window_days": 7}, progress=True)
-    say(f"      {result.status.value}: report {result.output_html}")
-    return DemoReport(boot, corpus, traffic, result)
+    say("[4/5] running stage 10_feedback_health")
+    health = run_stage(ws, "10_feedback_health", {"window_days": 7}, progress=True)
+    say(f"      {health.status.value}: report {health.output_html}")
+    say("[5/5] running stage 20_build_dataset (source window: the last 30 days)")
+    build = run_stage(ws, "20_build_dataset", {"source_window_days": 30}, progress=True)
+    dataset = None
+    with ws.db.read() as session:
+        if build.ok:  # the newest dataset is the one this execution built or found
+            dataset = session.scalars(
+                select(TrainingDataset).order_by(TrainingDataset.created_at.desc()).limit(1)).first()
+    if dataset is not None:
+        verdict = "ELIGIBLE for training" if dataset.eligible else "NOT eligible: " + "; ".join(dataset.ineligible_reasons)
+        say(f"      dataset {dataset.dataset_version}: {dataset.counts['trainable_groups']} groups, "
+            f"{dataset.counts['negatives']} negatives — {verdict}")
+    say(f"      {build.status.value}: report {build.output_html}")
+    return DemoReport(boot, corpus, traffic, health, build, dataset)

@@ -14,10 +14,9 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from opslib.logs import get_logger
 from opslib.storage import ObjectStore
@@ -32,87 +31,145 @@ MAX_LINE_BYTES = 1 << 20
 
 
 _NAMESPACE_BYTES = FEEDBACK_NAMESPACE.bytes
+_VERSION_MASK = ~(0xF000 << 64) & ~(0xC000 << 48) & ((1 << 128) - 1)
+_VERSION_BITS = (0x5000 << 64) | (0x8000 << 48)
+
+
+_EVENT_ID_BASE = hashlib.sha1(_NAMESPACE_BYTES + b"feedback:")
+
+
+def _event_id_int(user_id: str, req_id: str, rating: str) -> int:
+    digest = _EVENT_ID_BASE.copy()
+    digest.update(f"{user_id}:{req_id}:{rating}".encode())
+    return (int.from_bytes(digest.digest()[:16], "big") & _VERSION_MASK) | _VERSION_BITS
 
 
 def feedback_event_id(user_id: str, req_id: str, rating: str) -> str:
-    """UUIDv5 of ``feedback:{user_id}:{req_id}:{rating}`` — computed directly (RFC 4122 §4.3),
-    equal to ``uuid.uuid5`` but about ten times faster; dataset builds check millions of these."""
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"feedback:{user_id}:{req_id}:{rating}".encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
+    """UUIDv5 of ``feedback:{user_id}:{req_id}:{rating}`` (RFC 4122 §4.3), equal to
+    ``uuid.uuid5`` but computed directly: dataset builds check millions of these."""
+    h = "%032x" % _event_id_int(user_id, req_id, rating)
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-class FeedbackEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+def _is_event_id(event_id: str, user_id: str, req_id: str, rating: str) -> bool:
+    # Compare as integers (no formatting on the hot path), then insist on the canonical form.
+    try:
+        value = int(event_id.replace("-", ""), 16)
+    except ValueError:
+        return False
+    return (value == _event_id_int(user_id, req_id, rating) and len(event_id) == 36
+            and event_id == event_id.lower() and event_id[8] == event_id[13] == event_id[18] == event_id[23] == "-")
 
-    schema_version: Literal[1]
+
+_TEXT_FIELDS = ("event_id", "user_id", "project_id", "req_id", "query_text", "active_model_version",
+                "active_index_name", "response_snapshot_ref", "created_at", "trace_id")
+_LIST_FIELDS = ("topk_ids", "used_ids")
+FIELDS = ("schema_version", *_TEXT_FIELDS[:5], "rating", *_LIST_FIELDS, *_TEXT_FIELDS[5:])
+_FIELD_SET = frozenset(FIELDS)
+
+
+class InvalidEvent(ValueError):
+    pass
+
+
+def check_event(data: dict[str, Any]) -> None:
+    """Raise ``InvalidEvent`` naming the first field of ``data`` that breaks DESIGN §4."""
+    if data.get("schema_version") != 1 or type(data.get("schema_version")) is not int:
+        raise InvalidEvent(f"unsupported schema_version {data.get('schema_version')!r} (only 1)")
+    if data.keys() != _FIELD_SET:
+        missing = [f for f in FIELDS if f not in data]
+        if missing:
+            raise InvalidEvent(f"{missing[0]}: missing field")
+        raise InvalidEvent(f"{sorted(set(data) - _FIELD_SET)[0]}: unknown field")
+    for name in _TEXT_FIELDS:
+        value = data[name]
+        if type(value) is not str or not value:
+            raise InvalidEvent(f"{name}: must be a non-empty string")
+    if data["rating"] not in ("LIKE", "DISLIKE"):
+        raise InvalidEvent(f"rating: must be LIKE or DISLIKE, got {data['rating']!r}")
+    for name in _LIST_FIELDS:
+        value = data[name]
+        if type(value) is not list or not all(type(v) is str and v for v in value):
+            raise InvalidEvent(f"{name}: must be a list of non-empty strings")
+    try:
+        created = datetime.fromisoformat(data["created_at"])
+    except ValueError:
+        raise InvalidEvent("created_at: must be an ISO-8601 timestamp") from None
+    if created.tzinfo is None:
+        raise InvalidEvent("created_at: must carry a UTC offset")
+    if not _is_event_id(data["event_id"], data["user_id"], data["req_id"], data["rating"]):
+        expected = feedback_event_id(data["user_id"], data["req_id"], data["rating"])
+        raise InvalidEvent(
+            f"event_id: must be the UUIDv5 of feedback:{{user_id}}:{{req_id}}:{{rating}} ({expected})")
+    stray = [u for u in data["used_ids"] if u not in data["topk_ids"]]
+    if stray:
+        raise InvalidEvent(f"used_ids: {stray} are not in topk_ids")
+
+
+@dataclass(slots=True)  # not frozen: frozen construction costs more than the checks
+class FeedbackEvent:
+    """One feedback event, exactly the fields of DESIGN §4 (validated on construction)."""
+
+    schema_version: int
     event_id: str
-    user_id: str = Field(min_length=1)
-    project_id: str = Field(min_length=1)
-    req_id: str = Field(min_length=1)
-    query_text: str = Field(min_length=1)
-    rating: Literal["LIKE", "DISLIKE"]
-    topk_ids: list[str]
-    used_ids: list[str]
-    active_model_version: str = Field(min_length=1)
-    active_index_name: str = Field(min_length=1)
-    response_snapshot_ref: str = Field(min_length=1)
+    user_id: str
+    project_id: str
+    req_id: str
+    query_text: str
+    rating: str
+    topk_ids: tuple[str, ...]
+    used_ids: tuple[str, ...]
+    active_model_version: str
+    active_index_name: str
+    response_snapshot_ref: str
     created_at: str
-    trace_id: str = Field(min_length=1)
+    trace_id: str
 
-    @field_validator("created_at")
     @classmethod
-    def _aware_iso(cls, value: str) -> str:
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError("must be an ISO-8601 timestamp") from None
-        if parsed.tzinfo is None:
-            raise ValueError("must carry a UTC offset")
-        return value
+    def from_dict(cls, data: dict[str, Any]) -> FeedbackEvent:
+        """The event, or ``InvalidEvent`` naming the first bad field and why."""
+        check_event(data)
+        return cls(**{**data, "topk_ids": tuple(data["topk_ids"]), "used_ids": tuple(data["used_ids"])})
 
-    @model_validator(mode="after")
-    def _consistent(self) -> FeedbackEvent:
-        expected = feedback_event_id(self.user_id, self.req_id, self.rating)
-        if self.event_id != expected:
-            raise ValueError(f"event_id must be the UUIDv5 of feedback:{{user_id}}:{{req_id}}:{{rating}} ({expected})")
-        stray = [u for u in self.used_ids if u not in self.topk_ids]
-        if stray:
-            raise ValueError(f"used_ids {stray} are not in topk_ids")
-        return self
+    def to_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in FIELDS}
+        data["topk_ids"], data["used_ids"] = list(self.topk_ids), list(self.used_ids)
+        return data
 
     @property
     def created(self) -> datetime:
         return datetime.fromisoformat(self.created_at).astimezone(timezone.utc)
 
 
-def parse_event_line(line: bytes) -> tuple[FeedbackEvent | None, str | None]:
-    """(event, None) for a valid line, (None, reason) otherwise. Never raises."""
+def parse_event_dict(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """(validated event as a dict, None) or (None, reason). Never raises."""
     if not line.strip():
         return None, "empty line"
     if len(line) > MAX_LINE_BYTES:
         return None, f"line too long: {len(line)} bytes > {MAX_LINE_BYTES}"
     try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, f"not UTF-8: {exc.reason} at byte {exc.start}"
-    try:
-        data = orjson.loads(text)
+        data = orjson.loads(line)  # also refuses invalid UTF-8
     except orjson.JSONDecodeError as exc:
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return None, f"not UTF-8: {bad.reason} at byte {bad.start}"
         return None, f"not JSON: {exc.msg}"
     if not isinstance(data, dict):
         return None, "not a JSON object"
-    if data.get("schema_version") != 1:
-        return None, f"unsupported schema_version {data.get('schema_version')!r} (only 1)"
     try:
-        return FeedbackEvent.model_validate(data), None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "event"
-        reason = "missing field" if first["type"] == "missing" else first["msg"]
-        return None, f"{where}: {reason}"
+        check_event(data)
+    except InvalidEvent as exc:
+        return None, str(exc)
+    return data, None
+
+
+def parse_event_line(line: bytes) -> tuple[FeedbackEvent | None, str | None]:
+    """(event, None) for a valid line, (None, reason) otherwise. Never raises."""
+    data, reason = parse_event_dict(line)
+    if data is None:
+        return None, reason
+    return FeedbackEvent(**{**data, "topk_ids": tuple(data["topk_ids"]), "used_ids": tuple(data["used_ids"])}), None
 
 
 def make_event(
@@ -129,19 +186,18 @@ def make_event(
     created_at: datetime,
     trace_id: str,
 ) -> FeedbackEvent:
-    return FeedbackEvent(
-        schema_version=1,
-        event_id=feedback_event_id(user_id, req_id, rating),
-        user_id=user_id, project_id=project_id, req_id=req_id, query_text=query_text,
-        rating=rating, topk_ids=list(topk_ids), used_ids=list(used_ids),  # type: ignore[arg-type]
-        active_model_version=active_model_version, active_index_name=active_index_name,
-        response_snapshot_ref=req_id, created_at=created_at.astimezone(timezone.utc).isoformat(),
-        trace_id=trace_id,
-    )
+    return FeedbackEvent.from_dict({
+        "schema_version": 1, "event_id": feedback_event_id(user_id, req_id, rating),
+        "user_id": user_id, "project_id": project_id, "req_id": req_id, "query_text": query_text,
+        "rating": rating, "topk_ids": list(topk_ids), "used_ids": list(used_ids),
+        "active_model_version": active_model_version, "active_index_name": active_index_name,
+        "response_snapshot_ref": req_id, "created_at": created_at.astimezone(timezone.utc).isoformat(),
+        "trace_id": trace_id,
+    })
 
 
 def event_line(event: FeedbackEvent) -> bytes:
-    return json.dumps(event.model_dump(), ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n"
+    return orjson.dumps(event.to_dict(), option=orjson.OPT_SORT_KEYS) + b"\n"
 
 
 @dataclass

@@ -17,11 +17,15 @@ def test_demo_path(empty_ws: Workspace) -> None:
     assert report.traffic.requests == 40 and report.traffic.ingest.accepted == 40
     assert report.feedback_health.ok and report.feedback_health.output_html.is_file()
     assert any(str(report.feedback_health.output_html) in line for line in lines)
+    assert report.build_dataset.ok and report.build_dataset.output_html.is_file()
+    assert report.dataset is not None and report.dataset.eligible  # 40 requests → enough LIKE groups
+    assert any("ELIGIBLE for training" in line for line in lines)
+    assert "ELIGIBLE for training" in report.build_dataset.output_html.read_text()
     with empty_ws.db.read() as session:
         assert session.query(ModelRelease).one().release_status is ReleaseStatus.STABLE
         assert session.get(CorpusImport, "stdlib") is not None
-        assert session.query(StageExecution).one().status is ExecutionStatus.SUCCEEDED
+        assert [e.status for e in session.query(StageExecution)] == [ExecutionStatus.SUCCEEDED] * 2
     assert log_files(empty_ws.objects, RAW_PREFIX)
     # Running it again reuses the workspace: no second bootstrap, no second import.
     again = run_demo(empty_ws, requests=5, say=lines.append)
-    assert not again.bootstrap.created and again.corpus is None and again.feedback_health.ok
+    assert not again.bootstrap.created and again.corpus is None and again.ok

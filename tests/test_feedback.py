@@ -27,7 +27,7 @@ def _event(**overrides: object) -> dict:
         user_id="u1", project_id="p1", req_id="r1", query_text="how to sort", rating="LIKE",
         topk_ids=["c1", "c2", "c3"], used_ids=["c1"], active_model_version="m1",
         active_index_name="idx-m1", created_at=datetime(2026, 11, 30, tzinfo=timezone.utc), trace_id="t1",
-    ).model_dump()
+    ).to_dict()
     event.update(overrides)
     return event
 
@@ -47,7 +47,7 @@ def test_event_id_is_uuid5_of_the_contract_string() -> None:
     [
         ({"schema_version": 2}, "unsupported schema_version 2"),
         ({"rating": "MEH"}, "rating"),
-        ({"event_id": str(uuid.uuid4())}, "event_id must be the UUIDv5"),
+        ({"event_id": str(uuid.uuid4())}, "event_id: must be the UUIDv5"),
         ({"used_ids": ["c9"]}, "not in topk_ids"),
         ({"created_at": "yesterday"}, "created_at"),
         ({"created_at": "2026-11-30T00:00:00"}, "UTC offset"),
