@@ -129,15 +129,45 @@ def test_crash_mid_batch_loses_nothing_already_published(tmp_path: Path, monkeyp
     assert set(ids) == {f"r{i}" for i in range(10)} and len(ids) == 16
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.one_of(st.binary(max_size=200), st.sampled_from([b"{}", b'{"schema_version": 1}']),
-                          st.just(json.dumps(_event()).encode())), max_size=30),
-       st.integers(min_value=1, max_value=7))
+VALID = json.dumps(_event()).encode()
+LINES = st.one_of(
+    st.binary(max_size=200),  # arbitrary bytes, mostly not UTF-8
+    st.sampled_from([b"{}", b'{"schema_version": 1}', b"[]", b"null", b"   ", b"\xff\xfe\x00"]),
+    st.just(VALID),  # a valid event (duplicates when drawn twice)
+    st.integers(min_value=0, max_value=len(VALID) - 1).map(lambda n: VALID[:n]),  # truncated
+    st.just(b'{"pad": "' + b"x" * (1 << 20) + b'"}'),  # oversized
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                    HealthCheck.too_slow])
+@given(st.lists(LINES, max_size=30), st.integers(min_value=1, max_value=7))
 def test_lines_in_equal_lines_out(tmp_path_factory: pytest.TempPathFactory, raw_lines: list[bytes], batch: int) -> None:
     store = ObjectStore(str(tmp_path_factory.mktemp("fb")))
     lines = [line.replace(b"\n", b" ") for line in raw_lines]
     report = ingest_feedback(store, [b"".join(l + b"\n" for l in lines)], batch_size=batch)
-    raw = sum(len(store.get_bytes(k).split(b"\n")) - 1 for k in log_files(store, RAW_PREFIX))
-    errors = sum(len(store.get_bytes(k).split(b"\n")) - 1 for k in log_files(store, ERROR_PREFIX))
-    assert report.lines == len(lines) == raw + errors
-    assert report.accepted == raw and report.rejected == errors
+    raw = [l for k in log_files(store, RAW_PREFIX) for l in store.get_bytes(k).split(b"\n")[:-1]]
+    errors = [l for k in log_files(store, ERROR_PREFIX) for l in store.get_bytes(k).split(b"\n")[:-1]]
+    assert report.lines == len(lines) == len(raw) + len(errors)
+    assert report.accepted == len(raw) == lines.count(VALID)  # every valid copy kept, duplicates too
+    assert sorted(raw + errors) == sorted(lines)  # nothing lost, nothing changed
+    reasons = sum(len(store.get_text(k.removesuffix(".jsonl") + ".reasons.jsonl").splitlines())
+                  for k in log_files(store, ERROR_PREFIX))
+    assert reasons == len(errors)  # every rejected line has its reason beside it
+
+
+def test_cli_reads_standard_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+    import sys
+
+    from opslib.cli import main
+
+    monkeypatch.setenv("OPS_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.setenv("OPS_LOG_LEVEL", "WARNING")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(VALID + b"\n" + VALID + b"\n{oops\n")))
+    assert main(["ingest-feedback", "-", "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "3 lines: 2 accepted into 1 raw log file(s), 1 rejected into 1 error log file(s)" in out
+    assert main(["ingest-feedback", str(tmp_path / "missing.jsonl")]) == 2
+    assert "not found" in capsys.readouterr().err

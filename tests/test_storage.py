@@ -116,3 +116,14 @@ def test_stream_lines(store: ObjectStore) -> None:
 def test_uri_names_the_scheme_for_remote_stores() -> None:
     store = ObjectStore("memory://bucket-x")
     assert store.uri("a/b.txt").startswith("memory://")
+
+
+def test_put_file_streams_and_is_write_once(store: ObjectStore, tmp_path: Path) -> None:
+    source = tmp_path / "big.bin"
+    source.write_bytes(b"0123456789" * 100_000)
+    stored = store.put_file("datasets/v/train.jsonl", source)
+    assert stored.size == 1_000_000 and stored.sha256 == sha256_bytes(source.read_bytes())
+    assert store.get_bytes("datasets/v/train.jsonl") == source.read_bytes()
+    assert store.verify("datasets/v/train.jsonl")
+    with pytest.raises(ObjectExistsError):
+        store.put_file("datasets/v/train.jsonl", source)
