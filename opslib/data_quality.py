@@ -19,7 +19,6 @@ import logging
 import os
 from array import array
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -177,15 +176,6 @@ def existing_chunk_ids(ws: Workspace, chunk_ids: list[str]) -> set[str]:
 def check_groups(ws: Workspace, groups: GroupFrames) -> dict[str, Any]:
     """Run the suite over the groups a build wrote (chunk existence from the Metadata DB)."""
     return run_suite(groups.frames(existing_chunk_ids(ws, groups.referenced_chunk_ids)))
-
-
-def check_train_file(ws: Workspace, train_path: Path) -> dict[str, Any]:
-    """Run the suite over a ``train.jsonl`` read back from disk."""
-    accumulated = GroupFrames()
-    with open(train_path, "rb") as handle:
-        for line in handle:
-            accumulated.add(orjson.loads(line))
-    return check_groups(ws, accumulated)
 
 
 def checks_table(result: dict[str, Any]) -> pd.DataFrame:
