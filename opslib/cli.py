@@ -144,6 +144,51 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from opslib.worker import Worker
+
+    worker = Worker(_ready(_workspace(args)), name=args.name)
+    if not args.once:
+        worker.run_forever(args.poll_interval)
+        return 0
+    report = worker.run_once()
+    for message_id, what in report.messages:
+        print(f"message {message_id}: {what}")
+    for run_id, what in report.reconciled:
+        print(f"reconciled run {run_id}: {what}")
+    for run_id, status in report.runs.items():
+        print(f"run {run_id}: {status}")
+    if not (report.messages or report.runs or report.reconciled):
+        print("nothing to do")
+    return 0
+
+
+def cmd_request_training(args: argparse.Namespace) -> int:
+    from opslib.messages import new_training_request
+    from opslib.queue import publish
+
+    ws = _ready(_workspace(args))
+    message = new_training_request(trigger_source=args.trigger, requested_by=ws.settings.operator, reason=args.reason)
+    print(f"TRAINING_REQUEST queued as message {publish(ws.db, message)} (trace {message.trace_id}); "
+          "`opsbench worker --once` runs it")
+    return 0
+
+
+def cmd_register_eval(args: argparse.Namespace) -> int:
+    from opslib.evaluation_sets import records_from_corpus, records_from_file, register_evaluation_set
+
+    ws = _ready(_workspace(args))
+    if bool(args.corpus) == bool(args.file):
+        raise CliError("give exactly one of --corpus NAME or --file PATH")
+    if args.corpus:
+        records, source = records_from_corpus(ws, args.corpus), f"corpus {args.corpus}: reserved queries"
+    else:
+        records, source = records_from_file(Path(args.file)), f"file {Path(args.file).resolve()}"
+    row = register_evaluation_set(ws, records, source=source)
+    print(f"evaluation set {row.evaluation_dataset_ref}: {row.sample_count} queries ({row.source})")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from opslib.status import workspace_status
 
@@ -234,6 +279,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a stage parameter (repeatable); values are read as JSON when they parse")
     sub.add_argument("--run-id", type=int, help="the MLPipelineRun this execution belongs to")
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sub = add("worker", cmd_worker, "the ML Lifecycle Worker: TRAINING_REQUEST → run → 30_train → 40_evaluate")
+    sub.add_argument("--once", action="store_true", help="one pass (reconcile, drain the queue, drive runs), then exit")
+    sub.add_argument("--poll-interval", type=float, default=5.0, help="seconds between passes when idle")
+    sub.add_argument("--name", help="worker name recorded on claimed messages")
+
+    sub = add("request-training", cmd_request_training, "queue a TRAINING_REQUEST (the worker picks the dataset)")
+    sub.add_argument("--reason", help="why (recorded on the message)")
+    sub.add_argument("--trigger", choices=["manual", "schedule"], default="manual")
+
+    sub = add("register-eval", cmd_register_eval, "register an immutable evaluation set (disjoint from traffic)")
+    sub.add_argument("--corpus", help="an imported corpus: use its reserved queries")
+    sub.add_argument("--file", help="a JSONL or CSV file with query_text, project_id, expected_results")
 
     sub = add("status", cmd_status, "summarise the workspace from the Metadata DB")
     sub.add_argument("--json", action="store_true", help="machine-readable output")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
@@ -25,3 +27,16 @@ def facts(title: str, values: dict[str, Any]) -> pd.DataFrame:
     frame = pd.DataFrame({"value": [str(v) for v in values.values()]}, index=list(values.keys()))
     frame.index.name = title
     return frame
+
+
+@contextmanager
+def error_banner_on_failure(what: str) -> Iterator[None]:
+    """Show an ERROR banner in the report if the block raises, then let the error propagate
+    (the runner records the failing cell and fails the run with ERROR)."""
+    try:
+        yield
+    except Exception as exc:
+        from IPython.display import display
+
+        display(banner("ERROR", f"{what} did not complete — {type(exc).__name__}: {exc}"))
+        raise

@@ -176,6 +176,27 @@ def _index_batch(
     report.embedded += len(todo) - len(reused)
 
 
+def stored_vectors(ws: Workspace, model_version: str, chunk_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """Vectors ``model_version`` already computed for these chunks' current content, from any index."""
+    ids = list(chunk_ids)
+    found: dict[str, np.ndarray] = {}
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
+        with ws.db.read() as session:
+            current = dict(session.execute(select(Chunk.id, Chunk.enriched_text).where(Chunk.id.in_(part))).all())
+            entries = session.execute(
+                select(VectorIndexEntry.index_name, VectorIndexEntry.chunk_id, VectorIndexEntry.content_hash)
+                .where(VectorIndexEntry.embedding_model_version == model_version, VectorIndexEntry.chunk_id.in_(part))
+            ).all()
+        by_index: dict[str, list[str]] = {}
+        for index_name, chunk_id, digest in entries:
+            if chunk_id in current and digest == content_hash(current[chunk_id]) and chunk_id not in found:
+                by_index.setdefault(index_name, []).append(chunk_id)
+        for index_name, wanted in by_index.items():
+            found.update(ws.vectors.get_embeddings(index_name, wanted))
+    return found
+
+
 def remove_chunks(ws: Workspace, chunk_ids: Iterable[str], *, index_name: str) -> int:
     """Take chunks out of an index: the SOT entry goes first, so search never trusts a stale one."""
     ids = list(chunk_ids)

@@ -103,3 +103,34 @@ def lines(table: pd.DataFrame, title: str, ylabel: str) -> Figure:
     ax.legend(loc="lower left", fontsize=8)
     ax.tick_params(axis="x", labelrotation=30)
     return fig
+
+
+def loss_curve(history: list[tuple[int, float]], title: str) -> Figure:
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    if not history:
+        return _empty(fig, title)
+    ax = fig.subplots()
+    steps, losses = zip(*history)
+    ax.plot(steps, losses, marker=".", color="#1f4e8c")
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    return fig
+
+
+def deltas_with_ci(table: pd.DataFrame, title: str) -> Figure:
+    """One point per metric (row): the delta with its CI as an error bar; zero marked."""
+    fig = Figure(figsize=(8, 3.0), layout="constrained")
+    ax = fig.subplots()
+    y = list(range(len(table)))
+    delta = table["delta"].to_numpy()
+    low = delta - table["ci95_low"].to_numpy()
+    high = table["ci95_high"].to_numpy() - delta
+    colours = ["#2e7d32" if d >= 0 else "#c62828" for d in delta]
+    ax.errorbar(delta, y, xerr=[low, high], fmt="none", ecolor="#555", capsize=6)
+    ax.scatter(delta, y, color=colours, zorder=3, s=60)
+    ax.axvline(0, color="#999", linestyle="--")
+    ax.set_yticks(y, [str(i) for i in table.index])
+    ax.set_xlabel("candidate − baseline")
+    ax.set_title(title)
+    return fig

@@ -18,8 +18,9 @@ from typing import Any
 import nbformat
 from nbconvert import HTMLExporter
 
-from opslib.db.models import ExecutionStatus, StageExecution, utcnow
+from opslib.db.models import ExecutionStatus, FailureType, StageExecution, utcnow
 from opslib.logs import current_trace_id, get_logger, trace
+from opslib.runs import fail_run
 from opslib.stages import EXECUTION_ID_PARAM, stage_spec, validate_params
 from opslib.workspace import Workspace
 
@@ -133,6 +134,11 @@ def run_stage(
         if output_ipynb.is_file():
             render_html(output_ipynb, output_html)
         status = ExecutionStatus.FAILED if error else ExecutionStatus.SUCCEEDED
+        if error and run_id is not None and spec.run_stage is not None:
+            # Any exception in a run's stage is a system error of that stage; serving is untouched.
+            # (A no-op if the stage already settled the run, e.g. FAILED with FAIL.)
+            fail_run(ws.db, run_id, stage=spec.run_stage, failure_type=FailureType.ERROR,
+                     reason=f"{name} failed at cell {error['cell_index']}: {error['ename']}: {error['evalue']}")
         with ws.db.transaction() as session:
             row = session.get(StageExecution, execution_id)
             assert row is not None

@@ -71,6 +71,18 @@ class Settings(BaseSettings):
     feedback_batch_size: int = Field(default=500, ge=1)
     kernel_name: str = "python3"
     stage_timeout_s: int = Field(default=3600, ge=1)
+    # ML Lifecycle Worker
+    heartbeat_interval_s: float = Field(default=15.0, gt=0)
+    run_stall_after_s: float = Field(default=900.0, gt=0, description="RUNNING without a heartbeat this long = stalled")
+    evaluation_dataset_ref: str | None = Field(
+        default=None, description="evaluation set the worker uses; default: the newest registered one"
+    )
+    training_epochs: int = Field(default=1, ge=1)
+    training_batch_size: int = Field(default=16, ge=2)
+    training_learning_rate: float = Field(default=2e-5, gt=0)
+    training_max_seq_length: int = Field(default=128, ge=8)
+    training_seed: int = Field(default=0, ge=0)
+    bootstrap_samples: int = Field(default=1000, ge=100)
 
     @classmethod
     def settings_customise_sources(
@@ -96,6 +108,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.run_stall_after_s <= 2 * self.heartbeat_interval_s:
+            raise ValueError("run_stall_after_s must exceed two heartbeat intervals, or live runs look stalled")
         if self.snapshot_ttl_days < self.feedback_window_days:
             raise ValueError(
                 "snapshot_ttl_days must be >= feedback_window_days: feedback must find its snapshot"

@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from opslib.db.models import RunStage
+
 
 class StageParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -46,12 +48,28 @@ class BuildDatasetParams(StageParams):
         return parse_instant(self.as_of) if self.as_of is not None else None
 
 
+class TrainCandidateParams(StageParams):
+    run_id: int = Field(ge=1)
+    epochs: int = Field(default=1, ge=1, le=50)
+    batch_size: int = Field(default=16, ge=2, le=1024)
+    learning_rate: float = Field(default=2e-5, gt=0, le=1e-2)
+    max_seq_length: int = Field(default=128, ge=8, le=512)
+    seed: int = Field(default=0, ge=0)
+
+
+class EvaluateCandidateParams(StageParams):
+    run_id: int = Field(ge=1)
+    evaluation_dataset_ref: str = Field(min_length=1, pattern=r"^eval-[0-9a-f]{16}$")
+    bootstrap_samples: int = Field(default=1000, ge=100, le=100_000)
+
+
 @dataclass(frozen=True)
 class StageSpec:
     name: str
     notebook: str
     params: type[StageParams]
     description: str
+    run_stage: RunStage | None = None  # the run stage a failure is recorded against
 
 
 STAGES: dict[str, StageSpec] = {
@@ -61,6 +79,10 @@ STAGES: dict[str, StageSpec] = {
                   "raw-log volume, rejects, duplicates, rating mix per active model version"),
         StageSpec("20_build_dataset", "20_build_dataset.ipynb", BuildDatasetParams,
                   "raw logs → retrieval groups + manifest + data-quality validation"),
+        StageSpec("30_train_candidate", "30_train_candidate.ipynb", TrainCandidateParams,
+                  "fine-tune the run's baseline on the run's dataset → candidate artifact", RunStage.TRAINING),
+        StageSpec("40_evaluate_candidate", "40_evaluate_candidate.ipynb", EvaluateCandidateParams,
+                  "candidate vs baseline → ModelEvaluation + detail; the evaluation report", RunStage.EVALUATION),
     )
 }
 

@@ -9,7 +9,8 @@ from opslib.cli import build_parser, main, parse_param
 from test_corpus import write_beir
 from test_feedback import _event, _line
 
-COMMANDS = ["init", "db", "import-beir", "import-builtin", "simulate-traffic", "ingest-feedback", "run", "status", "demo"]
+COMMANDS = ["init", "db", "import-beir", "import-builtin", "simulate-traffic", "ingest-feedback", "run", "worker",
+            "request-training", "register-eval", "status", "demo"]
 
 
 def _env(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

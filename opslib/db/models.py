@@ -226,6 +226,9 @@ class MLPipelineRun(Base):
     superseded_by_run_id: Mapped[int | None] = mapped_column(ForeignKey("ml_pipeline_runs.id"))
     trigger_source: Mapped[TriggerSource] = mapped_column(_enum(TriggerSource, "trigger_source"))
     trace_id: Mapped[str] = mapped_column(String(64))
+    # Not in DESIGN §3's list: the TRAINING_REQUEST that created the run, unique, so a
+    # redelivered message can never create a second run.
+    request_message_id: Mapped[int | None] = mapped_column(ForeignKey("ops_messages.id"), unique=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
