@@ -225,6 +225,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if report.dataset is not None:
         print(f"  dataset verdict:        {report.dataset.dataset_version} "
               f"{'eligible' if report.dataset.eligible else 'ineligible: ' + '; '.join(report.dataset.ineligible_reasons)}")
+    if report.evaluation is not None:
+        print(f"  evaluation verdict:     {report.evaluation.overall_decision.value}")
+        print(f"  evaluation report:      {report.evaluation_report}")
     print("  status: `.venv/bin/opsbench status`")
     return 0 if report.ok else 1
 
@@ -296,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("status", cmd_status, "summarise the workspace from the Metadata DB")
     sub.add_argument("--json", action="store_true", help="machine-readable output")
 
-    sub = add("demo", cmd_demo, "init + built-in corpus + simulated traffic + 10_feedback_health + 20_build_dataset")
+    sub = add("demo", cmd_demo, "init + built-in corpus + traffic + 10, 20 + a training run (30, 40) via the worker")
     sub.add_argument("--requests", type=int, default=300, help="simulated search requests")
     return parser
 

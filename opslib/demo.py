@@ -9,7 +9,12 @@ from opslib.bootstrap import BootstrapReport, init_workspace
 from opslib.corpus import CorpusReport, load_corpus
 from sqlalchemy import select
 
-from opslib.db.models import CorpusImport, TrainingDataset, utcnow
+from opslib.db.models import CorpusImport, ModelEvaluation, StageExecution, TrainingDataset, utcnow
+from opslib.evaluation_sets import records_from_corpus, register_evaluation_set
+from opslib.messages import new_training_request
+from opslib.queue import publish
+from opslib.runs import get_run
+from opslib.worker import Worker, WorkerReport
 from opslib.demo_corpus import build_demo_corpus
 from opslib.runner import StageResult, run_stage
 from opslib.simulate import SimulationReport, simulate_traffic
@@ -26,38 +31,43 @@ class DemoReport:
     feedback_health: StageResult
     build_dataset: StageResult
     dataset: TrainingDataset | None
+    worker: WorkerReport | None = None
+    evaluation: ModelEvaluation | None = None
+    evaluation_report: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.feedback_health.ok and self.build_dataset.ok
+        return self.feedback_health.ok and self.build_dataset.ok and (self.dataset is None or not self.dataset.eligible
+                                                                      or self.evaluation is not None)
 
 
 def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, say=print) -> DemoReport:
-    """Initialise, bootstrap, load the built-in corpus, simulate traffic, run 10 and 20."""
-    say("[1/5] initialising the workspace and bootstrapping the base model + its index")
+    """Initialise, bootstrap, load the built-in corpus, simulate traffic, run 10 and 20, then
+    train and evaluate a candidate through the worker."""
+    say("[1/6] initialising the workspace and bootstrapping the base model + its index")
     boot = init_workspace(ws, progress=True)
     say(f"      serving {boot.model_version} on index {boot.index_name}")
     with ws.db.read() as session:
         imported = session.get(CorpusImport, DEMO_CORPUS) is not None
     corpus = None
     if imported:
-        say(f"[2/5] built-in corpus {DEMO_CORPUS!r} already loaded")
+        say(f"[2/6] built-in corpus {DEMO_CORPUS!r} already loaded")
     else:
-        say("[2/5] building the built-in corpus from the standard library's docstrings")
+        say("[2/6] building the built-in corpus from the standard library's docstrings")
         corpus = load_corpus(ws, build_demo_corpus(DEMO_CORPUS), progress=True)
         say(f"      {corpus.chunks} chunks in {corpus.videos} videos of {corpus.projects} projects; "
             f"{corpus.traffic_queries} traffic queries, {corpus.reserved_queries} reserved for evaluation")
-    say(f"[3/5] simulating {requests} search requests with feedback")
+    say(f"[3/6] simulating {requests} search requests with feedback")
     traffic = simulate_traffic(
         ws, DEMO_CORPUS, requests=requests, seed=seed, progress=True,
         start=utcnow() - timedelta(days=6), spread=timedelta(days=6),
     )
     say(f"      {traffic.likes} likes, {traffic.dislikes} dislikes; relevant chunk in top-5 for "
         f"{traffic.hit_rate:.0%} of requests; {len(traffic.ingest.raw_files)} raw log file(s)")
-    say("[4/5] running stage 10_feedback_health")
+    say("[4/6] running stage 10_feedback_health")
     health = run_stage(ws, "10_feedback_health", {"window_days": 7}, progress=True)
     say(f"      {health.status.value}: report {health.output_html}")
-    say("[5/5] running stage 20_build_dataset (source window: the last 30 days)")
+    say("[5/6] running stage 20_build_dataset (source window: the last 30 days)")
     build = run_stage(ws, "20_build_dataset", {"source_window_days": 30}, progress=True)
     dataset = None
     with ws.db.read() as session:
@@ -69,4 +79,29 @@ def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, say=print) ->
         say(f"      dataset {dataset.dataset_version}: {dataset.counts['trainable_groups']} groups, "
             f"{dataset.counts['negatives']} negatives — {verdict}")
     say(f"      {build.status.value}: report {build.output_html}")
-    return DemoReport(boot, corpus, traffic, health, build, dataset)
+    report = DemoReport(boot, corpus, traffic, health, build, dataset)
+    if dataset is None or not dataset.eligible:
+        say("[6/6] no eligible dataset: nothing to train (simulate more traffic and run the demo again)")
+        return report
+    say("[6/6] training and evaluating a candidate: TRAINING_REQUEST → worker (30_train_candidate, 40_evaluate_candidate)")
+    evaluation_set = register_evaluation_set(ws, records_from_corpus(ws, DEMO_CORPUS),
+                                             source=f"corpus {DEMO_CORPUS}: reserved queries")
+    say(f"      evaluation set {evaluation_set.evaluation_dataset_ref}: {evaluation_set.sample_count} reserved queries")
+    publish(ws.db, new_training_request(reason="demo"))
+    report.worker = Worker(ws, name="demo-worker").run_once()
+    for run_id, status in report.worker.runs.items():
+        run = get_run(ws.db, run_id)
+        with ws.db.read() as session:
+            report.evaluation = session.get(ModelEvaluation, run.evaluation_id) if run.evaluation_id else None
+            last = session.scalars(select(StageExecution).where(StageExecution.run_id == run_id)
+                                   .order_by(StageExecution.id.desc()).limit(1)).first()
+        report.evaluation_report = last.output_html if last else None
+        if report.evaluation is not None:
+            q = report.evaluation.quality_metrics
+            say(f"      run {run_id}: {status} — verdict {report.evaluation.overall_decision.value}; recall@5 "
+                f"{q['baseline']['recall_at_5']:.3f} → {q['candidate']['recall_at_5']:.3f}, nDCG@5 "
+                f"{q['baseline']['ndcg_at_5']:.3f} → {q['candidate']['ndcg_at_5']:.3f}")
+        else:
+            say(f"      run {run_id}: {status} — {run.failed_stage} {run.failure_type}: {run.failure_reason}")
+        say(f"      evaluation report: {report.evaluation_report}")
+    return report

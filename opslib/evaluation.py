@@ -172,8 +172,9 @@ class EvaluationOutcome:
 
 
 def training_overlap(ws: Workspace, dataset_version: str, records: list[EvalRecord]) -> int:
+    """How many evaluation queries (per project) the training dataset's groups also hold."""
     wanted = {(r.project_id, normalise_query(r.query_text)) for r in records}
-    return sum((g["project_id"], normalise_query(g["query_text"])) in wanted for g in read_groups(ws, dataset_version))
+    return len(wanted & {(g["project_id"], normalise_query(g["query_text"])) for g in read_groups(ws, dataset_version)})
 
 
 def evaluate_run(ws: Workspace, run_id: int, evaluation_dataset_ref: str, *, bootstrap_samples: int = DEFAULT_BOOTSTRAP,

@@ -21,10 +21,13 @@ def test_demo_path(empty_ws: Workspace) -> None:
     assert report.dataset is not None and report.dataset.eligible  # 40 requests → enough LIKE groups
     assert any("ELIGIBLE for training" in line for line in lines)
     assert "ELIGIBLE for training" in report.build_dataset.output_html.read_text()
+    assert report.evaluation is not None and report.evaluation_report
+    assert report.evaluation.overall_decision.value in open(report.evaluation_report).read()
+    assert any(line.strip().startswith("evaluation report:") for line in lines)
     with empty_ws.db.read() as session:
         assert session.query(ModelRelease).one().release_status is ReleaseStatus.STABLE
         assert session.get(CorpusImport, "stdlib") is not None
-        assert [e.status for e in session.query(StageExecution)] == [ExecutionStatus.SUCCEEDED] * 2
+        assert [e.status for e in session.query(StageExecution)] == [ExecutionStatus.SUCCEEDED] * 4
     assert log_files(empty_ws.objects, RAW_PREFIX)
     # Running it again reuses the workspace: no second bootstrap, no second import.
     again = run_demo(empty_ws, requests=5, say=lines.append)

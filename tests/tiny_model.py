@@ -29,3 +29,18 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
     model.save(str(target))
     shutil.rmtree(bert_dir)
     return target
+
+
+def build_constant_model(source: Path, target: Path) -> Path:
+    """A copy of ``source`` whose word embeddings are all the same vector: every text embeds
+    alike, so it ranks nothing — a candidate that must FAIL evaluation."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(source), device="cpu")
+    embeddings = model[0].auto_model.embeddings
+    with torch.no_grad():
+        embeddings.word_embeddings.weight[:] = embeddings.word_embeddings.weight[0]
+        embeddings.position_embeddings.weight.zero_()
+    model.save(str(target))
+    return target

@@ -1,0 +1,152 @@
+"""The worker end to end (real notebooks, tiny model): requests, runs, failures, the reconciler."""
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from helpers import loop_ready
+from opslib.dataset import latest_eligible_dataset
+from opslib.db.models import (
+    Decision,
+    ExecutionStatus,
+    FailureType,
+    MessageOutcome,
+    MLPipelineRun,
+    ModelEvaluation,
+    OpsMessage,
+    RunStage,
+    RunStatus,
+    StageExecution,
+    utcnow,
+)
+from opslib.evaluation_sets import records_from_corpus, register_evaluation_set
+from opslib.messages import new_training_request
+from opslib.queue import publish
+from opslib.runs import get_run, request_run
+from opslib.settings import Settings
+from opslib.worker import Worker
+from opslib.workspace import Workspace
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def wws(ws: Workspace) -> Workspace:
+    settings = Settings(**{**ws.settings.model_dump(), "heartbeat_interval_s": 1.0, "run_stall_after_s": 30.0,
+                           "training_batch_size": 8, "training_max_seq_length": 32, "bootstrap_samples": 200})
+    return Workspace(settings)
+
+
+def _ready_loop(ws: Workspace) -> str:
+    loop_ready(ws)
+    return register_evaluation_set(ws, records_from_corpus(ws, "mini"), source="reserved").evaluation_dataset_ref
+
+
+def _message(ws: Workspace, message_id: int) -> OpsMessage:
+    with ws.db.read() as session:
+        return session.get(OpsMessage, message_id)
+
+
+def _executions(ws: Workspace, run_id: int) -> list[StageExecution]:
+    with ws.db.read() as session:
+        return list(session.query(StageExecution).filter_by(run_id=run_id).order_by(StageExecution.id))
+
+
+def test_a_request_is_trained_evaluated_and_judged(wws: Workspace) -> None:
+    _ready_loop(wws)
+    message_id = publish(wws.db, new_training_request(trace_id="trace-e2e"))
+    report = Worker(wws, name="w1").run_once()
+    (run_id,) = report.runs
+    run = get_run(wws.db, run_id)
+    assert run.trace_id == "trace-e2e" and run.request_message_id == message_id
+    with wws.db.read() as session:
+        evaluation = session.get(ModelEvaluation, run.evaluation_id)
+    assert evaluation is not None
+    # The verdict is the evaluation's, and the run follows it.
+    expected = RunStatus.READY_FOR_RELEASE if evaluation.overall_decision is Decision.PASS else RunStatus.FAILED
+    assert run.status is expected and report.runs[run_id] == expected.value
+    if run.status is RunStatus.FAILED:
+        assert (run.failed_stage, run.failure_type) == (RunStage.EVALUATION, FailureType.FAIL)
+    executions = _executions(wws, run_id)
+    assert [(e.stage, e.status) for e in executions] == [
+        ("30_train_candidate", ExecutionStatus.SUCCEEDED), ("40_evaluate_candidate", ExecutionStatus.SUCCEEDED)]
+    assert all(e.trace_id == "trace-e2e" for e in executions)
+    html = open(executions[1].output_html).read()
+    assert evaluation.overall_decision.value in html and "recall_at_5" in html and "Provenance" in html
+    assert "data:image/png;base64" in open(executions[0].output_html).read()  # the loss curve
+    message = _message(wws, message_id)
+    assert message.outcome is MessageOutcome.DONE and f"run {run_id}" in message.outcome_reason
+    assert Worker(wws).run_once().runs == {}  # nothing left to do
+
+
+def test_no_eligible_dataset_refuses_the_request(wws: Workspace) -> None:
+    message_id = publish(wws.db, new_training_request())
+    report = Worker(wws).run_once()
+    assert report.runs == {}
+    message = _message(wws, message_id)
+    assert message.outcome is MessageOutcome.REFUSED and "no eligible training dataset" in message.outcome_reason
+
+
+def test_a_redelivered_request_creates_no_second_run(wws: Workspace) -> None:
+    _ready_loop(wws)
+    message_id = publish(wws.db, new_training_request())
+    # A worker took the message, started the run and died before acking it.
+    first = request_run(wws.db, trigger_source="manual", trace_id="t", request_message_id=message_id)
+    report = Worker(wws).run_once()
+    assert report.runs == {}  # the run is another worker's (fresh heartbeat): not driven twice
+    with wws.db.read() as session:
+        assert session.query(MLPipelineRun).count() == 1
+    assert _message(wws, message_id).outcome is MessageOutcome.DONE
+    assert get_run(wws.db, first.run_id).status is RunStatus.RUNNING
+
+
+def test_the_reconciler_resumes_a_stalled_run_with_intact_inputs(wws: Workspace) -> None:
+    _ready_loop(wws)
+    run_id = request_run(wws.db, trigger_source="manual", trace_id="t").run_id
+    with wws.db.transaction() as session:
+        session.execute(update(MLPipelineRun).where(MLPipelineRun.id == run_id)
+                        .values(heartbeat_at=utcnow() - timedelta(hours=1)))
+    report = Worker(wws).run_once()
+    assert report.reconciled == [(run_id, "resumed")]
+    assert get_run(wws.db, run_id).status in (RunStatus.READY_FOR_RELEASE, RunStatus.FAILED)
+    assert get_run(wws.db, run_id).failure_type in (None, FailureType.FAIL)
+
+
+def test_the_reconciler_fails_a_stalled_run_whose_inputs_are_gone(wws: Workspace) -> None:
+    dataset = loop_ready(wws)
+    run_id = request_run(wws.db, trigger_source="manual", trace_id="t").run_id
+    wws.objects.local_path(f"datasets/{dataset}/train.jsonl").write_text("tampered\n")
+    with wws.db.transaction() as session:
+        session.execute(update(MLPipelineRun).where(MLPipelineRun.id == run_id)
+                        .values(heartbeat_at=utcnow() - timedelta(hours=1)))
+    report = Worker(wws).run_once()
+    run = get_run(wws.db, run_id)
+    assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.TRAINING, FailureType.ERROR)
+    assert "stalled: no heartbeat since" in run.failure_reason and "fails its checksum" in run.failure_reason
+    assert report.reconciled[0][1].startswith("failed: stalled")
+
+
+def test_an_exception_in_training_fails_the_run_with_error(wws: Workspace) -> None:
+    _ready_loop(wws)
+    with wws.db.read() as session:
+        version = latest_eligible_dataset(session).dataset_version
+    wws.objects.local_path(f"datasets/{version}/train.jsonl").write_text("not json at all\n")
+    publish(wws.db, new_training_request())
+    report = Worker(wws).run_once()
+    (run_id,) = report.runs
+    run = get_run(wws.db, run_id)
+    assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.TRAINING, FailureType.ERROR)
+    assert "30_train_candidate failed at cell" in run.failure_reason
+    (execution,) = _executions(wws, run_id)
+    assert execution.status is ExecutionStatus.FAILED and execution.error["cell_index"] is not None
+    assert open(execution.output_html).read()  # archived, failing cell and all
+
+
+def test_no_evaluation_set_is_an_error_of_the_evaluation_stage(wws: Workspace) -> None:
+    loop_ready(wws)
+    publish(wws.db, new_training_request())
+    (run_id,) = Worker(wws).run_once().runs
+    run = get_run(wws.db, run_id)
+    assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.EVALUATION, FailureType.ERROR)
+    assert "no evaluation dataset registered" in run.failure_reason
