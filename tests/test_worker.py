@@ -150,3 +150,28 @@ def test_no_evaluation_set_is_an_error_of_the_evaluation_stage(wws: Workspace) -
     run = get_run(wws.db, run_id)
     assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.EVALUATION, FailureType.ERROR)
     assert "no evaluation dataset registered" in run.failure_reason
+
+
+def test_the_report_shows_error_when_evaluation_cannot_run(wws: Workspace, tiny_model_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An unfair evaluation set (it shares queries with the training data) → ERROR banner, run ERROR."""
+    import opslib.evaluation_sets as sets
+    from opslib.dataset import read_groups
+    from opslib.evaluation_sets import EvalRecord
+    from opslib.model_artifacts import register_model
+    from opslib.runner import run_stage
+
+    loop_ready(wws)
+    run_id = request_run(wws.db, trigger_source="manual", trace_id="t").run_id
+    run = get_run(wws.db, run_id)
+    register_model(wws, run.candidate_model_version, tiny_model_dir, base_model_version="tiny-base", run_id=run_id)
+    group = next(iter(read_groups(wws, run.dataset_version)))
+    monkeypatch.setattr(sets, "traffic_overlap", lambda ws_, records: [])
+    ref = sets.register_evaluation_set(wws, [EvalRecord(group["query_text"], group["project_id"], ("x",))],
+                                       source="leak").evaluation_dataset_ref
+    result = run_stage(wws, "40_evaluate_candidate", {"run_id": run_id, "evaluation_dataset_ref": ref,
+                                                      "bootstrap_samples": 200}, run_id=run_id)
+    assert not result.ok and result.error["ename"] == "EvaluationError"
+    html = result.output_html.read_text()
+    assert "ERROR</b> — evaluation did not complete" in html and "shares 1 queries with training" in html
+    run = get_run(wws.db, run_id)
+    assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.EVALUATION, FailureType.ERROR)
