@@ -8,11 +8,11 @@ name) and its video is its ``metadata.part``, else its title, else a run of
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
 from opslib.corpus import CorpusError, CorpusSpec, Document, Query
+from opslib.jsonl import read_objects
 
 DOCS_PER_VIDEO = 20
 
@@ -21,19 +21,12 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise CorpusError(f"{path}: missing (a BEIR folder needs corpus.jsonl, queries.jsonl, qrels.tsv)")
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CorpusError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("_id"), str) or not row["_id"]:
-                raise CorpusError(f"{path}:{number}: needs a string '_id'")
-            if not isinstance(row.get("text"), str):
-                raise CorpusError(f"{path}:{number}: needs a string 'text'")
-            rows.append(row)
+    for number, row in read_objects(path, CorpusError):
+        if not isinstance(row.get("_id"), str) or not row["_id"]:
+            raise CorpusError(f"{path}:{number}: needs a string '_id'")
+        if not isinstance(row.get("text"), str):
+            raise CorpusError(f"{path}:{number}: needs a string 'text'")
+        rows.append(row)
     return rows
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from opslib.corpus import read_queries
 from opslib.db.models import EvaluationDataset
 from opslib.feedback import read_raw_events
+from opslib.jsonl import read_objects
 from opslib.logs import get_logger
 from opslib.workspace import Workspace
 
@@ -128,15 +129,11 @@ def records_from_file(path: Path) -> list[EvalRecord]:
                 expected = [e.strip() for e in row["expected_results"].replace(";", "|").split("|") if e.strip()]
                 records.append(EvalRecord(row["query_text"], row["project_id"], tuple(expected)))
         return records
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-                records.append(EvalRecord(data["query_text"], data["project_id"], tuple(data["expected_results"])))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise EvaluationSetError(f"{path}:{number}: needs query_text, project_id, expected_results ({exc})") from None
+    for number, data in read_objects(path, EvaluationSetError):
+        try:
+            records.append(EvalRecord(data["query_text"], data["project_id"], tuple(data["expected_results"])))
+        except (KeyError, TypeError) as exc:
+            raise EvaluationSetError(f"{path}:{number}: needs query_text, project_id, expected_results ({exc})") from None
     return records
 
 
