@@ -29,6 +29,3 @@ def test_demo_path(empty_ws: Workspace) -> None:
         assert session.get(CorpusImport, "stdlib") is not None
         assert [e.status for e in session.query(StageExecution)] == [ExecutionStatus.SUCCEEDED] * 4
     assert log_files(empty_ws.objects, RAW_PREFIX)
-    # Running it again reuses the workspace: no second bootstrap, no second import.
-    again = run_demo(empty_ws, requests=5, say=lines.append)
-    assert not again.bootstrap.created and again.corpus is None and again.ok
