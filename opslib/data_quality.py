@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import orjson
 import pandas as pd
 from sqlalchemy import select
 

@@ -84,7 +84,7 @@ def simulate_traffic(
         expected = set(query.expected_results)
         response = search(
             ws, query.query_text, project_id=query.project_id, user_id=user,
-            choose_used=lambda hits: choose_used(hits, expected),
+            choose_used=lambda hits, expected=expected: choose_used(hits, expected),
         )
         relevant_shown = any(ref in expected for ref in response.used_ids)
         hits_with_relevant += relevant_shown

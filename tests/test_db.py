@@ -117,7 +117,9 @@ def test_naive_datetimes_are_refused_and_aware_ones_come_back_utc(empty_ws: Work
 
 
 def test_enum_columns_refuse_unknown_states(empty_ws: Workspace) -> None:
+    from sqlalchemy.exc import StatementError
+
     upgrade(empty_ws.db)
-    with pytest.raises(Exception):
+    with pytest.raises(StatementError, match="DONE"):
         with empty_ws.db.transaction() as session:
             session.add(Video(id="v1", user_id="u", project_id="p", title="t", status="DONE"))  # type: ignore[arg-type]
