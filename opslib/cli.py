@@ -158,7 +158,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"reconciled run {run_id}: {what}")
     for run_id, status in report.runs.items():
         print(f"run {run_id}: {status}")
-    if not (report.messages or report.runs or report.reconciled):
+    for run_id, what in report.released.items():
+        print(f"release of run {run_id}: {what}")
+    for message_id, what in report.rollbacks:
+        print(f"rollback message {message_id}: {what}")
+    if not (report.messages or report.runs or report.reconciled or report.released or report.rollbacks):
         print("nothing to do")
     return 0
 
@@ -171,6 +175,17 @@ def cmd_request_training(args: argparse.Namespace) -> int:
     message = new_training_request(trigger_source=args.trigger, requested_by=ws.settings.operator, reason=args.reason)
     print(f"TRAINING_REQUEST queued as message {publish(ws.db, message)} (trace {message.trace_id}); "
           "`opsbench worker --once` runs it")
+    return 0
+
+
+def cmd_request_rollback(args: argparse.Namespace) -> int:
+    from opslib.messages import new_rollback_request
+    from opslib.queue import publish
+
+    ws = _ready(_workspace(args))
+    message = new_rollback_request(args.expected_active, requested_by=ws.settings.operator, reason=args.reason)
+    print(f"ROLLBACK_REQUEST queued as message {publish(ws.db, message)} (trace {message.trace_id}); "
+          "`opsbench worker --once` carries it out")
     return 0
 
 
@@ -291,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("request-training", cmd_request_training, "queue a TRAINING_REQUEST (the worker picks the dataset)")
     sub.add_argument("--reason", help="why (recorded on the message)")
     sub.add_argument("--trigger", choices=["manual", "schedule"], default="manual")
+
+    sub = add("request-rollback", cmd_request_rollback, "queue a ROLLBACK_REQUEST back to the rollback snapshot")
+    sub.add_argument("--expected-active", required=True, help="the model version you see serving now (stale requests are refused)")
+    sub.add_argument("--reason", help="why (recorded on the message)")
 
     sub = add("register-eval", cmd_register_eval, "register an immutable evaluation set (disjoint from traffic)")
     sub.add_argument("--corpus", help="an imported corpus: use its reserved queries")

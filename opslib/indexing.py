@@ -8,11 +8,13 @@ upserts them again. Entries are never committed for vectors Chroma does not hold
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from datetime import datetime
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import Select, delete, select
+from sqlalchemy.orm import Session
 from tqdm.auto import tqdm
 
 from opslib.db.models import Chunk, VectorIndexEntry, Video, VideoStatus
@@ -36,6 +38,11 @@ class IndexReport:
     reused: int = 0  # copied from another index of the same model with the same content hash
     unchanged: int = 0  # already in this index with the same content hash
     missing: list[str] = field(default_factory=list)  # chunk ids that no longer exist
+    refused: int = 0  # not recorded: the guard said this index may no longer be written
+
+    @property
+    def stopped(self) -> bool:
+        return self.refused > 0
 
     @property
     def written(self) -> int:
@@ -77,11 +84,16 @@ def index_chunks(
     purpose: Purpose = Purpose.INGEST,
     batch_size: int = 128,
     progress: bool = False,
+    guard: Callable[[Session], bool] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> IndexReport:
     """Put ``chunk_ids`` into ``index_name`` embedded by ``model_version``.
 
     Chunks already in the index with the same content hash are left alone; chunks whose content
     the same model already embedded elsewhere reuse that vector instead of recomputing it.
+    ``guard`` is asked inside each batch's entry-writing transaction whether the index may still
+    be written (dual-write stops the moment the release leaves CANDIDATE_REINDEXING); once it
+    says no, nothing more is recorded. ``on_batch`` is called after each recorded batch.
     """
     report = IndexReport(index_name=index_name, model_version=model_version, requested=len(chunk_ids))
     ids = list(dict.fromkeys(chunk_ids))
@@ -91,8 +103,12 @@ def index_chunks(
         rows = _load_chunks(ws, batch_ids)
         found = {r.chunk_id for r in rows}
         report.missing.extend(i for i in batch_ids if i not in found)
-        _index_batch(ws, rows, index_name, model_version, purpose, report)
+        _index_batch(ws, rows, index_name, model_version, purpose, report, guard)
         bar.update(len(batch_ids))
+        if report.stopped:
+            break
+        if on_batch is not None:
+            on_batch(start + len(batch_ids))
     bar.close()
     log.info(
         "indexed chunks",
@@ -109,6 +125,7 @@ def _index_batch(
     model_version: str,
     purpose: Purpose,
     report: IndexReport,
+    guard: Callable[[Session], bool] | None = None,
 ) -> None:
     if not rows:
         return
@@ -157,6 +174,9 @@ def _index_batch(
         metadatas=[r.metadata for r in todo],
     )
     with ws.db.transaction() as session:
+        if guard is not None and not guard(session):
+            report.refused += len(todo)
+            return
         session.execute(
             delete(VectorIndexEntry).where(
                 VectorIndexEntry.index_name == index_name,
@@ -231,12 +251,29 @@ def indexed_chunk_ids(ws: Workspace, index_name: str) -> set[str]:
 
 
 def build_index(
-    ws: Workspace, *, index_name: str, model_version: str, purpose: Purpose, progress: bool = False
+    ws: Workspace, *, index_name: str, model_version: str, purpose: Purpose, progress: bool = False,
+    batch_size: int = 128, guard: Callable[[Session], bool] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> IndexReport:
     """Index every chunk of every READY video (resumable: finished entries are not recomputed)."""
     ws.vectors.collection(index_name)  # an empty corpus still gets its (empty) index
     return index_chunks(
         ws, servable_chunk_ids(ws), index_name=index_name, model_version=model_version,
-        purpose=purpose, progress=progress,
+        purpose=purpose, progress=progress, batch_size=batch_size, guard=guard, on_batch=on_batch,
     )
 
+
+def missing_chunks_query(index_name: str, ready_before: datetime | None = None) -> Select[tuple[str]]:
+    """READY chunks (created before ``ready_before``) without an entry in ``index_name``."""
+    query = (select(Chunk.id).join(Video, Video.id == Chunk.video_id)
+             .where(Video.status == VideoStatus.READY)
+             .where(~Chunk.id.in_(select(VectorIndexEntry.chunk_id).where(VectorIndexEntry.index_name == index_name))))
+    if ready_before is not None:
+        query = query.where(Chunk.created_at <= ready_before)
+    return query
+
+
+def missing_from_index(ws: Workspace, index_name: str, ready_before: datetime | None = None) -> list[str]:
+    """The completeness check, answered from the SOT (an id-set difference, not a vector-store scan)."""
+    with ws.db.read() as session:
+        return list(session.scalars(missing_chunks_query(index_name, ready_before).order_by(Chunk.id)))

@@ -11,9 +11,19 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
-from opslib.db.models import Chunk, ReleaseStatus, ServingState, Video, VideoStatus, utcnow
+from opslib.db.models import (
+    Chunk,
+    ModelRelease,
+    ReleaseStatus,
+    ServingState,
+    VectorIndexEntry,
+    Video,
+    VideoStatus,
+    utcnow,
+)
 from opslib.embedding import Purpose
 from opslib.indexing import index_chunks
 from opslib.logs import get_logger
@@ -85,16 +95,37 @@ def chunk_id_for(video_id: str, position: int) -> str:
     return f"{video_id}#{position:04d}"
 
 
-def write_targets(ws: Workspace) -> list[tuple[str, str]]:
-    """(index_name, model_version) pairs new READY chunks must be written to, per the SOT."""
+@dataclass(frozen=True)
+class WriteTarget:
+    index_name: str
+    model_version: str
+    candidate: bool  # dual-write: only while the release is still reindexing this candidate
+
+
+def _targets_of(release: ModelRelease) -> list[WriteTarget]:
+    targets = [WriteTarget(release.active_index_name, release.active_model_version, False)]
+    if release.release_status is ReleaseStatus.CANDIDATE_REINDEXING and release.candidate_index_name:
+        targets.append(WriteTarget(release.candidate_index_name, release.candidate_model_version or "", True))
+    return targets
+
+
+def write_targets(ws: Workspace) -> list[WriteTarget]:
+    """The indexes new READY chunks must be written to, per the SOT: the active index, and the
+    candidate's while the release is CANDIDATE_REINDEXING (dual-write)."""
     with ws.db.read() as session:
         release = current_release(session)
         if release is None:
             raise IngestError("no ModelRelease yet: bootstrap the workspace (`opsbench init`)")
-        targets = [(release.active_index_name, release.active_model_version)]
-        if release.release_status is ReleaseStatus.CANDIDATE_REINDEXING and release.candidate_index_name:
-            targets.append((release.candidate_index_name, release.candidate_model_version or ""))
-    return targets
+        return _targets_of(release)
+
+
+def still_reindexing(index_name: str):  # type: ignore[no-untyped-def]
+    """Guard for a candidate write: asked inside the transaction that records the entries."""
+    def guard(session: Session) -> bool:
+        release = current_release(session)
+        return bool(release is not None and release.release_status is ReleaseStatus.CANDIDATE_REINDEXING
+                    and release.candidate_index_name == index_name)
+    return guard
 
 
 def ingest_videos(
@@ -129,19 +160,54 @@ def ingest_videos(
                     Chunk(
                         id=cid, video_id=video.video_id, start_ms=chunk.start_ms, end_ms=chunk.end_ms,
                         text=chunk.text, enriched_text=chunk.enriched_text or chunk.text,
-                        chunking_version=chunking_version, embedding_model_version=targets[0][1],
+                        chunking_version=chunking_version, embedding_model_version=targets[0].model_version,
                     )
                 )
+    written: set[str] = set()
     try:
-        for index_name, model_version in targets:
-            index_chunks(ws, chunk_ids, index_name=index_name, model_version=model_version,
-                         purpose=Purpose.INGEST, progress=progress)
+        for _attempt in range(5):
+            for target in targets:
+                if target.index_name in written:
+                    continue
+                index_chunks(ws, chunk_ids, index_name=target.index_name, model_version=target.model_version,
+                             purpose=Purpose.INGEST, progress=progress,
+                             guard=still_reindexing(target.index_name) if target.candidate else None)
+                written.add(target.index_name)
+            # READY only if the targets did not change meanwhile (a cutover or a candidate opened):
+            # otherwise write to the new ones first — a READY chunk is always in the active index.
+            if _mark_ready_if_targets(ws, video_ids, {t.index_name for t in targets if not t.candidate}):
+                break
+            targets = write_targets(ws)
+        else:
+            raise IngestError("the serving combination kept changing while indexing; retry the ingest")
     except Exception:
         _mark(ws, video_ids, VideoStatus.FAILED, failed_stage="INDEXING")
         raise
-    _mark(ws, video_ids, VideoStatus.READY)
     log.info("videos ingested", extra={"videos": len(videos), "chunks": len(chunk_ids)})
-    return IngestReport(videos=len(videos), chunks=len(chunk_ids), indexes=[t[0] for t in targets])
+    return IngestReport(videos=len(videos), chunks=len(chunk_ids), indexes=sorted(written))
+
+
+def _mark_ready_if_targets(ws: Workspace, video_ids: list[str], written_active: set[str]) -> bool:
+    with ws.db.transaction() as session:
+        release = current_release(session)
+        assert release is not None
+        if release.active_index_name not in written_active:
+            return False
+        if release.release_status is ReleaseStatus.CANDIDATE_REINDEXING and release.candidate_index_name:
+            # The candidate opened after we read the targets: its build may have missed these
+            # PROCESSING chunks, so they must be written to it too before they count as READY.
+            candidate_written = session.scalar(
+                select(func.count()).select_from(VectorIndexEntry).where(
+                    VectorIndexEntry.index_name == release.candidate_index_name,
+                    VectorIndexEntry.chunk_id.in_(
+                        select(Chunk.id).where(Chunk.video_id.in_(video_ids))))
+            )
+            total = session.scalar(select(func.count()).select_from(Chunk).where(Chunk.video_id.in_(video_ids)))
+            if candidate_written != total:
+                return False
+        session.execute(update(Video).where(Video.id.in_(video_ids))
+                        .values(status=VideoStatus.READY, failed_stage=None, updated_at=utcnow()))
+        return True
 
 
 def _mark(ws: Workspace, video_ids: list[str], status: VideoStatus, failed_stage: str | None = None) -> None:

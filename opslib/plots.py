@@ -134,3 +134,26 @@ def deltas_with_ci(table: pd.DataFrame, title: str) -> Figure:
     ax.set_xlabel("candidate − baseline")
     ax.set_title(title)
     return fig
+
+
+def release_timeline(history: pd.DataFrame, title: str = "release history") -> Figure:
+    """Which model served when (a step line), with every release event marked."""
+    fig = Figure(figsize=(9, 3.2), layout="constrained")
+    if history.empty:
+        return _empty(fig, title)
+    ax = fig.subplots()
+    models = list(dict.fromkeys(history["active"]))
+    level = [models.index(m) for m in history["active"]]
+    times = list(history["at"])
+    ax.step(times, level, where="post", color="#1f4e8c", linewidth=2)
+    colours = {"BOOTSTRAP": "#555", "OPEN_CANDIDATE": "#f9a825", "CANDIDATE_READY": "#f9a825",
+               "CUTOVER": "#2e7d32", "ABORT_CANDIDATE": "#c62828", "PREPARE_ROLLBACK": "#7a1fa2",
+               "COMPLETE_ROLLBACK": "#7a1fa2"}
+    for t, y, kind in zip(times, level, history["kind"]):
+        ax.scatter([t], [y], color=colours.get(kind, "#333"), zorder=3, s=40)
+        ax.annotate(kind, (t, y), xytext=(3, 6), textcoords="offset points", fontsize=7, rotation=20)
+    ax.set_yticks(range(len(models)), models)
+    ax.set_ylim(-0.5, len(models) - 0.5)
+    ax.set_title(title)
+    fig.autofmt_xdate()
+    return fig

@@ -18,7 +18,7 @@ from typing import Any
 import nbformat
 from nbconvert import HTMLExporter
 
-from opslib.db.models import ExecutionStatus, FailureType, StageExecution, utcnow
+from opslib.db.models import ExecutionStatus, FailureType, RunStage, StageExecution, utcnow
 from opslib.logs import current_trace_id, get_logger, trace
 from opslib.runs import fail_run
 from opslib.stages import EXECUTION_ID_PARAM, stage_spec, validate_params
@@ -137,8 +137,15 @@ def run_stage(
         if error and run_id is not None and spec.run_stage is not None:
             # Any exception in a run's stage is a system error of that stage; serving is untouched.
             # (A no-op if the stage already settled the run, e.g. FAILED with FAIL.)
-            fail_run(ws.db, run_id, stage=spec.run_stage, failure_type=FailureType.ERROR,
-                     reason=f"{name} failed at cell {error['cell_index']}: {error['ename']}: {error['evalue']}")
+            reason = f"{name} failed at cell {error['cell_index']}: {error['ename']}: {error['evalue']}"
+            if spec.run_stage in (RunStage.REINDEX, RunStage.CUTOVER):
+                from opslib.reindex import abort_candidate
+
+                # The run fails and its open candidate is dropped in one transaction, so the
+                # release never points at a candidate whose run has failed.
+                abort_candidate(ws, run_id, reason, actor=ws.settings.operator, stage=spec.run_stage)
+            else:
+                fail_run(ws.db, run_id, stage=spec.run_stage, failure_type=FailureType.ERROR, reason=reason)
         with ws.db.transaction() as session:
             row = session.get(StageExecution, execution_id)
             assert row is not None

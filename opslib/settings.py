@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     training_max_seq_length: int = Field(default=128, ge=8)
     training_seed: int = Field(default=0, ge=0)
     bootstrap_samples: int = Field(default=1000, ge=100)
+    # Release
+    auto_cutover: bool = Field(default=True, description="after a PASS the worker reindexes and cuts over by itself; "
+                                                        "False: it waits for an operator's promote")
+    reindex_batch_size: int = Field(default=64, ge=1)
+    fault_point: str | None = Field(default=None, description="test only: SIGKILL the process at this checkpoint")
 
     @classmethod
     def settings_customise_sources(

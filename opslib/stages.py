@@ -63,6 +63,14 @@ class EvaluateCandidateParams(StageParams):
     bootstrap_samples: int = Field(default=1000, ge=100, le=100_000)
 
 
+class ReleaseRunParams(StageParams):
+    run_id: int = Field(ge=1)
+
+
+class RollbackParams(StageParams):
+    message_id: int = Field(ge=1, description="the ROLLBACK_REQUEST on the queue")
+
+
 @dataclass(frozen=True)
 class StageSpec:
     name: str
@@ -83,6 +91,12 @@ STAGES: dict[str, StageSpec] = {
                   "fine-tune the run's baseline on the run's dataset → candidate artifact", RunStage.TRAINING),
         StageSpec("40_evaluate_candidate", "40_evaluate_candidate.ipynb", EvaluateCandidateParams,
                   "candidate vs baseline → ModelEvaluation + detail; the evaluation report", RunStage.EVALUATION),
+        StageSpec("50_reindex_candidate", "50_reindex_candidate.ipynb", ReleaseRunParams,
+                  "open CANDIDATE_REINDEXING, build the candidate index, readiness", RunStage.REINDEX),
+        StageSpec("60_cutover", "60_cutover.ipynb", ReleaseRunParams,
+                  "completeness + readiness gate, snapshot, atomic switch", RunStage.CUTOVER),
+        StageSpec("70_rollback", "70_rollback.ipynb", RollbackParams,
+                  "exclude, restore the snapshot index, switch back, re-embed, re-include"),
     )
 }
 

@@ -19,12 +19,23 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
-from opslib.db.models import FailureType, MLPipelineRun, ModelVersion, RunStage, RunStatus, TriggerSource
+from opslib.db.models import (
+    FailureType,
+    MLPipelineRun,
+    ModelVersion,
+    ReleaseStatus,
+    RunStage,
+    RunStatus,
+    TriggerSource,
+)
 from opslib.evaluation_sets import latest_evaluation_set
 from opslib.logs import get_logger, trace
-from opslib.messages import TRAINING_REQUEST, TrainingRequest
+from opslib.messages import ROLLBACK_REQUEST, TRAINING_REQUEST, RollbackRequest, TrainingRequest
 from opslib.model_artifacts import local_model_dir
-from opslib.queue import ack, receive, refuse
+from opslib.queue import Delivery, ack, receive, refuse
+from opslib.release import current_release
+from opslib.reindex import abort_candidate
+from opslib.rollback import reinclude_excluded
 from opslib.runner import run_stage
 from opslib.runs import claim_stalled, fail_run, get_run, heartbeat, is_stalled, request_run, start_next_pending
 from opslib.workspace import Workspace
@@ -37,6 +48,8 @@ class WorkerReport:
     messages: list[tuple[int, str]] = field(default_factory=list)  # (message id, what happened)
     runs: dict[int, str] = field(default_factory=dict)  # run id -> final status
     reconciled: list[tuple[int, str]] = field(default_factory=list)  # (run id, resumed | failed: reason)
+    released: dict[int, str] = field(default_factory=dict)  # run id -> what the release stages did
+    rollbacks: list[tuple[int, str]] = field(default_factory=list)  # (message id, outcome)
 
 
 @contextmanager
@@ -91,9 +104,13 @@ class Worker:
     def run_once(self) -> WorkerReport:
         report = WorkerReport()
         to_drive = self.reconcile(report)
-        while (received := receive(self.ws.db, self.name, message_types=(TRAINING_REQUEST,),
+        self.converge_release(report)
+        while (received := receive(self.ws.db, self.name, message_types=(TRAINING_REQUEST, ROLLBACK_REQUEST),
                                    visibility_timeout_s=self.settings.queue_visibility_timeout_s)) is not None:
             delivery, message = received
+            if isinstance(message, RollbackRequest):
+                self.roll_back(delivery, message, report)
+                continue
             assert isinstance(message, TrainingRequest)
             with trace(message.trace_id):
                 outcome = request_run(self.ws.db, trigger_source=TriggerSource(message.trigger_source),
@@ -115,13 +132,14 @@ class Worker:
             promoted = start_next_pending(self.ws.db)
             if promoted is not None:
                 to_drive.append(promoted)
+        self.release_ready(report)
         return report
 
     def run_forever(self, poll_interval_s: float = 5.0) -> None:
         log.info("worker started", extra={"worker": self.name})
         while True:
             report = self.run_once()
-            if not report.messages and not report.runs:
+            if not (report.messages or report.runs or report.released or report.rollbacks):
                 time.sleep(poll_interval_s)
 
     # Runs ---------------------------------------------------------------------------------
@@ -183,3 +201,89 @@ class Worker:
                      failure_type=FailureType.ERROR, reason=reason)
             report.reconciled.append((run.id, f"failed: {reason}"))
         return resume
+
+    # Release ------------------------------------------------------------------------------
+    def release(self, run_id: int) -> str:
+        """50 (reindex, resumable) then 60 (cutover) for a READY_FOR_RELEASE run; what happened."""
+        run = get_run(self.ws.db, run_id)
+        with trace(run.trace_id):
+            with self.ws.db.read() as session:
+                release = current_release(session)
+                ready = bool(release and release.release_status is ReleaseStatus.CANDIDATE_REINDEXING
+                             and release.candidate_run_id == run_id and release.candidate_ready_at)
+            if not ready:
+                result = run_stage(self.ws, "50_reindex_candidate", {"run_id": run_id}, run_id=run_id,
+                                   trace_id=run.trace_id)
+                if not result.ok:
+                    return f"reindex failed: {result.error['ename']}: {result.error['evalue']}"
+            result = run_stage(self.ws, "60_cutover", {"run_id": run_id}, run_id=run_id, trace_id=run.trace_id)
+            if not result.ok:
+                return f"cutover failed: {result.error['ename']}: {result.error['evalue']}"
+            with self.ws.db.read() as session:
+                release = current_release(session)
+                switched = release is not None and release.active_model_version == run.candidate_model_version
+            return "cut over: now serving" if switched else "waiting at the cutover gate"
+
+    def release_ready(self, report: WorkerReport) -> None:
+        """Resume an open candidate; with ``auto_cutover``, release the newest READY run."""
+        target, stale = None, []
+        with self.ws.db.read() as session:
+            release = current_release(session)
+            if release is None:
+                return
+            if release.release_status is ReleaseStatus.CANDIDATE_REINDEXING and release.candidate_run_id:
+                target = release.candidate_run_id
+            elif release.release_status is ReleaseStatus.STABLE and self.settings.auto_cutover:
+                ready = list(session.scalars(
+                    select(MLPipelineRun).where(MLPipelineRun.status == RunStatus.READY_FOR_RELEASE,
+                                                MLPipelineRun.cutover_time.is_(None))
+                    .order_by(MLPipelineRun.id.desc())))
+                current = [r.id for r in ready if r.baseline_model_version == release.active_model_version]
+                stale = [r.id for r in ready if r.baseline_model_version != release.active_model_version]
+                target = current[0] if current else None
+        for run_id in stale:
+            fail_run(self.ws.db, run_id, stage=RunStage.REINDEX, failure_type=FailureType.ERROR,
+                     reason="superseded before release: its baseline no longer serves (evaluate a new run)")
+        if target is not None:
+            report.released[target] = self.release(target)
+
+    def converge_release(self, report: WorkerReport) -> None:
+        """Repair what a crash can leave: a candidate whose run failed, videos still excluded."""
+        with self.ws.db.read() as session:
+            release = current_release(session)
+            orphan = None
+            if release is not None and release.release_status is ReleaseStatus.CANDIDATE_REINDEXING:
+                run = session.get(MLPipelineRun, release.candidate_run_id) if release.candidate_run_id else None
+                if run is None or run.status is not RunStatus.READY_FOR_RELEASE:
+                    orphan = release.candidate_run_id
+        if orphan is not None:
+            abort_candidate(self.ws, orphan, "the candidate's run is no longer READY_FOR_RELEASE",
+                            actor=self.name)
+            report.released[orphan] = "aborted: its run is no longer READY_FOR_RELEASE"
+        reinclude_excluded(self.ws)
+
+    def roll_back(self, delivery: Delivery, message: RollbackRequest, report: WorkerReport) -> None:
+        with trace(message.trace_id):
+            result = run_stage(self.ws, "70_rollback", {"message_id": delivery.message_id}, trace_id=message.trace_id)
+            if result.ok:
+                ack(self.ws.db, delivery, note="rollback carried out (or already was)")
+                report.rollbacks.append((delivery.message_id, "done"))
+                return
+            error = result.error or {}
+            reason = f"{error.get('ename')}: {error.get('evalue')}"
+            if error.get("ename") in ("RollbackRefused", "ReleaseError", "MessageRefused"):
+                refuse(self.ws.db, delivery, reason)
+                report.rollbacks.append((delivery.message_id, f"refused: {reason}"))
+            elif delivery.attempt >= MAX_ROLLBACK_ATTEMPTS:
+                refuse(self.ws.db, delivery, f"gave up after {delivery.attempt} attempts: {reason}")
+                report.rollbacks.append((delivery.message_id, f"gave up: {reason}"))
+            else:  # left unacked: redelivered after the visibility timeout, and resumed
+                report.rollbacks.append((delivery.message_id, f"will retry: {reason}"))
+
+
+MAX_ROLLBACK_ATTEMPTS = 5
+
+
+def promote(ws: Workspace, run_id: int) -> str:
+    """An operator's promote of a READY_FOR_RELEASE run when automatic cutover is off."""
+    return Worker(ws, name=f"promote-{ws.settings.operator}").release(run_id)

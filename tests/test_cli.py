@@ -10,7 +10,7 @@ from test_corpus import write_beir
 from test_feedback import _event, _line
 
 COMMANDS = ["init", "db", "import-beir", "import-builtin", "simulate-traffic", "ingest-feedback", "run", "worker",
-            "request-training", "register-eval", "status", "demo"]
+            "request-training", "request-rollback", "register-eval", "status", "demo"]
 
 
 def _env(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
