@@ -1,9 +1,10 @@
 """Index snapshot files: a vector index exported to Object Storage so a rollback can rebuild it.
 
-``index_snapshots/<index_name>/<stamp>.npz`` holds ids, vectors (float32), per-vector metadata
-and content hashes; ``<stamp>.json`` beside it records the model version, the counts, the
-file's sha256 and a checksum of the vectors themselves (sha256 over ids and vector bytes in id
-order), which is also how a live collection is checked against its snapshot.
+``index_snapshots/<index_name>/<tag>.npz`` holds ids, vectors (float32), per-vector metadata
+and content hashes; ``<tag>.json`` beside it records the model version, the counts, the file's
+sha256 and a checksum of its vectors (sha256 over ids and vector bytes in id order). A live
+collection "fails its checksum" when its ids differ from the snapshot's or a vector differs by
+more than a small tolerance.
 """
 
 from __future__ import annotations
@@ -121,8 +122,11 @@ def latest_snapshot(ws: Workspace, index_name: str) -> SnapshotManifest | None:
     return SnapshotManifest(**json.loads(ws.objects.get_text(sorted(manifests)[-1])))
 
 
-def collection_matches(ws: Workspace, manifest: SnapshotManifest) -> bool:
-    """True iff the live collection holds exactly the snapshot's vectors."""
+def collection_matches(ws: Workspace, manifest: SnapshotManifest, tolerance: float = 1e-5) -> bool:
+    """True iff the live collection holds exactly the snapshot's ids with the same vectors.
+
+    Vectors are compared within ``tolerance``, not bit for bit: the store may renormalise a
+    vector on the way in (cosine space), which can move its last bits."""
     if not ws.vectors.exists(manifest.index_name):
         return False
     if ws.vectors.count(manifest.index_name) != manifest.count:
@@ -130,7 +134,11 @@ def collection_matches(ws: Workspace, manifest: SnapshotManifest) -> bool:
     arrays = _load(ws.objects.get_bytes(manifest.key))
     ids = [str(i) for i in arrays["ids"]]
     got_ids, vectors, _ = _collection_contents(ws, manifest.index_name, ids)
-    return len(got_ids) == len(ids) and vectors_checksum(got_ids, vectors) == manifest.vectors_checksum
+    if sorted(got_ids) != sorted(ids):
+        return False
+    position = {chunk_id: i for i, chunk_id in enumerate(got_ids)}
+    live = vectors[[position[i] for i in ids]] if ids else vectors
+    return bool(np.allclose(live, arrays["vectors"], atol=tolerance, rtol=0))
 
 
 def restore_index(ws: Workspace, manifest: SnapshotManifest) -> int:

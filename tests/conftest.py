@@ -36,6 +36,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
+@pytest.fixture(scope="session")
+def tiny_candidate_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another tiny model (other seed): a candidate whose vectors differ from the base's."""
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-candidate", seed=1)
+
+
 def _reset_postgres(url: str) -> None:
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.begin() as conn:

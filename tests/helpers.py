@@ -37,3 +37,28 @@ def loop_ready(ws: Workspace, requests: int = 80) -> str:
     build = build_dataset(ws, as_of=utcnow() + timedelta(seconds=1))
     assert build.eligible, build.ineligible_reasons
     return build.dataset_version
+
+
+def ready_run(ws: Workspace, candidate_dir) -> int:  # type: ignore[no-untyped-def]
+    """A READY_FOR_RELEASE run whose candidate (``candidate_dir``) is registered — as if it had
+    trained and passed (the evaluation row is a stand-in: release stages only need the run)."""
+    from opslib.db.models import Decision, ModelEvaluation
+    from opslib.evaluation import PASS_CRITERIA
+    from opslib.model_artifacts import register_model
+    from opslib.runs import get_run, mark_ready, request_run
+
+    run_id = request_run(ws.db, trigger_source="manual", trace_id=f"release-test-{utcnow().timestamp()}").run_id
+    assert run_id is not None
+    run = get_run(ws.db, run_id)
+    register_model(ws, run.candidate_model_version, candidate_dir, base_model_version=run.baseline_model_version,
+                   run_id=run_id)
+    with ws.db.transaction() as session:
+        evaluation = ModelEvaluation(run_id=run_id, candidate_model_version=run.candidate_model_version,
+                                     baseline_model_version=run.baseline_model_version,
+                                     evaluation_dataset_ref="eval-stand-in", sample_count=0, quality_metrics={},
+                                     pass_criteria=PASS_CRITERIA, overall_decision=Decision.PASS,
+                                     detail_artifact_path="none")
+        session.add(evaluation)
+        session.flush()
+        mark_ready(session, run_id, evaluation_id=evaluation.id)
+    return run_id
