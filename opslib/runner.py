@@ -22,6 +22,7 @@ from opslib.db.models import ExecutionStatus, FailureType, RunStage, StageExecut
 from opslib.logs import current_trace_id, get_logger, trace
 from opslib.runs import fail_run
 from opslib.stages import EXECUTION_ID_PARAM, stage_spec, validate_params
+from opslib.vector_store import forget_local_clients
 from opslib.workspace import Workspace
 
 log = get_logger(__name__)
@@ -131,6 +132,8 @@ def run_stage(
         except Exception as exc:  # the notebook's failure is recorded, not raised
             error = _error_from(exc)
             log.error("stage failed", extra={"stage": name, "execution_id": execution_id, **error})
+        # The kernel may have written the embedded vector store: re-read it from disk next time.
+        forget_local_clients()
         if output_ipynb.is_file():
             render_html(output_ipynb, output_html)
         status = ExecutionStatus.FAILED if error else ExecutionStatus.SUCCEEDED

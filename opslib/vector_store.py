@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,26 @@ _clients_lock = threading.Lock()
 
 class VectorStoreError(Exception):
     pass
+
+
+def forget_local_clients() -> None:
+    """Close this process's embedded (PersistentClient) Chroma clients.
+
+    A PersistentClient keeps index state in memory; after another process (a stage's notebook
+    kernel) wrote to the same folder, that state is stale. The next use opens a fresh client
+    that reads what is on disk. (With a Chroma server, every process talks to the same server
+    and nothing needs forgetting.)"""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    with _clients_lock:
+        for key in [k for k in _clients if not k.startswith("http")]:
+            client = _clients.pop(key)
+            system = SharedSystemClient._identifier_to_system.pop(key, None)
+            SharedSystemClient._identifier_to_refcount.pop(key, None)
+            try:
+                (system or client._system).stop()  # type: ignore[attr-defined]
+            except Exception:  # already stopped or never started: nothing to release
+                pass
 
 
 def index_name_for(model_version: str) -> str:
@@ -55,28 +75,31 @@ class VectorHit:
 
 
 class VectorStore:
-    def __init__(self, client: ClientAPI, location: str) -> None:
-        self.client = client
-        self.location = location
+    """Vectors by index name. The Chroma client is looked up on every use (see
+    ``forget_local_clients``), so a store never works from a stale client."""
+
+    def __init__(self, key: str, factory: Callable[[], ClientAPI]) -> None:
+        self.location = key
+        self._factory = factory
+
+    @property
+    def client(self) -> ClientAPI:
+        # Chroma allows one PersistentClient per path per process: share it.
+        with _clients_lock:
+            if self.location not in _clients:
+                _clients[self.location] = self._factory()
+            return _clients[self.location]
 
     @classmethod
     def for_settings(cls, settings: Settings) -> VectorStore:
         chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
         if settings.chroma_host:
-            key = f"http://{settings.chroma_host}:{settings.chroma_port}"
-            factory: Any = lambda: chromadb.HttpClient(  # noqa: E731
-                host=settings.chroma_host, port=settings.chroma_port, settings=chroma_settings
-            )
-        else:
-            path: Path = settings.resolved_chroma_path
-            path.mkdir(parents=True, exist_ok=True)
-            key = str(path)
-            factory = lambda: chromadb.PersistentClient(path=str(path), settings=chroma_settings)  # noqa: E731
-        # Chroma allows one PersistentClient per path per process: share it.
-        with _clients_lock:
-            if key not in _clients:
-                _clients[key] = factory()
-            return cls(_clients[key], key)
+            host, port = settings.chroma_host, settings.chroma_port
+            return cls(f"http://{host}:{port}",
+                       lambda: chromadb.HttpClient(host=host, port=port, settings=chroma_settings))
+        path: Path = settings.resolved_chroma_path
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(str(path), lambda: chromadb.PersistentClient(path=str(path), settings=chroma_settings))
 
     def collection(self, index_name: str) -> Collection:
         validate_index_name(index_name)
