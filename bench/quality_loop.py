@@ -111,7 +111,10 @@ def main() -> None:
     root = args.workspace or Path(tempfile.mkdtemp(prefix="bench-quality-"))
     settings = Settings(workspace=root / "ws", runs_dir=root / "runs", log_level="WARNING",
                         training_epochs=args.epochs, training_batch_size=args.batch_size,
-                        training_max_seq_length=args.max_seq_length, training_seed=args.seed)
+                        training_max_seq_length=args.max_seq_length, training_seed=args.seed,
+                        # Both candidates are judged against (and trained from) the same base model:
+                        # the honest one must not be cut over before the control runs.
+                        auto_cutover=False)
     ws = Workspace(settings)
     print(f"workspace {root}")
     init_workspace(ws)

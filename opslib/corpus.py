@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from opslib.db.models import Chunk, CorpusImport, Video, VideoStatus
 from opslib.indexing import remove_chunks
-from opslib.ingest import ChunkIn, VideoIn, ingest_videos
+from opslib.ingest import ChunkIn, VideoIn, ingest_videos, validate_video
 from opslib.logs import get_logger
 from opslib.release import current_release
 from opslib.workspace import Workspace
@@ -28,6 +28,7 @@ from opslib.workspace import Workspace
 log = get_logger(__name__)
 CHUNK_MS = 30_000
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,30}[a-z0-9]$")
+_SLUG_MAX = 64
 
 
 class CorpusError(ValueError):
@@ -89,16 +90,23 @@ class CorpusReport:
 
 
 def _slug(value: str) -> str:
+    """An id-safe form of ``value``. Lossy forms (non-ASCII such as Korean titles, spaces, very
+    long keys) get a short hash of the original, so two different keys never share an id."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("-._")
-    return slug or "x"
+    if slug == value and len(slug) <= _SLUG_MAX:
+        return slug
+    digest = hashlib.sha256(value.encode("utf-8")).hexdigest()[:10]
+    slug = slug[:_SLUG_MAX].rstrip("-._")
+    return f"{slug}-{digest}" if slug else f"u{digest}"
 
 
 def project_id_for(corpus: str, project_key: str) -> str:
     return f"{corpus}-{_slug(project_key)}"
 
 
-def video_id_for(corpus: str, video_key: str) -> str:
-    return f"{corpus}:{_slug(video_key)}"
+def video_id_for(corpus: str, project_key: str, video_key: str) -> str:
+    # Within its project: two projects may well both have a video called "introduction".
+    return f"{corpus}:{_slug(project_key)}/{_slug(video_key)}"
 
 
 def chunk_id_for(corpus: str, doc_id: str) -> str:
@@ -128,7 +136,7 @@ def build_videos(spec: CorpusSpec) -> list[VideoIn]:
         ]
         videos.append(
             VideoIn(
-                video_id=video_id_for(spec.name, video_key),
+                video_id=video_id_for(spec.name, project_key, video_key),
                 user_id=f"owner-{_slug(project_key)}",
                 project_id=project_id_for(spec.name, project_key),
                 title=video_key, category=spec.name, chunks=chunks,
@@ -189,6 +197,10 @@ def load_corpus(
         if current_release(session) is None:
             raise CorpusError("no ModelRelease yet: bootstrap the workspace (`opsbench init`)")
     videos = build_videos(spec)
+    # Every video is checked before the first batch is written: bad input must not leave half
+    # an import searchable behind it.
+    for video in videos:
+        validate_video(video)
     records, dropped = build_query_records(spec)
     report = CorpusReport(name=spec.name, dropped_queries=dropped)
 

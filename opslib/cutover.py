@@ -11,17 +11,16 @@ never a mix, and never the candidate before the switch.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-
-from sqlalchemy import func, select
 
 from opslib.db.models import MLPipelineRun, ReleaseStatus, utcnow
 from opslib.embedding import Purpose
 from opslib.faults import checkpoint
 from opslib.index_snapshot import SnapshotManifest, export_index
-from opslib.indexing import index_chunks, missing_chunks_query, missing_from_index
+from opslib.indexing import index_chunks, missing_from_index
 from opslib.ingest import still_reindexing
 from opslib.logs import get_logger
 from opslib.reindex import released_run
@@ -49,6 +48,7 @@ class CutoverReport:
     snapshot: SnapshotManifest | None = None
     release_before: dict[str, Any] | None = None
     release_after: dict[str, Any] | None = None
+    switch_ms: float | None = None  # the switch transaction alone: what search can notice
 
 
 def waiting_on(release: Any, run_id: int) -> str | None:
@@ -104,6 +104,16 @@ def cutover(ws: Workspace, run_id: int) -> CutoverReport:
     report.snapshot = export_index(ws, active_index, active_version, tag=f"cutover-run-{run_id:05d}")
     checkpoint(ws.settings, "cutover.exported")
 
+    # The id-set check once more, after the export and outside the switch transaction: the switch
+    # must not grow with the corpus. Nothing can open a gap after it: while the release is
+    # CANDIDATE_REINDEXING a video turns READY only with its candidate entries written, under a
+    # shared lock on the release row (opslib.ingest), and the switch takes that row exclusively.
+    still_missing = missing_from_index(ws, candidate_index, ready_before=cutover_time)
+    if still_missing:
+        report.missing = len(still_missing)
+        raise CutoverRefused(f"{len(still_missing)} chunks READY before cutover_time are missing from the "
+                             f"candidate index (e.g. {still_missing[:3]})")
+    started = time.perf_counter()
     with ws.db.transaction() as session:
         def gate(current: Any) -> None:
             reason = waiting_on(current, run_id)
@@ -111,9 +121,6 @@ def cutover(ws: Workspace, run_id: int) -> CutoverReport:
                 raise CutoverRefused(reason)
             if current.active_index_name != active_index:
                 raise CutoverRefused("the active index changed since the snapshot was exported")
-            late = missing_chunks_query(candidate_index, cutover_time).subquery()
-            if session.scalar(select(func.count()).select_from(late)):
-                raise CutoverRefused("chunks READY before cutover_time are missing from the candidate index")
 
         now = utcnow()
         release = apply(session, "CUTOVER", actor=actor, trace_id=trace_id, guard=gate, changes={
@@ -125,6 +132,7 @@ def cutover(ws: Workspace, run_id: int) -> CutoverReport:
             "switched_at": now, **cleared_candidate(),
         })
         report.release_after = release_state(release)
+    report.switch_ms = (time.perf_counter() - started) * 1000
     checkpoint(ws.settings, "cutover.switched")
     log.info("cutover", extra={"run_id": run_id, "active_model_version": candidate_version,
                                "previous_model_version": active_version})

@@ -425,10 +425,14 @@ def ineligible_reasons(groups: int, negatives: int, quality_passed: bool) -> lis
 
 
 def latest_eligible_dataset(session: Session) -> TrainingDataset | None:
-    """What the training scheduler starts a run on: a query, not a storage listing."""
+    """What the training scheduler starts a run on: a query, not a storage listing.
+
+    Latest = the newest source window (a backfill built today for an old ``as_of`` does not
+    displace a dataset of newer feedback), then the newest build."""
     return session.scalars(
         select(TrainingDataset).where(TrainingDataset.eligible.is_(True))
-        .order_by(TrainingDataset.created_at.desc(), TrainingDataset.dataset_version.desc()).limit(1)
+        .order_by(TrainingDataset.source_window_end.desc(), TrainingDataset.created_at.desc(),
+                  TrainingDataset.dataset_version.desc()).limit(1)
     ).first()
 
 

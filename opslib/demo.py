@@ -11,7 +11,10 @@ from sqlalchemy import select
 
 from opslib.db.models import CorpusImport, ModelEvaluation, StageExecution, TrainingDataset, utcnow
 from opslib.evaluation_sets import records_from_corpus, register_evaluation_set
-from opslib.messages import new_training_request
+from opslib.corpus import read_queries
+from opslib.messages import new_rollback_request, new_training_request
+from opslib.release import current_release
+from opslib.search import search
 from opslib.queue import publish
 from opslib.runs import get_run
 from opslib.worker import Worker, WorkerReport
@@ -34,6 +37,8 @@ class DemoReport:
     worker: WorkerReport | None = None
     evaluation: ModelEvaluation | None = None
     evaluation_report: str | None = None
+    served_by: str | None = None  # the model a search after the loop was served by
+    rollback: WorkerReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -41,7 +46,7 @@ class DemoReport:
                                                                       or self.evaluation is not None)
 
 
-def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, say=print) -> DemoReport:
+def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, rollback: bool = False, say=print) -> DemoReport:
     """Initialise, bootstrap, load the built-in corpus, simulate traffic, run 10 and 20, then
     train and evaluate a candidate through the worker."""
     say("[1/6] initialising the workspace and bootstrapping the base model + its index")
@@ -83,7 +88,8 @@ def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, say=print) ->
     if dataset is None or not dataset.eligible:
         say("[6/6] no eligible dataset: nothing to train (simulate more traffic and run the demo again)")
         return report
-    say("[6/6] training and evaluating a candidate: TRAINING_REQUEST → worker (30_train_candidate, 40_evaluate_candidate)")
+    say("[6/6] the loop: TRAINING_REQUEST → worker: 30_train_candidate, 40_evaluate_candidate, and on PASS "
+        "50_reindex_candidate + 60_cutover")
     evaluation_set = register_evaluation_set(ws, records_from_corpus(ws, DEMO_CORPUS),
                                              source=f"corpus {DEMO_CORPUS}: reserved queries")
     say(f"      evaluation set {evaluation_set.evaluation_dataset_ref}: {evaluation_set.sample_count} reserved queries")
@@ -93,7 +99,8 @@ def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, say=print) ->
         run = get_run(ws.db, run_id)
         with ws.db.read() as session:
             report.evaluation = session.get(ModelEvaluation, run.evaluation_id) if run.evaluation_id else None
-            last = session.scalars(select(StageExecution).where(StageExecution.run_id == run_id)
+            last = session.scalars(select(StageExecution).where(StageExecution.run_id == run_id,
+                                                                StageExecution.stage == "40_evaluate_candidate")
                                    .order_by(StageExecution.id.desc()).limit(1)).first()
         report.evaluation_report = last.output_html if last else None
         if report.evaluation is not None:
@@ -104,4 +111,28 @@ def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, say=print) ->
         else:
             say(f"      run {run_id}: {status} — {run.failed_stage} {run.failure_type}: {run.failure_reason}")
         say(f"      evaluation report: {report.evaluation_report}")
+    for run_id, what in report.worker.released.items():
+        say(f"      release of run {run_id} (50_reindex_candidate → 60_cutover): {what}")
+    report.served_by = _show_search(ws, say)
+    if rollback:
+        with ws.db.read() as session:
+            release = current_release(session)
+            active, snapshot = release.active_model_version, release.rollback_snapshot_active_model_version
+        if snapshot is None:
+            say("      rollback: no cutover happened, so there is no snapshot to roll back to")
+        else:
+            say(f"      rollback requested: {active} → {snapshot} (70_rollback)")
+            publish(ws.db, new_rollback_request(active, reason="demo --rollback"))
+            report.rollback = Worker(ws, name="demo-worker").run_once()
+            for message_id, what in report.rollback.rollbacks:
+                say(f"      rollback message {message_id}: {what}")
+            report.served_by = _show_search(ws, say)
     return report
+
+
+def _show_search(ws: Workspace, say) -> str:  # type: ignore[no-untyped-def]
+    query = next(iter(read_queries(ws, DEMO_CORPUS, "reserved")))
+    response = search(ws, query.query_text, project_id=query.project_id, user_id="demo-user")
+    say(f"      search {query.query_text[:60]!r} → served by {response.active_model_version} "
+        f"({response.active_index_name}); top hit {response.refs[0] if response.refs else '—'}")
+    return response.active_model_version

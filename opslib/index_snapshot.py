@@ -123,13 +123,15 @@ def latest_snapshot(ws: Workspace, index_name: str) -> SnapshotManifest | None:
 
 
 def collection_matches(ws: Workspace, manifest: SnapshotManifest, tolerance: float = 1e-5) -> bool:
-    """True iff the live collection holds exactly the snapshot's ids with the same vectors.
+    """True iff the live collection holds every one of the snapshot's ids with the same vector.
 
-    Vectors are compared within ``tolerance``, not bit for bit: the store may renormalise a
-    vector on the way in (cosine space), which can move its last bits."""
+    More vectors than the snapshot is fine: chunks ingested between the export and the switch
+    were dual-written into this index after the file was made. Vectors are compared within
+    ``tolerance``, not bit for bit: the store may renormalise a vector on the way in (cosine
+    space), which can move its last bits."""
     if not ws.vectors.exists(manifest.index_name):
         return False
-    if ws.vectors.count(manifest.index_name) != manifest.count:
+    if ws.vectors.count(manifest.index_name) < manifest.count:
         return False
     arrays = _load(ws.objects.get_bytes(manifest.key))
     ids = [str(i) for i in arrays["ids"]]

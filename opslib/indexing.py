@@ -151,13 +151,7 @@ def _index_batch(
     if not todo:
         return
 
-    vectors: dict[str, np.ndarray] = {}
-    for (content, donor_index, donor_chunk) in donors:
-        if content in vectors:
-            continue
-        got = ws.vectors.get_embeddings(donor_index, [donor_chunk])
-        if donor_chunk in got:
-            vectors[content] = got[donor_chunk]
+    vectors = _donor_vectors(ws, donors)
     reused = {r.chunk_id for r in todo if r.hash in vectors}
     fresh = [r for r in todo if r.hash not in vectors]
     if fresh:
@@ -194,6 +188,21 @@ def _index_batch(
         )
     report.reused += len(reused)
     report.embedded += len(todo) - len(reused)
+
+
+def _donor_vectors(ws: Workspace, donors: Iterable[tuple[str, str, str]]) -> dict[str, np.ndarray]:
+    """One vector per content hash from (content hash, index, chunk) donors: one read per index."""
+    wanted: dict[str, dict[str, str]] = {}  # index -> chunk id -> content hash
+    for content, donor_index, donor_chunk in donors:
+        wanted.setdefault(donor_index, {}).setdefault(donor_chunk, content)
+    vectors: dict[str, np.ndarray] = {}
+    for donor_index, by_chunk in wanted.items():
+        todo = [c for c, content in by_chunk.items() if content not in vectors]
+        if not todo:
+            continue
+        for chunk_id, vector in ws.vectors.get_embeddings(donor_index, todo).items():
+            vectors.setdefault(by_chunk[chunk_id], vector)
+    return vectors
 
 
 def stored_vectors(ws: Workspace, model_version: str, chunk_ids: Sequence[str]) -> dict[str, np.ndarray]:

@@ -77,6 +77,8 @@ def validate_video(video: VideoIn) -> None:
     _check_id("project_id", video.project_id)
     if not video.title or not video.title.strip():
         raise IngestError(f"video {video.video_id}: title must not be empty")
+    if len(video.title) > 512:
+        raise IngestError(f"video {video.video_id}: title is {len(video.title)} characters (at most 512)")
     if not video.chunks:
         raise IngestError(f"video {video.video_id}: has no chunks")
     for i, chunk in enumerate(video.chunks):
@@ -189,7 +191,9 @@ def ingest_videos(
 
 def _mark_ready_if_targets(ws: Workspace, video_ids: list[str], written_active: set[str]) -> bool:
     with ws.db.transaction() as session:
-        release = current_release(session)
+        # Shared lock: no release transition can commit between this check and the READY below,
+        # which is what lets the cutover's switch transaction skip re-scanning the corpus.
+        release = current_release(session, for_share=True)
         assert release is not None
         if release.active_index_name not in written_active:
             return False

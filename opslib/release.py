@@ -56,10 +56,14 @@ class ReleaseError(Exception):
     """A refused release transition; nothing was changed."""
 
 
-def current_release(session: Session, *, for_update: bool = False) -> ModelRelease | None:
+def current_release(session: Session, *, for_update: bool = False, for_share: bool = False) -> ModelRelease | None:
+    """The release row; ``for_update`` locks it exclusively (transitions), ``for_share`` against
+    transitions only (PostgreSQL; SQLite write transactions are serialised anyway)."""
     query = select(ModelRelease).where(ModelRelease.serving_key == SERVING_KEY)
     if for_update:
         query = query.with_for_update()
+    elif for_share:
+        query = query.with_for_update(read=True)
     return session.scalars(query).one_or_none()
 
 

@@ -15,6 +15,7 @@ and one whose rollback already completed is a no-op.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,7 @@ class RollbackReport:
     servable_again: int = 0
     release_before: dict[str, Any] | None = None
     release_after: dict[str, Any] | None = None
+    switch_ms: float | None = None  # the COMPLETE_ROLLBACK transaction alone
     notes: list[str] = field(default_factory=list)
 
 
@@ -99,14 +101,29 @@ def prepare(ws: Workspace, request: RollbackRequest, report: RollbackReport) -> 
         snapshot_index = release.rollback_snapshot_active_index_name
         apply(session, "PREPARE_ROLLBACK", actor=request.requested_by or ws.settings.operator,
               trace_id=request.trace_id, guard=guard)
-        excluded = _excluded_video_ids(session, snapshot_index or "")
-        if excluded:
-            session.execute(update(Video).where(Video.id.in_(excluded))
-                            .values(search_serving_state=ServingState.ROLLBACK_EXCLUDED, updated_at=utcnow()))
-        report.excluded_videos = len(excluded)
+        report.excluded_videos = _exclude(session, snapshot_index or "")
         report.target_model_version = release.rollback_snapshot_active_model_version
         report.target_index_name = snapshot_index
     return True
+
+
+def _exclude(session: Any, snapshot_index: str) -> int:
+    """Hide (ROLLBACK_EXCLUDED) every SERVABLE READY video with a chunk missing from the index."""
+    excluded = [v for v in _excluded_video_ids(session, snapshot_index)]
+    if excluded:
+        session.execute(update(Video).where(Video.id.in_(excluded),
+                                            Video.search_serving_state == ServingState.SERVABLE)
+                        .values(search_serving_state=ServingState.ROLLBACK_EXCLUDED, updated_at=utcnow()))
+    return len(excluded)
+
+
+def exclude_incomplete(ws: Workspace, snapshot_index: str) -> int:
+    """After a restore from file: hide the videos the restored index does not fully hold."""
+    with ws.db.transaction() as session:
+        release = current_release(session, for_share=True)
+        if release is None or release.release_status is not ReleaseStatus.ROLLBACK_PREPARING:
+            return 0
+        return _exclude(session, snapshot_index)
 
 
 def roll_back(ws: Workspace, request: RollbackRequest, *, progress: bool = False) -> RollbackReport:
@@ -120,9 +137,13 @@ def roll_back(ws: Workspace, request: RollbackRequest, *, progress: bool = False
         manifest = latest_snapshot(ws, index_name)
         if manifest is not None and not collection_matches(ws, manifest):
             report.restored_from_file = restore_index(ws, manifest)
+            # The file predates chunks written into the index after the export: their videos are
+            # now incomplete there too, so they are hidden and re-embedded like the others.
+            report.excluded_videos += exclude_incomplete(ws, index_name)
         elif manifest is None and not ws.vectors.exists(index_name):
             raise RollbackRefused(f"index {index_name} is gone and no snapshot file exists to rebuild it")
         checkpoint(ws.settings, "rollback.restored")
+        started = time.perf_counter()
         with ws.db.transaction() as session:
             release = current_release(session)
             assert release is not None
@@ -134,6 +155,7 @@ def roll_back(ws: Workspace, request: RollbackRequest, *, progress: bool = False
                                 "rollback_snapshot_active_model_version": None,
                                 "rollback_snapshot_active_index_name": None, "rollback_snapshot_captured_at": None,
                                 "switched_at": utcnow(), **cleared_candidate()})
+        report.switch_ms = (time.perf_counter() - started) * 1000
         checkpoint(ws.settings, "rollback.switched")
     reembedded, servable = reinclude_excluded(ws, progress=progress)
     report.reembedded_chunks, report.servable_again = reembedded, servable

@@ -59,6 +59,12 @@ class RunRequestOutcome:
     reason: str
 
 
+def _is_retryable(exc: OperationalError) -> bool:
+    """PostgreSQL deadlock / serialization failures on the slot rows: re-read and try again."""
+    text = str(exc).lower()
+    return "deadlock" in text or "could not serialize" in text
+
+
 def candidate_version_for(run_id: int, dataset_version: str) -> str:
     return f"cand-r{run_id:05d}-{dataset_version}"
 
@@ -122,26 +128,25 @@ def request_run(
                     trigger_source=source, trace_id=trace_id, request_message_id=request_message_id,
                 )
                 check_transition(None, run.status)
-                if run.status is RunStatus.PENDING:
-                    older = _slot(session, RunStatus.PENDING)
-                    if older is not None:
-                        check_transition(RunStatus.PENDING, RunStatus.SUPERSEDED)
-                        older.status = RunStatus.SUPERSEDED
-                        session.flush()  # free the pending slot before taking it
-                    session.add(run)
-                    session.flush()
-                    if older is not None:
-                        older.superseded_by_run_id = run.id
-                else:
-                    session.add(run)
-                    session.flush()
+                # The newest request wins over an older pending one — also when the active slot
+                # is free (the older one was left waiting by a run that just ended).
+                older = _slot(session, RunStatus.PENDING)
+                if older is not None:
+                    check_transition(RunStatus.PENDING, RunStatus.SUPERSEDED)
+                    older.status = RunStatus.SUPERSEDED
+                    session.flush()  # free the pending slot before taking it
+                session.add(run)
+                session.flush()
+                if older is not None:
+                    older.superseded_by_run_id = run.id
+                if run.status is RunStatus.RUNNING:
                     _fix_start(session, run)
                 log.info("run requested", extra={"run_id": run.id, "status": run.status.value, "trace_id": trace_id})
                 return RunRequestOutcome(run.id, run.status, True, TRANSITIONS[(None, run.status)])
         except IntegrityError:
             continue  # lost a race for a slot (or for the message): read the slots again
-        except OperationalError as exc:  # PostgreSQL: serialization/deadlock on the slot rows
-            if "deadlock" not in str(exc).lower() and "could not serialize" not in str(exc).lower():
+        except OperationalError as exc:
+            if not _is_retryable(exc):
                 raise
             continue
     raise RunError(f"could not settle the run slots after {_SLOT_RETRIES} attempts")
@@ -166,6 +171,10 @@ def start_next_pending(db: Database) -> int | None:
                 log.info("pending run started", extra={"run_id": pending.id})
                 return pending.id
         except IntegrityError:
+            continue
+        except OperationalError as exc:
+            if not _is_retryable(exc):
+                raise
             continue
     raise RunError(f"could not settle the run slots after {_SLOT_RETRIES} attempts")
 

@@ -203,6 +203,13 @@ class ObjectStore:
         try:
             return bytes(self.fs.cat_file(self._path(key) + SHA_SUFFIX)).decode().strip()
         except FileNotFoundError:
+            final = self._path(key)
+            if self._local and os.path.isfile(final):
+                # A crash between publishing the object and writing its checksum: the object is
+                # whole (it was synced before the atomic link), so its checksum is recorded now.
+                digest = sha256_file(Path(final))
+                self._write_checksum(final, digest)
+                return digest
             raise ObjectNotFoundError(f"key {key!r}: no recorded checksum in {self.url}") from None
 
     def verify(self, key: str) -> bool:

@@ -23,6 +23,20 @@ POSTGRES_URL = os.environ.get("OPS_TEST_POSTGRES_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.sqlite_only``: notebook-heavy end-to-end tests whose point is not the
+    database run on SQLite only (the modules and stages they use are covered on PostgreSQL by
+    their own tests, and one end-to-end worker test runs on both)."""
+    keep, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("db_url") == "postgresql"
+        (dropped if on_postgres and item.get_closest_marker("sqlite_only") else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 @pytest.fixture(autouse=True)
 def _no_ops_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests build their Settings explicitly; stray OPS_* variables must not leak in."""

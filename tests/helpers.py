@@ -30,6 +30,31 @@ def mini_corpus_spec(n_queries: int = 24):  # type: ignore[no-untyped-def]
     return CorpusSpec(name="mini", source="tests", documents=documents, queries=queries)
 
 
+DATASET_ROW_VERSION = "20261201-aaaaaaaaaaaa"
+
+
+def dataset_row(ws: Workspace, version: str = DATASET_ROW_VERSION, *, eligible: bool = True,
+                hours_ago: float = 0) -> str:
+    """A ``TrainingDataset`` row without an artifact: for what only reads the row (run control,
+    previews, the dashboard). Its 30-day window ends ``hours_ago`` hours ago."""
+    from opslib.db.models import TrainingDataset
+
+    end = utcnow() - timedelta(hours=hours_ago)
+    with ws.db.transaction() as session:
+        session.add(TrainingDataset(dataset_version=version, storage_path="x", generation_rule_version="retrieval-group-v1",
+                                    source_window_start=end - timedelta(days=30), source_window_end=end,
+                                    counts={"trainable_groups": 12, "negatives": 30}, eligible=eligible,
+                                    ineligible_reasons=[] if eligible else ["groups 3 < 10"]))
+    return version
+
+
+def corpus_ready(ws: Workspace) -> str:
+    """The mini corpus indexed by the active model + an eligible dataset row: all the release
+    stages need (they never read the dataset). Returns the dataset version."""
+    load_corpus(ws, mini_corpus_spec(), reserve_fraction=0.25, seed=2)
+    return dataset_row(ws)
+
+
 def loop_ready(ws: Workspace, requests: int = 80) -> str:
     """Corpus + traffic + an eligible dataset; returns the dataset version."""
     load_corpus(ws, mini_corpus_spec(), reserve_fraction=0.25, seed=2)

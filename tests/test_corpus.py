@@ -35,11 +35,11 @@ def test_beir_import_groups_deterministically_and_splits_queries(ws: Workspace, 
     assert report.project_ids == ["mini-alpha", "mini-beta"]
     with ws.db.read() as session:
         videos = {v.id: v for v in session.query(Video)}
-        assert set(videos) == {"mini:alpha-part0", "mini:alpha-part1", "mini:alpha-part2",
-                               "mini:beta-part0", "mini:beta-part1", "mini:beta-part2"}
+        assert set(videos) == {"mini:alpha/alpha-part0", "mini:alpha/alpha-part1", "mini:alpha/alpha-part2",
+                               "mini:beta/beta-part0", "mini:beta/beta-part1", "mini:beta/beta-part2"}
         assert all(v.status is VideoStatus.READY for v in videos.values())
         chunk = session.get(Chunk, "mini:q05-a1")
-        assert chunk.video_id == "mini:beta-part1" and chunk.text == "answer 1 to topic 5 explained"
+        assert chunk.video_id == "mini:beta/beta-part1" and chunk.text == "answer 1 to topic 5 explained"
         assert session.get(CorpusImport, "mini").reserved_query_count == report.reserved_queries
     assert len(indexed_chunk_ids(ws, "idx-tiny-base")) == 24
     traffic = list(read_queries(ws, "mini", "traffic"))
@@ -57,6 +57,32 @@ def test_the_split_does_not_depend_on_order_or_corpus() -> None:
     assert 0.25 < len(reserved) / len(ids) < 0.35
     assert reserved == [i for i in reversed(ids) if is_reserved(i, 0, 0.3)][::-1]
     assert reserved != [i for i in ids if is_reserved(i, 1, 0.3)]
+
+
+def test_korean_keys_keep_videos_and_projects_apart(ws: Workspace, tmp_path: Path) -> None:
+    from opslib.corpus import CorpusSpec, Document
+
+    docs = [Document("d1", "검색 품질 개선 방법", project_key="강의", video_key="첫 번째 영상"),
+            Document("d2", "피드백으로 모델 학습", project_key="강의", video_key="두 번째 영상"),
+            Document("d3", "다른 프로젝트의 자막", project_key="세미나", video_key="첫 번째 영상")]
+    report = load_corpus(ws, CorpusSpec(name="kor", source="tests", documents=docs, queries=[]))
+    assert report.videos == 3 and report.projects == 2
+    with ws.db.read() as session:
+        titles = {v.title for v in session.query(Video)}
+    assert titles == {"첫 번째 영상", "두 번째 영상"}  # titles are kept as written
+
+
+def test_a_bad_video_late_in_the_corpus_writes_nothing(ws: Workspace) -> None:
+    from opslib.corpus import CorpusSpec, Document
+    from opslib.ingest import IngestError
+
+    docs = [Document(f"d{i}", f"passage {i}", project_key="p", video_key=f"v{i}") for i in range(60)]
+    docs.append(Document("late", "passage", project_key="p", video_key="x" * 600))  # title too long
+    with pytest.raises(IngestError, match="title is 600 characters"):
+        load_corpus(ws, CorpusSpec(name="bad", source="tests", documents=docs, queries=[]), batch_videos=5)
+    with ws.db.read() as session:
+        assert session.query(Video).count() == 0 and session.query(Chunk).count() == 0
+    assert indexed_chunk_ids(ws, "idx-tiny-base") == set()
 
 
 def test_importing_twice_is_refused(ws: Workspace, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import loop_ready, ready_run
+from helpers import corpus_ready, ready_run
 from invariants import check_invariants
 from opslib.cutover import cutover
 from opslib.db.models import MessageOutcome, OpsMessage, ReleaseStatus, RunStatus, ServingState, Video
@@ -39,7 +39,7 @@ STAGE_CALL = {
 
 def _prepare(ws: Workspace, stage: str, candidate_dir: Path) -> tuple[int, int]:
     """(run id, the stage's argument) in the state just before ``stage``."""
-    loop_ready(ws, requests=40)
+    corpus_ready(ws)
     run_id = ready_run(ws, candidate_dir)
     if stage == "50_reindex_candidate":
         return run_id, run_id

@@ -200,6 +200,17 @@ def test_manifest_record_and_eligibility(ws: Workspace) -> None:
         assert not session.get(TrainingDataset, small.dataset_version).eligible
 
 
+def test_a_backfill_built_later_does_not_displace_the_newest_window(ws: Workspace) -> None:
+    corpus(ws)
+    write_log(ws, [event(f"r{i}", topk=[f"p1-c{(i + j) % 12}" for j in range(4)], used=[f"p1-c{i % 12}"])
+                   for i in range(12)], AS_OF - timedelta(days=2))
+    current = build_dataset(ws, as_of=AS_OF)
+    backfill = build_dataset(ws, as_of=AS_OF - timedelta(days=1))  # built after, over an older window
+    assert current.eligible and backfill.eligible and current.dataset_version != backfill.dataset_version
+    with ws.db.read() as session:
+        assert latest_eligible_dataset(session).dataset_version == current.dataset_version
+
+
 def test_a_failed_quality_suite_makes_the_dataset_ineligible(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     import opslib.data_quality as dq
 

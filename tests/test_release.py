@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select, update
 
-from helpers import loop_ready, ready_run
+from helpers import corpus_ready, ready_run
 from opslib.cutover import CutoverRefused, cutover, cutover_or_wait
 from opslib.db.models import (
     Chunk,
@@ -51,7 +51,7 @@ def _video(video_id: str, project: str = "mini-alpha", words: str = "brand new t
 
 @pytest.fixture
 def rel(ws: Workspace, tiny_candidate_dir: Path) -> tuple[Workspace, int]:
-    loop_ready(ws)
+    corpus_ready(ws)
     return ws, ready_run(ws, tiny_candidate_dir)
 
 

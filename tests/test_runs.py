@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from opslib.db.models import FailureType, MLPipelineRun, RunStage, RunStatus, TrainingDataset, utcnow
+from helpers import dataset_row
+from opslib.db.models import FailureType, MLPipelineRun, RunStage, RunStatus, utcnow
 from opslib.runs import (
     TRANSITIONS,
     RunError,
@@ -28,10 +29,7 @@ from opslib.workspace import Workspace
 @pytest.fixture
 def rws(ws: Workspace) -> Workspace:
     """A workspace with one eligible dataset row (run control only reads the row)."""
-    with ws.db.transaction() as session:
-        session.add(TrainingDataset(dataset_version="20261201-aaaaaaaaaaaa", storage_path="x",
-                                    generation_rule_version="retrieval-group-v1", source_window_start=utcnow(),
-                                    source_window_end=utcnow(), counts={}, eligible=True, ineligible_reasons=[]))
+    dataset_row(ws)
     return ws
 
 
@@ -73,6 +71,19 @@ def test_newest_pending_wins_and_older_are_superseded(rws: Workspace) -> None:
     started = get_run(rws.db, third.run_id)
     assert started.status is RunStatus.RUNNING and started.dataset_version == "20261201-aaaaaaaaaaaa"
     assert start_next_pending(rws.db) is None
+
+
+def test_a_new_request_beats_a_pending_run_left_waiting_by_a_run_that_ended(rws: Workspace) -> None:
+    first = request_run(rws.db, trigger_source="manual", trace_id="a")
+    waiting = request_run(rws.db, trigger_source="manual", trace_id="b")
+    fail_run(rws.db, first.run_id, stage=RunStage.TRAINING, failure_type=FailureType.ERROR, reason="stalled")
+    # The slot is free but the pending run has not been started yet; a newer request arrives.
+    newest = request_run(rws.db, trigger_source="manual", trace_id="c")
+    assert newest.status is RunStatus.RUNNING
+    runs = {r.id: r for r in _runs(rws)}
+    assert runs[waiting.run_id].status is RunStatus.SUPERSEDED
+    assert runs[waiting.run_id].superseded_by_run_id == newest.run_id
+    assert start_next_pending(rws.db) is None  # nothing older sneaks in after it
 
 
 def test_a_redelivered_message_never_creates_a_second_run(rws: Workspace) -> None:

@@ -62,11 +62,25 @@ def test_tampering_is_detected(tmp_path: Path) -> None:
     assert not store.verify("models/m/model.bin")
 
 
+def test_a_crash_before_the_checksum_was_written_is_repaired_on_read(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ObjectStore(str(tmp_path))
+    monkeypatch.setattr(store, "_write_checksum", lambda final, digest: None)  # "killed" after the link
+    store.put_text("raw_logs/batch.jsonl", "line\n")
+    monkeypatch.undo()
+    # Readers (e.g. dataset lineage) still get the object's checksum, and it is recorded from now on.
+    assert store.recorded_sha256("raw_logs/batch.jsonl") == sha256_bytes(b"line\n")
+    assert (tmp_path / "raw_logs/batch.jsonl.sha256").read_text() == sha256_bytes(b"line\n")
+    assert store.verify("raw_logs/batch.jsonl")
+
+
 def test_missing_objects_are_clear_errors(store: ObjectStore) -> None:
     with pytest.raises(ObjectNotFoundError, match="nope.txt"):
         store.get_bytes("nope.txt")
     with pytest.raises(ObjectNotFoundError):
         store.open("nope.txt")
+    with pytest.raises(ObjectNotFoundError, match="no recorded checksum"):
+        store.recorded_sha256("nope.txt")
 
 
 def test_a_failed_write_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from helpers import loop_ready
+from helpers import dataset_row, loop_ready
 from opslib.db.models import FailureType, ModelVersion, RunStage
 from opslib.model_artifacts import read_manifest
 from opslib.runs import RunError, fail_run, get_run, request_run
@@ -20,6 +20,7 @@ def test_rows_pair_each_positive_with_the_highest_confidence_negatives() -> None
     assert (used, skipped) == (1, 1)
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.slow
 def test_training_is_deterministic_and_writes_a_manifest(ws: Workspace) -> None:
     dataset = loop_ready(ws)
@@ -46,7 +47,7 @@ def test_training_is_deterministic_and_writes_a_manifest(ws: Workspace) -> None:
 
 
 def test_training_needs_a_running_run(ws: Workspace) -> None:
-    loop_ready(ws)
+    dataset_row(ws)  # run control only reads the row; training is refused before reading the data
     run_id = request_run(ws.db, trigger_source="manual", trace_id="t").run_id
     fail_run(ws.db, run_id, stage=RunStage.TRAINING, failure_type=FailureType.ERROR, reason="stopped")
     with pytest.raises(RunError, match="needs a RUNNING run"):

@@ -55,6 +55,6 @@ def require_current(db: Database) -> None:
     current = current_revision(db)
     if current != head_revision():
         raise RuntimeError(
-            f"Metadata DB at {db.url} is at revision {current!r}, code needs {head_revision()!r}: "
+            f"Metadata DB at {db.engine.url.render_as_string(hide_password=True)} is at revision {current!r}, code needs {head_revision()!r}: "
             "run `opsbench db upgrade`"
         )
