@@ -17,13 +17,17 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/opsbench demo
+	$(BIN)/opsbench demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Rooted at the repository so report links under runs/ open in JupyterLab; the kernels find the
+# demo's workspace and runs/ whatever folder a notebook runs in.
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,)
+	OPS_WORKSPACE=$${OPS_WORKSPACE:-$(CURDIR)/workspace} OPS_RUNS_DIR=$${OPS_RUNS_DIR:-$(CURDIR)/runs} \
+	$(BIN)/jupyter lab --notebook-dir=$(CURDIR) --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,) \
+	  $(LAB_ARGS) notebooks/00_ops_dashboard.ipynb
 
 clean-workspace:
 	rm -rf workspace runs/2*

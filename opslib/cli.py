@@ -167,26 +167,60 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_request_training(args: argparse.Namespace) -> int:
-    from opslib.messages import new_training_request
-    from opslib.queue import publish
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from opslib.schedule import describe, run_due, run_forever
 
     ws = _ready(_workspace(args))
-    message = new_training_request(trigger_source=args.trigger, requested_by=ws.settings.operator, reason=args.reason)
-    print(f"TRAINING_REQUEST queued as message {publish(ws.db, message)} (trace {message.trace_id}); "
-          "`opsbench worker --once` runs it")
+    if not args.once:
+        run_forever(ws, args.poll_interval)
+        return 0
+    report = run_due(ws)
+    for result in report.results:
+        print(describe(result, ws.settings.schedule_timezone))
+    return 1 if report.failed else 0
+
+
+def _guarded(args: argparse.Namespace, preview: Any, perform: Any) -> int:
+    """A guarded action from the CLI: show the preview, take the typed confirmation (``--confirm``,
+    or asked for on a terminal), perform it; refusals are audited and exit with 2."""
+    from opslib.actions import ActionRefused
+
+    print(f"{preview.action.value}: {preview.summary if preview.possible else 'not possible now: ' + str(preview.blocker)}")
+    confirm = args.confirm
+    if confirm is None and preview.possible:
+        if not sys.stdin.isatty():
+            raise CliError(f"--confirm {preview.target} is required (the target you confirm)")
+        confirm = input(f"type {preview.target} to confirm: ")
+    try:
+        result = perform(confirm or "", args.reason)
+    except ActionRefused as refused:
+        raise CliError(f"refused: {refused} (audited)") from None
+    print(f"done: {result.result} (audit {result.audit_id}, trace {result.trace_id})")
     return 0
+
+
+def cmd_request_training(args: argparse.Namespace) -> int:
+    from opslib import actions
+
+    ws = _ready(_workspace(args))
+    return _guarded(args, actions.preview_training(ws),
+                    lambda confirm, reason: actions.retrigger_training(ws, confirm=confirm, reason=reason))
 
 
 def cmd_request_rollback(args: argparse.Namespace) -> int:
-    from opslib.messages import new_rollback_request
-    from opslib.queue import publish
+    from opslib import actions
 
     ws = _ready(_workspace(args))
-    message = new_rollback_request(args.expected_active, requested_by=ws.settings.operator, reason=args.reason)
-    print(f"ROLLBACK_REQUEST queued as message {publish(ws.db, message)} (trace {message.trace_id}); "
-          "`opsbench worker --once` carries it out")
-    return 0
+    return _guarded(args, actions.preview_rollback(ws),
+                    lambda confirm, reason: actions.request_rollback(ws, confirm=confirm, reason=reason))
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from opslib import actions
+
+    ws = _ready(_workspace(args))
+    return _guarded(args, actions.preview_promote(ws, args.run_id),
+                    lambda confirm, reason: actions.promote_run(ws, args.run_id, confirm=confirm, reason=reason))
 
 
 def cmd_register_eval(args: argparse.Namespace) -> int:
@@ -201,6 +235,13 @@ def cmd_register_eval(args: argparse.Namespace) -> int:
         records, source = records_from_file(Path(args.file)), f"file {Path(args.file).resolve()}"
     row = register_evaluation_set(ws, records, source=source)
     print(f"evaluation set {row.evaluation_dataset_ref}: {row.sample_count} queries ({row.source})")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from opslib.run_index import build_run_index
+
+    print(f"run index rebuilt: {build_run_index(_ready(_workspace(args)))}")
     return 0
 
 
@@ -224,6 +265,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"indexes: {corpus['index_entries']}")
     print(f"models: {[m['model_version'] for m in status['models']]}")
     print(f"queue: {status['queue']['unacked']} unacked message(s); runs: {len(status['runs'])} recent")
+    for tick in status["schedules"]:
+        last = f"last {tick['last_due_at']} {tick['last_status']}" if tick["last_due_at"] else "never ran"
+        print(f"schedule {tick['schedule']:<8} {tick['cron']!r} ({tick['timezone']}): next {tick['next_due_at']}; {last}")
     for e in status["stage_executions"]:
         print(f"  stage {e['id']:>4} {e['stage']:<22} {e['status']:<9} {e['started_at']}  {e['output_html']}")
     return 0
@@ -232,7 +276,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from opslib.demo import run_demo
 
-    report = run_demo(_workspace(args), requests=args.requests)
+    report = run_demo(_workspace(args), requests=args.requests, rollback=args.rollback)
     print()
     print("Demo finished.")
     print(f"  feedback-health report: {report.feedback_health.output_html}")
@@ -243,6 +287,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if report.evaluation is not None:
         print(f"  evaluation verdict:     {report.evaluation.overall_decision.value}")
         print(f"  evaluation report:      {report.evaluation_report}")
+    if report.served_by:
+        print(f"  search now served by:   {report.served_by}")
     print("  status: `.venv/bin/opsbench status`")
     return 0 if report.ok else 1
 
@@ -303,23 +349,42 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--poll-interval", type=float, default=5.0, help="seconds between passes when idle")
     sub.add_argument("--name", help="worker name recorded on claimed messages")
 
-    sub = add("request-training", cmd_request_training, "queue a TRAINING_REQUEST (the worker picks the dataset)")
-    sub.add_argument("--reason", help="why (recorded on the message)")
-    sub.add_argument("--trigger", choices=["manual", "schedule"], default="manual")
+    sub = add("schedule", cmd_schedule, "run what is due per the cron schedules in settings "
+              "(20_build_dataset daily, TRAINING_REQUEST weekly); each tick runs once")
+    sub.add_argument("--once", action="store_true", help="run the due ticks, then exit (for cron / a Kubernetes CronJob)")
+    sub.add_argument("--poll-interval", type=float, default=60.0, help="seconds between checks without --once")
 
-    sub = add("request-rollback", cmd_request_rollback, "queue a ROLLBACK_REQUEST back to the rollback snapshot")
-    sub.add_argument("--expected-active", required=True, help="the model version you see serving now (stale requests are refused)")
-    sub.add_argument("--reason", help="why (recorded on the message)")
+    guarded = ("Guarded (admin role; audited): shows what will happen, then needs --reason and the typed "
+               "confirmation --confirm TARGET (asked for on a terminal).")
+    sub = add("request-training", cmd_request_training, "queue a TRAINING_REQUEST (the worker picks the dataset). "
+              + guarded + " TARGET: the latest eligible dataset version.")
+    sub.add_argument("--reason", required=True, help="why (goes into the audit log and the message)")
+    sub.add_argument("--confirm", metavar="DATASET_VERSION", help="the dataset version the preview names")
+
+    sub = add("request-rollback", cmd_request_rollback, "queue a ROLLBACK_REQUEST back to the rollback snapshot. "
+              + guarded + " TARGET: the model version serving now (a stale request is refused).")
+    sub.add_argument("--reason", required=True, help="why (goes into the audit log and the message)")
+    sub.add_argument("--confirm", "--expected-active", dest="confirm", metavar="MODEL_VERSION",
+                     help="the model version you see serving now")
+
+    sub = add("promote", cmd_promote, "approve the release of a READY_FOR_RELEASE run when auto_cutover is off "
+              "(the worker then runs 50 reindex, 60 cutover). " + guarded + " TARGET: the run's candidate model version.")
+    sub.add_argument("run_id", type=int)
+    sub.add_argument("--reason", required=True, help="why (goes into the audit log)")
+    sub.add_argument("--confirm", metavar="MODEL_VERSION", help="the run's candidate model version")
 
     sub = add("register-eval", cmd_register_eval, "register an immutable evaluation set (disjoint from traffic)")
     sub.add_argument("--corpus", help="an imported corpus: use its reserved queries")
     sub.add_argument("--file", help="a JSONL or CSV file with query_text, project_id, expected_results")
+
+    add("report", cmd_report, "rebuild runs/index.html, the run index for reviewers")
 
     sub = add("status", cmd_status, "summarise the workspace from the Metadata DB")
     sub.add_argument("--json", action="store_true", help="machine-readable output")
 
     sub = add("demo", cmd_demo, "init + built-in corpus + traffic + 10, 20 + a training run (30, 40) via the worker")
     sub.add_argument("--requests", type=int, default=300, help="simulated search requests")
+    sub.add_argument("--rollback", action="store_true", help="after a cutover, also demonstrate a rollback (70)")
     return parser
 
 
@@ -329,7 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except ValidationError as exc:
         error = exc.errors()[0]
-        print(f"error: settings: {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
+        what = "settings" if exc.title == "Settings" else exc.title
+        print(f"error: {what}: {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
     except (CliError, ValueError, LookupError, RuntimeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
     except Exception as exc:  # storage / vector-store / stage errors all name their cause

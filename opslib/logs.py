@@ -83,14 +83,20 @@ class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def configure_logging(level: str = "INFO", stream: Any = None) -> None:
-    """JSON lines on ``stream`` (stderr by default) for ``opslib`` at ``level`` and for every
-    other library (papermill, alembic, chromadb, …) at WARNING — all carrying the trace id."""
+def configure_logging(level: str = "INFO", stream: Any = None, path: Any = None) -> None:
+    """JSON lines on ``stream`` (stderr by default), or appended to the file ``path``, for
+    ``opslib`` at ``level`` and for every other library (papermill, alembic, chromadb, …) at
+    WARNING — all carrying the trace id."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_opslib_json", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderrHandler()
+            handler.close()
+    handler: logging.Handler
+    if path is not None:
+        handler = logging.FileHandler(path, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderrHandler()
     handler._opslib_json = True  # type: ignore[attr-defined]
     handler.setFormatter(JsonFormatter())
     handler.addFilter(TraceIdFilter())

@@ -29,7 +29,12 @@ class StageContext:
 def open_stage(stage: str, params: dict[str, Any], execution_id: int | None = None) -> StageContext:
     """Validate ``params`` and open the workspace the runner (or the operator's env) points at."""
     settings = Settings()
-    configure_logging("WARNING")  # the report shows results; JSON logs at INFO go to the runner
+    # The report shows results, not log lines: under the runner the kernel's JSON logs go to the
+    # archive's .log file beside the report; run by hand, only warnings reach the notebook.
+    if settings.log_file is not None:
+        configure_logging(settings.log_level, path=settings.log_file)
+    else:
+        configure_logging("WARNING")
     validated = validate_params(stage, params)
     ws = open_workspace(settings)
     require_current(ws.db)

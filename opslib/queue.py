@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from opslib.db.engine import Database
 from opslib.db.models import MessageOutcome, OpsMessage, utcnow
@@ -37,22 +38,34 @@ class Delivery:
     visible_at: datetime
 
 
-def publish(db: Database, message: TrainingRequest | RollbackRequest | dict[str, Any]) -> int:
-    """Enqueue a message; returns its id. Raw dicts are stored as given (checked at consume)."""
+def publish(
+    db: Database, message: TrainingRequest | RollbackRequest | dict[str, Any], *, session: Session | None = None
+) -> int:
+    """Enqueue a message; returns its id. Raw dicts are stored as given (checked at consume).
+
+    With ``session`` the message is added to that open transaction (and commits or rolls back
+    with the caller's other changes); without it, it is committed on its own.
+    """
     payload = to_payload(message) if not isinstance(message, dict) else dict(message)
+    if session is not None:
+        return _add_message(session, payload)
+    with db.transaction() as own:
+        return _add_message(own, payload)
+
+
+def _add_message(session: Session, payload: dict[str, Any]) -> int:
     now = utcnow()
-    with db.transaction() as session:
-        row = OpsMessage(
-            message_type=str(payload.get("message_type") or "UNKNOWN")[:64],
-            payload=payload,
-            trace_id=str(payload.get("trace_id") or "")[:64] or "untraced",
-            attempt=0, issued_at=now, visible_at=now,
-        )
-        session.add(row)
-        session.flush()
-        log.info("message published", extra={"message_id": row.id, "message_type": row.message_type,
-                                             "trace_id": row.trace_id})
-        return row.id
+    row = OpsMessage(
+        message_type=str(payload.get("message_type") or "UNKNOWN")[:64],
+        payload=payload,
+        trace_id=str(payload.get("trace_id") or "")[:64] or "untraced",
+        attempt=0, issued_at=now, visible_at=now,
+    )
+    session.add(row)
+    session.flush()
+    log.info("message published", extra={"message_id": row.id, "message_type": row.message_type,
+                                         "trace_id": row.trace_id})
+    return row.id
 
 
 def claim(

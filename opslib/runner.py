@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 
 import nbformat
 from nbconvert import HTMLExporter
+from sqlalchemy.orm import Session
 
 from opslib.db.models import ExecutionStatus, FailureType, RunStage, StageExecution, utcnow
 from opslib.logs import current_trace_id, get_logger, trace
@@ -86,6 +87,16 @@ def _error_from(exc: BaseException) -> dict[str, Any]:
     return {"cell_index": None, "execution_count": None, "ename": type(exc).__name__, "evalue": str(exc)}
 
 
+def _rebuild_run_index(ws: Workspace) -> None:
+    """Refresh ``runs/index.html``; a failure is logged and never fails the stage."""
+    try:
+        from opslib.run_index import build_run_index
+
+        build_run_index(ws)
+    except Exception:
+        log.exception("run index not rebuilt (`opsbench report` rebuilds it)")
+
+
 def run_stage(
     ws: Workspace,
     name: str,
@@ -94,8 +105,12 @@ def run_stage(
     run_id: int | None = None,
     trace_id: str | None = None,
     progress: bool = False,
+    on_created: Callable[[Session, StageExecution], None] | None = None,
 ) -> StageResult:
-    """Execute stage ``name``; bad parameters raise ``StageError`` before anything starts."""
+    """Execute stage ``name``; bad parameters raise ``StageError`` before anything starts.
+
+    ``on_created`` runs inside the transaction that records the ``StageExecution`` (an operator
+    action writes its audit row there, so the two exist together or not at all)."""
     spec = stage_spec(name)
     validated = validate_params(name, dict(params or {}))
     notebook = ws.settings.resolved_notebooks_dir / spec.notebook
@@ -112,17 +127,20 @@ def run_stage(
             session.add(execution)
             session.flush()
             execution_id = execution.id
+            if on_created is not None:
+                on_created(session, execution)
         folder = ws.settings.runs_dir / started.strftime("%Y%m%d")
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"{started.strftime('%H%M%S')}-{execution_id:06d}-{name}"
         output_ipynb, output_html = folder / f"{stem}.ipynb", folder / f"{stem}.html"
+        output_log = folder / f"{stem}.log"  # the kernel's JSON log lines
         log.info("stage started", extra={"stage": name, "execution_id": execution_id, "run_id": run_id})
 
         error: dict[str, Any] | None = None
         try:
             import papermill
 
-            with _kernel_environment(ws.settings.as_env()):
+            with _kernel_environment({**ws.settings.as_env(), "OPS_LOG_FILE": str(output_log)}):
                 papermill.execute_notebook(
                     str(notebook), str(output_ipynb),
                     parameters={**parameters, EXECUTION_ID_PARAM: execution_id},
@@ -135,7 +153,10 @@ def run_stage(
         # The kernel may have written the embedded vector store: re-read it from disk next time.
         forget_local_clients()
         if output_ipynb.is_file():
-            render_html(output_ipynb, output_html)
+            try:
+                render_html(output_ipynb, output_html)
+            except Exception:  # the execution still gets recorded; its row shows no HTML
+                log.exception("HTML rendering failed", extra={"stage": name, "execution_id": execution_id})
         status = ExecutionStatus.FAILED if error else ExecutionStatus.SUCCEEDED
         if error and run_id is not None and spec.run_stage is not None:
             # Any exception in a run's stage is a system error of that stage; serving is untouched.
@@ -158,4 +179,5 @@ def run_stage(
             row.output_ipynb = str(output_ipynb) if output_ipynb.is_file() else None
             row.output_html = str(output_html) if output_html.is_file() else None
         log.info("stage finished", extra={"stage": name, "execution_id": execution_id, "status": status.value})
+        _rebuild_run_index(ws)
         return StageResult(execution_id, name, status, output_ipynb, output_html, error)

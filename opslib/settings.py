@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     operator: str = Field(default="local-operator", min_length=1)
     operator_role: OperatorRole = "viewer"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_file: Path | None = Field(
+        default=None, description="append JSON log lines to this file instead of stderr "
+                                  "(the runner sets it for a stage's kernel: <archive stem>.log)")
     queue_visibility_timeout_s: float = Field(default=300.0, gt=0)
     feedback_window_days: int = Field(default=7, ge=1)
     snapshot_ttl_days: int = Field(default=14, ge=1)
@@ -74,19 +77,27 @@ class Settings(BaseSettings):
     # ML Lifecycle Worker
     heartbeat_interval_s: float = Field(default=15.0, gt=0)
     run_stall_after_s: float = Field(default=900.0, gt=0, description="RUNNING without a heartbeat this long = stalled")
+    # The bounds match the stage schemas (opslib.stages): a setting the stage would refuse is
+    # refused here, when the worker starts, not when a run is already under way.
     evaluation_dataset_ref: str | None = Field(
-        default=None, description="evaluation set the worker uses; default: the newest registered one"
+        default=None, pattern=r"^eval-[0-9a-f]{16}$",
+        description="evaluation set the worker uses; default: the newest registered one",
     )
-    training_epochs: int = Field(default=1, ge=1)
-    training_batch_size: int = Field(default=16, ge=2)
-    training_learning_rate: float = Field(default=2e-5, gt=0)
-    training_max_seq_length: int = Field(default=128, ge=8)
+    training_epochs: int = Field(default=1, ge=1, le=50)
+    training_batch_size: int = Field(default=16, ge=2, le=1024)
+    training_learning_rate: float = Field(default=2e-5, gt=0, le=1e-2)
+    training_max_seq_length: int = Field(default=128, ge=8, le=512)
     training_seed: int = Field(default=0, ge=0)
-    bootstrap_samples: int = Field(default=1000, ge=100)
+    bootstrap_samples: int = Field(default=1000, ge=100, le=100_000)
     # Release
     auto_cutover: bool = Field(default=True, description="after a PASS the worker reindexes and cuts over by itself; "
                                                         "False: it waits for an operator's promote")
     reindex_batch_size: int = Field(default=64, ge=1)
+    # Schedules (opslib.schedule, `opsbench schedule`): 5-field cron expressions in schedule_timezone
+    schedule_timezone: str = Field(default="Asia/Seoul", description="IANA time zone the schedules' cron expressions are read in")
+    dataset_schedule: str = Field(default="0 3 * * *", description="cron: when 20_build_dataset runs (daily 03:00)")
+    dataset_source_window_days: int = Field(default=30, ge=1, le=365, description="source window of scheduled datasets")
+    training_schedule: str = Field(default="0 4 * * 1", description="cron: when a TRAINING_REQUEST is queued (Monday 04:00)")
     fault_point: str | None = Field(default=None, description="test only: SIGKILL the process at this checkpoint")
 
     @classmethod
@@ -106,10 +117,35 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
 
-    @field_validator("workspace", "runs_dir", "chroma_path", "notebooks_dir", "model_cache_dir")
+    @field_validator("workspace", "runs_dir", "chroma_path", "notebooks_dir", "model_cache_dir", "log_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(value)
+        except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Asia/Seoul, UTC)") from None
+        return value
+
+    @field_validator("dataset_schedule", "training_schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        value = " ".join(value.split())
+        if len(value.split(" ")) != 5 or not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour day-of-month month day-of-week)")
+        try:
+            croniter(value).get_next()
+        except Exception:  # e.g. "0 0 30 2 *": valid syntax, but the date never comes
+            raise ValueError(f"{value!r} never fires") from None
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

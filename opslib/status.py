@@ -68,4 +68,7 @@ def workspace_status(ws: Workspace, recent: int = 10) -> dict[str, Any]:
             for e in session.scalars(select(StageExecution).order_by(StageExecution.id.desc()).limit(recent))
         ]
     status["corpus"]["videos_by_status"] = {k.value: v for k, v in status["corpus"]["videos_by_status"].items()}
+    from opslib.schedule import schedule_status
+
+    status["schedules"] = schedule_status(ws)
     return status

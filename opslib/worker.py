@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 
@@ -36,7 +37,8 @@ from opslib.queue import Delivery, ack, receive, refuse
 from opslib.release import current_release
 from opslib.reindex import abort_candidate
 from opslib.rollback import reinclude_excluded
-from opslib.runner import run_stage
+from opslib.runner import StageResult, run_stage
+from opslib.stages import StageError
 from opslib.runs import claim_stalled, fail_run, get_run, heartbeat, is_stalled, request_run, start_next_pending
 from opslib.workspace import Workspace
 
@@ -146,36 +148,48 @@ class Worker:
     def drive(self, run_id: int) -> str:
         """Execute what is left of RUNNING run ``run_id`` (train, then evaluate); its final status."""
         run = get_run(self.ws.db, run_id)
+        # The evaluation set is needed at the end; without one, fail now rather than after training.
+        ref = self.settings.evaluation_dataset_ref
+        if ref is None:
+            latest = latest_evaluation_set(self.ws)
+            ref = latest.evaluation_dataset_ref if latest else None
+        if ref is None:
+            fail_run(self.ws.db, run_id, stage=RunStage.EVALUATION, failure_type=FailureType.ERROR,
+                     reason="no evaluation dataset registered (`opsbench register-eval`); nothing was trained")
+            return get_run(self.ws.db, run_id).status.value
         with trace(run.trace_id), heartbeating(self.ws, run_id, self.settings.heartbeat_interval_s):
             with self.ws.db.read() as session:
                 trained = session.get(ModelVersion, run.candidate_model_version or "") is not None
             if not trained:
-                result = run_stage(self.ws, "30_train_candidate", {
+                result = self._run_stage(run_id, RunStage.TRAINING, "30_train_candidate", {
                     "run_id": run_id, "epochs": self.settings.training_epochs,
                     "batch_size": self.settings.training_batch_size,
                     "learning_rate": self.settings.training_learning_rate,
                     "max_seq_length": self.settings.training_max_seq_length, "seed": self.settings.training_seed,
-                }, run_id=run_id, trace_id=run.trace_id)
-                if not result.ok:
+                }, run.trace_id)
+                if result is None or not result.ok:
                     return get_run(self.ws.db, run_id).status.value
-            ref = self.settings.evaluation_dataset_ref
-            if ref is None:
-                latest = latest_evaluation_set(self.ws)
-                ref = latest.evaluation_dataset_ref if latest else None
-            if ref is None:
-                fail_run(self.ws.db, run_id, stage=RunStage.EVALUATION, failure_type=FailureType.ERROR,
-                         reason="no evaluation dataset registered (`opsbench register-eval`)")
-                return get_run(self.ws.db, run_id).status.value
-            run_stage(self.ws, "40_evaluate_candidate", {
+            self._run_stage(run_id, RunStage.EVALUATION, "40_evaluate_candidate", {
                 "run_id": run_id, "evaluation_dataset_ref": ref,
                 "bootstrap_samples": self.settings.bootstrap_samples,
-            }, run_id=run_id, trace_id=run.trace_id)
+            }, run.trace_id)
         final = get_run(self.ws.db, run_id)
         if final.status is RunStatus.RUNNING:  # the stage finished without settling the run
             fail_run(self.ws.db, run_id, stage=RunStage.EVALUATION, failure_type=FailureType.ERROR,
                      reason="40_evaluate_candidate finished without a verdict")
             final = get_run(self.ws.db, run_id)
         return final.status.value
+
+    def _run_stage(self, run_id: int, stage: RunStage, name: str, params: dict[str, Any],
+                   trace_id: str | None) -> StageResult | None:
+        """Execute a run's stage; one that cannot even start (parameters refused, notebook
+        missing) fails the run with ERROR instead of leaving it RUNNING for the reconciler."""
+        try:
+            return run_stage(self.ws, name, params, run_id=run_id, trace_id=trace_id)
+        except (StageError, OSError) as exc:
+            fail_run(self.ws.db, run_id, stage=stage, failure_type=FailureType.ERROR,
+                     reason=f"{name} could not start: {type(exc).__name__}: {exc}")
+            return None
 
     def reconcile(self, report: WorkerReport | None = None) -> list[int]:
         """Stalled RUNNING runs: claim each, then resume it (returned) or fail it with the reason."""
@@ -225,7 +239,8 @@ class Worker:
             return "cut over: now serving" if switched else "waiting at the cutover gate"
 
     def release_ready(self, report: WorkerReport) -> None:
-        """Resume an open candidate; with ``auto_cutover``, release the newest READY run."""
+        """Resume an open candidate; release the newest READY run — with ``auto_cutover`` any,
+        without it only one an operator promoted (``opslib.actions.promote_run``)."""
         target, stale = None, []
         with self.ws.db.read() as session:
             release = current_release(session)
@@ -233,11 +248,12 @@ class Worker:
                 return
             if release.release_status is ReleaseStatus.CANDIDATE_REINDEXING and release.candidate_run_id:
                 target = release.candidate_run_id
-            elif release.release_status is ReleaseStatus.STABLE and self.settings.auto_cutover:
-                ready = list(session.scalars(
-                    select(MLPipelineRun).where(MLPipelineRun.status == RunStatus.READY_FOR_RELEASE,
-                                                MLPipelineRun.cutover_time.is_(None))
-                    .order_by(MLPipelineRun.id.desc())))
+            elif release.release_status is ReleaseStatus.STABLE:
+                query = select(MLPipelineRun).where(MLPipelineRun.status == RunStatus.READY_FOR_RELEASE,
+                                                    MLPipelineRun.cutover_time.is_(None))
+                if not self.settings.auto_cutover:
+                    query = query.where(MLPipelineRun.promoted_at.is_not(None))
+                ready = list(session.scalars(query.order_by(MLPipelineRun.id.desc())))
                 current = [r.id for r in ready if r.baseline_model_version == release.active_model_version]
                 stale = [r.id for r in ready if r.baseline_model_version != release.active_model_version]
                 target = current[0] if current else None
@@ -283,7 +299,3 @@ class Worker:
 
 MAX_ROLLBACK_ATTEMPTS = 5
 
-
-def promote(ws: Workspace, run_id: int) -> str:
-    """An operator's promote of a READY_FOR_RELEASE run when automatic cutover is off."""
-    return Worker(ws, name=f"promote-{ws.settings.operator}").release(run_id)

@@ -10,7 +10,7 @@ from test_corpus import write_beir
 from test_feedback import _event, _line
 
 COMMANDS = ["init", "db", "import-beir", "import-builtin", "simulate-traffic", "ingest-feedback", "run", "worker",
-            "request-training", "request-rollback", "register-eval", "status", "demo"]
+            "schedule", "request-training", "request-rollback", "promote", "register-eval", "report", "status", "demo"]
 
 
 def _env(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -21,13 +21,19 @@ def _env(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("OPS_LOG_LEVEL", "WARNING")
 
 
-@pytest.mark.parametrize("command", [[]] + [[c] for c in COMMANDS] + [["db", "upgrade"]])
-def test_every_command_has_help(command: list[str]) -> None:
-    done = subprocess.run([sys.executable, "-m", "opslib.cli", *command, "--help"], capture_output=True, text=True)
+@pytest.mark.parametrize("command", [[c] for c in COMMANDS] + [["db", "upgrade"]])
+def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args([*command, "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and out.startswith(f"usage: opsbench {' '.join(command)}")
+
+
+def test_the_entry_point_lists_every_command() -> None:
+    done = subprocess.run([sys.executable, "-m", "opslib.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "usage: opsbench" in done.stdout
-    if not command:
-        for name in COMMANDS:
-            assert name in done.stdout
+    for name in COMMANDS:
+        assert name in done.stdout
 
 
 def test_parse_param() -> None:
@@ -65,6 +71,8 @@ def test_cli_flow_and_clear_errors(tmp_path: Path, tiny_model_dir: Path, monkeyp
     status = json.loads(capsys.readouterr().out)
     assert status["release"]["active_model_version"] == "tiny-base"
     assert status["corpus"]["chunks"] == 24 and status["corpus"]["imports"] == ["mini"]
+    assert [(t["schedule"], t["last_status"]) for t in status["schedules"]] == [("dataset", None), ("training", None)]
+    assert all(t["next_due_at"] for t in status["schedules"])
 
 
 def test_bad_settings_are_reported(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -76,3 +84,33 @@ def test_bad_settings_are_reported(monkeypatch: pytest.MonkeyPatch, capsys: pyte
 def test_parser_requires_a_command() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args([])
+
+
+def test_guarded_actions_from_the_cli(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers import dataset_row
+    from opslib.db.models import AuditLog, OpsMessage
+    from opslib.settings import Settings
+    from opslib.workspace import Workspace
+
+    _env(tmp_path, tiny_model_dir, monkeypatch)
+    assert main(["init", "--quiet"]) == 0
+    ws = Workspace(Settings())
+    dataset_row(ws)
+    capsys.readouterr()
+    # The default role is viewer: refused, and the refusal is audited.
+    assert main(["request-training", "--reason", "try", "--confirm", "20261201-aaaaaaaaaaaa"]) == 2
+    assert "needs 'admin'" in capsys.readouterr().err
+    monkeypatch.setenv("OPS_OPERATOR_ROLE", "admin")
+    assert main(["request-training", "--reason", "weekly"]) == 2  # no terminal to ask on
+    assert "--confirm 20261201-aaaaaaaaaaaa is required" in capsys.readouterr().err
+    assert main(["request-training", "--reason", "weekly", "--confirm", "20261201-aaaaaaaaaaaa"]) == 0
+    assert "done: queued TRAINING_REQUEST" in capsys.readouterr().out
+    assert main(["request-rollback", "--reason", "bad", "--expected-active", "tiny-base"]) == 2
+    assert "no rollback snapshot" in capsys.readouterr().err
+    assert main(["promote", "7", "--reason", "report read", "--confirm", "x"]) == 2
+    assert "run 7: no such run" in capsys.readouterr().err
+    with ws.db.read() as session:
+        assert [a.result.split(":")[0] for a in session.query(AuditLog).order_by(AuditLog.id)] == [
+            "refused", "queued TRAINING_REQUEST message 1", "refused", "refused"]
+        assert session.query(OpsMessage).count() == 1

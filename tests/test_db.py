@@ -24,6 +24,7 @@ TABLES = {
     "videos", "chunks", "vector_index_entries", "search_response_snapshots", "ml_pipeline_runs",
     "stage_executions", "training_datasets", "evaluation_datasets", "model_versions",
     "model_evaluations", "model_releases", "release_events", "ops_messages", "audit_log", "corpus_imports",
+    "schedule_ticks",
 }
 
 

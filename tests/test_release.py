@@ -303,6 +303,38 @@ def test_rollback_excludes_restores_and_re_includes(rel) -> None:  # type: ignor
     assert _events(ws)[-3:] == ["CUTOVER", "PREPARE_ROLLBACK", "COMPLETE_ROLLBACK"]
 
 
+def test_a_video_ingested_between_export_and_switch_survives_a_rollback_from_the_file(rel, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Dual-written into the outgoing active index after its snapshot file was made: the intact
+    collection is kept as it is; rebuilt from the file, the video is hidden, re-embedded, back."""
+    import opslib.cutover as cutover_module
+
+    ws, run_id = rel
+    reindex_candidate(ws, run_id)
+    real_export = cutover_module.export_index
+
+    def export_then_ingest(*args, **kwargs):  # type: ignore[no-untyped-def]
+        manifest = real_export(*args, **kwargs)
+        ingest_videos(ws, [_video("late-video", words="harpsichord tuning lesson")])  # still dual-writing
+        return manifest
+
+    monkeypatch.setattr(cutover_module, "export_index", export_then_ingest)
+    cutover(ws, run_id)
+    problem = _release(ws)
+    snapshot_index = problem.previous_index_name
+    assert any(c.startswith("late-video") for c in indexed_chunk_ids(ws, snapshot_index))
+    manifest = latest_snapshot(ws, snapshot_index)
+    assert collection_matches(ws, manifest)  # more vectors than the file: still intact
+
+    ws.vectors.drop(snapshot_index)  # gone: the rollback rebuilds it from the file, without late-video
+    report = roll_back(ws, new_rollback_request(problem.active_model_version, reason="regression"))
+    assert report.restored_from_file and report.excluded_videos == 1 and report.servable_again == 1
+    with ws.db.read() as session:
+        assert session.get(Video, "late-video").search_serving_state is ServingState.SERVABLE
+    assert missing_from_index(ws, _release(ws).active_index_name) == []
+    hits = search(ws, "harpsichord tuning lesson", project_id="mini-alpha", user_id="u").refs
+    assert any(h.startswith("late-video") for h in hits)
+
+
 def test_rollback_is_refused_unless_stable(rel) -> None:  # type: ignore[no-untyped-def]
     ws, run_id = rel
     reindex_candidate(ws, run_id)

@@ -103,6 +103,33 @@ def test_a_failing_notebook_is_archived_with_its_failing_cell(ws: Workspace, tmp
     assert row.status is ExecutionStatus.FAILED and row.error == result.error and row.finished_at
 
 
+@pytest.mark.slow
+def test_a_failed_html_rendering_still_records_the_execution(ws: Workspace, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import opslib.runner as runner
+
+    class OkParams(StageParams):
+        pass
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    params = new_code_cell("ops_execution_id = None")
+    params.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[params, new_code_cell("print('fine')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / "98_ok.ipynb")
+    monkeypatch.setitem(STAGES, "98_ok", StageSpec("98_ok", "98_ok.ipynb", OkParams, "succeeds"))
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("template missing")
+
+    monkeypatch.setattr(runner, "render_html", broken)
+    result = run_stage(Workspace(Settings(**{**ws.settings.model_dump(), "notebooks_dir": folder})), "98_ok", {})
+    assert result.status is ExecutionStatus.SUCCEEDED and result.output_ipynb.is_file()
+    (row,) = _executions(ws)
+    assert row.status is ExecutionStatus.SUCCEEDED and row.finished_at and row.output_html is None
+
+
 def test_every_stage_notebook_has_a_tagged_parameters_cell_matching_its_schema() -> None:
     for spec in stages.STAGES.values():
         nb = nbformat.read(NOTEBOOKS / spec.notebook, as_version=4)

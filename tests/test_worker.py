@@ -1,11 +1,12 @@
 """The worker end to end (real notebooks, tiny model): requests, runs, failures, the reconciler."""
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
 
-from helpers import loop_ready
+from helpers import dataset_row, loop_ready
 from opslib.dataset import latest_eligible_dataset
 from opslib.db.models import (
     Decision,
@@ -69,11 +70,19 @@ def test_a_request_is_trained_evaluated_and_judged(wws: Workspace) -> None:
     if run.status is RunStatus.FAILED:
         assert (run.failed_stage, run.failure_type) == (RunStage.EVALUATION, FailureType.FAIL)
     executions = _executions(wws, run_id)
+    # A PASS is released at once (auto_cutover, the default): 50 and 60 follow 30 and 40.
+    released = [("50_reindex_candidate", ExecutionStatus.SUCCEEDED), ("60_cutover", ExecutionStatus.SUCCEEDED)]
     assert [(e.stage, e.status) for e in executions] == [
-        ("30_train_candidate", ExecutionStatus.SUCCEEDED), ("40_evaluate_candidate", ExecutionStatus.SUCCEEDED)]
+        ("30_train_candidate", ExecutionStatus.SUCCEEDED), ("40_evaluate_candidate", ExecutionStatus.SUCCEEDED),
+    ] + (released if run.status is RunStatus.READY_FOR_RELEASE else [])
     assert all(e.trace_id == "trace-e2e" for e in executions)
     html = open(executions[1].output_html).read()
     assert evaluation.overall_decision.value in html and "recall_at_5" in html and "Provenance" in html
+    assert '"level": ' not in html  # the kernel's JSON logs go to the .log beside the report, not into it
+    kernel_log = Path(executions[1].output_html).with_suffix(".log")
+    assert kernel_log.is_file()
+    if run.status is RunStatus.FAILED:  # "run failed" is a WARNING: it is in the log, with the trace
+        assert '"trace_id": "trace-e2e"' in kernel_log.read_text()
     assert "data:image/png;base64" in open(executions[0].output_html).read()  # the loss curve
     message = _message(wws, message_id)
     assert message.outcome is MessageOutcome.DONE and f"run {run_id}" in message.outcome_reason
@@ -101,6 +110,7 @@ def test_a_redelivered_request_creates_no_second_run(wws: Workspace) -> None:
     assert get_run(wws.db, first.run_id).status is RunStatus.RUNNING
 
 
+@pytest.mark.sqlite_only
 def test_the_reconciler_resumes_a_stalled_run_with_intact_inputs(wws: Workspace) -> None:
     _ready_loop(wws)
     run_id = request_run(wws.db, trigger_source="manual", trace_id="t").run_id
@@ -113,6 +123,7 @@ def test_the_reconciler_resumes_a_stalled_run_with_intact_inputs(wws: Workspace)
     assert get_run(wws.db, run_id).failure_type in (None, FailureType.FAIL)
 
 
+@pytest.mark.sqlite_only
 def test_the_reconciler_fails_a_stalled_run_whose_inputs_are_gone(wws: Workspace) -> None:
     dataset = loop_ready(wws)
     run_id = request_run(wws.db, trigger_source="manual", trace_id="t").run_id
@@ -127,6 +138,7 @@ def test_the_reconciler_fails_a_stalled_run_whose_inputs_are_gone(wws: Workspace
     assert report.reconciled[0][1].startswith("failed: stalled")
 
 
+@pytest.mark.sqlite_only
 def test_an_exception_in_training_fails_the_run_with_error(wws: Workspace) -> None:
     _ready_loop(wws)
     with wws.db.read() as session:
@@ -143,15 +155,27 @@ def test_an_exception_in_training_fails_the_run_with_error(wws: Workspace) -> No
     assert open(execution.output_html).read()  # archived, failing cell and all
 
 
+def test_a_stage_that_cannot_start_fails_the_run_instead_of_leaving_it_running(wws: Workspace, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    dataset_row(wws)  # run control only reads the dataset row
+    broken = Workspace(Settings(**{**wws.settings.model_dump(), "notebooks_dir": tmp_path / "no-notebooks"}))
+    publish(broken.db, new_training_request())
+    (run_id,) = Worker(broken).run_once().runs
+    run = get_run(broken.db, run_id)
+    assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.TRAINING, FailureType.ERROR)
+    assert "30_train_candidate could not start" in run.failure_reason and "missing" in run.failure_reason
+
+
 def test_no_evaluation_set_is_an_error_of_the_evaluation_stage(wws: Workspace) -> None:
-    loop_ready(wws)
+    dataset_row(wws)
     publish(wws.db, new_training_request())
     (run_id,) = Worker(wws).run_once().runs
     run = get_run(wws.db, run_id)
     assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.EVALUATION, FailureType.ERROR)
-    assert "no evaluation dataset registered" in run.failure_reason
+    assert "no evaluation dataset registered" in run.failure_reason and "nothing was trained" in run.failure_reason
+    assert _executions(wws, run_id) == []  # failed before a single stage ran
 
 
+@pytest.mark.sqlite_only
 def test_the_report_shows_error_when_evaluation_cannot_run(wws: Workspace, tiny_model_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """An unfair evaluation set (it shares queries with the training data) → ERROR banner, run ERROR."""
     import opslib.evaluation_sets as sets

@@ -4,14 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from helpers import loop_ready, ready_run
+from helpers import corpus_ready, ready_run
+from opslib.actions import promote_run
 from opslib.db.models import ExecutionStatus, MessageOutcome, OpsMessage, ReleaseStatus, RunStatus, StageExecution
 from opslib.messages import new_rollback_request
 from opslib.queue import publish
 from opslib.release import current_release
 from opslib.runs import get_run
 from opslib.settings import Settings
-from opslib.worker import Worker, promote
+from opslib.worker import Worker
 from opslib.workspace import Workspace
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,7 @@ def _stages(ws: Workspace) -> list[tuple[str, ExecutionStatus]]:
 
 
 def test_a_ready_run_is_reindexed_and_cut_over_then_rolled_back(ws: Workspace, tiny_candidate_dir: Path) -> None:
-    loop_ready(ws)
+    corpus_ready(ws)
     run_id = ready_run(ws, tiny_candidate_dir)
     candidate = get_run(ws.db, run_id).candidate_model_version
     report = Worker(ws).run_once()
@@ -58,11 +59,16 @@ def test_a_ready_run_is_reindexed_and_cut_over_then_rolled_back(ws: Workspace, t
         ReleaseStatus.STABLE, "tiny-base", candidate)
 
 
+@pytest.mark.sqlite_only
 def test_without_auto_cutover_a_ready_run_waits_for_promote(ws: Workspace, tiny_candidate_dir: Path) -> None:
     manual = _with(ws, auto_cutover=False)
-    loop_ready(manual)
+    corpus_ready(manual)
     run_id = ready_run(manual, tiny_candidate_dir)
     assert Worker(manual).run_once().released == {}
     assert _release(manual).release_status is ReleaseStatus.STABLE and get_run(manual.db, run_id).status is RunStatus.READY_FOR_RELEASE
-    assert promote(manual, run_id) == "cut over: now serving"
-    assert _release(manual).active_model_version == get_run(manual.db, run_id).candidate_model_version
+    admin = _with(manual, operator="ana", operator_role="admin")
+    candidate = get_run(admin.db, run_id).candidate_model_version
+    promote_run(admin, run_id, confirm=candidate, reason="reviewed the evaluation report")
+    assert Worker(admin).run_once().released == {run_id: "cut over: now serving"}
+    assert _release(admin).active_model_version == candidate
+    assert Worker(admin).run_once().released == {}  # released once

@@ -135,6 +135,12 @@ class MessageOutcome(enum.StrEnum):
     REFUSED = "REFUSED"
 
 
+class TickStatus(enum.StrEnum):
+    STARTED = "STARTED"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+
 class Video(Base):
     __tablename__ = "videos"
 
@@ -226,6 +232,10 @@ class MLPipelineRun(Base):
     superseded_by_run_id: Mapped[int | None] = mapped_column(ForeignKey("ml_pipeline_runs.id"))
     trigger_source: Mapped[TriggerSource] = mapped_column(_enum(TriggerSource, "trigger_source"))
     trace_id: Mapped[str] = mapped_column(String(64))
+    # Not in DESIGN §3's list: an operator's approval to release this READY run when automatic
+    # cutover is off (written with its AuditLog row; the worker then runs 50 → 60).
+    promoted_at: Mapped[datetime | None] = mapped_column()
+    promoted_by: Mapped[str | None] = mapped_column(String(128))
     # Not in DESIGN §3's list: the TRAINING_REQUEST that created the run, unique, so a
     # redelivered message can never create a second run.
     request_message_id: Mapped[int | None] = mapped_column(ForeignKey("ops_messages.id"), unique=True)
@@ -392,3 +402,24 @@ class CorpusImport(Base):
     traffic_queries_key: Mapped[str] = mapped_column(String(1024))
     reserved_queries_key: Mapped[str] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ScheduleTick(Base):
+    """One cron tick of a schedule (``opslib.schedule``), claimed by inserting this row.
+
+    UNIQUE(schedule, due_at) is what makes a tick run once: of two schedulers claiming the same
+    tick, the second insert fails and that scheduler skips it.
+    """
+
+    __tablename__ = "schedule_ticks"
+    __table_args__ = (UniqueConstraint("schedule", "due_at", name="uq_schedule_ticks_schedule_due_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    schedule: Mapped[str] = mapped_column(String(64))
+    due_at: Mapped[datetime] = mapped_column()  # the tick time (UTC)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[TickStatus] = mapped_column(_enum(TickStatus, "schedule_tick_status"))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+    outcome: Mapped[str | None] = mapped_column(Text)
+    trace_id: Mapped[str] = mapped_column(String(64))

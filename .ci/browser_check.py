@@ -1,0 +1,480 @@
+#!/usr/bin/env python
+"""Real-browser check: what reviewers and operators see, in headless Chromium.
+
+1. Builds a throwaway workspace with real reports (the demo on a tiny local model: init, the
+   built-in corpus, traffic, stages 10 and 20, then the worker: 30 train, 40 evaluate and on
+   PASS 50/60), then rebuilds the run index.
+2. Run index (``runs/index.html``, file://): the evaluation's verdict (PASS/FAIL, from the DB's
+   ``ModelEvaluation``) and its metrics table are visible.
+3. Evaluation report (the archived HTML of 40_evaluate_candidate): the verdict banner and the
+   headline metrics table (recall_at_5, mrr_at_5, ndcg_at_5) are visible.
+4. JupyterLab (loopback, token, kernel environment pointing at the throwaway workspace): the
+   dashboard notebook runs and its ipywidgets panels render — every tab label is visible and the
+   Runs panel shows the demo's run.
+
+Screenshots go to ``--out`` (run-index.png, evaluation-report.png, dashboard.png). Uses the
+system Chromium (Debian ``chromium``); Playwright never downloads a browser. Prints one
+``PASS``/``FAIL`` line per check; exits 0 only if every check passed.
+
+    .venv/bin/python .ci/browser_check.py [--out runs/browser-check] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+# Ours only: stray OPS_* variables must not leak into the throwaway workspace's settings.
+for _key in [k for k in os.environ if k.startswith("OPS_")]:
+    del os.environ[_key]
+os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+LAB_START_TIMEOUT_S = 120
+WIDGETS_TIMEOUT_S = 180
+TABS = ("Runs", "Release", "Datasets", "Evaluations", "Queue", "Embedding endpoint", "Audit", "Actions")
+METRICS = ("recall_at_5", "mrr_at_5", "ndcg_at_5")
+NOTEBOOK = "notebooks/00_ops_dashboard.ipynb"
+
+
+class CheckFailed(AssertionError):
+    pass
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckFailed(message)
+
+
+# 1. The throwaway workspace ------------------------------------------------------------------
+class Facts:
+    """What the DB says the browser must show."""
+
+    def __init__(self, **kw: object) -> None:
+        self.__dict__.update(kw)
+
+
+def build_workspace(out: Path):  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+    from tiny_model import build_tiny_model
+
+    from opslib.db.models import MLPipelineRun, ModelEvaluation, StageExecution
+    from opslib.demo import run_demo
+    from opslib.run_index import build_run_index
+    from opslib.settings import Settings
+    from opslib.workspace import Workspace
+
+    model = build_tiny_model(out / "models" / "tiny")
+    settings = Settings(workspace=out / "workspace", runs_dir=out / "runs", base_model_path=model,
+                        base_model_version="tiny-base", log_level="WARNING", training_batch_size=8,
+                        training_max_seq_length=32, bootstrap_samples=200)
+    ws = Workspace(settings)
+    report = run_demo(ws, requests=40, say=print)
+    require(report.ok, "the demo did not complete (see its output above)")
+    index = build_run_index(ws)
+    with ws.db.read() as session:
+        execution = session.scalars(select(StageExecution).where(StageExecution.stage == "40_evaluate_candidate")
+                                    .order_by(StageExecution.id.desc()).limit(1)).first()
+        require(execution is not None, "the demo ran no 40_evaluate_candidate stage")
+        run = session.get(MLPipelineRun, execution.run_id)
+        require(run is not None, f"execution {execution.id} has no run")
+        evaluation = session.get(ModelEvaluation, run.evaluation_id) if run.evaluation_id else None
+        if evaluation is None:
+            evaluation = session.scalars(select(ModelEvaluation).where(ModelEvaluation.run_id == run.id)
+                                         .order_by(ModelEvaluation.id.desc()).limit(1)).first()
+        require(evaluation is not None, f"run {run.id} has no ModelEvaluation")
+        require(bool(execution.output_html) and Path(execution.output_html).is_file(),
+                f"execution {execution.id}: HTML report missing ({execution.output_html})")
+        facts = Facts(
+            index=index, execution_id=execution.id, report=Path(execution.output_html), run_id=run.id,
+            run_status=run.status.value, candidate=run.candidate_model_version,
+            verdict=evaluation.overall_decision.value, quality=evaluation.quality_metrics,
+        )
+    return ws, facts
+
+
+# 2. and 3. Static pages ----------------------------------------------------------------------
+def check_run_index(page, facts: Facts, out: Path) -> str:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    page.goto(facts.index.as_uri())
+    row = page.locator(f"tr#execution-{facts.execution_id}")
+    expect(row).to_be_visible()
+    verdict = row.locator("span.v")
+    expect(verdict).to_be_visible()
+    expect(verdict).to_have_text(facts.verdict)
+    table = row.locator("table.m")
+    expect(table).to_be_visible()
+    for key, label in (("recall_at_5", "recall@5"), ("mrr_at_5", "MRR@5"), ("ndcg_at_5", "nDCG@5")):
+        metric_row = table.locator("tr", has=page.get_by_role("cell", name=label, exact=True))
+        expect(metric_row).to_be_visible()
+        baseline, candidate = facts.quality["baseline"][key], facts.quality["candidate"][key]
+        expect(metric_row.locator("td").nth(1)).to_have_text(f"{baseline:.4f}")
+        expect(metric_row.locator("td").nth(2)).to_have_text(f"{candidate:.4f}")
+    page.screenshot(path=str(out / "run-index.png"), full_page=True)
+    return (f"run index: execution #{facts.execution_id} shows verdict {facts.verdict} and the recall@5 / "
+            "MRR@5 / nDCG@5 table with the DB's baseline and candidate values")
+
+
+def check_evaluation_report(page, facts: Facts, out: Path) -> str:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    page.goto(facts.report.as_uri())
+    banner = page.locator(".ops-banner")
+    expect(banner).to_have_count(1)
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text(facts.verdict)
+    require(banner.locator("b").first.inner_text().strip() == facts.verdict,
+            f"banner starts with {banner.locator('b').first.inner_text()!r}, DB says {facts.verdict}")
+    table = page.locator("table", has=page.get_by_role("rowheader", name="recall_at_5", exact=True)).first
+    if table.count() == 0:  # a pandas index cell may be rendered without a row-header role
+        table = page.locator("table", has=page.locator("th", has_text="recall_at_5")).first
+    expect(table).to_be_visible()
+    for metric in METRICS:
+        expect(table.locator("tr", has_text=metric)).to_be_visible()
+    page.screenshot(path=str(out / "evaluation-report.png"), full_page=True)
+    return (f"evaluation report {facts.report.name}: banner {facts.verdict} visible; headline table with "
+            f"{', '.join(METRICS)} visible")
+
+
+# 4. JupyterLab -------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def lab_settings(root: Path) -> Path:
+    """User settings for this Lab only: no news / update popups, no autosave (the repository's
+    notebook must not be rewritten with outputs), every cell attached to the DOM."""
+    settings = root / "lab-settings"
+    files = {
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings":
+            {"fetchNews": "false", "checkForUpdates": False, "doNotDisturbMode": True},
+        "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    }
+    for name, content in files.items():
+        path = settings / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content))
+    return settings
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class JupyterLab:
+    def __init__(self, env: dict[str, str], scratch: Path) -> None:
+        self.port = free_port()
+        self.token = secrets.token_hex(16)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = scratch / "jupyterlab.log"
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        jupyter = Path(sys.executable).parent / "jupyter"
+        command = [str(jupyter), "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={self.port}",
+                   f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={REPO}",
+                   "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+        self.log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + LAB_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise CheckFailed(f"JupyterLab exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with self._api("GET", "/api/status", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(1)
+        raise CheckFailed(f"JupyterLab did not answer within {LAB_START_TIMEOUT_S}s:\n{self.log_tail()}")
+
+    def _api(self, method: str, path: str, timeout: float = 10):  # type: ignore[no-untyped-def]
+        request = urllib.request.Request(self.base + path, method=method,
+                                         headers={"Authorization": f"token {self.token}"})
+        return urllib.request.urlopen(request, timeout=timeout)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        """Shut kernels and the server down; whatever is left of what we started is killed by pid
+        (kernels run in sessions of their own, so the server's process group does not cover them)."""
+        if self.proc is None:
+            return
+        started = [self.proc.pid, *_descendants(self.proc.pid)]
+        if self.proc.poll() is None:
+            try:
+                with self._api("GET", "/api/kernels") as response:
+                    kernels = json.load(response)
+                for kernel in kernels:
+                    with self._api("DELETE", f"/api/kernels/{kernel['id']}", timeout=30):
+                        pass
+                with self._api("POST", "/api/shutdown"):
+                    pass
+                self.proc.wait(timeout=30)
+            except Exception:  # noqa: BLE001 - fall through to signals
+                pass
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=15)
+        for pid in started[1:]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.log.close()
+
+
+def check_dashboard(browser, ws, facts: Facts, out: Path, scratch: Path) -> str:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPS_", "JUPYTER"))}
+    env.update(ws.settings.as_env())
+    config = scratch / "jupyter-config"
+    config.mkdir()
+    env.update(JUPYTER_CONFIG_DIR=str(config), JUPYTERLAB_SETTINGS_DIR=str(lab_settings(scratch)),
+               JUPYTERLAB_WORKSPACES_DIR=str(scratch / "lab-workspaces"),
+               JUPYTER_DATA_DIR=str(scratch / "jupyter-data"), JUPYTER_RUNTIME_DIR=str(scratch / "jupyter-runtime"),
+               PYTHONUNBUFFERED="1")
+    notebook = REPO / NOTEBOOK
+    before = notebook.read_bytes()
+    checkpoints = notebook.parent / ".ipynb_checkpoints"
+    had_checkpoints = checkpoints.exists()
+    lab = JupyterLab(env, scratch)
+    context = None
+    try:
+        lab.start()
+        print(f"      JupyterLab answering on 127.0.0.1:{lab.port}")
+        context = browser.new_context(viewport={"width": 1600, "height": 1200})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(f"{lab.base}/lab/tree/{NOTEBOOK}?token={lab.token}", timeout=120_000)
+        cells = page.locator(".jp-NotebookPanel .jp-Cell")
+        expect(cells.first).to_be_visible(timeout=120_000)
+        # The kernel must be up before "Run All" (otherwise Lab may ask which kernel to use).
+        status = page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            _dismiss_dialogs(page)
+            if status.count() and status.first.get_attribute("data-status") == "idle":
+                break
+            page.wait_for_timeout(1000)
+        else:
+            raise CheckFailed("the notebook's kernel did not become idle within 120 s")
+        # Run → Run All Cells; again if nothing started (a click can land while Lab is still
+        # (re)connecting the kernel's websocket, and is then lost).
+        prompts = page.locator(".jp-NotebookPanel .jp-CodeCell .jp-InputArea-prompt")
+        for attempt in range(3):
+            page.wait_for_timeout(2000)
+            page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+            page.locator(".lm-Menu").get_by_text("Run All Cells", exact=True).click()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(
+                    t.strip() not in ("", "[ ]:") for t in prompts.all_inner_texts()):
+                _dismiss_dialogs(page)
+                page.wait_for_timeout(1000)
+            if any(t.strip() not in ("", "[ ]:") for t in prompts.all_inner_texts()):
+                break
+            print(f"      Run All Cells attempt {attempt + 1}: no cell started; retrying")
+        else:
+            raise CheckFailed("Run → Run All Cells did not start the notebook's cells (3 attempts)")
+        tabs = page.locator(".jp-OutputArea .widget-tab, .jp-OutputArea .jupyter-widget-tab").first
+        deadline = time.monotonic() + WIDGETS_TIMEOUT_S
+        while time.monotonic() < deadline:
+            _dismiss_dialogs(page)
+            if tabs.count() and tabs.is_visible():
+                break
+            errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]',
+                                  has_text="Traceback")
+            if errors.count():
+                raise CheckFailed("a dashboard cell raised:\n" + "\n".join(errors.all_inner_texts())[-3000:])
+            page.wait_for_timeout(1000)
+        else:
+            raise CheckFailed(f"no ipywidgets Tab rendered within {WIDGETS_TIMEOUT_S}s; outputs:\n"
+                              + "\n".join(page.locator(".jp-OutputArea-output").all_inner_texts())[-3000:])
+        tab_bar = tabs.locator(".lm-TabBar, .p-TabBar").first
+        for title in TABS:
+            expect(tab_bar.get_by_role("tab", name=title, exact=True)).to_be_visible()
+        # The Runs panel (the first, selected tab) fills in from a background refresh.
+        runs_table = tabs.locator(".ops-panel table", has=page.locator("th", has_text="outcome"))
+        run_cell = runs_table.locator("tr", has=page.get_by_role("cell", name=str(facts.run_id), exact=True))
+        expect(run_cell).to_be_visible(timeout=WIDGETS_TIMEOUT_S * 1000)
+        if facts.candidate:
+            expect(run_cell).to_contain_text(facts.candidate)
+        expect(run_cell).to_contain_text(facts.run_status)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(out / "dashboard.png"))
+        errors = page.locator(".jp-OutputArea .ops-error")
+        require(errors.count() == 0, "the dashboard shows errors: " + " | ".join(errors.all_inner_texts()))
+        # The Evaluations tab shows the same verdict as the DB.
+        tab_bar.get_by_role("tab", name="Evaluations", exact=True).click()
+        heading = tabs.locator(".ops-panel h4", has_text=f"run {facts.run_id}").first
+        expect(heading).to_be_visible()
+        expect(heading.locator(".ops-badge")).to_have_text(facts.verdict)
+        return (f"JupyterLab dashboard: tabs {', '.join(TABS)} visible; Runs panel shows run {facts.run_id} "
+                f"({facts.run_status}, candidate {facts.candidate}); Evaluations tab shows verdict {facts.verdict}")
+    except Exception:
+        if context is not None:
+            try:
+                context.pages[0].screenshot(path=str(out / "dashboard.png"))
+                print(f"      (screenshot of the failure: {out / 'dashboard.png'})")
+            except Exception:  # noqa: BLE001
+                pass
+        print("      JupyterLab log (tail):\n" + lab.log_tail())
+        raise
+    finally:
+        if context is not None:
+            context.close()
+        lab.stop()
+        if notebook.read_bytes() != before:
+            print(f"      WARNING: {NOTEBOOK} changed on disk while JupyterLab had it open")
+        if not had_checkpoints and checkpoints.is_dir():
+            shutil.rmtree(checkpoints, ignore_errors=True)
+
+
+def _dismiss_dialogs(page) -> None:  # type: ignore[no-untyped-def]
+    """Accept whatever modal dialog Lab shows (kernel selection: its default is the notebook's kernel)."""
+    dialog = page.locator(".jp-Dialog")
+    if dialog.count():
+        print("      dismissing a dialog: " + " ".join(dialog.first.inner_text().split())[:200])
+        accept = dialog.locator(".jp-Dialog-button.jp-mod-accept")
+        if accept.count():
+            accept.first.click()
+        else:
+            page.keyboard.press("Escape")
+
+
+# Main ----------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "browser-check",
+                        help="folder for the screenshots (and, with --keep, the throwaway workspace); "
+                             "default: runs/browser-check")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the throwaway workspace, tiny model and its runs/ under --out")
+    parser.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"),
+                        help="Chromium executable (default /usr/bin/chromium, Debian's package)")
+    args = parser.parse_args(argv)
+    out: Path = args.out.resolve()
+    if not Path(args.chromium).is_file():
+        print(f"FAIL: no Chromium at {args.chromium} (Debian: apt-get install -y chromium)")
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
+    throwaway = [out / "workspace", out / "models", out / "runs"]
+    for path in throwaway:
+        shutil.rmtree(path, ignore_errors=True)
+    for name in ("run-index.png", "evaluation-report.png", "dashboard.png"):
+        (out / name).unlink(missing_ok=True)
+
+    started = time.monotonic()
+    results: list[tuple[str, bool, str]] = []
+
+    def check(name: str, fn: Callable[[], str]) -> None:
+        t0 = time.monotonic()
+        print(f"--- {name}")
+        try:
+            detail = fn()
+            results.append((name, True, detail))
+            print(f"PASS: {detail} ({time.monotonic() - t0:.0f}s)")
+        except Exception as exc:  # noqa: BLE001 - reported, then the next check runs
+            detail = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, (CheckFailed, AssertionError)):
+                traceback.print_exc()
+            results.append((name, False, detail))
+            print(f"FAIL: {name}: {detail}")
+
+    scratch = Path(tempfile.mkdtemp(prefix="browser-check-"))
+    try:
+        print("--- workspace: the demo on a tiny model (init, corpus, traffic, 10, 20, worker: 30, 40[, 50, 60])")
+        t0 = time.monotonic()
+        try:
+            ws, facts = build_workspace(out)
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            print(f"FAIL: workspace: {type(exc).__name__}: {exc}")
+            return 1
+        print(f"PASS: workspace built in {time.monotonic() - t0:.0f}s: run {facts.run_id} {facts.run_status}, "
+              f"evaluation verdict {facts.verdict}, report {facts.report}")
+
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.set_default_timeout(30_000)
+                check("run index", lambda: check_run_index(page, facts, out))
+                check("evaluation report", lambda: check_evaluation_report(page, facts, out))
+                page.close()
+                check("dashboard in JupyterLab", lambda: check_dashboard(browser, ws, facts, out, scratch))
+            finally:
+                browser.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if not args.keep:
+            for path in throwaway:
+                shutil.rmtree(path, ignore_errors=True)
+
+    failed = [name for name, ok, _ in results if not ok]
+    print(f"--- browser check: {len(results) - len(failed)}/{len(results)} passed in "
+          f"{time.monotonic() - started:.0f}s; screenshots in {out}")
+    if failed:
+        print("FAIL: " + ", ".join(failed))
+        return 1
+    print("PASS: browser check")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
