@@ -19,8 +19,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/opsbench demo $(DEMO_ARGS)
 
+# Two workers (pytest-xdist): most slow tests wait on a notebook kernel, so two overlap well on
+# two cores; each worker holds a model or two in memory (≈ 4 GB), so more is not always better.
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # Rooted at the repository so report links under runs/ open in JupyterLab; the kernels find the
 # demo's workspace and runs/ whatever folder a notebook runs in.

@@ -13,15 +13,15 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import chromadb
 import numpy as np
-from chromadb.api import ClientAPI
-from chromadb.api.models.Collection import Collection
-from chromadb.config import Settings as ChromaSettings
 
 from opslib.settings import Settings
+
+if TYPE_CHECKING:  # chromadb takes seconds to import: only stages that move vectors pay for it
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
 
 _INDEX_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,61}[a-zA-Z0-9]$")
 _clients: dict[str, ClientAPI] = {}
@@ -39,6 +39,8 @@ def forget_local_clients() -> None:
     kernel) wrote to the same folder, that state is stale. The next use opens a fresh client
     that reads what is on disk. (With a Chroma server, every process talks to the same server
     and nothing needs forgetting.)"""
+    if not any(not k.startswith("http") for k in _clients):
+        return  # nothing opened here (and no need to import chromadb to say so)
     from chromadb.api.shared_system_client import SharedSystemClient
 
     with _clients_lock:
@@ -92,6 +94,9 @@ class VectorStore:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> VectorStore:
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
         chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
         if settings.chroma_host:
             host, port = settings.chroma_host, settings.chroma_port

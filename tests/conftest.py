@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -64,14 +64,31 @@ def _reset_postgres(url: str) -> None:
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def postgres_url(worker_id: str) -> str:
+    """``OPS_TEST_POSTGRES_URL``, or under pytest-xdist a database of this worker's own beside
+    it (``<db>_gw0``, …), created on first use: workers must not reset each other's schema."""
+    assert POSTGRES_URL
+    if worker_id == "master":
+        return POSTGRES_URL
+    base = make_url(POSTGRES_URL)
+    name = f"{base.database}_{worker_id}"
+    admin = create_engine(base.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        if not conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}):
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
 @pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "postgresql":
-        assert POSTGRES_URL
-        forget_database(POSTGRES_URL)
-        _reset_postgres(POSTGRES_URL)
-        yield POSTGRES_URL
-        forget_database(POSTGRES_URL)
+        url = request.getfixturevalue("postgres_url")
+        forget_database(url)
+        _reset_postgres(url)
+        yield url
+        forget_database(url)
     else:
         url = f"sqlite:///{tmp_path / 'metadata.db'}"
         yield url

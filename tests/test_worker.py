@@ -111,15 +111,22 @@ def test_a_redelivered_request_creates_no_second_run(wws: Workspace) -> None:
 
 
 @pytest.mark.sqlite_only
-def test_the_reconciler_resumes_a_stalled_run_with_intact_inputs(wws: Workspace) -> None:
+def test_the_reconciler_resumes_a_stalled_run_with_intact_inputs(wws: Workspace, tiny_candidate_dir) -> None:  # type: ignore[no-untyped-def]
+    """Its worker died after training: the resumed run is evaluated, not trained again."""
+    from opslib.model_artifacts import register_model
+
+    wws = Workspace(Settings(**{**wws.settings.model_dump(), "auto_cutover": False}))
     _ready_loop(wws)
     run_id = request_run(wws.db, trigger_source="manual", trace_id="t").run_id
+    run = get_run(wws.db, run_id)
+    register_model(wws, run.candidate_model_version, tiny_candidate_dir, base_model_version=run.baseline_model_version,
+                   run_id=run_id)  # what 30_train_candidate had published before the worker died
     with wws.db.transaction() as session:
         session.execute(update(MLPipelineRun).where(MLPipelineRun.id == run_id)
                         .values(heartbeat_at=utcnow() - timedelta(hours=1)))
     report = Worker(wws).run_once()
     assert report.reconciled == [(run_id, "resumed")]
-    assert get_run(wws.db, run_id).status in (RunStatus.READY_FOR_RELEASE, RunStatus.FAILED)
+    assert [e.stage for e in _executions(wws, run_id)] == ["40_evaluate_candidate"]
     assert get_run(wws.db, run_id).failure_type in (None, FailureType.FAIL)
 
 
@@ -157,7 +164,8 @@ def test_an_exception_in_training_fails_the_run_with_error(wws: Workspace) -> No
 
 def test_a_stage_that_cannot_start_fails_the_run_instead_of_leaving_it_running(wws: Workspace, tmp_path) -> None:  # type: ignore[no-untyped-def]
     dataset_row(wws)  # run control only reads the dataset row
-    broken = Workspace(Settings(**{**wws.settings.model_dump(), "notebooks_dir": tmp_path / "no-notebooks"}))
+    broken = Workspace(Settings(**{**wws.settings.model_dump(), "notebooks_dir": tmp_path / "no-notebooks",
+                                   "evaluation_dataset_ref": "eval-0123456789abcdef"}))
     publish(broken.db, new_training_request())
     (run_id,) = Worker(broken).run_once().runs
     run = get_run(broken.db, run_id)
