@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import Select, delete, select
+from sqlalchemy import Select, delete, func, insert, select
 from sqlalchemy.orm import Session
 from tqdm.auto import tqdm
 
-from opslib.db.models import Chunk, VectorIndexEntry, Video, VideoStatus
+from opslib.db.models import Chunk, VectorIndexEntry, Video, VideoStatus, utcnow
 from opslib.embedding import Purpose
 from opslib.logs import get_logger
 from opslib.workspace import Workspace
@@ -177,15 +177,12 @@ def _index_batch(
                 VectorIndexEntry.chunk_id.in_([r.chunk_id for r in todo]),
             )
         )
-        session.add_all(
-            VectorIndexEntry(
-                index_name=index_name,
-                chunk_id=r.chunk_id,
-                embedding_model_version=model_version,
-                content_hash=r.hash,
-            )
+        now = utcnow()
+        session.execute(insert(VectorIndexEntry), [  # one executemany, not an ORM unit of work
+            {"index_name": index_name, "chunk_id": r.chunk_id, "embedding_model_version": model_version,
+             "content_hash": r.hash, "created_at": now}
             for r in todo
-        )
+        ])
     report.reused += len(reused)
     report.embedded += len(todo) - len(reused)
 
@@ -239,15 +236,20 @@ def remove_chunks(ws: Workspace, chunk_ids: Iterable[str], *, index_name: str) -
     return int(removed or 0)
 
 
-def servable_chunk_ids(ws: Workspace) -> list[str]:
-    """Every chunk of a READY video, in a stable order: what a complete index must hold."""
+def servable_chunk_ids(ws: Workspace, *, by_length: bool = False) -> list[str]:
+    """Every chunk of a READY video, in a stable order: what a complete index must hold.
+
+    ``by_length`` orders them by text length (then id), so each batch an index build embeds
+    holds texts of similar length and pads little — what ``SentenceTransformer.encode`` does
+    by sorting its whole input."""
+    order = (func.length(Chunk.enriched_text), Chunk.id) if by_length else (Chunk.id,)
     with ws.db.read() as session:
         return list(
             session.scalars(
                 select(Chunk.id)
                 .join(Video, Video.id == Chunk.video_id)
                 .where(Video.status == VideoStatus.READY)
-                .order_by(Chunk.id)
+                .order_by(*order)
             )
         )
 
@@ -267,7 +269,7 @@ def build_index(
     """Index every chunk of every READY video (resumable: finished entries are not recomputed)."""
     ws.vectors.collection(index_name)  # an empty corpus still gets its (empty) index
     return index_chunks(
-        ws, servable_chunk_ids(ws), index_name=index_name, model_version=model_version,
+        ws, servable_chunk_ids(ws, by_length=True), index_name=index_name, model_version=model_version,
         purpose=purpose, progress=progress, batch_size=batch_size, guard=guard, on_batch=on_batch,
     )
 

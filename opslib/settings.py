@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # Release
     auto_cutover: bool = Field(default=True, description="after a PASS the worker reindexes and cuts over by itself; "
                                                         "False: it waits for an operator's promote")
-    reindex_batch_size: int = Field(default=64, ge=1)
+    reindex_batch_size: int = Field(default=256, ge=1, description="chunks per reindex batch (one encode call, one entry transaction)")
     # Schedules (opslib.schedule, `opsbench schedule`): 5-field cron expressions in schedule_timezone
     schedule_timezone: str = Field(default="Asia/Seoul", description="IANA time zone the schedules' cron expressions are read in")
     dataset_schedule: str = Field(default="0 3 * * *", description="cron: when 20_build_dataset runs (daily 03:00)")
