@@ -289,7 +289,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  evaluation report:      {report.evaluation_report}")
     if report.served_by:
         print(f"  search now served by:   {report.served_by}")
-    print("  status: `.venv/bin/opsbench status`")
+    print(f"  every report:           {report.feedback_health.output_html.parent.parent / 'index.html'}")
+    print("  status: `.venv/bin/opsbench status`; the ops dashboard: `make lab` (run all cells)")
     return 0 if report.ok else 1
 
 
