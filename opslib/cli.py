@@ -215,6 +215,16 @@ def cmd_request_rollback(args: argparse.Namespace) -> int:
                     lambda confirm, reason: actions.request_rollback(ws, confirm=confirm, reason=reason))
 
 
+def cmd_generate_dataset(args: argparse.Namespace) -> int:
+    from opslib import actions
+
+    ws = _ready(_workspace(args))
+    days = args.source_window_days
+    return _guarded(args, actions.preview_dataset(ws, days),
+                    lambda confirm, reason: actions.generate_dataset(ws, confirm=confirm, reason=reason,
+                                                                     source_window_days=days, progress=True))
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from opslib import actions
 
@@ -367,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--reason", required=True, help="why (goes into the audit log and the message)")
     sub.add_argument("--confirm", "--expected-active", dest="confirm", metavar="MODEL_VERSION",
                      help="the model version you see serving now")
+
+    sub = add("generate-dataset", cmd_generate_dataset, "build a training dataset now (20_build_dataset over the "
+              "last N days; never starts training). " + guarded + " TARGET: today's date (UTC), e.g. 2026-12-01.")
+    sub.add_argument("--reason", required=True, help="why (goes into the audit log)")
+    sub.add_argument("--confirm", metavar="DATE", help="today's date (UTC) as the preview names it")
+    sub.add_argument("--source-window-days", type=int, default=None, help="default: settings (30)")
 
     sub = add("promote", cmd_promote, "approve the release of a READY_FOR_RELEASE run when auto_cutover is off "
               "(the worker then runs 50 reindex, 60 cutover). " + guarded + " TARGET: the run's candidate model version.")

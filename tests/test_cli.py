@@ -10,7 +10,7 @@ from test_corpus import write_beir
 from test_feedback import _event, _line
 
 COMMANDS = ["init", "db", "import-beir", "import-builtin", "simulate-traffic", "ingest-feedback", "run", "worker",
-            "schedule", "request-training", "request-rollback", "promote", "register-eval", "report", "status", "demo"]
+            "schedule", "request-training", "request-rollback", "generate-dataset", "promote", "register-eval", "report", "status", "demo"]
 
 
 def _env(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,9 +108,11 @@ def test_guarded_actions_from_the_cli(tmp_path: Path, tiny_model_dir: Path, monk
     assert "done: queued TRAINING_REQUEST" in capsys.readouterr().out
     assert main(["request-rollback", "--reason", "bad", "--expected-active", "tiny-base"]) == 2
     assert "no rollback snapshot" in capsys.readouterr().err
+    assert main(["generate-dataset", "--reason", "outage fixed", "--confirm", "1999-01-01"]) == 2
+    assert "does not match" in capsys.readouterr().err
     assert main(["promote", "7", "--reason", "report read", "--confirm", "x"]) == 2
     assert "run 7: no such run" in capsys.readouterr().err
     with ws.db.read() as session:
         assert [a.result.split(":")[0] for a in session.query(AuditLog).order_by(AuditLog.id)] == [
-            "refused", "queued TRAINING_REQUEST message 1", "refused", "refused"]
+            "refused", "queued TRAINING_REQUEST message 1", "refused", "refused", "refused"]
         assert session.query(OpsMessage).count() == 1
