@@ -121,7 +121,10 @@ class EmbeddingEndpoint:
         show_progress: bool = False,
     ) -> np.ndarray:
         """L2-normalised float32 embeddings, one row per text."""
-        purpose = Purpose(purpose)
+        try:
+            purpose = Purpose(purpose)
+        except ValueError:
+            raise EmbeddingError(f"purpose {purpose!r}: must be one of {[p.value for p in Purpose]}") from None
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise EmbeddingError("texts: must be a list of strings")
         self._check_purpose(model_version, purpose)

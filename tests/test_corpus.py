@@ -85,6 +85,16 @@ def test_a_bad_video_late_in_the_corpus_writes_nothing(ws: Workspace) -> None:
     assert indexed_chunk_ids(ws, "idx-tiny-base") == set()
 
 
+def test_bad_arguments_are_named(ws: Workspace, tmp_path: Path) -> None:
+    spec = read_beir(write_beir(tmp_path / "mini"), "mini")
+    with pytest.raises(CorpusError, match="reserve_fraction 1.5: must be in"):
+        load_corpus(ws, spec, reserve_fraction=1.5)
+    with pytest.raises(CorpusError, match="kind 'all': must be 'traffic' or 'reserved'"):
+        list(read_queries(ws, "mini", "all"))
+    with pytest.raises(CorpusError, match="corpus 'nope': not imported"):
+        list(read_queries(ws, "nope", "traffic"))
+
+
 def test_importing_twice_is_refused(ws: Workspace, tmp_path: Path) -> None:
     spec = read_beir(write_beir(tmp_path / "mini"), "mini")
     load_corpus(ws, spec)

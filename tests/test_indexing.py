@@ -176,6 +176,17 @@ def test_build_index_covers_every_ready_chunk_and_resumes(iws: Workspace) -> Non
     assert len(indexed_chunk_ids(iws, target)) == 12 == iws.vectors.count(target)
 
 
+def test_index_chunks_refuses_a_bad_index_name(iws: Workspace) -> None:
+    from opslib.vector_store import VectorStoreError
+
+    from opslib.model_artifacts import ModelArtifactError
+
+    with pytest.raises(VectorStoreError, match="Bad Index!"):
+        index_chunks(iws, ["x"], index_name="Bad Index!", model_version="tiny-base")
+    with pytest.raises(ModelArtifactError, match="model_version"):
+        index_chunks(iws, ["x"], index_name="idx-ok", model_version="Bad Version!")
+
+
 def test_vector_store_rejects_mismatched_input(iws: Workspace) -> None:
     index, _ = _active(iws)
     with pytest.raises(VectorStoreError, match="same length"):

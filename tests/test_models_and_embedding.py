@@ -85,7 +85,7 @@ def test_embed_bad_input(ws: Workspace) -> None:
         ws.embeddings.embed(["q"], "ghost-model", Purpose.EVALUATION)
     with pytest.raises(EmbeddingError, match="list of strings"):
         ws.embeddings.embed("not a list", "tiny-base", Purpose.SEARCH)  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    with pytest.raises(EmbeddingError, match="purpose 'gossip': must be one of"):
         ws.embeddings.embed(["q"], "tiny-base", "gossip")
     with pytest.raises(ModelArtifactError, match="model_version"):
         ws.embeddings.load("Bad Name!")
