@@ -30,7 +30,7 @@ _STYLE = ("<style>.ops-panel table{border-collapse:collapse;font-size:12px}"
           ".ops-panel th,.ops-panel td{border:1px solid #ddd;padding:3px 6px;text-align:left!important;"
           "vertical-align:top}"
           ".ops-badge{color:white;border-radius:4px;padding:1px 6px;font-weight:bold}"
-          ".ops-note{color:#555}.ops-error{color:#b3261e;font-weight:bold}</style>")
+          ".ops-note{color:#555}.ops-warn{color:#a35200}.ops-error{color:#b3261e;font-weight:bold}</style>")
 
 
 def _e(value: Any) -> str:
@@ -212,7 +212,7 @@ class ActionForm:
             markup = f'<p class="ops-note">not possible now: {_e(preview.blocker)}</p>'
             self.confirm.placeholder = "—"
         if settings.operator_role != actions.ADMIN_ROLE:
-            markup += (f'<p class="ops-error">your role is {_e(settings.operator_role)}: only '
+            markup += (f'<p class="ops-warn">your role is {_e(settings.operator_role)}: only '
                        f"{actions.ADMIN_ROLE} may do this — an attempt is refused and recorded in the audit log</p>")
         _show(self.preview, markup)
         if not self.busy.locked():  # an action in flight keeps its button disabled
