@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--run-id", type=int, help="the MLPipelineRun this execution belongs to")
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    sub = add("worker", cmd_worker, "the ML Lifecycle Worker: TRAINING_REQUEST → run → 30_train → 40_evaluate")
+    sub = add("worker", cmd_worker, "the ML Lifecycle Worker: TRAINING_REQUEST → run → 30_train → 40_evaluate "
+              "(→ 50_reindex → 60_cutover on PASS); ROLLBACK_REQUEST → 70_rollback")
     sub.add_argument("--once", action="store_true", help="one pass (reconcile, drain the queue, drive runs), then exit")
     sub.add_argument("--poll-interval", type=float, default=5.0, help="seconds between passes when idle")
     sub.add_argument("--name", help="worker name recorded on claimed messages")
@@ -399,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("status", cmd_status, "summarise the workspace from the Metadata DB")
     sub.add_argument("--json", action="store_true", help="machine-readable output")
 
-    sub = add("demo", cmd_demo, "init + built-in corpus + traffic + 10, 20 + a training run (30, 40) via the worker")
+    sub = add("demo", cmd_demo, "init + built-in corpus + traffic + 10, 20 + a training run via the worker "
+              "(30, 40, and on PASS 50, 60) + a search on the new model")
     sub.add_argument("--requests", type=int, default=300, help="simulated search requests")
     sub.add_argument("--rollback", action="store_true", help="after a cutover, also demonstrate a rollback (70)")
     return parser

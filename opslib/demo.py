@@ -48,7 +48,8 @@ class DemoReport:
 
 def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, rollback: bool = False, say=print) -> DemoReport:
     """Initialise, bootstrap, load the built-in corpus, simulate traffic, run 10 and 20, then
-    train and evaluate a candidate through the worker."""
+    train and evaluate a candidate through the worker (which releases it on a PASS), show a
+    search, and with ``rollback`` roll the release back and search again."""
     say("[1/6] initialising the workspace and bootstrapping the base model + its index")
     boot = init_workspace(ws, progress=True)
     say(f"      serving {boot.model_version} on index {boot.index_name}")
