@@ -87,19 +87,6 @@ def _error_from(exc: BaseException) -> dict[str, Any]:
     return {"cell_index": None, "execution_count": None, "ename": type(exc).__name__, "evalue": str(exc)}
 
 
-def _ipc_kernel_manager() -> type:
-    """A kernel manager that talks to the stage's kernel over local IPC sockets, not loopback
-    TCP: the kernel is always on this machine, and nothing else on it can connect to the socket
-    files (ipykernel warns about unencrypted TCP on every start otherwise)."""
-    from jupyter_client.manager import AsyncKernelManager
-    from traitlets import CaselessStrEnum
-
-    class IpcKernelManager(AsyncKernelManager):
-        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
-
-    return IpcKernelManager
-
-
 def _rebuild_run_index(ws: Workspace) -> None:
     """Refresh ``runs/index.html``; a failure is logged and never fails the stage."""
     try:
@@ -159,7 +146,8 @@ def run_stage(
                     parameters={**parameters, EXECUTION_ID_PARAM: execution_id},
                     kernel_name=ws.settings.kernel_name, cwd=str(notebook.parent),
                     progress_bar=progress, execution_timeout=ws.settings.stage_timeout_s,
-                    kernel_manager_class=_ipc_kernel_manager(),
+                    # The kernel's own log: errors only (it warns about loopback TCP on every start).
+                    extra_arguments=["--log-level=ERROR"],
                 )
         except Exception as exc:  # the notebook's failure is recorded, not raised
             error = _error_from(exc)
