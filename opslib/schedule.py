@@ -16,9 +16,11 @@ What ran is remembered in the Metadata DB, one ``ScheduleTick`` row per (schedul
 - A tick is **claimed by inserting its row** (``STARTED``). UNIQUE(schedule, due_at) makes that
   safe between concurrent schedulers: the loser's insert fails and it skips the tick.
 - A repeated invocation within the same tick finds the row and does nothing. A ``FAILED`` tick is
-  not retried by the scheduler (the next tick, or an operator's on-demand run, is); a ``STARTED``
-  row older than ``settings.stage_timeout_s`` is taken to be a crashed scheduler's and is claimed
-  again (``attempt`` + 1, compare-and-swap on ``attempt``).
+  not retried by the scheduler (the next tick, or an operator's on-demand run, is).
+- While its job runs, the scheduler holding a tick stamps the row's ``heartbeat_at`` every
+  ``settings.heartbeat_interval_s`` (``opslib.heartbeat``). A ``STARTED`` row with no heartbeat
+  for ``settings.run_stall_after_s`` is a crashed scheduler's and is claimed again (``attempt``
+  + 1, compare-and-swap on ``attempt``); a long job whose scheduler is alive is never taken over.
 - The job's result is recorded as ``DONE`` / ``FAILED`` with an ``outcome`` text. The training
   request is published in the same transaction that marks its tick ``DONE``: a message exists iff
   its tick is done, and a scheduler whose claim was taken over cannot publish a second one.
@@ -27,9 +29,11 @@ What ran is remembered in the Metadata DB, one ``ScheduleTick`` row per (schedul
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -39,6 +43,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from opslib.db.models import ScheduleTick, TickStatus, utcnow
+from opslib.heartbeat import heartbeating
 from opslib.logs import get_logger, new_trace_id, trace
 from opslib.messages import new_training_request
 from opslib.queue import publish
@@ -201,13 +206,13 @@ class ScheduleReport:
 # Claim / finish -----------------------------------------------------------------------------
 def _claim(ws: Workspace, name: str, due_at: datetime, now: datetime) -> ClaimedTick | str:
     """Claim tick (name, due_at): a ``ClaimedTick``, or why it is skipped."""
-    timeout = timedelta(seconds=ws.settings.stage_timeout_s)
+    stall = timedelta(seconds=ws.settings.run_stall_after_s)
     trace_id = new_trace_id()
     with ws.db.transaction() as session:
         try:
             with session.begin_nested():  # a failed insert rolls back only this savepoint
                 row = ScheduleTick(schedule=name, due_at=due_at, attempt=1, status=TickStatus.STARTED,
-                                   started_at=now, trace_id=trace_id)
+                                   started_at=now, heartbeat_at=now, trace_id=trace_id)
                 session.add(row)
                 session.flush()
             return ClaimedTick(row.id, name, due_at, 1, trace_id)
@@ -221,23 +226,36 @@ def _claim(ws: Workspace, name: str, due_at: datetime, now: datetime) -> Claimed
         if existing.status is TickStatus.FAILED:
             return (f"failed (attempt {existing.attempt}): {existing.outcome}; not retried — "
                     "the next tick or an on-demand run will")
-        if existing.started_at > now - timeout:
+        last_seen = existing.heartbeat_at or existing.started_at
+        if last_seen > now - stall:
             return (f"in progress elsewhere (attempt {existing.attempt} started "
-                    f"{existing.started_at:%Y-%m-%d %H:%M:%S} UTC)")
-        # STARTED longer ago than stage_timeout_s: its scheduler crashed. Take it over, once.
+                    f"{existing.started_at:%Y-%m-%d %H:%M:%S} UTC, heartbeat {last_seen:%H:%M:%S} UTC)")
+        # No heartbeat for run_stall_after_s: its scheduler crashed. Take it over, once.
         attempt = existing.attempt + 1
         taken = session.execute(
             update(ScheduleTick)
             .where(ScheduleTick.id == existing.id, ScheduleTick.attempt == existing.attempt,
                    ScheduleTick.status == TickStatus.STARTED)
-            .values(attempt=attempt, started_at=now, trace_id=trace_id)
+            .values(attempt=attempt, started_at=now, heartbeat_at=now, trace_id=trace_id)
         ).rowcount
         if not taken:
             return "taken over by another scheduler"
-        log.warning("schedule tick retried: its previous attempt never finished",
+        log.warning("schedule tick retried: its previous attempt stopped heartbeating",
                     extra={"schedule": name, "due_at": due_at.isoformat(), "attempt": attempt,
-                           "previous_started_at": existing.started_at.isoformat()})
+                           "previous_started_at": existing.started_at.isoformat(),
+                           "previous_heartbeat_at": last_seen.isoformat()})
         return ClaimedTick(existing.id, name, due_at, attempt, trace_id)
+
+
+def _beat(ws: Workspace, tick: ClaimedTick, clock: Callable[[], datetime]) -> bool:
+    """Stamp the tick's heartbeat; False once it is no longer this attempt's (finished, taken over)."""
+    with ws.db.transaction() as session:
+        return bool(session.execute(
+            update(ScheduleTick)
+            .where(ScheduleTick.id == tick.row_id, ScheduleTick.attempt == tick.attempt,
+                   ScheduleTick.status == TickStatus.STARTED)
+            .values(heartbeat_at=clock())
+        ).rowcount)
 
 
 class _Superseded(Exception):
@@ -264,7 +282,7 @@ def _finish(ws: Workspace, tick: ClaimedTick, result: JobOutcome) -> TickResult:
         log.warning("schedule tick result discarded: another scheduler took the tick over",
                     extra={"schedule": tick.schedule, "due_at": tick.due_at.isoformat(), "attempt": tick.attempt})
         return TickResult(tick.schedule, tick.due_at, "SKIPPED", tick.attempt,
-                          "result discarded: the tick was taken over after stage_timeout_s")
+                          "result discarded: the tick was taken over (no heartbeat for run_stall_after_s)")
 
     status = TickStatus.DONE if result.ok else TickStatus.FAILED
     try:
@@ -286,6 +304,14 @@ def _finish(ws: Workspace, tick: ClaimedTick, result: JobOutcome) -> TickResult:
 
 
 # Entry points -------------------------------------------------------------------------------
+def _clock_from(now: datetime | None) -> Callable[[], datetime]:
+    """The real UTC clock, or one that starts at ``now`` (a pretended time) and runs in real time."""
+    if now is None:
+        return utcnow
+    started = time.monotonic()
+    return lambda: now + timedelta(seconds=time.monotonic() - started)
+
+
 def run_due(ws: Workspace, now: datetime | None = None) -> ScheduleReport:
     """Run each schedule's latest tick ≤ ``now`` (default: the current time) unless it already ran.
 
@@ -293,8 +319,9 @@ def run_due(ws: Workspace, now: datetime | None = None) -> ScheduleReport:
     """
     tz_name = ws.settings.schedule_timezone
     report = ScheduleReport(now or utcnow())
+    clock = _clock_from(now)
     for schedule in schedules(ws):
-        at = now or utcnow()  # the real clock moves on while a job runs
+        at = clock()  # the clock moves on while a job runs
         due_at = latest_tick(schedule.cron, tz_name, at)
         following = next_tick(schedule.cron, tz_name, at)
         claimed = _claim(ws, schedule.name, due_at, at)
@@ -305,7 +332,10 @@ def run_due(ws: Workspace, now: datetime | None = None) -> ScheduleReport:
             log.info("schedule tick claimed", extra={"schedule": schedule.name, "due_at": due_at.isoformat(),
                                                      "attempt": claimed.attempt})
             try:
-                result = schedule.job(ws, claimed)
+                with heartbeating(partial(_beat, ws, claimed, clock), ws.settings.heartbeat_interval_s,
+                                  name=f"heartbeat-tick-{claimed.row_id}",
+                                  context={"schedule": schedule.name, "attempt": claimed.attempt}):
+                    result = schedule.job(ws, claimed)
             except Exception as exc:  # e.g. a stage refused before its kernel started
                 result = JobOutcome(False, f"{type(exc).__name__}: {exc}")
             finished = _finish(ws, claimed, result)

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select
@@ -30,6 +28,7 @@ from opslib.db.models import (
     TriggerSource,
 )
 from opslib.evaluation_sets import latest_evaluation_set
+from opslib.heartbeat import heartbeating
 from opslib.logs import get_logger, trace
 from opslib.messages import ROLLBACK_REQUEST, TRAINING_REQUEST, RollbackRequest, TrainingRequest
 from opslib.model_artifacts import local_model_dir
@@ -52,29 +51,6 @@ class WorkerReport:
     reconciled: list[tuple[int, str]] = field(default_factory=list)  # (run id, resumed | failed: reason)
     released: dict[int, str] = field(default_factory=dict)  # run id -> what the release stages did
     rollbacks: list[tuple[int, str]] = field(default_factory=list)  # (message id, outcome)
-
-
-@contextmanager
-def heartbeating(ws: Workspace, run_id: int, interval_s: float) -> Iterator[None]:
-    """Keep the run's heartbeat fresh from a background thread while the block runs."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(interval_s):
-            try:
-                if not heartbeat(ws.db, run_id):
-                    return
-            except Exception:  # a missed beat is survivable; the reconciler decides on staleness
-                log.exception("heartbeat failed", extra={"run_id": run_id})
-
-    heartbeat(ws.db, run_id)
-    thread = threading.Thread(target=beat, name=f"heartbeat-run-{run_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=interval_s + 5)
 
 
 def resume_problem(ws: Workspace, run: MLPipelineRun) -> str | None:
@@ -157,7 +133,9 @@ class Worker:
             fail_run(self.ws.db, run_id, stage=RunStage.EVALUATION, failure_type=FailureType.ERROR,
                      reason="no evaluation dataset registered (`opsbench register-eval`); nothing was trained")
             return get_run(self.ws.db, run_id).status.value
-        with trace(run.trace_id), heartbeating(self.ws, run_id, self.settings.heartbeat_interval_s):
+        with trace(run.trace_id), heartbeating(partial(heartbeat, self.ws.db, run_id),
+                                                  self.settings.heartbeat_interval_s,
+                                                  name=f"heartbeat-run-{run_id}", context={"run_id": run_id}):
             with self.ws.db.read() as session:
                 trained = session.get(ModelVersion, run.candidate_model_version or "") is not None
             if not trained:

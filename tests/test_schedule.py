@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 import opslib.schedule as schedule
+from opslib.bootstrap import init_workspace
 from opslib.cli import main
 from opslib.db.models import ExecutionStatus, OpsMessage, ScheduleTick, TickStatus, TrainingDataset
 from opslib.messages import TRAINING_REQUEST, TrainingRequest, parse_control_message
@@ -167,29 +168,63 @@ def test_concurrent_schedulers_fire_each_tick_exactly_once(ws: Workspace, monkey
     assert [t.status for t in _ticks(ws)] == [TickStatus.DONE, TickStatus.DONE]
 
 
-def test_a_crashed_started_tick_is_retried_after_the_stage_timeout(ws: Workspace, stages: FakeStages) -> None:
-    timeout = timedelta(seconds=ws.settings.stage_timeout_s)
-    with ws.db.transaction() as session:  # a scheduler claimed the tick and died
+def test_a_crashed_started_tick_is_retried_once_its_heartbeat_is_stale(ws: Workspace, stages: FakeStages) -> None:
+    stall = timedelta(seconds=ws.settings.run_stall_after_s)
+    with ws.db.transaction() as session:  # a scheduler claimed the tick, beat once more, and died
         session.add(ScheduleTick(schedule=DATASET, due_at=DATASET_TICK, attempt=1, status=TickStatus.STARTED,
-                                 started_at=NOW, trace_id="dead"))
-    results = _by_schedule(run_due(ws, NOW + timeout - timedelta(seconds=1)))
+                                 started_at=NOW - stall, heartbeat_at=NOW, trace_id="dead"))
+    results = _by_schedule(run_due(ws, NOW + stall - timedelta(seconds=1)))
     assert results[DATASET].status == "SKIPPED" and "in progress elsewhere" in results[DATASET].detail
     assert not stages.calls
 
-    results = _by_schedule(run_due(ws, NOW + timeout + timedelta(seconds=1)))
+    results = _by_schedule(run_due(ws, NOW + stall + timedelta(seconds=1)))
     assert results[DATASET].status == "DONE" and results[DATASET].attempt == 2
     assert len(stages.calls) == 1
     row = next(t for t in _ticks(ws) if t.schedule == DATASET)
     assert (row.status, row.attempt) == (TickStatus.DONE, 2) and row.trace_id != "dead"
 
 
+def test_a_tick_claimed_before_heartbeats_existed_counts_from_its_start(ws: Workspace, stages: FakeStages) -> None:
+    stall = timedelta(seconds=ws.settings.run_stall_after_s)
+    with ws.db.transaction() as session:  # a row from before migration 0005 filled it in
+        session.add(ScheduleTick(schedule=DATASET, due_at=DATASET_TICK, attempt=1, status=TickStatus.STARTED,
+                                 started_at=NOW, heartbeat_at=None, trace_id="old"))
+    assert _by_schedule(run_due(ws, NOW + stall - timedelta(seconds=1)))[DATASET].status == "SKIPPED"
+    assert _by_schedule(run_due(ws, NOW + stall + timedelta(seconds=1)))[DATASET].attempt == 2
+
+
+def test_a_long_job_whose_scheduler_is_alive_is_not_taken_over(tmp_path: Path, settings: Settings,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # The job outlives the stall limit several times over, but its scheduler keeps beating.
+    fast = settings.model_copy(update={"heartbeat_interval_s": 0.1, "run_stall_after_s": 0.5})
+    live = Workspace(fast)
+    init_workspace(live)
+    slow = FakeStages(delay=2.0)
+    monkeypatch.setattr(schedule, "run_stage", slow)
+    first: list[schedule.ScheduleReport] = []
+    runner = threading.Thread(target=lambda: first.append(run_due(live, NOW)))
+    runner.start()
+    deadline = time.monotonic() + 10
+    while not slow.calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.2)  # well past run_stall_after_s since the claim
+    second = _by_schedule(run_due(live, NOW + timedelta(seconds=1.2)))
+    runner.join(30)
+    assert second[DATASET].status == "SKIPPED" and "in progress elsewhere" in second[DATASET].detail
+    assert len(slow.calls) == 1
+    assert _by_schedule(first[0])[DATASET].status == "DONE" and _by_schedule(first[0])[DATASET].attempt == 1
+    row = next(t for t in _ticks(live) if t.schedule == DATASET)
+    assert row.heartbeat_at is not None and row.heartbeat_at > row.started_at + timedelta(seconds=1)
+
+
 def test_a_scheduler_whose_tick_was_taken_over_publishes_nothing(ws: Workspace) -> None:
-    timeout = timedelta(seconds=ws.settings.stage_timeout_s)
+    stall = timedelta(seconds=ws.settings.run_stall_after_s)
     slow = schedule._claim(ws, TRAINING, TRAINING_TICK, NOW)
     assert isinstance(slow, schedule.ClaimedTick) and slow.attempt == 1
     assert isinstance(schedule._claim(ws, TRAINING, TRAINING_TICK, NOW), str)  # still fresh: skipped
-    takeover = schedule._claim(ws, TRAINING, TRAINING_TICK, NOW + timeout + timedelta(seconds=1))
+    takeover = schedule._claim(ws, TRAINING, TRAINING_TICK, NOW + stall + timedelta(seconds=1))
     assert isinstance(takeover, schedule.ClaimedTick) and takeover.attempt == 2
+    assert not schedule._beat(ws, slow, lambda: NOW)  # the old attempt's heartbeat no longer lands
     late = schedule._finish(ws, slow, schedule.training_job(ws, slow))
     assert late.status == "SKIPPED" and "taken over" in late.detail
     assert _messages(ws) == []  # the publish rolled back with the lost DONE

@@ -420,6 +420,8 @@ class ScheduleTick(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     status: Mapped[TickStatus] = mapped_column(_enum(TickStatus, "schedule_tick_status"))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Stamped while the job runs (opslib.heartbeat); stale past run_stall_after_s = scheduler gone.
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     outcome: Mapped[str | None] = mapped_column(Text)
     trace_id: Mapped[str] = mapped_column(String(64))
