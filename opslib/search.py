@@ -110,24 +110,32 @@ def _keyword_sqlite(session: Session, terms: list[str], project_id: str, k: int)
     return ranked[:k]
 
 
-def _keyword_postgres(session: Session, terms: list[str], project_id: str, k: int) -> list[str]:
-    # Substring match (ILIKE, served by the pg_trgm index) decides *whether* a chunk matches —
-    # so a word inside a longer eojeol is found; ts_rank over the 'simple' tsvector and the
-    # number of matched terms decide the order.
+def trigram_match_postgres(terms: list[str]) -> tuple[str, dict[str, object]]:
+    """WHERE fragment on ``chunks c``: enriched_text contains any term (case-insensitive).
+
+    An OR of ILIKEs, which the pg_trgm GIN index ``ix_chunks_enriched_trgm`` can serve (a sum of
+    them compared with 0 could not)."""
     params: dict[str, object] = {f"t{i}": f"%{t}%" for i, t in enumerate(terms)}
+    return "(" + " OR ".join(f"c.enriched_text ILIKE :t{i}" for i in range(len(terms))) + ")", params
+
+
+def keyword_sql_postgres(terms: list[str], project_id: str, k: int) -> tuple[str, dict[str, object]]:
+    """The PostgreSQL keyword query and its parameters."""
+    # Substring match decides *whether* a chunk matches — so a word inside a longer eojeol is
+    # found; the number of matched terms and ts_rank over the 'simple' tsvector decide the order.
+    matches, params = trigram_match_postgres(terms)
     hits = " + ".join(f"(c.enriched_text ILIKE :t{i})::int" for i in range(len(terms)))
     params.update(project=project_id, k=k, tsq=" | ".join(f"{t}:*" for t in terms if t.isalnum()))
-    return list(
-        session.execute(
-            text(
-                f"SELECT c.id FROM chunks c JOIN videos v ON v.id = c.video_id "
-                f"WHERE v.project_id = :project AND ({hits}) > 0 "
-                f"ORDER BY ({hits}) DESC, ts_rank(c.enriched_tsv, to_tsquery('simple', :tsq)) DESC, c.id "
-                f"LIMIT :k"
-            ),
-            params,
-        ).scalars()
-    )
+    sql = (f"SELECT c.id FROM chunks c JOIN videos v ON v.id = c.video_id "
+           f"WHERE v.project_id = :project AND {matches} "
+           f"ORDER BY ({hits}) DESC, ts_rank(c.enriched_tsv, to_tsquery('simple', :tsq)) DESC, c.id "
+           f"LIMIT :k")
+    return sql, params
+
+
+def _keyword_postgres(session: Session, terms: list[str], project_id: str, k: int) -> list[str]:
+    sql, params = keyword_sql_postgres(terms, project_id, k)
+    return list(session.execute(text(sql), params).scalars())
 
 
 # Fusion and gate --------------------------------------------------------------------------
