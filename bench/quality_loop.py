@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
 import time
 from datetime import timedelta
@@ -96,7 +97,7 @@ def show(result: dict) -> None:
               f"[{low:+.4f}, {high:+.4f}]   {wtl['win']}/{wtl['tie']}/{wtl['loss']}")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, required=True, help="a BEIR folder, e.g. ../shared/data/faq-dev")
     parser.add_argument("--workspace", type=Path)
@@ -139,7 +140,16 @@ def main() -> None:
     broken = run_pipeline(ws, "broken candidate (positives shuffled across groups)")
     show(broken)
     print(f"\nreports: {settings.runs_dir}")
+    verdicts = [verdict(honest), verdict(broken)]
+    expected = verdicts == ["PASS", "FAIL"]
+    print(f"expected PASS then FAIL, got {' then '.join(verdicts)}: {'as expected' if expected else 'UNEXPECTED'}")
+    return 0 if expected else 1
+
+
+def verdict(result: dict) -> str:
+    evaluation = result["evaluation"]
+    return evaluation.overall_decision.value if evaluation is not None else "ERROR"
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

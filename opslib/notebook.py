@@ -5,11 +5,12 @@ Notebooks stay thin — a parameters cell, ``open_stage(...)``, calls into opsli
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from opslib.db.migrate import require_current
-from opslib.db.models import StageExecution
+from opslib.db.models import ExecutionStatus, StageExecution
 from opslib.logs import bind_trace_id, configure_logging, new_trace_id
 from opslib.settings import Settings
 from opslib.stages import StageParams, validate_params
@@ -24,6 +25,35 @@ class StageContext:
     execution_id: int | None
     run_id: int | None
     trace_id: str
+
+    def record_outputs(self, **outputs: Any) -> bool:
+        """Record what this execution produced on its ``StageExecution`` row (merged into what
+        is there). False when the notebook runs by hand, outside the runner: there is no row."""
+        if self.execution_id is None:
+            return False
+        return record_outputs(self.ws, self.execution_id, outputs)
+
+
+class OutputsError(ValueError):
+    pass
+
+
+def record_outputs(ws: Workspace, execution_id: int, outputs: dict[str, Any]) -> bool:
+    """Merge ``outputs`` (JSON values) into a RUNNING execution's ``outputs``; a finished one is
+    the archive's record and is refused."""
+    for key, value in outputs.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise OutputsError(f"output {key!r}: not a JSON value ({exc})") from None
+    with ws.db.transaction() as session:
+        row = session.get(StageExecution, execution_id, with_for_update=True)
+        if row is None:
+            raise OutputsError(f"execution {execution_id}: no such StageExecution")
+        if row.status is not ExecutionStatus.RUNNING:
+            raise OutputsError(f"execution {execution_id}: {row.status.value}, its record is closed")
+        row.outputs = {**(row.outputs or {}), **outputs}  # a new dict: JSON columns track reassignment
+    return True
 
 
 def open_stage(stage: str, params: dict[str, Any], execution_id: int | None = None) -> StageContext:

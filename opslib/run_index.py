@@ -9,10 +9,10 @@ moved into place, so a reader never sees half a page.
 
 How each stage's row is filled (see ``docs/architecture.md`` § Run index):
 
-- ``20_build_dataset``: the DB does not record which execution built which
-  ``TrainingDataset``; the row is tied by the execution's parameters and time (same source
-  window; with no ``as_of``, a window ending while the execution ran). If that does not pick
-  exactly one dataset, the row says so instead of guessing.
+- ``20_build_dataset``: the dataset version the notebook recorded in the execution's
+  ``outputs``. Executions from before that column (migration 0006) are tied by their parameters
+  and time (same source window; with no ``as_of``, a window ending while the execution ran); if
+  that does not pick exactly one dataset, the row says so instead of guessing.
 - ``30_train_candidate``: the run's candidate version and whether its ``ModelVersion`` exists.
 - ``40_evaluate_candidate``: the run's ``ModelEvaluation`` for the execution's evaluation set:
   PASS / FAIL and candidate vs baseline ``recall_at_5``, ``mrr_at_5``, ``ndcg_at_5``.
@@ -158,7 +158,17 @@ def _param_int(parameters: dict[str, Any], name: str) -> int | None:
 
 
 def _dataset_rows(ex: StageExecution, facts: _Facts, until: datetime) -> tuple[str, list[str]]:
-    """Tie a 20_build_dataset execution to the dataset it built, as far as the DB allows."""
+    """Tie a 20_build_dataset execution to the dataset it built: by the version it recorded,
+    else (executions from before migration 0006) by its window and time, as far as that goes."""
+    outputs = ex.outputs if isinstance(ex.outputs, dict) else {}
+    recorded = outputs.get("dataset_version")
+    if isinstance(recorded, str):
+        found = [d for d in facts.datasets if d.dataset_version == recorded]
+        if not found:
+            return "—", [f"dataset {recorded} recorded by this execution is not in the Metadata DB"]
+        created = outputs.get("dataset_created")
+        built = None if not isinstance(created, bool) else "built" if created else "already existed (same content)"
+        return _dataset_lines(found[0], built)
     params = ex.parameters if isinstance(ex.parameters, dict) else {}
     days = _param_int(params, "source_window_days") or 30
     as_of = params.get("as_of")
@@ -182,9 +192,13 @@ def _dataset_rows(ex: StageExecution, facts: _Facts, until: datetime) -> tuple[s
         versions = ", ".join(sorted(d.dataset_version for d in matches))
         return "—", [f"{len(matches)} datasets share this window (the seed is not in the DB): {versions}"]
     dataset = matches[0]
+    return _dataset_lines(dataset, "built" if dataset.created_at >= ex.started_at - _SLACK
+                          else "already existed (same content)")
+
+
+def _dataset_lines(dataset: TrainingDataset, built: str | None) -> tuple[str, list[str]]:
     counts = dataset.counts if isinstance(dataset.counts, dict) else {}
-    built = "built" if dataset.created_at >= ex.started_at - _SLACK else "already existed (same content)"
-    lines = [f"dataset {dataset.dataset_version} ({built})",
+    lines = [f"dataset {dataset.dataset_version}" + (f" ({built})" if built else ""),
              f"groups {counts.get('trainable_groups', '?')}, positives {counts.get('positives', '?')}, "
              f"negatives {counts.get('negatives', '?')}",
              f"window {_fmt_time(dataset.source_window_start)} → {_fmt_time(dataset.source_window_end)}"]

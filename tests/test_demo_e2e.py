@@ -33,4 +33,8 @@ def test_demo_path(empty_ws: Workspace) -> None:
         assert session.query(ModelRelease).one().release_status is ReleaseStatus.STABLE
         assert session.get(CorpusImport, "stdlib") is not None
         assert {e.status for e in session.query(StageExecution)} == {ExecutionStatus.SUCCEEDED}
+        build = session.get(StageExecution, report.build_dataset.execution_id)
+        assert build.outputs == {"dataset_version": report.dataset.dataset_version, "dataset_created": True}
+    index = (empty_ws.settings.runs_dir / "index.html").read_text()
+    assert f"dataset {report.dataset.dataset_version} (built)" in index
     assert log_files(empty_ws.objects, RAW_PREFIX)

@@ -27,6 +27,7 @@ from opslib.db.models import (
     TrainingDataset,
     TriggerSource,
 )
+from opslib.notebook import OutputsError, StageContext, record_outputs
 from opslib.release import current_release
 from opslib.run_index import build_run_index, collect_run_index
 from opslib.runner import _rebuild_run_index, run_stage
@@ -220,6 +221,52 @@ def test_rows_show_verdicts_metrics_and_relative_links(ws: Workspace) -> None:
     assert "v-error" in _row_html(page, ids["ev_error"]) and "v-bad" in _row_html(page, ids["ev_fail"])
     assert "<td>0.6250</td>" in _row_html(page, ids["ev_pass"])
     assert "SUCCEEDED 8" in page and "FAILED 1" in page
+
+
+def test_a_recorded_dataset_version_ties_the_row_exactly(ws: Workspace) -> None:
+    end = datetime(2026, 10, 1, tzinfo=timezone.utc)
+    with ws.db.transaction() as session:  # two datasets share the window: only the record can tell
+        for v in ("20261001-dddddddddddd", "20261001-eeeeeeeeeeee"):
+            session.add(_dataset(v, end - timedelta(days=30), end, T0 - timedelta(days=5), True))
+        params = {"as_of": "2026-10-01", "source_window_days": 30, "seed": 3}
+        built = _execution(session, "20_build_dataset", 1, status=ExecutionStatus.RUNNING, params=params)
+        reused = _execution(session, "20_build_dataset", 2, status=ExecutionStatus.RUNNING, params=params)
+        lost = _execution(session, "20_build_dataset", 3, status=ExecutionStatus.RUNNING, params=params)
+        ids = (built.id, reused.id, lost.id)
+    assert record_outputs(ws, ids[0], {"dataset_version": "20261001-eeeeeeeeeeee"})
+    assert record_outputs(ws, ids[0], {"dataset_created": True})  # merged with what is there
+    assert record_outputs(ws, ids[1], {"dataset_version": "20261001-dddddddddddd", "dataset_created": False})
+    assert record_outputs(ws, ids[2], {"dataset_version": "20261001-ffffffffffff"})
+    with ws.db.transaction() as session:
+        for row_id in ids:
+            session.get(StageExecution, row_id).status = ExecutionStatus.SUCCEEDED
+
+    rows, _ = collect_run_index(ws, now=T0 + timedelta(minutes=5))
+    by_id = {r.execution_id: r for r in rows}
+    assert by_id[ids[0]].verdict == "ELIGIBLE"
+    assert by_id[ids[0]].headline[0] == "dataset 20261001-eeeeeeeeeeee (built)"
+    assert by_id[ids[1]].headline[0] == "dataset 20261001-dddddddddddd (already existed (same content))"
+    assert by_id[ids[2]].verdict == "—" and "not in the Metadata DB" in by_id[ids[2]].headline[0]
+
+
+def test_outputs_are_recorded_only_on_a_running_execution(ws: Workspace) -> None:
+    with ws.db.transaction() as session:
+        done = _execution(session, "20_build_dataset", 1, params={})
+        running = _execution(session, "20_build_dataset", 2, status=ExecutionStatus.RUNNING, params={})
+        done_id, running_id = done.id, running.id
+    with pytest.raises(OutputsError, match="SUCCEEDED, its record is closed"):
+        record_outputs(ws, done_id, {"dataset_version": "x"})
+    with pytest.raises(OutputsError, match="no such StageExecution"):
+        record_outputs(ws, 10_000, {"dataset_version": "x"})
+    with pytest.raises(OutputsError, match="'when': not a JSON value"):
+        record_outputs(ws, running_id, {"dataset_version": "x", "when": T0})
+    with pytest.raises(OutputsError, match="'score': not a JSON value"):
+        record_outputs(ws, running_id, {"score": float("nan")})
+    with ws.db.read() as session:  # a refused record writes nothing
+        assert session.get(StageExecution, done_id).outputs is None
+        assert session.get(StageExecution, running_id).outputs is None
+    by_hand = StageContext(ws, "20_build_dataset", None, None, None, "t")  # type: ignore[arg-type]
+    assert by_hand.record_outputs(dataset_version="x") is False
 
 
 def test_links_follow_a_moved_runs_folder(ws: Workspace, tmp_path: Path) -> None:

@@ -256,6 +256,9 @@ class StageExecution(Base):
     output_html: Mapped[str | None] = mapped_column(String(1024))
     status: Mapped[ExecutionStatus] = mapped_column(_enum(ExecutionStatus, "execution_status"))
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # What the execution produced, recorded by its notebook (opslib.notebook.record_outputs),
+    # e.g. {"dataset_version": ..., "dataset_created": true} — so the run index ties it exactly.
+    outputs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
     trace_id: Mapped[str] = mapped_column(String(64))
