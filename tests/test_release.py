@@ -10,7 +10,6 @@ from sqlalchemy import select, update
 from helpers import corpus_ready, ready_run
 from opslib.cutover import CutoverRefused, cutover, cutover_or_wait
 from opslib.db.models import (
-    Chunk,
     FailureType,
     ModelRelease,
     ReleaseEvent,
@@ -20,7 +19,6 @@ from opslib.db.models import (
     ServingState,
     VectorIndexEntry,
     Video,
-    VideoStatus,
 )
 from opslib.index_snapshot import SnapshotError, collection_matches, export_index, latest_snapshot, restore_index
 from opslib.indexing import index_chunks, indexed_chunk_ids, missing_from_index
