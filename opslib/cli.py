@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +34,19 @@ def parse_param(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _workspace(args: argparse.Namespace) -> Workspace:
+def _workspace(args: argparse.Namespace,
+               default_log_file: Callable[[Settings], Path] | None = None) -> Workspace:
     overrides: dict[str, Any] = {}
     if args.config:
         overrides["config_file"] = args.config
     if args.workspace:
         overrides["workspace"] = args.workspace
     settings = Settings(**overrides)
-    configure_logging(settings.log_level)
+    if default_log_file is not None and settings.log_file is None:
+        settings = settings.model_copy(update={"log_file": default_log_file(settings)})
+    # With a log file, the JSON lines go there and only warnings and errors reach the terminal.
+    configure_logging(settings.log_level, path=settings.log_file,
+                      console_level="WARNING" if settings.log_file is not None else None)
     return Workspace(settings)
 
 
@@ -286,7 +291,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from opslib.demo import run_demo
 
-    report = run_demo(_workspace(args), requests=args.requests, rollback=args.rollback)
+    # The demo's console shows its steps and progress bars; its JSON logs go to a file.
+    ws = _workspace(args, default_log_file=lambda settings: settings.workspace / "logs" / "demo.log")
+    print(f"JSON logs (every line with its trace_id): {ws.settings.log_file}")
+    report = run_demo(ws, requests=args.requests, rollback=args.rollback)
     print()
     print("Demo finished.")
     print(f"  feedback-health report: {report.feedback_health.output_html}")

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 _trace_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id", default=None)
@@ -83,24 +84,31 @@ class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def configure_logging(level: str = "INFO", stream: Any = None, path: Any = None) -> None:
+def configure_logging(level: str = "INFO", stream: Any = None, path: Any = None,
+                      console_level: str | None = None) -> None:
     """JSON lines on ``stream`` (stderr by default), or appended to the file ``path``, for
     ``opslib`` at ``level`` and for every other library (papermill, alembic, chromadb, …) at
-    WARNING — all carrying the trace id."""
+    WARNING — all carrying the trace id. With ``path`` and ``console_level``, records at or
+    above ``console_level`` also go to the stream (a command keeps its warnings in sight)."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_opslib_json", False):
-            root.removeHandler(handler)
-            handler.close()
-    handler: logging.Handler
+    for old in list(root.handlers):
+        if getattr(old, "_opslib_json", False):
+            root.removeHandler(old)
+            old.close()
+    handlers: list[logging.Handler] = []
     if path is not None:
-        handler = logging.FileHandler(path, encoding="utf-8")
-    else:
-        handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderrHandler()
-    handler._opslib_json = True  # type: ignore[attr-defined]
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(TraceIdFilter())
-    root.addHandler(handler)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(path, encoding="utf-8"))
+    if path is None or console_level is not None:
+        console = logging.StreamHandler(stream) if stream is not None else _CurrentStderrHandler()
+        if path is not None and console_level is not None:
+            console.setLevel(console_level)
+        handlers.append(console)
+    for handler in handlers:
+        handler._opslib_json = True  # type: ignore[attr-defined]
+        handler.setFormatter(JsonFormatter())
+        handler.addFilter(TraceIdFilter())
+        root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("opslib").setLevel(level)
 

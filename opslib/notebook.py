@@ -56,6 +56,13 @@ def record_outputs(ws: Workspace, execution_id: int, outputs: dict[str, Any]) ->
     return True
 
 
+def recorded_outputs(ws: Workspace, execution_id: int) -> dict[str, Any]:
+    """What an execution recorded with ``record_outputs`` ({} if nothing, or no such row)."""
+    with ws.db.read() as session:
+        row = session.get(StageExecution, execution_id)
+        return dict(row.outputs or {}) if row is not None else {}
+
+
 def open_stage(stage: str, params: dict[str, Any], execution_id: int | None = None) -> StageContext:
     """Validate ``params`` and open the workspace the runner (or the operator's env) points at."""
     settings = Settings()

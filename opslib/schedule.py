@@ -46,6 +46,7 @@ from opslib.db.models import ScheduleTick, TickStatus, utcnow
 from opslib.heartbeat import heartbeating
 from opslib.logs import get_logger, new_trace_id, trace
 from opslib.messages import new_training_request
+from opslib.notebook import recorded_outputs
 from opslib.queue import publish
 from opslib.workspace import Workspace
 
@@ -129,6 +130,9 @@ def dataset_job(ws: Workspace, tick: ClaimedTick) -> JobOutcome:
               "seed": 0}
     result = run_stage(ws, DATASET_STAGE, params, trace_id=tick.trace_id)
     head = f"{DATASET_STAGE} execution {result.execution_id} {result.status.value}"
+    built = recorded_outputs(ws, result.execution_id).get("dataset_version")
+    if built:
+        head += f"; dataset {built}"
     if result.error:
         head += f" at cell {result.error['cell_index']}: {result.error['ename']}: {result.error['evalue']}"
     return JobOutcome(result.ok, f"{head}; report {result.output_html}")

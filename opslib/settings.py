@@ -66,8 +66,10 @@ class Settings(BaseSettings):
     operator_role: OperatorRole = "viewer"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_file: Path | None = Field(
-        default=None, description="append JSON log lines to this file instead of stderr "
-                                  "(the runner sets it for a stage's kernel: <archive stem>.log)")
+        default=None, description="append JSON log lines to this file instead of stderr; a command "
+                                  "still shows warnings and errors on stderr (the runner sets it for a "
+                                  "stage's kernel: <archive stem>.log; `opsbench demo` defaults it to "
+                                  "<workspace>/logs/demo.log)")
     queue_visibility_timeout_s: float = Field(default=300.0, gt=0)
     feedback_window_days: int = Field(default=7, ge=1)
     snapshot_ttl_days: int = Field(default=14, ge=1)

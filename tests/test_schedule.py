@@ -362,3 +362,4 @@ def test_the_dataset_schedule_executes_the_real_stage(ws: Workspace) -> None:
         (dataset,) = session.scalars(select(TrainingDataset)).all()
     assert dataset.source_window_end == DATASET_TICK
     assert dataset.source_window_start == DATASET_TICK - timedelta(days=30)
+    assert f"dataset {dataset.dataset_version}" in results[DATASET].detail  # recorded by the stage
