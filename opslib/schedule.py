@@ -130,11 +130,11 @@ def dataset_job(ws: Workspace, tick: ClaimedTick) -> JobOutcome:
               "seed": 0}
     result = run_stage(ws, DATASET_STAGE, params, trace_id=tick.trace_id)
     head = f"{DATASET_STAGE} execution {result.execution_id} {result.status.value}"
+    if result.error:
+        head += f" at cell {result.error['cell_index']}: {result.error['ename']}: {result.error['evalue']}"
     built = recorded_outputs(ws, result.execution_id).get("dataset_version")
     if built:
         head += f"; dataset {built}"
-    if result.error:
-        head += f" at cell {result.error['cell_index']}: {result.error['ename']}: {result.error['evalue']}"
     return JobOutcome(result.ok, f"{head}; report {result.output_html}")
 
 
