@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +34,17 @@ def parse_param(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _workspace(args: argparse.Namespace,
-               default_log_file: Callable[[Settings], Path] | None = None) -> Workspace:
+def _workspace(args: argparse.Namespace, default_log_name: str | None = None) -> Workspace:
+    """Settings and logging for a command; ``default_log_name``: log to
+    ``<workspace>/logs/<name>`` unless OPS_LOG_FILE says where."""
     overrides: dict[str, Any] = {}
     if args.config:
         overrides["config_file"] = args.config
     if args.workspace:
         overrides["workspace"] = args.workspace
     settings = Settings(**overrides)
-    if default_log_file is not None and settings.log_file is None:
-        settings = settings.model_copy(update={"log_file": default_log_file(settings)})
+    if default_log_name is not None and settings.log_file is None:
+        settings = settings.model_copy(update={"log_file": settings.workspace / "logs" / default_log_name})
     # With a log file, the JSON lines go there and only warnings and errors reach the terminal.
     configure_logging(settings.log_level, path=settings.log_file,
                       console_level="WARNING" if settings.log_file is not None else None)
@@ -292,7 +293,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from opslib.demo import run_demo
 
     # The demo's console shows its steps and progress bars; its JSON logs go to a file.
-    ws = _workspace(args, default_log_file=lambda settings: settings.workspace / "logs" / "demo.log")
+    ws = _workspace(args, default_log_name="demo.log")
     print(f"JSON logs (every line with its trace_id): {ws.settings.log_file}")
     report = run_demo(ws, requests=args.requests, rollback=args.rollback)
     print()

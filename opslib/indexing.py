@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 from opslib.db.models import Chunk, VectorIndexEntry, Video, VideoStatus, utcnow
 from opslib.embedding import Purpose
 from opslib.logs import get_logger
+from opslib.model_artifacts import validate_model_version
+from opslib.vector_store import validate_index_name
 from opslib.workspace import Workspace
 
 log = get_logger(__name__)
@@ -95,9 +97,6 @@ def index_chunks(
     be written (dual-write stops the moment the release leaves CANDIDATE_REINDEXING); once it
     says no, nothing more is recorded. ``on_batch`` is called after each recorded batch.
     """
-    from opslib.model_artifacts import validate_model_version
-    from opslib.vector_store import validate_index_name
-
     validate_index_name(index_name)  # refused up front, even when there is nothing to write
     validate_model_version(model_version)
     report = IndexReport(index_name=index_name, model_version=model_version, requested=len(chunk_ids))

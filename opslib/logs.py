@@ -89,7 +89,8 @@ def configure_logging(level: str = "INFO", stream: Any = None, path: Any = None,
     """JSON lines on ``stream`` (stderr by default), or appended to the file ``path``, for
     ``opslib`` at ``level`` and for every other library (papermill, alembic, chromadb, …) at
     WARNING — all carrying the trace id. With ``path`` and ``console_level``, records at or
-    above ``console_level`` also go to the stream (a command keeps its warnings in sight)."""
+    above ``console_level`` also go to the stream (a command keeps its warnings in sight);
+    without ``path``, ``console_level`` filters the stream."""
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_opslib_json", False):
@@ -101,7 +102,7 @@ def configure_logging(level: str = "INFO", stream: Any = None, path: Any = None,
         handlers.append(logging.FileHandler(path, encoding="utf-8"))
     if path is None or console_level is not None:
         console = logging.StreamHandler(stream) if stream is not None else _CurrentStderrHandler()
-        if path is not None and console_level is not None:
+        if console_level is not None:
             console.setLevel(console_level)
         handlers.append(console)
     for handler in handlers:

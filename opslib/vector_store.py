@@ -39,7 +39,7 @@ def forget_local_clients() -> None:
     kernel) wrote to the same folder, that state is stale. The next use opens a fresh client
     that reads what is on disk. (With a Chroma server, every process talks to the same server
     and nothing needs forgetting.)"""
-    if not any(not k.startswith("http") for k in _clients):
+    if all(k.startswith("http") for k in _clients):
         return  # nothing opened here (and no need to import chromadb to say so)
     from chromadb.api.shared_system_client import SharedSystemClient
 

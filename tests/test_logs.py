@@ -74,13 +74,12 @@ def test_the_cli_honours_ops_log_file_and_the_demo_defaults_one(tmp_path, monkey
     args = argparse.Namespace(config=None, workspace=tmp_path / "ws")
     monkeypatch.setenv("OPS_LOG_LEVEL", "INFO")
     log = get_logger("cli-test")
-    demo_default = lambda settings: settings.workspace / "logs" / "demo.log"  # noqa: E731
     try:
-        ws = _workspace(args, default_log_file=demo_default)  # as `opsbench demo` does
+        ws = _workspace(args, default_log_name="demo.log")  # as `opsbench demo` does
         assert ws.settings.log_file == tmp_path / "ws" / "logs" / "demo.log"
         log.info("demo step")
         monkeypatch.setenv("OPS_LOG_FILE", str(tmp_path / "chosen.log"))
-        assert _workspace(args, default_log_file=demo_default).settings.log_file == tmp_path / "chosen.log"
+        assert _workspace(args, default_log_name="demo.log").settings.log_file == tmp_path / "chosen.log"
         log.info("to the chosen file")
         monkeypatch.delenv("OPS_LOG_FILE")
         assert _workspace(args).settings.log_file is None  # any other command: stderr
