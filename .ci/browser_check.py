@@ -78,10 +78,10 @@ def build_workspace(out: Path):  # type: ignore[no-untyped-def]
     from tiny_model import build_tiny_model
 
     from opslib.db.models import MLPipelineRun, ModelEvaluation, StageExecution
-    from opslib.demo import run_demo
-    from opslib.run_index import build_run_index
+    from opslib.execution.run_index import build_run_index
+    from opslib.infra.workspace import Workspace
+    from opslib.ops.demo import run_demo
     from opslib.settings import Settings
-    from opslib.workspace import Workspace
 
     model = build_tiny_model(out / "models" / "tiny")
     settings = Settings(workspace=out / "workspace", runs_dir=out / "runs", base_model_path=model,

@@ -39,8 +39,8 @@ def prepare(workspace: Path, events: int, projects: int, chunks_per_project: int
 
     from opslib.db.migrate import upgrade
     from opslib.db.models import Chunk, Video, VideoStatus, utcnow
-    from opslib.feedback import RAW_PREFIX, feedback_event_id, log_key
-    from opslib.workspace import Workspace
+    from opslib.infra.workspace import Workspace
+    from opslib.lifecycle.feedback.events import RAW_PREFIX, feedback_event_id, log_key
 
     ws = Workspace(_settings(workspace))
     upgrade(ws.db)
@@ -98,8 +98,8 @@ def peak_rss_mb() -> float:
 
 def child(workspace: Path) -> None:
     """Run only the build and report its own wall time and peak RSS."""
-    from opslib.dataset import build_dataset
-    from opslib.workspace import Workspace
+    from opslib.infra.workspace import Workspace
+    from opslib.lifecycle.dataset.builder import build_dataset
 
     ws = Workspace(_settings(workspace))
     start = time.perf_counter()

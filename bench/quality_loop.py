@@ -21,20 +21,23 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from opslib.beir import read_beir
-from opslib.bootstrap import init_workspace
-from opslib.corpus import load_corpus
-from opslib.dataset import build_dataset, read_groups
+from opslib.control.messages import new_training_request
+from opslib.control.queue import publish
+from opslib.control.runs import get_run
+from opslib.corpus.beir import read_beir
+from opslib.corpus.loader import load_corpus
 from opslib.db.models import ModelEvaluation, TrainingDataset, utcnow
-from opslib.evaluation import METRICS
-from opslib.evaluation_sets import records_from_corpus, register_evaluation_set
-from opslib.messages import new_training_request
-from opslib.queue import publish
-from opslib.runs import get_run
+from opslib.execution.worker import Worker
+from opslib.infra.workspace import Workspace
+from opslib.lifecycle.dataset.builder import build_dataset, read_groups
+from opslib.lifecycle.evaluation.evaluate import METRICS
+from opslib.lifecycle.evaluation.sets import (
+    records_from_corpus,
+    register_evaluation_set,
+)
+from opslib.lifecycle.feedback.simulate import simulate_traffic
+from opslib.ops.bootstrap import init_workspace
 from opslib.settings import Settings
-from opslib.simulate import simulate_traffic
-from opslib.worker import Worker
-from opslib.workspace import Workspace
 
 
 def shuffled_control(ws: Workspace, version: str, seed: int) -> str:

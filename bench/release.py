@@ -36,8 +36,8 @@ DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "faq
 
 
 def _workspace(root: Path, **extra):  # type: ignore[no-untyped-def]
+    from opslib.infra.workspace import Workspace
     from opslib.settings import Settings
-    from opslib.workspace import Workspace
 
     return Workspace(Settings(workspace=root, runs_dir=root / "runs", log_level="WARNING", **extra))
 
@@ -48,22 +48,23 @@ def _median(values: list[float]) -> float:
 
 # (a) and (b) ---------------------------------------------------------------------------------
 def bench_reindex(root: Path, dataset: Path | None, repeat: int) -> None:
-    from opslib.bootstrap import init_workspace, packaged_model_path
-    from opslib.corpus import load_corpus
-    from opslib.db.models import Chunk
-    from opslib.embedding import Purpose, load_sentence_transformer
-    from opslib.indexing import build_index, remove_chunks, servable_chunk_ids
-    from opslib.model_artifacts import register_model
     from sqlalchemy import select
+
+    from opslib.corpus.indexing import build_index, remove_chunks, servable_chunk_ids
+    from opslib.corpus.loader import load_corpus
+    from opslib.db.models import Chunk
+    from opslib.infra.embedding import Purpose, load_sentence_transformer
+    from opslib.infra.model_artifacts import register_model
+    from opslib.ops.bootstrap import init_workspace, packaged_model_path
 
     ws = _workspace(root)
     init_workspace(ws, progress=True)
     if dataset is not None and dataset.is_dir():
-        from opslib.beir import read_beir
+        from opslib.corpus.beir import read_beir
 
         spec, source = read_beir(dataset, "bench"), str(dataset)
     else:
-        from opslib.demo_corpus import build_demo_corpus
+        from opslib.corpus.builtin import build_demo_corpus
 
         spec, source = build_demo_corpus("bench"), "built-in stdlib corpus"
     print(f"corpus: {source}")
@@ -128,13 +129,20 @@ def _synthetic_release(root: Path, chunks: int, dimension: int = 384, seed: int 
     """A workspace with ``chunks`` READY chunks in the active index and in a ready candidate's."""
     from sqlalchemy import insert
 
-    from opslib.bootstrap import init_workspace, packaged_model_path
-    from opslib.db.models import Chunk, TrainingDataset, VectorIndexEntry, Video, VideoStatus, utcnow
-    from opslib.indexing import content_hash
-    from opslib.model_artifacts import register_model
-    from opslib.reindex import open_candidate
-    from opslib.release import apply
-    from opslib.runs import get_run, mark_ready, request_run
+    from opslib.control.release import apply
+    from opslib.control.runs import get_run, mark_ready, request_run
+    from opslib.corpus.indexing import content_hash
+    from opslib.db.models import (
+        Chunk,
+        TrainingDataset,
+        VectorIndexEntry,
+        Video,
+        VideoStatus,
+        utcnow,
+    )
+    from opslib.infra.model_artifacts import register_model
+    from opslib.lifecycle.reindex import open_candidate
+    from opslib.ops.bootstrap import init_workspace, packaged_model_path
 
     ws = _workspace(root)
     base = init_workspace(ws)
@@ -173,7 +181,7 @@ def _synthetic_release(root: Path, chunks: int, dimension: int = 384, seed: int 
                 {"index_name": index_name, "chunk_id": r["id"], "embedding_model_version": version,
                  "content_hash": content_hash(r["enriched_text"]), "created_at": now} for r in rows])
     from opslib.db.models import Decision, ModelEvaluation
-    from opslib.evaluation import PASS_CRITERIA
+    from opslib.lifecycle.evaluation.evaluate import PASS_CRITERIA
 
     with ws.db.transaction() as session:  # a stand-in verdict: the release stages only need the run
         evaluation = ModelEvaluation(run_id=run_id, candidate_model_version=run.candidate_model_version,
@@ -191,9 +199,9 @@ def _synthetic_release(root: Path, chunks: int, dimension: int = 384, seed: int 
 
 
 def bench_switches(root: Path, sizes: list[int], switches: int) -> None:
-    from opslib.cutover import cutover
-    from opslib.messages import new_rollback_request
-    from opslib.rollback import roll_back
+    from opslib.control.messages import new_rollback_request
+    from opslib.lifecycle.cutover import cutover
+    from opslib.lifecycle.rollback import roll_back
 
     medians: dict[int, tuple[float, float]] = {}
     for size in sizes:

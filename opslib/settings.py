@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     # ML Lifecycle Worker
     heartbeat_interval_s: float = Field(default=15.0, gt=0)
     run_stall_after_s: float = Field(default=900.0, gt=0, description="RUNNING without a heartbeat this long = stalled")
-    # The bounds match the stage schemas (opslib.stages): a setting the stage would refuse is
+    # The bounds match the stage schemas (opslib.execution.registry): a setting the stage would refuse is
     # refused here, when the worker starts, not when a run is already under way.
     evaluation_dataset_ref: str | None = Field(
         default=None, pattern=r"^eval-[0-9a-f]{16}$",
@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     auto_cutover: bool = Field(default=True, description="after a PASS the worker reindexes and cuts over by itself; "
                                                         "False: it waits for an operator's promote")
     reindex_batch_size: int = Field(default=256, ge=1, description="chunks per reindex batch (one encode call, one entry transaction)")
-    # Schedules (opslib.schedule, `opsbench schedule`): 5-field cron expressions in schedule_timezone
+    # Schedules (opslib.execution.schedule, `opsbench schedule`): 5-field cron expressions in schedule_timezone
     schedule_timezone: str = Field(default="Asia/Seoul", description="IANA time zone the schedules' cron expressions are read in")
     dataset_schedule: str = Field(default="0 3 * * *", description="cron: when 20_build_dataset runs (daily 03:00)")
     dataset_source_window_days: int = Field(default=30, ge=1, le=365, description="source window of scheduled datasets")

@@ -13,11 +13,12 @@ from sqlalchemy import create_engine, make_url, text
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from opslib.bootstrap import init_workspace  # noqa: E402
-from opslib.db.engine import forget_database  # noqa: E402
-from opslib.settings import Settings  # noqa: E402
-from opslib.workspace import Workspace  # noqa: E402
 from tiny_model import build_tiny_model  # noqa: E402
+
+from opslib.db.engine import forget_database  # noqa: E402
+from opslib.infra.workspace import Workspace  # noqa: E402
+from opslib.ops.bootstrap import init_workspace  # noqa: E402
+from opslib.settings import Settings  # noqa: E402
 
 POSTGRES_URL = os.environ.get("OPS_TEST_POSTGRES_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
-from opslib.corpus import load_corpus
-from opslib.dataset import build_dataset
+from opslib.corpus.loader import load_corpus
 from opslib.db.models import utcnow
-from opslib.simulate import simulate_traffic
-from opslib.workspace import Workspace
+from opslib.infra.workspace import Workspace
+from opslib.lifecycle.dataset.builder import build_dataset
+from opslib.lifecycle.feedback.events import make_event
+from opslib.lifecycle.feedback.simulate import simulate_traffic
 
 
 def mini_corpus_spec(n_queries: int = 24):  # type: ignore[no-untyped-def]
     """A small honest corpus: each query has two answer passages sharing its words."""
-    from opslib.corpus import CorpusSpec, Document, Query
+    from opslib.corpus.loader import CorpusSpec, Document, Query
 
     topics = ["sorting lists", "reading files", "parsing dates", "sending email", "hashing passwords",
               "compressing archives", "spawning processes", "formatting strings", "rounding decimals",
@@ -67,10 +70,10 @@ def loop_ready(ws: Workspace, requests: int = 80) -> str:
 def ready_run(ws: Workspace, candidate_dir) -> int:  # type: ignore[no-untyped-def]
     """A READY_FOR_RELEASE run whose candidate (``candidate_dir``) is registered — as if it had
     trained and passed (the evaluation row is a stand-in: release stages only need the run)."""
+    from opslib.control.runs import get_run, mark_ready, request_run
     from opslib.db.models import Decision, ModelEvaluation
-    from opslib.evaluation import PASS_CRITERIA
-    from opslib.model_artifacts import register_model
-    from opslib.runs import get_run, mark_ready, request_run
+    from opslib.infra.model_artifacts import register_model
+    from opslib.lifecycle.evaluation.evaluate import PASS_CRITERIA
 
     run_id = request_run(ws.db, trigger_source="manual", trace_id=f"release-test-{utcnow().timestamp()}").run_id
     assert run_id is not None
@@ -87,3 +90,34 @@ def ready_run(ws: Workspace, candidate_dir) -> int:  # type: ignore[no-untyped-d
         session.flush()
         mark_ready(session, run_id, evaluation_id=evaluation.id)
     return run_id
+
+
+def write_beir(folder: Path, n_queries: int = 12) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus, queries, qrels = [], [], ["query-id\tcorpus-id\tscore"]
+    for q in range(n_queries):
+        source = "alpha" if q % 2 == 0 else "beta"
+        queries.append({"_id": f"q{q:02d}", "text": f"question number {q} about topic {q}"})
+        for p in range(2):
+            corpus.append({"_id": f"q{q:02d}-a{p}", "title": "", "text": f"answer {p} to topic {q} explained",
+                           "metadata": {"source": source, "part": f"{source}-part{q // 4}"}})
+            qrels.append(f"q{q:02d}\tq{q:02d}-a{p}\t1")
+    queries.append({"_id": "orphan", "text": "a question nobody answered"})
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in queries))
+    (folder / "qrels.tsv").write_text("\n".join(qrels) + "\n")
+    return folder
+
+
+def feedback_event(**overrides: object) -> dict:
+    event = make_event(
+        user_id="u1", project_id="p1", req_id="r1", query_text="how to sort", rating="LIKE",
+        topk_ids=["c1", "c2", "c3"], used_ids=["c1"], active_model_version="m1",
+        active_index_name="idx-m1", created_at=datetime(2026, 11, 30, tzinfo=timezone.utc), trace_id="t1",
+    ).to_dict()
+    event.update(overrides)
+    return event
+
+
+def feedback_line(event: dict) -> bytes:
+    return json.dumps(event).encode()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from opslib.control.release import current_release
+from opslib.corpus.indexing import indexed_chunk_ids
+from opslib.corpus.search import search
 from opslib.db.models import (
     Chunk,
     MLPipelineRun,
@@ -14,10 +17,7 @@ from opslib.db.models import (
     Video,
     VideoStatus,
 )
-from opslib.indexing import indexed_chunk_ids
-from opslib.release import current_release
-from opslib.search import search
-from opslib.workspace import Workspace
+from opslib.infra.workspace import Workspace
 
 
 def check_invariants(ws: Workspace) -> list[str]:

@@ -12,7 +12,7 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
     from sentence_transformers import SentenceTransformer, models
     from transformers import BertConfig, BertModel
 
-    from opslib.bootstrap import packaged_model_path
+    from opslib.ops.bootstrap import packaged_model_path
 
     source = packaged_model_path()
     bert_dir = target.parent / (target.name + "-bert")

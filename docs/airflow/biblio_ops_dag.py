@@ -42,9 +42,9 @@ SEOUL = pendulum.timezone("Asia/Seoul")
 
 def queue_training_request(airflow_run_id: str) -> int:
     """Publish a scheduled TRAINING_REQUEST (the worker picks the dataset); returns the message id."""
-    from opslib.messages import new_training_request
-    from opslib.queue import publish
-    from opslib.workspace import open_workspace
+    from opslib.control.messages import new_training_request
+    from opslib.control.queue import publish
+    from opslib.infra.workspace import open_workspace
 
     ws = open_workspace()  # the OPS_* settings of the Airflow worker
     message = new_training_request(trigger_source="schedule", requested_by="airflow",

@@ -11,7 +11,7 @@ from alembic.script import ScriptDirectory
 
 from opslib.db.engine import Database
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def alembic_config(db: Database) -> Config:

@@ -256,7 +256,7 @@ class StageExecution(Base):
     output_html: Mapped[str | None] = mapped_column(String(1024))
     status: Mapped[ExecutionStatus] = mapped_column(_enum(ExecutionStatus, "execution_status"))
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    # What the execution produced, recorded by its notebook (opslib.notebook.record_outputs),
+    # What the execution produced, recorded by its notebook (opslib.execution.context.record_outputs),
     # e.g. {"dataset_version": ..., "dataset_created": true} — so the run index ties it exactly.
     outputs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -408,7 +408,7 @@ class CorpusImport(Base):
 
 
 class ScheduleTick(Base):
-    """One cron tick of a schedule (``opslib.schedule``), claimed by inserting this row.
+    """One cron tick of a schedule (``opslib.execution.schedule``), claimed by inserting this row.
 
     UNIQUE(schedule, due_at) is what makes a tick run once: of two schedulers claiming the same
     tick, the second insert fails and that scheduler skips it.
@@ -423,7 +423,7 @@ class ScheduleTick(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     status: Mapped[TickStatus] = mapped_column(_enum(TickStatus, "schedule_tick_status"))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # Stamped while the job runs (opslib.heartbeat); stale past run_stall_after_s = scheduler gone.
+    # Stamped while the job runs (opslib.infra.heartbeat); stale past run_stall_after_s = scheduler gone.
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     outcome: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,279 @@
+"""MLPipelineRun control (DESIGN §5): the one module that creates runs and moves them.
+
+Every move is checked against ``TRANSITIONS`` inside a write transaction. The run slots (at most
+one RUNNING, at most one PENDING) are enforced by partial unique indexes; when an insert loses a
+race for a slot, the request re-reads the slots and tries again instead of failing (ADR-011).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from opslib.control.release import current_release
+from opslib.db.engine import Database
+from opslib.db.models import (
+    FailureType,
+    MLPipelineRun,
+    RunStage,
+    RunStatus,
+    TrainingDataset,
+    TriggerSource,
+    utcnow,
+)
+from opslib.infra.logs import get_logger
+from opslib.infra.vector_store import index_name_for
+
+log = get_logger(__name__)
+
+# (from, to) -> what the move is. ``None`` is "no run yet".
+TRANSITIONS: dict[tuple[RunStatus | None, RunStatus], str] = {
+    (None, RunStatus.RUNNING): "start: no active run, latest eligible dataset fixed",
+    (None, RunStatus.PENDING): "queue: a run is active; the newest request waits",
+    (RunStatus.PENDING, RunStatus.SUPERSEDED): "a newer request queued",
+    (RunStatus.PENDING, RunStatus.RUNNING): "the active slot freed; the newest pending run starts",
+    (RunStatus.RUNNING, RunStatus.READY_FOR_RELEASE): "trained and evaluated PASS; all persisted",
+    (RunStatus.RUNNING, RunStatus.FAILED): "quality below criteria (FAIL) or system error (ERROR)",
+    (RunStatus.READY_FOR_RELEASE, RunStatus.FAILED): "release failed (REINDEX/CUTOVER)",
+}
+ACTIVE = (RunStatus.RUNNING, RunStatus.PENDING)
+_SLOT_RETRIES = 20
+
+
+class RunError(Exception):
+    """A refused run transition; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class RunRequestOutcome:
+    """What a TRAINING_REQUEST led to: a run started or queued, an existing run, or a refusal."""
+
+    run_id: int | None
+    status: RunStatus | None
+    created: bool
+    reason: str
+
+
+def _is_retryable(exc: OperationalError) -> bool:
+    """PostgreSQL deadlock / serialization failures on the slot rows: re-read and try again."""
+    text = str(exc).lower()
+    return "deadlock" in text or "could not serialize" in text
+
+
+def latest_eligible_dataset(session: Session) -> TrainingDataset | None:
+    """What the training scheduler starts a run on: a query, not a storage listing.
+
+    Latest = the newest source window (a backfill built today for an old ``as_of`` does not
+    displace a dataset of newer feedback), then the newest build."""
+    return session.scalars(
+        select(TrainingDataset).where(TrainingDataset.eligible.is_(True))
+        .order_by(TrainingDataset.source_window_end.desc(), TrainingDataset.created_at.desc(),
+                  TrainingDataset.dataset_version.desc()).limit(1)
+    ).first()
+
+
+def candidate_version_for(run_id: int, dataset_version: str) -> str:
+    return f"cand-r{run_id:05d}-{dataset_version}"
+
+
+def check_transition(current: RunStatus | None, target: RunStatus) -> str:
+    try:
+        return TRANSITIONS[(current, target)]
+    except KeyError:
+        raise RunError(f"run transition {current.value if current else '—'} → {target.value} is not allowed") from None
+
+
+def _lock_run(session: Session, run_id: int) -> MLPipelineRun:
+    run = session.scalars(select(MLPipelineRun).where(MLPipelineRun.id == run_id).with_for_update()).one_or_none()
+    if run is None:
+        raise RunError(f"run {run_id}: no such run")
+    return run
+
+
+def _slot(session: Session, status: RunStatus) -> MLPipelineRun | None:
+    return session.scalars(select(MLPipelineRun).where(MLPipelineRun.status == status)).one_or_none()
+
+
+def _fix_start(session: Session, run: MLPipelineRun) -> None:
+    """What a run is fixed to when it starts: dataset, baseline (= active now), candidate."""
+    dataset = latest_eligible_dataset(session)
+    release = current_release(session)
+    if dataset is None:
+        raise RunError("no eligible training dataset")
+    if release is None:
+        raise RunError("no ModelRelease: bootstrap the workspace")
+    run.dataset_version = dataset.dataset_version
+    run.baseline_model_version = release.active_model_version
+    run.candidate_model_version = candidate_version_for(run.id, dataset.dataset_version)
+    run.candidate_index_name = index_name_for(run.candidate_model_version)
+    run.heartbeat_at = utcnow()
+
+
+def request_run(
+    db: Database,
+    *,
+    trigger_source: TriggerSource | str,
+    trace_id: str,
+    request_message_id: int | None = None,
+) -> RunRequestOutcome:
+    """Handle one TRAINING_REQUEST: start a run, queue it, or refuse — never two for one message."""
+    source = TriggerSource(trigger_source)
+    for _attempt in range(_SLOT_RETRIES):
+        try:
+            with db.transaction() as session:
+                if request_message_id is not None:
+                    existing = session.scalars(
+                        select(MLPipelineRun).where(MLPipelineRun.request_message_id == request_message_id)
+                    ).one_or_none()
+                    if existing is not None:
+                        return RunRequestOutcome(existing.id, existing.status, False, "redelivered: run exists")
+                if latest_eligible_dataset(session) is None:
+                    return RunRequestOutcome(None, None, False, "no eligible training dataset: no run started")
+                running = _slot(session, RunStatus.RUNNING)
+                run = MLPipelineRun(
+                    status=RunStatus.RUNNING if running is None else RunStatus.PENDING,
+                    trigger_source=source, trace_id=trace_id, request_message_id=request_message_id,
+                )
+                check_transition(None, run.status)
+                # The newest request wins over an older pending one — also when the active slot
+                # is free (the older one was left waiting by a run that just ended).
+                older = _slot(session, RunStatus.PENDING)
+                if older is not None:
+                    check_transition(RunStatus.PENDING, RunStatus.SUPERSEDED)
+                    older.status = RunStatus.SUPERSEDED
+                    session.flush()  # free the pending slot before taking it
+                session.add(run)
+                session.flush()
+                if older is not None:
+                    older.superseded_by_run_id = run.id
+                if run.status is RunStatus.RUNNING:
+                    _fix_start(session, run)
+                log.info("run requested", extra={"run_id": run.id, "status": run.status.value, "trace_id": trace_id})
+                return RunRequestOutcome(run.id, run.status, True, TRANSITIONS[(None, run.status)])
+        except IntegrityError:
+            continue  # lost a race for a slot (or for the message): read the slots again
+        except OperationalError as exc:
+            if not _is_retryable(exc):
+                raise
+            continue
+    raise RunError(f"could not settle the run slots after {_SLOT_RETRIES} attempts")
+
+
+def start_next_pending(db: Database) -> int | None:
+    """PENDING → RUNNING for the newest pending run if the active slot is free; its id or None."""
+    for _attempt in range(_SLOT_RETRIES):
+        try:
+            with db.transaction() as session:
+                if _slot(session, RunStatus.RUNNING) is not None:
+                    return None
+                pending = session.scalars(
+                    select(MLPipelineRun).where(MLPipelineRun.status == RunStatus.PENDING).with_for_update()
+                ).one_or_none()
+                if pending is None:
+                    return None
+                check_transition(RunStatus.PENDING, RunStatus.RUNNING)
+                pending.status = RunStatus.RUNNING
+                session.flush()
+                _fix_start(session, pending)
+                log.info("pending run started", extra={"run_id": pending.id})
+                return pending.id
+        except IntegrityError:
+            continue
+        except OperationalError as exc:
+            if not _is_retryable(exc):
+                raise
+            continue
+    raise RunError(f"could not settle the run slots after {_SLOT_RETRIES} attempts")
+
+
+def mark_ready(session: Session, run_id: int, *, evaluation_id: int) -> MLPipelineRun:
+    """RUNNING → READY_FOR_RELEASE, in the caller's transaction (with the evaluation it cites)."""
+    run = _lock_run(session, run_id)
+    check_transition(run.status, RunStatus.READY_FOR_RELEASE)
+    run.status = RunStatus.READY_FOR_RELEASE
+    run.evaluation_id = evaluation_id
+    run.heartbeat_at = utcnow()
+    return run
+
+
+def mark_failed(
+    session: Session, run_id: int, *, stage: RunStage, failure_type: FailureType, reason: str,
+    evaluation_id: int | None = None,
+) -> MLPipelineRun:
+    """RUNNING (or READY_FOR_RELEASE, for release stages) → FAILED with stage, type and reason."""
+    run = _lock_run(session, run_id)
+    check_transition(run.status, RunStatus.FAILED)
+    if run.status is RunStatus.READY_FOR_RELEASE and stage not in (RunStage.REINDEX, RunStage.CUTOVER):
+        raise RunError(f"run {run_id}: a READY_FOR_RELEASE run can only fail in REINDEX or CUTOVER")
+    run.status = RunStatus.FAILED
+    run.failed_stage = stage
+    run.failure_type = failure_type
+    run.failure_reason = reason[:4000]
+    if evaluation_id is not None:
+        run.evaluation_id = evaluation_id
+    log.warning("run failed", extra={"run_id": run_id, "stage": stage.value, "failure_type": failure_type.value,
+                                     "reason": reason[:500]})
+    return run
+
+
+def fail_run(db: Database, run_id: int, *, stage: RunStage, failure_type: FailureType, reason: str) -> bool:
+    """``mark_failed`` in its own transaction; False (no change) if the run is no longer active."""
+    try:
+        with db.transaction() as session:
+            mark_failed(session, run_id, stage=stage, failure_type=failure_type, reason=reason)
+        return True
+    except RunError:
+        return False
+
+
+def heartbeat(db: Database, run_id: int) -> bool:
+    """Record that the run's worker is alive; False if the run is no longer RUNNING."""
+    with db.transaction() as session:
+        run = session.get(MLPipelineRun, run_id)
+        if run is None or run.status is not RunStatus.RUNNING:
+            return False
+        run.heartbeat_at = utcnow()
+        return True
+
+
+def claim_stalled(db: Database, run_id: int, *, stall_after_s: float, now: datetime | None = None) -> bool:
+    """Take over a stalled RUNNING run (compare-and-swap on its heartbeat): True for one caller."""
+    now = now or utcnow()
+    with db.transaction() as session:
+        run = _lock_run(session, run_id)
+        if run.status is not RunStatus.RUNNING or not is_stalled(run, stall_after_s, now):
+            return False
+        run.heartbeat_at = now
+        return True
+
+
+def is_stalled(run: MLPipelineRun, stall_after_s: float, now: datetime | None = None) -> bool:
+    if run.status is not RunStatus.RUNNING:
+        return False
+    last = run.heartbeat_at or run.created_at
+    return (now or utcnow()) - last > timedelta(seconds=stall_after_s)
+
+
+def get_run(db: Database, run_id: int) -> MLPipelineRun:
+    with db.read() as session:
+        run = session.get(MLPipelineRun, run_id)
+        if run is None:
+            raise RunError(f"run {run_id}: no such run")
+        return run
+
+
+def run_summary(run: MLPipelineRun) -> dict[str, Any]:
+    return {
+        "id": run.id, "status": run.status.value, "dataset_version": run.dataset_version,
+        "baseline_model_version": run.baseline_model_version,
+        "candidate_model_version": run.candidate_model_version,
+        "failed_stage": run.failed_stage.value if run.failed_stage else None,
+        "failure_type": run.failure_type.value if run.failure_type else None,
+        "failure_reason": run.failure_reason, "evaluation_id": run.evaluation_id,
+        "superseded_by_run_id": run.superseded_by_run_id, "trigger_source": run.trigger_source.value,
+    }

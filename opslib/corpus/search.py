@@ -1,0 +1,247 @@
+"""The serving path (DESIGN §6): keyword top-20 + vector top-20 on the active index → RRF (k=60)
+→ SOT gate → top-5 → response + ``SearchResponseSnapshot``.
+
+The serving combination (active model + active index) is read once from the Metadata DB at the
+start of a request and used for all of it, so a request never mixes two combinations.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from opslib.control.release import current_release
+from opslib.db.models import (
+    Chunk,
+    SearchResponseSnapshot,
+    ServingState,
+    Video,
+    VideoStatus,
+    utcnow,
+)
+from opslib.infra.embedding import EmbeddingRefused, Purpose
+from opslib.infra.workspace import Workspace
+
+KEYWORD_K = 20
+VECTOR_K = 20
+RRF_K = 60
+TOP_K = 5
+MAX_QUERY_CHARS = 2000
+_TERM = re.compile(r"\w+", re.UNICODE)
+
+
+class SearchError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    ref: str
+    used: bool
+    score: float
+    video_id: str
+    start_ms: int
+    end_ms: int
+    text: str
+
+
+@dataclass(frozen=True)
+class SearchResponse:
+    req_id: str
+    chunks: list[SearchHit]
+    active_model_version: str
+    active_index_name: str
+
+    @property
+    def refs(self) -> list[str]:
+        return [c.ref for c in self.chunks]
+
+    @property
+    def used_ids(self) -> list[str]:
+        return [c.ref for c in self.chunks if c.used]
+
+
+# Keyword search ---------------------------------------------------------------------------
+def query_terms(query_text: str) -> list[str]:
+    """Distinct word tokens (any script) of at least two characters, in query order."""
+    return list(dict.fromkeys(t.lower() for t in _TERM.findall(query_text) if len(t) >= 2))
+
+
+def keyword_search(session: Session, query_text: str, project_id: str, k: int = KEYWORD_K) -> list[str]:
+    """Chunk ids of ``project_id`` ranked by keyword match; finds words inside longer tokens."""
+    terms = query_terms(query_text)
+    if not terms:
+        return []
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        return _keyword_postgres(session, terms, project_id, k)
+    return _keyword_sqlite(session, terms, project_id, k)
+
+
+def _keyword_sqlite(session: Session, terms: list[str], project_id: str, k: int) -> list[str]:
+    # The trigram tokenizer matches any substring of >= 3 characters; shorter terms (common in
+    # Korean, e.g. a two-syllable noun) are matched by LIKE, which the same index serves.
+    long_terms = [t for t in terms if len(t) >= 3]
+    short_terms = [t for t in terms if len(t) < 3]
+    ranked: list[str] = []
+    if long_terms:
+        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in long_terms)
+        ranked = list(
+            session.execute(
+                text(
+                    "SELECT c.id FROM chunk_fts JOIN chunks c ON c.rowid = chunk_fts.rowid "
+                    "JOIN videos v ON v.id = c.video_id "
+                    "WHERE chunk_fts MATCH :match AND v.project_id = :project "
+                    "ORDER BY bm25(chunk_fts), c.id LIMIT :k"
+                ),
+                {"match": match, "project": project_id, "k": k},
+            ).scalars()
+        )
+    if short_terms and len(ranked) < k:
+        hits = " + ".join(f"(c.enriched_text LIKE :t{i})" for i in range(len(short_terms)))
+        params: dict[str, object] = {f"t{i}": f"%{t}%" for i, t in enumerate(short_terms)}
+        params.update(project=project_id, k=k)
+        extra = session.execute(
+            text(
+                f"SELECT c.id FROM chunks c JOIN videos v ON v.id = c.video_id "
+                f"WHERE v.project_id = :project AND ({hits}) > 0 ORDER BY ({hits}) DESC, c.id LIMIT :k"
+            ),
+            params,
+        ).scalars()
+        ranked.extend(i for i in extra if i not in set(ranked))
+    return ranked[:k]
+
+
+def trigram_match_postgres(terms: list[str]) -> tuple[str, dict[str, object]]:
+    """WHERE fragment on ``chunks c``: enriched_text contains any term (case-insensitive).
+
+    An OR of ILIKEs, which the pg_trgm GIN index ``ix_chunks_enriched_trgm`` can serve (a sum of
+    them compared with 0 could not)."""
+    params: dict[str, object] = {f"t{i}": f"%{t}%" for i, t in enumerate(terms)}
+    return "(" + " OR ".join(f"c.enriched_text ILIKE :t{i}" for i in range(len(terms))) + ")", params
+
+
+def keyword_sql_postgres(terms: list[str], project_id: str, k: int) -> tuple[str, dict[str, object]]:
+    """The PostgreSQL keyword query and its parameters."""
+    # Substring match decides *whether* a chunk matches — so a word inside a longer eojeol is
+    # found; the number of matched terms and ts_rank over the 'simple' tsvector decide the order.
+    matches, params = trigram_match_postgres(terms)
+    hits = " + ".join(f"(c.enriched_text ILIKE :t{i})::int" for i in range(len(terms)))
+    params.update(project=project_id, k=k, tsq=" | ".join(f"{t}:*" for t in terms if t.isalnum()))
+    sql = (f"SELECT c.id FROM chunks c JOIN videos v ON v.id = c.video_id "
+           f"WHERE v.project_id = :project AND {matches} "
+           f"ORDER BY ({hits}) DESC, ts_rank(c.enriched_tsv, to_tsquery('simple', :tsq)) DESC, c.id "
+           f"LIMIT :k")
+    return sql, params
+
+
+def _keyword_postgres(session: Session, terms: list[str], project_id: str, k: int) -> list[str]:
+    sql, params = keyword_sql_postgres(terms, project_id, k)
+    return list(session.execute(text(sql), params).scalars())
+
+
+# Fusion and gate --------------------------------------------------------------------------
+def reciprocal_rank_fusion(rankings: Sequence[Sequence[str]], k: int = RRF_K) -> list[tuple[str, float]]:
+    """RRF: score(d) = Σ 1 / (k + rank(d)), ranks from 1; ties broken by id for determinism."""
+    scores: dict[str, float] = {}
+    for ranking in rankings:
+        for rank, doc in enumerate(ranking, start=1):
+            scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+
+
+def sot_gate(session: Session, chunk_ids: Sequence[str], project_id: str) -> dict[str, Chunk]:
+    """The chunks that may be shown: chunk exists, its video is READY and SERVABLE, same project."""
+    if not chunk_ids:
+        return {}
+    rows = session.scalars(
+        select(Chunk)
+        .join(Video, Video.id == Chunk.video_id)
+        .where(
+            Chunk.id.in_(list(chunk_ids)),
+            Video.project_id == project_id,
+            Video.status == VideoStatus.READY,
+            Video.search_serving_state == ServingState.SERVABLE,
+        )
+    )
+    return {c.id: c for c in rows}
+
+
+# The request ------------------------------------------------------------------------------
+UsedChooser = Callable[[list[SearchHit]], Sequence[str]]
+
+
+def _validate(query_text: str, project_id: str, user_id: str) -> None:
+    for name, value in (("query_text", query_text), ("project_id", project_id), ("user_id", user_id)):
+        if not isinstance(value, str) or not value.strip():
+            raise SearchError(f"{name}: must be a non-empty string")
+    if len(query_text) > MAX_QUERY_CHARS:
+        raise SearchError(f"query_text: {len(query_text)} characters, at most {MAX_QUERY_CHARS}")
+
+
+def search(
+    ws: Workspace,
+    query_text: str,
+    *,
+    project_id: str,
+    user_id: str,
+    choose_used: UsedChooser | None = None,
+    req_id: str | None = None,
+) -> SearchResponse:
+    """Run one search request and store its snapshot.
+
+    ``choose_used`` is the caller's answer step (outside this product): given the hits it returns
+    the refs the answer used; they must be among the hits.
+    """
+    _validate(query_text, project_id, user_id)
+    for _attempt in range(3):
+        with ws.db.read() as session:
+            release = current_release(session)
+            if release is None:
+                raise SearchError("no ModelRelease yet: bootstrap the workspace (`opsbench init`)")
+            model_version, index_name = release.active_model_version, release.active_index_name
+            keyword = keyword_search(session, query_text, project_id)
+        try:
+            vector = ws.embeddings.embed([query_text], model_version, Purpose.SEARCH)[0]
+        except EmbeddingRefused:
+            continue  # the release switched between our read and the embed: read it again
+        break
+    else:
+        raise SearchError("the serving combination kept changing during the request; retry")
+    hits = ws.vectors.query(index_name, vector, VECTOR_K, where={"project_id": project_id})
+    fused = reciprocal_rank_fusion([keyword, [h.chunk_id for h in hits]])
+    with ws.db.read() as session:
+        allowed = sot_gate(session, [doc for doc, _ in fused], project_id)
+    # Gate before cutting to five: a hidden chunk must not cost the user one of the five slots.
+    chosen = [(doc, score) for doc, score in fused if doc in allowed][:TOP_K]
+    results = [
+        SearchHit(ref=doc, used=False, score=score, video_id=allowed[doc].video_id,
+                  start_ms=allowed[doc].start_ms, end_ms=allowed[doc].end_ms, text=allowed[doc].text)
+        for doc, score in chosen
+    ]
+    used = list(dict.fromkeys(choose_used(results))) if choose_used else []
+    refs = [r.ref for r in results]
+    stray = [u for u in used if u not in refs]
+    if stray:
+        raise SearchError(f"used_ids: {stray} were not in the response")
+    results = [SearchHit(**{**r.__dict__, "used": r.ref in used}) for r in results]
+    response = SearchResponse(
+        req_id=req_id or uuid.uuid4().hex, chunks=results,
+        active_model_version=model_version, active_index_name=index_name,
+    )
+    now = utcnow()
+    with ws.db.transaction() as session:
+        session.add(
+            SearchResponseSnapshot(
+                req_id=response.req_id, user_id=user_id, project_id=project_id, query_text=query_text,
+                topk_ids=refs, used_ids=[r for r in refs if r in used],
+                active_model_version=model_version, active_index_name=index_name,
+                created_at=now, expires_at=now + timedelta(days=ws.settings.snapshot_ttl_days),
+            )
+        )
+    return response

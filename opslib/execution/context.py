@@ -1,0 +1,86 @@
+"""What a stage notebook calls first: settings, validated parameters, trace id, workspace.
+
+Notebooks stay thin — a parameters cell, ``open_stage(...)``, calls into opslib, displays.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from opslib.db.migrate import require_current
+from opslib.db.models import ExecutionStatus, StageExecution
+from opslib.execution.registry import StageParams, validate_params
+from opslib.infra.logs import bind_trace_id, configure_logging, new_trace_id
+from opslib.infra.workspace import Workspace, open_workspace
+from opslib.settings import Settings
+
+
+@dataclass(frozen=True)
+class StageContext:
+    ws: Workspace
+    stage: str
+    params: StageParams
+    execution_id: int | None
+    run_id: int | None
+    trace_id: str
+
+    def record_outputs(self, **outputs: Any) -> bool:
+        """Record what this execution produced on its ``StageExecution`` row (merged into what
+        is there). False when the notebook runs by hand, outside the runner: there is no row."""
+        if self.execution_id is None:
+            return False
+        return record_outputs(self.ws, self.execution_id, outputs)
+
+
+class OutputsError(ValueError):
+    pass
+
+
+def record_outputs(ws: Workspace, execution_id: int, outputs: dict[str, Any]) -> bool:
+    """Merge ``outputs`` (JSON values) into a RUNNING execution's ``outputs``; a finished one is
+    the archive's record and is refused."""
+    for key, value in outputs.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise OutputsError(f"output {key!r}: not a JSON value ({exc})") from None
+    with ws.db.transaction() as session:
+        row = session.get(StageExecution, execution_id, with_for_update=True)
+        if row is None:
+            raise OutputsError(f"execution {execution_id}: no such StageExecution")
+        if row.status is not ExecutionStatus.RUNNING:
+            raise OutputsError(f"execution {execution_id}: {row.status.value}, its record is closed")
+        row.outputs = {**(row.outputs or {}), **outputs}  # a new dict: JSON columns track reassignment
+    return True
+
+
+def recorded_outputs(ws: Workspace, execution_id: int) -> dict[str, Any]:
+    """What an execution recorded with ``record_outputs`` ({} if nothing, or no such row)."""
+    with ws.db.read() as session:
+        row = session.get(StageExecution, execution_id)
+        return dict(row.outputs or {}) if row is not None else {}
+
+
+def open_stage(stage: str, params: dict[str, Any], execution_id: int | None = None) -> StageContext:
+    """Validate ``params`` and open the workspace the runner (or the operator's env) points at."""
+    settings = Settings()
+    # The report shows results, not log lines: under the runner the kernel's JSON logs go to the
+    # archive's .log file beside the report; run by hand, only warnings reach the notebook.
+    if settings.log_file is not None:
+        configure_logging(settings.log_level, path=settings.log_file)
+    else:
+        configure_logging("WARNING")
+    validated = validate_params(stage, params)
+    ws = open_workspace(settings)
+    require_current(ws.db)
+    run_id, trace_id = None, new_trace_id()
+    if execution_id is not None:
+        with ws.db.read() as session:
+            row = session.get(StageExecution, execution_id)
+            if row is None:
+                raise LookupError(f"ops_execution_id {execution_id}: no such StageExecution")
+            run_id, trace_id = row.run_id, row.trace_id
+    bind_trace_id(trace_id)
+    return StageContext(ws, stage, validated, execution_id, run_id, trace_id)

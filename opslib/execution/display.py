@@ -1,0 +1,196 @@
+"""Small display helpers shared by the stage notebooks (HTML that renders offline)."""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure as _Figure
+
+_COLOURS = {"PASS": "#1b7f3b", "OK": "#1b7f3b", "FAIL": "#b3261e", "ERROR": "#7a1fa2", "INFO": "#1f4e8c"}
+
+
+def banner(verdict: str, text: str) -> Any:
+    from IPython.display import HTML
+
+    colour = _COLOURS.get(verdict, "#444")
+    return HTML(
+        f'<div class="ops-banner" style="padding:12px 16px;border-radius:6px;color:white;'
+        f'background:{colour};font-size:1.2em"><b>{html.escape(verdict)}</b> — {html.escape(text)}</div>'
+    )
+
+
+def facts(title: str, values: dict[str, Any]) -> pd.DataFrame:
+    """A two-column table of labelled values (provenance, counts)."""
+    frame = pd.DataFrame({"value": [str(v) for v in values.values()]}, index=list(values.keys()))
+    frame.index.name = title
+    return frame
+
+
+@contextmanager
+def error_banner_on_failure(what: str) -> Iterator[None]:
+    """Show an ERROR banner in the report if the block raises, then let the error propagate
+    (the runner records the failing cell and fails the run with ERROR)."""
+    try:
+        yield
+    except Exception as exc:
+        from IPython.display import display
+
+        display(banner("ERROR", f"{what} did not complete — {type(exc).__name__}: {exc}"))
+        raise
+
+
+# Report plots. Figures are built without pyplot so a notebook shows each exactly once.
+class Figure(_Figure):
+    """A matplotlib figure that a notebook displays as an embedded PNG (works offline)."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        FigureCanvasAgg(self).print_png(buffer)
+        return buffer.getvalue()
+
+LIKE, DISLIKE = "#2e7d32", "#c62828"
+
+
+def _empty(fig: Figure, title: str) -> Figure:
+    ax = fig.subplots()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, "no data in the window", ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+    return fig
+
+
+def stacked_ratings(table: pd.DataFrame, title: str, xlabel: str) -> Figure:
+    """Stacked LIKE/DISLIKE bars, one bar per row of ``table`` (columns LIKE, DISLIKE)."""
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    if table.empty:
+        return _empty(fig, title)
+    ax = fig.subplots()
+    labels = [str(i) for i in table.index]
+    ax.bar(labels, table["LIKE"], color=LIKE, label="LIKE")
+    ax.bar(labels, table["DISLIKE"], bottom=table["LIKE"], color=DISLIKE, label="DISLIKE")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("events")
+    ax.legend(loc="upper left")
+    ax.tick_params(axis="x", labelrotation=30)
+    return fig
+
+
+def like_rate(table: pd.DataFrame, title: str) -> Figure:
+    """Like rate per row of ``table`` (column like_rate), with the event count on each bar."""
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    if table.empty:
+        return _empty(fig, title)
+    ax = fig.subplots()
+    labels = [str(i) for i in table.index]
+    bars = ax.bar(labels, table["like_rate"], color="#1f4e8c")
+    for bar, count in zip(bars, table["events"]):
+        ax.annotate(f"n={count}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("like rate")
+    ax.set_title(title)
+    return fig
+
+
+def funnel(steps: dict[str, int], title: str) -> Figure:
+    """Horizontal bars, widest first: how many items survive each step."""
+    fig = Figure(figsize=(8, 0.5 + 0.45 * max(len(steps), 1)), layout="constrained")
+    ax = fig.subplots()
+    labels = list(steps)[::-1]
+    values = [steps[label] for label in labels]
+    bars = ax.barh(labels, values, color="#1f4e8c")
+    for bar, value in zip(bars, values):
+        ax.annotate(f"{value:,}", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                    xytext=(4, 0), textcoords="offset points", va="center", fontsize=9)
+    ax.set_title(title)
+    ax.set_xlim(0, max(values + [1]) * 1.15)
+    return fig
+
+
+def bars(values: dict[str, float], title: str, ylabel: str, colour: str = "#1f4e8c") -> Figure:
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    if not values:
+        return _empty(fig, title)
+    ax = fig.subplots()
+    ax.bar([str(k) for k in values], list(values.values()), color=colour)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.tick_params(axis="x", labelrotation=30)
+    return fig
+
+
+def lines(table: pd.DataFrame, title: str, ylabel: str) -> Figure:
+    """One line per column of ``table`` over its index (e.g. like rate per model per day)."""
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    if table.empty:
+        return _empty(fig, title)
+    ax = fig.subplots()
+    for column in table.columns:
+        ax.plot([str(i) for i in table.index], table[column], marker="o", label=str(column))
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.tick_params(axis="x", labelrotation=30)
+    return fig
+
+
+def loss_curve(history: list[tuple[int, float]], title: str) -> Figure:
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    if not history:
+        return _empty(fig, title)
+    ax = fig.subplots()
+    steps, losses = zip(*history)
+    ax.plot(steps, losses, marker=".", color="#1f4e8c")
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    return fig
+
+
+def deltas_with_ci(table: pd.DataFrame, title: str) -> Figure:
+    """One point per metric (row): the delta with its CI as an error bar; zero marked."""
+    fig = Figure(figsize=(8, 3.0), layout="constrained")
+    ax = fig.subplots()
+    y = list(range(len(table)))
+    delta = table["delta"].to_numpy()
+    low = delta - table["ci95_low"].to_numpy()
+    high = table["ci95_high"].to_numpy() - delta
+    colours = ["#2e7d32" if d >= 0 else "#c62828" for d in delta]
+    ax.errorbar(delta, y, xerr=[low, high], fmt="none", ecolor="#555", capsize=6)
+    ax.scatter(delta, y, color=colours, zorder=3, s=60)
+    ax.axvline(0, color="#999", linestyle="--")
+    ax.set_yticks(y, [str(i) for i in table.index])
+    ax.set_xlabel("candidate − baseline")
+    ax.set_title(title)
+    return fig
+
+
+def release_timeline(history: pd.DataFrame, title: str = "release history") -> Figure:
+    """Which model served when (a step line), with every release event marked."""
+    fig = Figure(figsize=(9, 3.2), layout="constrained")
+    if history.empty:
+        return _empty(fig, title)
+    ax = fig.subplots()
+    models = list(dict.fromkeys(history["active"]))
+    level = [models.index(m) for m in history["active"]]
+    times = list(history["at"])
+    ax.step(times, level, where="post", color="#1f4e8c", linewidth=2)
+    colours = {"BOOTSTRAP": "#555", "OPEN_CANDIDATE": "#f9a825", "CANDIDATE_READY": "#f9a825",
+               "CUTOVER": "#2e7d32", "ABORT_CANDIDATE": "#c62828", "PREPARE_ROLLBACK": "#7a1fa2",
+               "COMPLETE_ROLLBACK": "#7a1fa2"}
+    for t, y, kind in zip(times, level, history["kind"]):
+        ax.scatter([t], [y], color=colours.get(kind, "#333"), zorder=3, s=40)
+        ax.annotate(kind, (t, y), xytext=(3, 6), textcoords="offset points", fontsize=7, rotation=20)
+    ax.set_yticks(range(len(models)), models)
+    ax.set_ylim(-0.5, len(models) - 0.5)
+    ax.set_title(title)
+    fig.autofmt_xdate()
+    return fig

@@ -1,0 +1,168 @@
+"""The stage registry: each lifecycle stage's notebook and its typed parameter schema.
+
+Parameters are validated against the schema before any kernel starts: an unknown, missing or
+mistyped parameter is an error (``extra="forbid"``, strict types).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from opslib.control.runs import fail_run
+from opslib.db.models import FailureType, RunStage
+from opslib.infra.workspace import Workspace
+from opslib.lifecycle.reindex import abort_candidate
+
+
+class StageParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class FeedbackHealthParams(StageParams):
+    window_days: int = Field(default=7, ge=1, le=365, description="look back this many days")
+
+
+def parse_instant(value: str) -> datetime:
+    """An ISO date or datetime; a date means 00:00 UTC that day, no offset means UTC."""
+    parsed = datetime.fromisoformat(value)
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+
+
+class BuildDatasetParams(StageParams):
+    as_of: str | None = Field(default=None, description="window end (ISO date/datetime, UTC); None = now")
+    source_window_days: int = Field(default=30, ge=1, le=365)
+    seed: int = Field(default=0, ge=0)
+
+    @field_validator("as_of")
+    @classmethod
+    def _iso(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_instant(value)
+            except ValueError:
+                raise ValueError("must be an ISO-8601 date or datetime, e.g. 2026-12-01 or 2026-12-01T03:00:00+09:00") from None
+        return value
+
+    @property
+    def as_of_instant(self) -> datetime | None:
+        return parse_instant(self.as_of) if self.as_of is not None else None
+
+
+class TrainCandidateParams(StageParams):
+    run_id: int = Field(ge=1)
+    epochs: int = Field(default=1, ge=1, le=50)
+    batch_size: int = Field(default=16, ge=2, le=1024)
+    learning_rate: float = Field(default=2e-5, gt=0, le=1e-2)
+    max_seq_length: int = Field(default=128, ge=8, le=512)
+    seed: int = Field(default=0, ge=0)
+
+
+class EvaluateCandidateParams(StageParams):
+    run_id: int = Field(ge=1)
+    evaluation_dataset_ref: str = Field(min_length=1, pattern=r"^eval-[0-9a-f]{16}$")
+    bootstrap_samples: int = Field(default=1000, ge=100, le=100_000)
+
+
+class ReleaseRunParams(StageParams):
+    run_id: int = Field(ge=1)
+
+
+class RollbackParams(StageParams):
+    message_id: int = Field(ge=1, description="the ROLLBACK_REQUEST on the queue")
+
+
+# What a failed execution of a run's stage does to its run: (workspace, run_id, reason).
+FailureHandler = Callable[[Workspace, int, str], None]
+
+
+def fail_run_with_error(stage: RunStage) -> FailureHandler:
+    """Any exception in a run's stage is a system error of that stage; serving is untouched.
+    (A no-op if the stage already settled the run, e.g. FAILED with FAIL.)"""
+
+    def handle(ws: Workspace, run_id: int, reason: str) -> None:
+        fail_run(ws.db, run_id, stage=stage, failure_type=FailureType.ERROR, reason=reason)
+
+    return handle
+
+
+def abort_release_candidate(stage: RunStage) -> FailureHandler:
+    """A release stage's failure fails the run and drops its open candidate in one transaction,
+    so the release never points at a candidate whose run has failed."""
+
+    def handle(ws: Workspace, run_id: int, reason: str) -> None:
+        abort_candidate(ws, run_id, reason, actor=ws.settings.operator, stage=stage)
+
+    return handle
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    notebook: str
+    params: type[StageParams]
+    description: str
+    module: str  # the opslib module that implements the stage (the notebook only calls into it)
+    run_stage: RunStage | None = None  # the run stage a failure is recorded against
+    on_failure: FailureHandler | None = None  # what a failed execution does to its run
+
+
+STAGES: dict[str, StageSpec] = {
+    spec.name: spec
+    for spec in (
+        StageSpec("10_feedback_health", "10_feedback_health.ipynb", FeedbackHealthParams,
+                  "raw-log volume, rejects, duplicates, rating mix per active model version",
+                  "opslib.lifecycle.feedback.health"),
+        StageSpec("20_build_dataset", "20_build_dataset.ipynb", BuildDatasetParams,
+                  "raw logs → retrieval groups + manifest + data-quality validation",
+                  "opslib.lifecycle.dataset.builder"),
+        StageSpec("30_train_candidate", "30_train_candidate.ipynb", TrainCandidateParams,
+                  "fine-tune the run's baseline on the run's dataset → candidate artifact",
+                  "opslib.lifecycle.training", RunStage.TRAINING, fail_run_with_error(RunStage.TRAINING)),
+        StageSpec("40_evaluate_candidate", "40_evaluate_candidate.ipynb", EvaluateCandidateParams,
+                  "candidate vs baseline → ModelEvaluation + detail; the evaluation report",
+                  "opslib.lifecycle.evaluation.evaluate", RunStage.EVALUATION, fail_run_with_error(RunStage.EVALUATION)),
+        StageSpec("50_reindex_candidate", "50_reindex_candidate.ipynb", ReleaseRunParams,
+                  "open CANDIDATE_REINDEXING, build the candidate index, readiness",
+                  "opslib.lifecycle.reindex", RunStage.REINDEX, abort_release_candidate(RunStage.REINDEX)),
+        StageSpec("60_cutover", "60_cutover.ipynb", ReleaseRunParams,
+                  "completeness + readiness gate, snapshot, atomic switch",
+                  "opslib.lifecycle.cutover", RunStage.CUTOVER, abort_release_candidate(RunStage.CUTOVER)),
+        StageSpec("70_rollback", "70_rollback.ipynb", RollbackParams,
+                  "exclude, restore the snapshot index, switch back, re-embed, re-include",
+                  "opslib.lifecycle.rollback"),
+    )
+}
+
+# Injected by the runner next to the stage's own parameters; never accepted from callers.
+EXECUTION_ID_PARAM = "ops_execution_id"
+
+
+class StageError(ValueError):
+    pass
+
+
+def stage_spec(name: str) -> StageSpec:
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise StageError(f"stage {name!r}: unknown; known stages: {', '.join(sorted(STAGES))}") from None
+
+
+def validate_params(name: str, raw: dict[str, object]) -> StageParams:
+    """The stage's parameters as its schema types them; a clear error names each bad field."""
+    spec = stage_spec(name)
+    try:
+        return spec.params.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"]) or "parameters"
+            kind = {"extra_forbidden": "unknown parameter", "missing": "missing parameter"}.get(
+                error["type"], error["msg"]
+            )
+            problems.append(f"{field}: {kind}")
+        raise StageError(f"stage {name}: invalid parameters: " + "; ".join(problems)) from None

@@ -1,0 +1,176 @@
+"""The notebook runner: validate → execute with Papermill → archive .ipynb + offline HTML → record.
+
+Every execution, failed or not, is archived under ``runs/<YYYYMMDD>/`` and recorded as a
+``StageExecution`` row; a failed one records the failing cell and its exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from opslib.db.models import ExecutionStatus, StageExecution, utcnow
+from opslib.execution import run_index
+from opslib.execution.registry import EXECUTION_ID_PARAM, stage_spec, validate_params
+from opslib.infra.logs import current_trace_id, get_logger, trace
+from opslib.infra.vector_store import forget_local_clients
+from opslib.infra.workspace import Workspace
+
+log = get_logger(__name__)
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+_environ_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class StageResult:
+    execution_id: int
+    stage: str
+    status: ExecutionStatus
+    output_ipynb: Path
+    output_html: Path
+    error: dict[str, Any] | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is ExecutionStatus.SUCCEEDED
+
+
+def render_html(ipynb_path: Path, html_path: Path) -> Path:
+    """Render an executed notebook to HTML that needs no network (no CDN scripts)."""
+    # Deferred: nbformat validates with jsonschema, whose format checkers take seconds to import.
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(TEMPLATES)])
+    exporter.log.setLevel(logging.ERROR)  # not "alternative text is missing" for every plot
+    exporter.exclude_input_prompt = True
+    exporter.exclude_output_prompt = True
+    body, _ = exporter.from_notebook_node(nbformat.read(ipynb_path, as_version=4))
+    tmp = html_path.with_suffix(".html.part")
+    tmp.write_text(body, encoding="utf-8")
+    os.replace(tmp, html_path)
+    return html_path
+
+
+@contextmanager
+def _kernel_environment(settings_env: dict[str, str]) -> Iterator[None]:
+    """The kernel Papermill starts inherits this process's environment: swap in our OPS_ values.
+
+    Only OPS_ variables change (nothing else in the process reads them: settings are passed as
+    objects), and the lock keeps two stage runs in one process from interleaving.
+    """
+    with _environ_lock:
+        saved = {k: v for k, v in os.environ.items() if k.startswith("OPS_")}
+        for key in saved:
+            del os.environ[key]
+        os.environ.update(settings_env)
+        try:
+            yield
+        finally:
+            for key in [k for k in os.environ if k.startswith("OPS_")]:
+                del os.environ[key]
+            os.environ.update(saved)
+
+
+def _error_from(exc: BaseException) -> dict[str, Any]:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        return {"cell_index": exc.cell_index, "execution_count": exc.exec_count,
+                "ename": exc.ename, "evalue": exc.evalue}
+    return {"cell_index": None, "execution_count": None, "ename": type(exc).__name__, "evalue": str(exc)}
+
+
+def _rebuild_run_index(ws: Workspace) -> None:
+    """Refresh ``runs/index.html``; a failure is logged and never fails the stage."""
+    try:
+        run_index.build_run_index(ws)
+    except Exception:
+        log.exception("run index not rebuilt (`opsbench report` rebuilds it)")
+
+
+def run_stage(
+    ws: Workspace,
+    name: str,
+    params: dict[str, Any] | None = None,
+    *,
+    run_id: int | None = None,
+    trace_id: str | None = None,
+    progress: bool = False,
+    on_created: Callable[[Session, StageExecution], None] | None = None,
+) -> StageResult:
+    """Execute stage ``name``; bad parameters raise ``StageError`` before anything starts.
+
+    ``on_created`` runs inside the transaction that records the ``StageExecution`` (an operator
+    action writes its audit row there, so the two exist together or not at all)."""
+    spec = stage_spec(name)
+    validated = validate_params(name, dict(params or {}))
+    notebook = ws.settings.resolved_notebooks_dir / spec.notebook
+    if not notebook.is_file():
+        raise FileNotFoundError(f"stage {name}: notebook {notebook} is missing")
+    with trace(trace_id or current_trace_id()) as tid:
+        parameters = validated.model_dump(mode="json")
+        started = utcnow()
+        with ws.db.transaction() as session:
+            execution = StageExecution(
+                run_id=run_id, stage=name, notebook=spec.notebook, parameters=parameters,
+                status=ExecutionStatus.RUNNING, started_at=started, trace_id=tid,
+            )
+            session.add(execution)
+            session.flush()
+            execution_id = execution.id
+            if on_created is not None:
+                on_created(session, execution)
+        folder = ws.settings.runs_dir / started.strftime("%Y%m%d")
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{started.strftime('%H%M%S')}-{execution_id:06d}-{name}"
+        output_ipynb, output_html = folder / f"{stem}.ipynb", folder / f"{stem}.html"
+        output_log = folder / f"{stem}.log"  # the kernel's JSON log lines
+        log.info("stage started", extra={"stage": name, "execution_id": execution_id, "run_id": run_id})
+
+        error: dict[str, Any] | None = None
+        try:
+            import papermill  # deferred: it loads nbformat and nbclient (seconds)
+
+            with _kernel_environment({**ws.settings.as_env(), "OPS_LOG_FILE": str(output_log)}):
+                papermill.execute_notebook(
+                    str(notebook), str(output_ipynb),
+                    parameters={**parameters, EXECUTION_ID_PARAM: execution_id},
+                    kernel_name=ws.settings.kernel_name, cwd=str(notebook.parent),
+                    progress_bar=progress, execution_timeout=ws.settings.stage_timeout_s,
+                    # The kernel's own log: errors only (it warns about loopback TCP on every start).
+                    extra_arguments=["--log-level=ERROR"],
+                )
+        except Exception as exc:  # the notebook's failure is recorded, not raised
+            error = _error_from(exc)
+            log.error("stage failed", extra={"stage": name, "execution_id": execution_id, **error})
+        # The kernel may have written the embedded vector store: re-read it from disk next time.
+        forget_local_clients()
+        if output_ipynb.is_file():
+            try:
+                render_html(output_ipynb, output_html)
+            except Exception:  # the execution still gets recorded; its row shows no HTML
+                log.exception("HTML rendering failed", extra={"stage": name, "execution_id": execution_id})
+        status = ExecutionStatus.FAILED if error else ExecutionStatus.SUCCEEDED
+        if error and run_id is not None and spec.on_failure is not None:
+            reason = f"{name} failed at cell {error['cell_index']}: {error['ename']}: {error['evalue']}"
+            spec.on_failure(ws, run_id, reason)
+        with ws.db.transaction() as session:
+            row = session.get(StageExecution, execution_id)
+            assert row is not None
+            row.status = status
+            row.error = error
+            row.finished_at = utcnow()
+            row.output_ipynb = str(output_ipynb) if output_ipynb.is_file() else None
+            row.output_html = str(output_html) if output_html.is_file() else None
+        log.info("stage finished", extra={"stage": name, "execution_id": execution_id, "status": status.value})
+        _rebuild_run_index(ws)
+        return StageResult(execution_id, name, status, output_ipynb, output_html, error)

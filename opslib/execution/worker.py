@@ -1,0 +1,292 @@
+"""The ML Lifecycle Worker: consumes TRAINING_REQUESTs and drives runs through 30 → 40.
+
+``run_once`` is one pass (for cron, tests and the demo): reconcile stalled runs, take every
+visible request, then drive the runs it started (and the pending runs that start after them)
+to the end. ``run_forever`` repeats it. While a run's stage executes, a heartbeat thread keeps
+``heartbeat_at`` fresh; the reconciler treats a RUNNING run without one past
+``run_stall_after_s`` as stalled and resumes it if its inputs are intact, else fails it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from sqlalchemy import select
+
+from opslib.control.messages import (
+    ROLLBACK_REQUEST,
+    TRAINING_REQUEST,
+    RollbackRequest,
+    TrainingRequest,
+)
+from opslib.control.queue import Delivery, ack, receive, refuse
+from opslib.control.release import current_release
+from opslib.control.runs import (
+    claim_stalled,
+    fail_run,
+    get_run,
+    heartbeat,
+    is_stalled,
+    request_run,
+    start_next_pending,
+)
+from opslib.db.models import (
+    FailureType,
+    MLPipelineRun,
+    ModelVersion,
+    ReleaseStatus,
+    RunStage,
+    RunStatus,
+    TriggerSource,
+)
+from opslib.execution.registry import StageError
+from opslib.execution.runner import StageResult, run_stage
+from opslib.infra.heartbeat import heartbeating
+from opslib.infra.logs import get_logger, trace
+from opslib.infra.model_artifacts import local_model_dir
+from opslib.infra.workspace import Workspace
+from opslib.lifecycle.evaluation.sets import latest_evaluation_set
+from opslib.lifecycle.reindex import abort_candidate
+from opslib.lifecycle.rollback import reinclude_excluded
+
+log = get_logger(__name__)
+
+
+@dataclass
+class WorkerReport:
+    messages: list[tuple[int, str]] = field(default_factory=list)  # (message id, what happened)
+    runs: dict[int, str] = field(default_factory=dict)  # run id -> final status
+    reconciled: list[tuple[int, str]] = field(default_factory=list)  # (run id, resumed | failed: reason)
+    released: dict[int, str] = field(default_factory=dict)  # run id -> what the release stages did
+    rollbacks: list[tuple[int, str]] = field(default_factory=list)  # (message id, outcome)
+
+
+def resume_problem(ws: Workspace, run: MLPipelineRun) -> str | None:
+    """Why a stalled run cannot be resumed, or None if its inputs are intact."""
+    if not (run.dataset_version and run.baseline_model_version and run.candidate_model_version):
+        return "dataset, baseline or candidate were never fixed"
+    train_key = f"datasets/{run.dataset_version}/train.jsonl"
+    if not ws.objects.exists(train_key) or not ws.objects.verify(train_key):
+        return f"dataset {run.dataset_version} is missing or fails its checksum"
+    for version in (run.baseline_model_version, run.candidate_model_version):
+        with ws.db.read() as session:
+            registered = session.get(ModelVersion, version) is not None
+        if version == run.candidate_model_version and not registered:
+            continue  # not trained yet: training is resumed from the start
+        try:
+            local_model_dir(ws, version)
+        except Exception as exc:
+            return f"model {version} is not intact: {exc}"
+    return None
+
+
+class Worker:
+    def __init__(self, ws: Workspace, name: str | None = None) -> None:
+        self.ws = ws
+        self.name = name or f"worker-{socket.gethostname()}-{os.getpid()}"
+        self.settings = ws.settings
+
+    # One pass ---------------------------------------------------------------------------
+    def run_once(self) -> WorkerReport:
+        report = WorkerReport()
+        to_drive = self.reconcile(report)
+        self.converge_release(report)
+        while (received := receive(self.ws.db, self.name, message_types=(TRAINING_REQUEST, ROLLBACK_REQUEST),
+                                   visibility_timeout_s=self.settings.queue_visibility_timeout_s)) is not None:
+            delivery, message = received
+            if isinstance(message, RollbackRequest):
+                self.roll_back(delivery, message, report)
+                continue
+            assert isinstance(message, TrainingRequest)
+            with trace(message.trace_id):
+                outcome = request_run(self.ws.db, trigger_source=TriggerSource(message.trigger_source),
+                                      trace_id=message.trace_id, request_message_id=delivery.message_id)
+                if outcome.run_id is None:
+                    refuse(self.ws.db, delivery, outcome.reason)
+                else:
+                    ack(self.ws.db, delivery, note=f"run {outcome.run_id} {outcome.status.value}: {outcome.reason}")
+                    if outcome.created and outcome.status is RunStatus.RUNNING:
+                        to_drive.append(outcome.run_id)
+                report.messages.append((delivery.message_id, outcome.reason if outcome.run_id is None
+                                        else f"run {outcome.run_id} {outcome.status.value}"))
+        next_run = start_next_pending(self.ws.db)
+        if next_run is not None:
+            to_drive.append(next_run)
+        while to_drive:
+            run_id = to_drive.pop(0)
+            report.runs[run_id] = self.drive(run_id)
+            promoted = start_next_pending(self.ws.db)
+            if promoted is not None:
+                to_drive.append(promoted)
+        self.release_ready(report)
+        return report
+
+    def run_forever(self, poll_interval_s: float = 5.0) -> None:
+        log.info("worker started", extra={"worker": self.name})
+        while True:
+            report = self.run_once()
+            if not (report.messages or report.runs or report.released or report.rollbacks):
+                time.sleep(poll_interval_s)
+
+    # Runs ---------------------------------------------------------------------------------
+    def drive(self, run_id: int) -> str:
+        """Execute what is left of RUNNING run ``run_id`` (train, then evaluate); its final status."""
+        run = get_run(self.ws.db, run_id)
+        # The evaluation set is needed at the end; without one, fail now rather than after training.
+        ref = self.settings.evaluation_dataset_ref
+        if ref is None:
+            latest = latest_evaluation_set(self.ws)
+            ref = latest.evaluation_dataset_ref if latest else None
+        if ref is None:
+            fail_run(self.ws.db, run_id, stage=RunStage.EVALUATION, failure_type=FailureType.ERROR,
+                     reason="no evaluation dataset registered (`opsbench register-eval`); nothing was trained")
+            return get_run(self.ws.db, run_id).status.value
+        with trace(run.trace_id), heartbeating(partial(heartbeat, self.ws.db, run_id),
+                                                  self.settings.heartbeat_interval_s,
+                                                  name=f"heartbeat-run-{run_id}", context={"run_id": run_id}):
+            with self.ws.db.read() as session:
+                trained = session.get(ModelVersion, run.candidate_model_version or "") is not None
+            if not trained:
+                result = self._run_stage(run_id, RunStage.TRAINING, "30_train_candidate", {
+                    "run_id": run_id, "epochs": self.settings.training_epochs,
+                    "batch_size": self.settings.training_batch_size,
+                    "learning_rate": self.settings.training_learning_rate,
+                    "max_seq_length": self.settings.training_max_seq_length, "seed": self.settings.training_seed,
+                }, run.trace_id)
+                if result is None or not result.ok:
+                    return get_run(self.ws.db, run_id).status.value
+            self._run_stage(run_id, RunStage.EVALUATION, "40_evaluate_candidate", {
+                "run_id": run_id, "evaluation_dataset_ref": ref,
+                "bootstrap_samples": self.settings.bootstrap_samples,
+            }, run.trace_id)
+        final = get_run(self.ws.db, run_id)
+        if final.status is RunStatus.RUNNING:  # the stage finished without settling the run
+            fail_run(self.ws.db, run_id, stage=RunStage.EVALUATION, failure_type=FailureType.ERROR,
+                     reason="40_evaluate_candidate finished without a verdict")
+            final = get_run(self.ws.db, run_id)
+        return final.status.value
+
+    def _run_stage(self, run_id: int, stage: RunStage, name: str, params: dict[str, Any],
+                   trace_id: str | None) -> StageResult | None:
+        """Execute a run's stage; one that cannot even start (parameters refused, notebook
+        missing) fails the run with ERROR instead of leaving it RUNNING for the reconciler."""
+        try:
+            return run_stage(self.ws, name, params, run_id=run_id, trace_id=trace_id)
+        except (StageError, OSError) as exc:
+            fail_run(self.ws.db, run_id, stage=stage, failure_type=FailureType.ERROR,
+                     reason=f"{name} could not start: {type(exc).__name__}: {exc}")
+            return None
+
+    def reconcile(self, report: WorkerReport | None = None) -> list[int]:
+        """Stalled RUNNING runs: claim each, then resume it (returned) or fail it with the reason."""
+        report = report if report is not None else WorkerReport()
+        stall = self.settings.run_stall_after_s
+        with self.ws.db.read() as session:
+            running = list(session.scalars(select(MLPipelineRun).where(MLPipelineRun.status == RunStatus.RUNNING)))
+        resume = []
+        for run in running:
+            if not is_stalled(run, stall) or not claim_stalled(self.ws.db, run.id, stall_after_s=stall):
+                continue
+            last = run.heartbeat_at.isoformat() if run.heartbeat_at else "never"
+            problem = resume_problem(self.ws, run)
+            if problem is None:
+                log.warning("resuming stalled run", extra={"run_id": run.id, "last_heartbeat": last})
+                report.reconciled.append((run.id, "resumed"))
+                resume.append(run.id)
+                continue
+            with self.ws.db.read() as session:
+                trained = session.get(ModelVersion, run.candidate_model_version or "") is not None
+            reason = f"stalled: no heartbeat since {last}; not resumable: {problem}"
+            fail_run(self.ws.db, run.id, stage=RunStage.EVALUATION if trained else RunStage.TRAINING,
+                     failure_type=FailureType.ERROR, reason=reason)
+            report.reconciled.append((run.id, f"failed: {reason}"))
+        return resume
+
+    # Release ------------------------------------------------------------------------------
+    def release(self, run_id: int) -> str:
+        """50 (reindex, resumable) then 60 (cutover) for a READY_FOR_RELEASE run; what happened."""
+        run = get_run(self.ws.db, run_id)
+        with trace(run.trace_id):
+            with self.ws.db.read() as session:
+                release = current_release(session)
+                ready = bool(release and release.release_status is ReleaseStatus.CANDIDATE_REINDEXING
+                             and release.candidate_run_id == run_id and release.candidate_ready_at)
+            if not ready:
+                result = run_stage(self.ws, "50_reindex_candidate", {"run_id": run_id}, run_id=run_id,
+                                   trace_id=run.trace_id)
+                if not result.ok:
+                    return f"reindex failed: {result.error['ename']}: {result.error['evalue']}"
+            result = run_stage(self.ws, "60_cutover", {"run_id": run_id}, run_id=run_id, trace_id=run.trace_id)
+            if not result.ok:
+                return f"cutover failed: {result.error['ename']}: {result.error['evalue']}"
+            with self.ws.db.read() as session:
+                release = current_release(session)
+                switched = release is not None and release.active_model_version == run.candidate_model_version
+            return "cut over: now serving" if switched else "waiting at the cutover gate"
+
+    def release_ready(self, report: WorkerReport) -> None:
+        """Resume an open candidate; release the newest READY run — with ``auto_cutover`` any,
+        without it only one an operator promoted (``opslib.ops.actions.promote_run``)."""
+        target, stale = None, []
+        with self.ws.db.read() as session:
+            release = current_release(session)
+            if release is None:
+                return
+            if release.release_status is ReleaseStatus.CANDIDATE_REINDEXING and release.candidate_run_id:
+                target = release.candidate_run_id
+            elif release.release_status is ReleaseStatus.STABLE:
+                query = select(MLPipelineRun).where(MLPipelineRun.status == RunStatus.READY_FOR_RELEASE,
+                                                    MLPipelineRun.cutover_time.is_(None))
+                if not self.settings.auto_cutover:
+                    query = query.where(MLPipelineRun.promoted_at.is_not(None))
+                ready = list(session.scalars(query.order_by(MLPipelineRun.id.desc())))
+                current = [r.id for r in ready if r.baseline_model_version == release.active_model_version]
+                stale = [r.id for r in ready if r.baseline_model_version != release.active_model_version]
+                target = current[0] if current else None
+        for run_id in stale:
+            fail_run(self.ws.db, run_id, stage=RunStage.REINDEX, failure_type=FailureType.ERROR,
+                     reason="superseded before release: its baseline no longer serves (evaluate a new run)")
+        if target is not None:
+            report.released[target] = self.release(target)
+
+    def converge_release(self, report: WorkerReport) -> None:
+        """Repair what a crash can leave: a candidate whose run failed, videos still excluded."""
+        with self.ws.db.read() as session:
+            release = current_release(session)
+            orphan = None
+            if release is not None and release.release_status is ReleaseStatus.CANDIDATE_REINDEXING:
+                run = session.get(MLPipelineRun, release.candidate_run_id) if release.candidate_run_id else None
+                if run is None or run.status is not RunStatus.READY_FOR_RELEASE:
+                    orphan = release.candidate_run_id
+        if orphan is not None:
+            abort_candidate(self.ws, orphan, "the candidate's run is no longer READY_FOR_RELEASE",
+                            actor=self.name)
+            report.released[orphan] = "aborted: its run is no longer READY_FOR_RELEASE"
+        reinclude_excluded(self.ws)
+
+    def roll_back(self, delivery: Delivery, message: RollbackRequest, report: WorkerReport) -> None:
+        with trace(message.trace_id):
+            result = run_stage(self.ws, "70_rollback", {"message_id": delivery.message_id}, trace_id=message.trace_id)
+            if result.ok:
+                ack(self.ws.db, delivery, note="rollback carried out (or already was)")
+                report.rollbacks.append((delivery.message_id, "done"))
+                return
+            error = result.error or {}
+            reason = f"{error.get('ename')}: {error.get('evalue')}"
+            if error.get("ename") in ("RollbackRefused", "ReleaseError", "MessageRefused"):
+                refuse(self.ws.db, delivery, reason)
+                report.rollbacks.append((delivery.message_id, f"refused: {reason}"))
+            elif delivery.attempt >= MAX_ROLLBACK_ATTEMPTS:
+                refuse(self.ws.db, delivery, f"gave up after {delivery.attempt} attempts: {reason}")
+                report.rollbacks.append((delivery.message_id, f"gave up: {reason}"))
+            else:  # left unacked: redelivered after the visibility timeout, and resumed
+                report.rollbacks.append((delivery.message_id, f"will retry: {reason}"))
+
+
+MAX_ROLLBACK_ATTEMPTS = 5
+

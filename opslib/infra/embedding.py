@@ -1,0 +1,160 @@
+"""The in-process embedding endpoint.
+
+Loads model versions from Model Artifact Files; a version is *ready* once it is loaded and a
+smoke encode passed. ``embed`` checks its purpose against the Metadata DB: search may only use
+the active model, ingest the active (or, while reindexing, the candidate) model; reindex and
+evaluation may use any registered version.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from opslib.db.models import ModelRelease, ModelVersion, ReleaseStatus, utcnow
+from opslib.infra.logs import get_logger
+from opslib.infra.model_artifacts import (
+    ModelStores,
+    local_model_dir,
+    validate_model_version,
+)
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+
+log = get_logger(__name__)
+SMOKE_TEXTS = ["readiness check", "검색 준비 확인"]
+
+
+class Purpose(enum.StrEnum):
+    SEARCH = "search"
+    INGEST = "ingest"
+    REINDEX = "reindex"
+    EVALUATION = "evaluation"
+    TRAINING = "training"
+
+
+class EmbeddingError(Exception):
+    pass
+
+
+class EmbeddingRefused(EmbeddingError):
+    """The model version may not be used for this purpose (per the Metadata DB)."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model_version: str
+    path: Path
+    dimension: int
+    loaded_at: datetime
+    ready: bool
+
+
+# Weights are shared by every endpoint in the process, keyed by the verified local folder.
+_weights: dict[Path, SentenceTransformer] = {}
+_weights_lock = threading.Lock()
+
+
+def load_sentence_transformer(path: Path) -> SentenceTransformer:
+    with _weights_lock:
+        if path not in _weights:
+            from sentence_transformers import SentenceTransformer
+
+            _weights[path] = SentenceTransformer(str(path), device="cpu")
+        return _weights[path]
+
+
+class EmbeddingEndpoint:
+    def __init__(self, ws: ModelStores) -> None:
+        self.ws = ws
+        self._loaded: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    # Loading and readiness ------------------------------------------------------------------
+    def load(self, model_version: str) -> LoadedModel:
+        """Load ``model_version`` and run the smoke encode; returns its readiness record."""
+        validate_model_version(model_version)
+        with self._lock:
+            if model_version in self._loaded:
+                return self._loaded[model_version]
+        with self.ws.db.read() as session:
+            if session.get(ModelVersion, model_version) is None:
+                raise EmbeddingError(f"model_version {model_version!r}: not registered")
+        path = local_model_dir(self.ws, model_version)
+        model = load_sentence_transformer(path)
+        vectors = model.encode(SMOKE_TEXTS, convert_to_numpy=True, normalize_embeddings=True)
+        if vectors.ndim != 2 or vectors.shape[0] != len(SMOKE_TEXTS) or not np.isfinite(vectors).all():
+            raise EmbeddingError(f"model_version {model_version!r}: smoke encode failed")
+        record = LoadedModel(model_version, path, int(vectors.shape[1]), utcnow(), True)
+        with self._lock:
+            self._loaded[model_version] = record
+        log.info("model loaded", extra={"model_version": model_version, "dimension": record.dimension})
+        return record
+
+    def is_ready(self, model_version: str) -> bool:
+        record = self._loaded.get(model_version)
+        return bool(record and record.ready)
+
+    def status(self) -> list[LoadedModel]:
+        return sorted(self._loaded.values(), key=lambda r: r.loaded_at)
+
+    def unload(self, model_version: str) -> None:
+        with self._lock:
+            self._loaded.pop(model_version, None)
+
+    def model(self, model_version: str) -> SentenceTransformer:
+        return load_sentence_transformer(self.load(model_version).path)
+
+    # Encoding -------------------------------------------------------------------------------
+    def embed(
+        self,
+        texts: list[str],
+        model_version: str,
+        purpose: Purpose | str,
+        *,
+        batch_size: int = 64,
+        show_progress: bool = False,
+    ) -> np.ndarray:
+        """L2-normalised float32 embeddings, one row per text."""
+        try:
+            purpose = Purpose(purpose)
+        except ValueError:
+            raise EmbeddingError(f"purpose {purpose!r}: must be one of {[p.value for p in Purpose]}") from None
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise EmbeddingError("texts: must be a list of strings")
+        self._check_purpose(model_version, purpose)
+        record = self.load(model_version)
+        if not texts:
+            return np.zeros((0, record.dimension), dtype=np.float32)
+        vectors = load_sentence_transformer(record.path).encode(
+            texts,
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=show_progress,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def _check_purpose(self, model_version: str, purpose: Purpose) -> None:
+        if purpose not in (Purpose.SEARCH, Purpose.INGEST):
+            return
+        with self.ws.db.read() as session:
+            release = session.query(ModelRelease).filter_by(serving_key="default").one_or_none()
+        if release is None:
+            raise EmbeddingRefused("no ModelRelease yet: bootstrap the workspace (`opsbench init`)")
+        allowed = {release.active_model_version}
+        if purpose is Purpose.INGEST and release.release_status is ReleaseStatus.CANDIDATE_REINDEXING:
+            allowed.add(release.candidate_model_version or "")
+        if model_version not in allowed:
+            raise EmbeddingRefused(
+                f"model_version {model_version!r}: not allowed for {purpose.value}; "
+                f"the Metadata DB allows {sorted(allowed)}"
+            )

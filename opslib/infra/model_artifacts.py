@@ -1,0 +1,184 @@
+"""Model Artifact Files: ``models/<model_version>/`` = a sentence-transformers folder plus
+``model_manifest.json`` (DESIGN §4). Written once; a version is never overwritten.
+
+The manifest is written last and is the commit point: a folder without one is an unfinished
+upload, which a retry completes (files already there with the right hash are kept).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import select
+
+from opslib.db.engine import Database
+from opslib.db.models import ModelVersion, utcnow
+from opslib.infra.storage import (
+    ObjectExistsError,
+    ObjectStore,
+    StorageError,
+    sha256_file,
+)
+from opslib.settings import Settings
+
+MANIFEST = "model_manifest.json"
+_VERSION = re.compile(r"^[a-z0-9](?:[a-z0-9_-]|\.(?!\.)){1,54}[a-z0-9]$")
+
+
+class ModelStores(Protocol):
+    """What model artifacts need of a workspace (``opslib.infra.workspace.Workspace`` is one):
+    the Metadata DB, the model store and the settings naming the local cache. A protocol, so
+    this module sits below the workspace that composes it."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def db(self) -> Database: ...
+
+    @property
+    def models(self) -> ObjectStore: ...
+
+
+class ModelArtifactError(Exception):
+    pass
+
+
+def validate_model_version(model_version: str) -> str:
+    """3–56 chars of ``a-z0-9._-``, alphanumeric at both ends: it also names the Chroma index."""
+    if not isinstance(model_version, str) or not _VERSION.match(model_version):
+        raise ModelArtifactError(
+            f"model_version {model_version!r}: must be 3-56 characters of a-z, 0-9, '.', '_', '-', "
+            "starting and ending with a letter or digit, without '..'"
+        )
+    return model_version
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    model_version: str
+    base_model_version: str | None
+    dataset_version: str | None
+    run_id: int | None
+    training_parameters: dict[str, Any]
+    files: dict[str, str]  # relative path -> sha256
+    created_at: str
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, sort_keys=True)
+
+
+def register_model(
+    ws: ModelStores,
+    model_version: str,
+    source_dir: Path,
+    *,
+    base_model_version: str | None,
+    dataset_version: str | None = None,
+    run_id: int | None = None,
+    training_parameters: dict[str, Any] | None = None,
+) -> ModelVersion:
+    """Publish ``source_dir`` as ``model_version`` and record it in the Metadata DB."""
+    validate_model_version(model_version)
+    source_dir = Path(source_dir)
+    if not (source_dir / "modules.json").is_file():
+        raise ModelArtifactError(
+            f"source_dir {source_dir}: not a sentence-transformers folder (no modules.json)"
+        )
+    with ws.db.read() as session:
+        if session.get(ModelVersion, model_version) is not None:
+            raise ModelArtifactError(f"model_version {model_version!r}: already registered")
+    files = {
+        path.relative_to(source_dir).as_posix(): sha256_file(path)
+        for path in sorted(source_dir.rglob("*"))
+        # VCS leftovers such as .gitattributes are not part of the model.
+        if path.is_file() and not any(p.startswith(".") for p in path.relative_to(source_dir).parts)
+    }
+    manifest_key = f"{model_version}/{MANIFEST}"
+    if ws.models.exists(manifest_key):
+        # Published before but not recorded (a crash between the two): adopt it only if it is
+        # exactly this model; anything else would overwrite a version.
+        manifest = read_manifest(ws, model_version)
+        if manifest.files != files or manifest.run_id != run_id:
+            raise ModelArtifactError(
+                f"model_version {model_version!r}: a different artifact is already published at "
+                f"{ws.models.uri(manifest_key)}"
+            )
+        stored_sha = ws.models.recorded_sha256(manifest_key)
+    else:
+        for relative, digest in files.items():
+            key = f"{model_version}/{relative}"
+            try:
+                ws.models.put_file(key, source_dir / relative)
+            except ObjectExistsError:
+                if ws.models.recorded_sha256(key) != digest:
+                    raise ModelArtifactError(
+                        f"model_version {model_version!r}: {relative} exists with other content"
+                    ) from None
+        manifest = ModelManifest(
+            model_version=model_version,
+            base_model_version=base_model_version,
+            dataset_version=dataset_version,
+            run_id=run_id,
+            training_parameters=training_parameters or {},
+            files=files,
+            created_at=utcnow().isoformat(),
+        )
+        stored_sha = ws.models.put_text(manifest_key, manifest.to_json()).sha256
+    with ws.db.transaction() as session:
+        row = ModelVersion(
+            model_version=model_version,
+            artifact_path=ws.models.uri(model_version),
+            base_model_version=base_model_version,
+            run_id=run_id,
+            sha256=stored_sha,
+            created_at=datetime.fromisoformat(manifest.created_at),
+        )
+        session.add(row)
+    return row
+
+
+def read_manifest(ws: ModelStores, model_version: str) -> ModelManifest:
+    validate_model_version(model_version)
+    data = json.loads(ws.models.get_text(f"{model_version}/{MANIFEST}"))
+    return ModelManifest(**data)
+
+
+def local_model_dir(ws: ModelStores, model_version: str) -> Path:
+    """A local folder holding the model, verified against its manifest.
+
+    Local model stores are read in place; remote ones are copied into the model cache once.
+    """
+    manifest = read_manifest(ws, model_version)
+    try:
+        directory = ws.models.local_path(model_version)
+    except StorageError:
+        directory = ws.settings.resolved_model_cache_dir / model_version
+        if not (directory / MANIFEST).is_file():
+            staging = directory.with_name(directory.name + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            for relative in manifest.files:
+                target = staging / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(ws.models.get_bytes(f"{model_version}/{relative}"))
+            (staging / MANIFEST).write_text(manifest.to_json())
+            shutil.rmtree(directory, ignore_errors=True)
+            staging.rename(directory)
+    for relative, digest in manifest.files.items():
+        path = directory / relative
+        if not path.is_file() or sha256_file(path) != digest:
+            raise ModelArtifactError(
+                f"model_version {model_version!r}: {relative} is missing or does not match its manifest hash"
+            )
+    return directory
+
+
+def registered_versions(ws: ModelStores) -> list[ModelVersion]:
+    with ws.db.read() as session:
+        return list(session.scalars(select(ModelVersion).order_by(ModelVersion.created_at)))

@@ -1,0 +1,252 @@
+"""Write-once object storage on fsspec (a local folder by default, ``s3://``/``gs://`` by URL).
+
+Every object is published atomically (a reader sees all of it or nothing) and never overwritten;
+its sha256 is recorded beside it in ``<key>.sha256`` and returned to the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+SHA_SUFFIX = ".sha256"
+_TMP_DIR = ".tmp"
+_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@=+-]*$")
+
+
+class StorageError(Exception):
+    """A refused storage operation; the message names the key and the reason."""
+
+
+class ObjectExistsError(StorageError):
+    pass
+
+
+class ObjectNotFoundError(StorageError):
+    pass
+
+
+class InvalidKeyError(StorageError, ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    sha256: str
+    size: int
+
+
+def validate_key(key: str) -> str:
+    """A relative ``a/b/c.ext`` key that cannot escape the store root."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKeyError(f"key {key!r}: must be a non-empty string")
+    if key.startswith("/") or "\\" in key or re.match(r"^[A-Za-z]+:", key):
+        raise InvalidKeyError(f"key {key!r}: must be relative (no leading '/', drive or scheme)")
+    parts = key.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise InvalidKeyError(f"key {key!r}: empty, '.' or '..' path segments are not allowed")
+        if not _KEY_PART.match(part):
+            raise InvalidKeyError(
+                f"key {key!r}: segment {part!r} may only use letters, digits and ._@=+- "
+                "and must start with a letter or digit"
+            )
+    if key.endswith(SHA_SUFFIX):
+        raise InvalidKeyError(f"key {key!r}: the {SHA_SUFFIX} suffix is reserved for checksums")
+    return key
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ObjectStore:
+    """A write-once key/value store rooted at an fsspec URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.fs, root = fsspec.core.url_to_fs(url)
+        self.root = root.rstrip("/")
+        self._local = isinstance(self.fs, LocalFileSystem)
+        if self._local:
+            os.makedirs(self.root, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"ObjectStore({self.url!r})"
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{validate_key(key)}"
+
+    def local_path(self, key: str) -> Path:
+        """Filesystem path of ``key`` (local stores only), for libraries that need a path."""
+        if not self._local:
+            raise StorageError(f"{self.url} is not a local folder; copy {key!r} out first")
+        return Path(self._path(key))
+
+    def uri(self, key: str) -> str:
+        """The full fsspec URL of ``key``, recorded in the Metadata DB as its storage path."""
+        path = self._path(key)
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return path if self._local else f"{protocol}://{path}"
+
+    # Writing ------------------------------------------------------------------------------
+    def put_bytes(self, key: str, data: bytes) -> StoredObject:
+        """Publish ``data`` under ``key``; an existing key is an error and is left unchanged."""
+        final = self._path(key)
+        digest = sha256_bytes(data)
+        if self._local:
+            self._publish_local(final, data, digest)
+        else:
+            if self.fs.exists(final):
+                raise ObjectExistsError(f"key {key!r}: already exists in {self.url} (write-once)")
+            self.fs.pipe_file(final + SHA_SUFFIX, digest.encode())
+            # A single PUT on an object store is atomic: readers see all of it or nothing.
+            self.fs.pipe_file(final, data)
+        return StoredObject(key=key, sha256=digest, size=len(data))
+
+    def put_file(self, key: str, source: Path) -> StoredObject:
+        """Publish a local file without reading it into memory (datasets can be large)."""
+        source = Path(source)
+        final = self._path(key)
+        digest, size = sha256_file(source), source.stat().st_size
+        if self._local:
+            os.makedirs(posixpath.dirname(final), exist_ok=True)
+            tmp = self._temp_name()
+            shutil.copyfile(source, tmp)
+            self._link_into_place(tmp, final)
+            self._write_checksum(final, digest)
+        else:
+            if self.fs.exists(final):
+                raise ObjectExistsError(f"key {key!r}: already exists in {self.url} (write-once)")
+            self.fs.pipe_file(final + SHA_SUFFIX, digest.encode())
+            self.fs.put_file(str(source), final)
+        return StoredObject(key=key, sha256=digest, size=size)
+
+    def put_text(self, key: str, text: str) -> StoredObject:
+        return self.put_bytes(key, text.encode("utf-8"))
+
+    def _publish_local(self, final: str, data: bytes, digest: str) -> None:
+        os.makedirs(posixpath.dirname(final), exist_ok=True)
+        tmp = self._temp_name()
+        self._write_synced(tmp, data)
+        self._link_into_place(tmp, final)
+        self._write_checksum(final, digest)
+
+    def _link_into_place(self, tmp: str, final: str) -> None:
+        try:
+            # link() fails if the name exists: publishing is atomic *and* never clobbers,
+            # even when two writers race for the same key.
+            os.link(tmp, final)
+        except FileExistsError:
+            raise ObjectExistsError(
+                f"key {final[len(self.root) + 1:]!r}: already exists in {self.url} (write-once)"
+            ) from None
+        finally:
+            os.unlink(tmp)
+
+    def _write_checksum(self, final: str, digest: str) -> None:
+        tmp = self._temp_name()
+        self._write_synced(tmp, digest.encode())
+        os.replace(tmp, final + SHA_SUFFIX)
+
+    def _temp_name(self) -> str:
+        tmp_dir = f"{self.root}/{_TMP_DIR}"
+        os.makedirs(tmp_dir, exist_ok=True)
+        return f"{tmp_dir}/{uuid.uuid4().hex}"
+
+    @staticmethod
+    def _write_synced(path: str, data: bytes) -> None:
+        with open(path, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    # Reading ------------------------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.exists(self._path(key)))
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return bytes(self.fs.cat_file(self._path(key)))
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"key {key!r}: not found in {self.url}") from None
+
+    def get_text(self, key: str) -> str:
+        return self.get_bytes(key).decode("utf-8")
+
+    def open(self, key: str) -> IO[bytes]:
+        if not self.exists(key):
+            raise ObjectNotFoundError(f"key {key!r}: not found in {self.url}")
+        return self.fs.open(self._path(key), "rb")
+
+    def recorded_sha256(self, key: str) -> str:
+        try:
+            return bytes(self.fs.cat_file(self._path(key) + SHA_SUFFIX)).decode().strip()
+        except FileNotFoundError:
+            final = self._path(key)
+            if self._local and os.path.isfile(final):
+                # A crash between publishing the object and writing its checksum: the object is
+                # whole (it was synced before the atomic link), so its checksum is recorded now.
+                digest = sha256_file(Path(final))
+                self._write_checksum(final, digest)
+                return digest
+            raise ObjectNotFoundError(f"key {key!r}: no recorded checksum in {self.url}") from None
+
+    def verify(self, key: str) -> bool:
+        """True iff the object's content still matches its recorded sha256."""
+        return sha256_bytes(self.get_bytes(key)) == self.recorded_sha256(key)
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys under ``prefix`` (a folder-like key), sorted; checksums and temp files excluded."""
+        base = self.root if not prefix else self._path(prefix.rstrip("/"))
+        if not self.fs.exists(base):
+            return []
+        keys = []
+        for path in self.fs.find(base):
+            key = path[len(self.root) + 1:] if path.startswith(self.root + "/") else path
+            if key.endswith(SHA_SUFFIX) or key.startswith(_TMP_DIR + "/"):
+                continue
+            keys.append(key)
+        return sorted(keys)
+
+    def iter_lines(self, key: str) -> Iterator[bytes]:
+        """Stream an object's lines (bytes, newline kept) without loading it whole."""
+        with self.open(key) as handle:
+            yield from handle
+
+
+# Reading operator-supplied JSON Lines files with errors that name the file and line.
+def read_objects(path: Path, error: type[Exception]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line; ``error`` for a line that is not an object."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(f"{path}:{number}: not JSON ({exc.msg})") from None
+            if not isinstance(value, dict):
+                raise error(f"{path}:{number}: not a JSON object")
+            yield number, value

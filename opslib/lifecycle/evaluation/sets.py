@@ -1,0 +1,157 @@
+"""Evaluation datasets (DESIGN §4): operator-managed, immutable, disjoint from training traffic.
+
+A set is a list of ``{query_text, project_id, expected_results}`` records stored canonically
+(sorted, sorted expected ids) in ``evaluation_sets/<ref>.jsonl``; ``ref`` is derived from the
+content hash, so registering the same content again returns the same ref. A set is refused if
+any of its queries (compared case- and whitespace-insensitively, per project) appears in the
+feedback traffic of the raw logs — the traffic training datasets are built from.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from opslib.corpus.loader import read_queries
+from opslib.db.models import EvaluationDataset
+from opslib.infra.logs import get_logger
+from opslib.infra.storage import read_objects
+from opslib.infra.workspace import Workspace
+from opslib.lifecycle.feedback.events import read_raw_events
+
+log = get_logger(__name__)
+PREFIX = "evaluation_sets"
+
+
+class EvaluationSetError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    query_text: str
+    project_id: str
+    expected_results: tuple[str, ...]
+
+    def to_json(self) -> str:
+        return json.dumps({"query_text": self.query_text, "project_id": self.project_id,
+                           "expected_results": list(self.expected_results)}, ensure_ascii=False, sort_keys=True)
+
+
+def normalise_query(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def _validated(records: Iterable[EvalRecord]) -> list[EvalRecord]:
+    out, seen = [], set()
+    for i, record in enumerate(records, start=1):
+        if not isinstance(record.query_text, str) or not record.query_text.strip():
+            raise EvaluationSetError(f"record {i}: query_text must not be empty")
+        if not isinstance(record.project_id, str) or not record.project_id.strip():
+            raise EvaluationSetError(f"record {i}: project_id must not be empty")
+        expected = tuple(sorted(set(record.expected_results)))
+        if not expected or not all(isinstance(e, str) and e for e in expected):
+            raise EvaluationSetError(f"record {i}: expected_results must be a non-empty list of chunk ids")
+        key = (record.project_id, normalise_query(record.query_text))
+        if key in seen:
+            raise EvaluationSetError(f"record {i}: the query {record.query_text!r} appears twice in {record.project_id}")
+        seen.add(key)
+        out.append(EvalRecord(record.query_text.strip(), record.project_id.strip(), expected))
+    if not out:
+        raise EvaluationSetError("an evaluation set needs at least one record")
+    return sorted(out, key=lambda r: (r.project_id, r.query_text, r.expected_results))
+
+
+def canonical_bytes(records: list[EvalRecord]) -> bytes:
+    return "".join(r.to_json() + "\n" for r in records).encode("utf-8")
+
+
+def traffic_overlap(ws: Workspace, records: list[EvalRecord]) -> list[EvalRecord]:
+    """Records whose query (per project) was sent as feedback traffic."""
+    wanted = {(r.project_id, normalise_query(r.query_text)): r for r in records}
+    found: dict[tuple[str, str], EvalRecord] = {}
+    for _key, event in read_raw_events(ws.objects):
+        hit = wanted.get((event.project_id, normalise_query(event.query_text)))
+        if hit is not None:
+            found[(hit.project_id, hit.query_text)] = hit
+    return list(found.values())
+
+
+def register_evaluation_set(ws: Workspace, records: Iterable[EvalRecord], *, source: str) -> EvaluationDataset:
+    """Store the set (if new) and its row; returns the row (the same one for the same content)."""
+    canonical = _validated(records)
+    overlap = traffic_overlap(ws, canonical)
+    if overlap:
+        sample = ", ".join(repr(r.query_text) for r in overlap[:3])
+        raise EvaluationSetError(
+            f"{len(overlap)} of {len(canonical)} queries appear in the feedback traffic training uses "
+            f"(e.g. {sample}); an evaluation set must be disjoint from it"
+        )
+    data = canonical_bytes(canonical)
+    ref = "eval-" + hashlib.sha256(data).hexdigest()[:16]
+    key = f"{PREFIX}/{ref}.jsonl"
+    with ws.db.read() as session:
+        existing = session.get(EvaluationDataset, ref)
+        if existing is not None:
+            return existing
+    if not ws.objects.exists(key):
+        ws.objects.put_bytes(key, data)
+    with ws.db.transaction() as session:
+        row = EvaluationDataset(evaluation_dataset_ref=ref, storage_path=ws.objects.uri(key),
+                                sample_count=len(canonical), source=source[:512])
+        session.add(row)
+    log.info("evaluation set registered", extra={"evaluation_dataset_ref": ref, "samples": len(canonical)})
+    return row
+
+
+def records_from_corpus(ws: Workspace, corpus: str) -> list[EvalRecord]:
+    """The imported corpus's reserved queries (split off before any traffic was simulated)."""
+    return [EvalRecord(q.query_text, q.project_id, q.expected_results) for q in read_queries(ws, corpus, "reserved")]
+
+
+def records_from_file(path: Path) -> list[EvalRecord]:
+    """JSONL (one object per line) or CSV (``expected_results`` separated by ``|`` or ``;``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationSetError(f"{path}: not found")
+    records = []
+    if path.suffix.lower() == ".csv":
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"query_text", "project_id", "expected_results"} - set(reader.fieldnames or [])
+            if missing:
+                raise EvaluationSetError(f"{path}: missing column(s) {sorted(missing)}")
+            for row in reader:
+                expected = [e.strip() for e in row["expected_results"].replace(";", "|").split("|") if e.strip()]
+                records.append(EvalRecord(row["query_text"], row["project_id"], tuple(expected)))
+        return records
+    for number, data in read_objects(path, EvaluationSetError):
+        try:
+            records.append(EvalRecord(data["query_text"], data["project_id"], tuple(data["expected_results"])))
+        except (KeyError, TypeError) as exc:
+            raise EvaluationSetError(f"{path}:{number}: needs query_text, project_id, expected_results ({exc})") from None
+    return records
+
+
+def read_evaluation_set(ws: Workspace, ref: str) -> Iterator[EvalRecord]:
+    with ws.db.read() as session:
+        row = session.get(EvaluationDataset, ref)
+        if row is None:
+            raise EvaluationSetError(f"evaluation_dataset_ref {ref!r}: not registered")
+    key = f"{PREFIX}/{ref}.jsonl"
+    if not ws.objects.verify(key):
+        raise EvaluationSetError(f"evaluation_dataset_ref {ref!r}: stored set fails its checksum")
+    for line in ws.objects.iter_lines(key):
+        data = json.loads(line)
+        yield EvalRecord(data["query_text"], data["project_id"], tuple(data["expected_results"]))
+
+
+def latest_evaluation_set(ws: Workspace) -> EvaluationDataset | None:
+    from sqlalchemy import select
+
+    with ws.db.read() as session:
+        return session.scalars(select(EvaluationDataset).order_by(EvaluationDataset.created_at.desc()).limit(1)).first()

@@ -1,0 +1,312 @@
+"""Guarded operator actions: the few things the dashboard and the CLI let an operator do.
+
+Each action has a *preview* (what will happen, what must be typed to confirm it, or why it is not
+possible now) read from the Metadata DB, and *perform*, which checks in order:
+
+1. the operator's role (settings) is ``admin``;
+2. a reason is given;
+3. the typed confirmation equals the preview's target (e.g. the model version that serves now);
+4. the action's own guard, re-read from the DB inside the transaction that has the effect.
+
+Every attempt — done or refused — leaves one ``AuditLog`` row. A done action writes its row in
+the same transaction as its effect (the queued message, the run's approval, the stage
+execution), so there is never an effect without its audit row or the other way round.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from opslib.control.messages import new_rollback_request, new_training_request
+from opslib.control.queue import publish
+from opslib.control.release import current_release
+from opslib.control.runs import latest_eligible_dataset
+from opslib.db.models import (
+    AuditLog,
+    MLPipelineRun,
+    ReleaseStatus,
+    RunStatus,
+    StageExecution,
+    utcnow,
+)
+from opslib.execution.runner import run_stage
+from opslib.infra.logs import get_logger, new_trace_id, trace
+from opslib.infra.workspace import Workspace
+
+log = get_logger(__name__)
+
+ADMIN_ROLE = "admin"
+MIN_REASON = 3
+
+
+class Action(enum.StrEnum):
+    RETRIGGER_TRAINING = "retrigger-training"
+    GENERATE_DATASET = "generate-dataset"
+    REQUEST_ROLLBACK = "request-rollback"
+    PROMOTE_RUN = "promote-run"
+
+
+class ActionRefused(Exception):
+    """The action was not carried out (and the refusal was audited); the message says why."""
+
+
+class _GuardFailed(Exception):
+    """The action's guard failed inside its transaction (rolled back; audited afterwards)."""
+
+
+@dataclass(frozen=True)
+class Preview:
+    action: Action
+    target: str | None  # what the operator types to confirm; None when the action is not possible now
+    summary: str  # what will happen
+    blocker: str | None = None  # why it is not possible now
+
+    @property
+    def possible(self) -> bool:
+        return self.blocker is None and self.target is not None
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    action: Action
+    target: str
+    audit_id: int
+    result: str
+    trace_id: str
+    message_id: int | None = None
+    execution_id: int | None = None
+
+
+# Previews ----------------------------------------------------------------------------------------
+def preview_training(ws: Workspace) -> Preview:
+    with ws.db.read() as session:
+        dataset = latest_eligible_dataset(session)
+        release = current_release(session)
+        running = session.scalars(select(MLPipelineRun.id).where(MLPipelineRun.status == RunStatus.RUNNING)).first()
+    if release is None:
+        return Preview(Action.RETRIGGER_TRAINING, None, "—", "no ModelRelease: initialise the workspace")
+    if dataset is None:
+        return Preview(Action.RETRIGGER_TRAINING, None, "—",
+                       "no eligible training dataset: the request would be refused (generate a dataset first)")
+    queued = f"queued behind RUNNING run {running} (a newer request replaces an older PENDING one)" if running \
+        else "started by the worker on its next pass"
+    return Preview(Action.RETRIGGER_TRAINING, dataset.dataset_version,
+                   f"a TRAINING_REQUEST (manual): a run fine-tunes {release.active_model_version} on the latest "
+                   f"eligible dataset — {dataset.dataset_version} now — and evaluates it; {queued}. "
+                   "Type the dataset version to confirm.")
+
+
+def dataset_as_of(now: datetime | None = None) -> datetime:
+    """The ``as_of`` of a dataset generated now: the current minute (UTC)."""
+    return (now or utcnow()).astimezone(timezone.utc).replace(second=0, microsecond=0)
+
+
+def preview_dataset(ws: Workspace, source_window_days: int | None = None, now: datetime | None = None) -> Preview:
+    days = source_window_days or ws.settings.dataset_source_window_days
+    as_of = dataset_as_of(now)
+    target = as_of.date().isoformat()
+    return Preview(Action.GENERATE_DATASET, target,
+                   f"executes 20_build_dataset over the {days} days of feedback before {as_of.isoformat()} "
+                   "(archived in runs/). It never starts training. Type today's date (UTC) to confirm.")
+
+
+def preview_rollback(ws: Workspace) -> Preview:
+    with ws.db.read() as session:
+        release = current_release(session)
+    if release is None:
+        return Preview(Action.REQUEST_ROLLBACK, None, "—", "no ModelRelease: initialise the workspace")
+    if release.release_status is not ReleaseStatus.STABLE:
+        return Preview(Action.REQUEST_ROLLBACK, None, "—",
+                       f"the release is {release.release_status.value}; a rollback needs STABLE")
+    if release.rollback_snapshot_active_model_version is None:
+        return Preview(Action.REQUEST_ROLLBACK, None, "—",
+                       "no rollback snapshot: nothing was cut over since the last rollback")
+    return Preview(Action.REQUEST_ROLLBACK, release.active_model_version,
+                   f"a ROLLBACK_REQUEST: serving returns from {release.active_model_version} to "
+                   f"{release.rollback_snapshot_active_model_version} "
+                   f"({release.rollback_snapshot_active_index_name}, captured "
+                   f"{release.rollback_snapshot_captured_at.isoformat() if release.rollback_snapshot_captured_at else '?'}); "
+                   "videos only the current model embedded are hidden until re-embedded. "
+                   "Type the model version serving now to confirm.")
+
+
+def _promote_blocker(run: MLPipelineRun | None, run_id: int, release: Any) -> str | None:
+    if run is None:
+        return f"run {run_id}: no such run"
+    if run.status is not RunStatus.READY_FOR_RELEASE:
+        return f"run {run_id} is {run.status.value}; only a READY_FOR_RELEASE run is promoted"
+    if run.cutover_time is not None:
+        return f"run {run_id} was already cut over at {run.cutover_time.isoformat()}"
+    if run.promoted_at is not None:
+        return f"run {run_id} was already promoted by {run.promoted_by} at {run.promoted_at.isoformat()}"
+    if release is not None and run.baseline_model_version != release.active_model_version:
+        return (f"run {run_id} was judged against {run.baseline_model_version}, but "
+                f"{release.active_model_version} serves now: evaluate a new run instead")
+    return None
+
+
+def preview_promote(ws: Workspace, run_id: int) -> Preview:
+    with ws.db.read() as session:
+        run = session.get(MLPipelineRun, run_id)
+        release = current_release(session)
+    blocker = _promote_blocker(run, run_id, release)
+    if blocker or run is None:
+        return Preview(Action.PROMOTE_RUN, None, "—", blocker)
+    return Preview(Action.PROMOTE_RUN, run.candidate_model_version,
+                   f"approves the release of run {run_id}: the worker builds {run.candidate_index_name} "
+                   f"(50_reindex_candidate) and switches serving from {run.baseline_model_version} to "
+                   f"{run.candidate_model_version} (60_cutover) on its next pass. "
+                   "Type the candidate model version to confirm.")
+
+
+def promotable_runs(ws: Workspace) -> list[int]:
+    """READY_FOR_RELEASE runs an operator could promote now (newest first)."""
+    with ws.db.read() as session:
+        release = current_release(session)
+        runs = list(session.scalars(select(MLPipelineRun).where(MLPipelineRun.status == RunStatus.READY_FOR_RELEASE)
+                                    .order_by(MLPipelineRun.id.desc())))
+        return [r.id for r in runs if _promote_blocker(r, r.id, release) is None]
+
+
+# Performing --------------------------------------------------------------------------------------
+def _audit(session: Session, ws: Workspace, action: Action, target: str, reason: str, result: str,
+           trace_id: str) -> AuditLog:
+    row = AuditLog(operator=ws.settings.operator, role=ws.settings.operator_role, action=action.value,
+                   target=target[:256], reason=reason, result=result, trace_id=trace_id, at=utcnow())
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _refuse(ws: Workspace, action: Action, target: str, reason: str, why: str, trace_id: str) -> ActionRefused:
+    with ws.db.transaction() as session:
+        _audit(session, ws, action, target, reason, f"refused: {why}", trace_id)
+    log.warning("operator action refused", extra={"action": action.value, "why": why,
+                                                   "operator": ws.settings.operator})
+    return ActionRefused(why)
+
+
+def _check(ws: Workspace, action: Action, preview: Preview, confirm: str, reason: str, trace_id: str) -> str:
+    """Role, reason and confirmation; returns the confirmed target or raises (audited)."""
+    target = preview.target or "—"
+    if ws.settings.operator_role != ADMIN_ROLE:
+        raise _refuse(ws, action, target, reason, f"operator {ws.settings.operator!r} has role "
+                      f"{ws.settings.operator_role!r}; this action needs {ADMIN_ROLE!r}", trace_id)
+    if len((reason or "").strip()) < MIN_REASON:
+        raise _refuse(ws, action, target, reason or "", "a reason is required (it goes into the audit log)",
+                      trace_id)
+    if not preview.possible:
+        raise _refuse(ws, action, target, reason, preview.blocker or "not possible now", trace_id)
+    if (confirm or "").strip() != preview.target:
+        raise _refuse(ws, action, target, reason,
+                      f"confirmation {confirm!r} does not match {preview.target!r}", trace_id)
+    return str(preview.target)
+
+
+def _effect_with_audit(ws: Workspace, action: Action, target: str, reason: str, trace_id: str,
+                       effect: Callable[[Session], str]) -> tuple[int, str]:
+    """Run ``effect`` (which re-checks its guard and returns the result text) and write the audit
+    row in the same transaction: (audit id, result). A failed guard is refused and audited."""
+    try:
+        with ws.db.transaction() as session:
+            result = effect(session)
+            row = _audit(session, ws, action, target, reason, result, trace_id)
+            return row.id, result
+    except _GuardFailed as failed:
+        raise _refuse(ws, action, target, reason, str(failed), trace_id) from None
+
+
+def retrigger_training(ws: Workspace, *, confirm: str, reason: str) -> ActionResult:
+    action = Action.RETRIGGER_TRAINING
+    trace_id = new_trace_id()
+    target = _check(ws, action, preview_training(ws), confirm, reason, trace_id)
+    message = new_training_request(trigger_source="manual", requested_by=ws.settings.operator, reason=reason,
+                                   trace_id=trace_id)
+    published: list[int] = []
+
+    def queue(session: Session) -> str:
+        if latest_eligible_dataset(session) is None:
+            raise _GuardFailed("no eligible training dataset any more")
+        published.append(publish(ws.db, message, session=session))
+        return f"queued TRAINING_REQUEST message {published[0]}"
+
+    audit_id, result = _effect_with_audit(ws, action, target, reason, trace_id, queue)
+    return ActionResult(action, target, audit_id, result, trace_id, message_id=published[0])
+
+
+def request_rollback(ws: Workspace, *, confirm: str, reason: str) -> ActionResult:
+    action = Action.REQUEST_ROLLBACK
+    trace_id = new_trace_id()
+    target = _check(ws, action, preview_rollback(ws), confirm, reason, trace_id)
+    message = new_rollback_request(target, requested_by=ws.settings.operator, reason=reason, trace_id=trace_id)
+    published: list[int] = []
+
+    def queue(session: Session) -> str:
+        release = current_release(session, for_share=True)
+        if release is None or release.active_model_version != target:
+            raise _GuardFailed("serving changed while you confirmed; look again")
+        published.append(publish(ws.db, message, session=session))
+        return f"queued ROLLBACK_REQUEST message {published[0]}"
+
+    audit_id, result = _effect_with_audit(ws, action, target, reason, trace_id, queue)
+    return ActionResult(action, target, audit_id, result, trace_id, message_id=published[0])
+
+
+def promote_run(ws: Workspace, run_id: int, *, confirm: str, reason: str) -> ActionResult:
+    action = Action.PROMOTE_RUN
+    trace_id = new_trace_id()
+    target = _check(ws, action, preview_promote(ws, run_id), confirm, reason, trace_id)
+
+    def approve(session: Session) -> str:
+        run = session.scalars(select(MLPipelineRun).where(MLPipelineRun.id == run_id).with_for_update()).one_or_none()
+        blocker = _promote_blocker(run, run_id, current_release(session))
+        if blocker or run is None:
+            raise _GuardFailed(blocker or f"run {run_id}: no such run")
+        run.promoted_at, run.promoted_by = utcnow(), ws.settings.operator
+        return f"run {run_id} approved for release; the worker releases it on its next pass"
+
+    audit_id, result = _effect_with_audit(ws, action, target, reason, trace_id, approve)
+    return ActionResult(action, f"run {run_id}: {target}", audit_id, result, trace_id)
+
+
+def generate_dataset(ws: Workspace, *, confirm: str, reason: str, source_window_days: int | None = None,
+                     seed: int = 0, progress: bool = False,
+                     on_started: Callable[[ActionResult], None] | None = None) -> ActionResult:
+    """Execute 20_build_dataset now. Long: the dashboard calls it from a background thread.
+
+    The audit row is written in the transaction that creates the stage's ``StageExecution``;
+    ``on_started`` gets the result at that moment; the returned result carries the outcome."""
+    action = Action.GENERATE_DATASET
+    trace_id = new_trace_id()
+    preview = preview_dataset(ws, source_window_days)
+    target = _check(ws, action, preview, confirm, reason, trace_id)
+    days = source_window_days or ws.settings.dataset_source_window_days
+    started: dict[str, Any] = {}
+
+    def audit_with_execution(session: Session, execution: StageExecution) -> None:
+        row = _audit(session, ws, action, target, reason, f"started 20_build_dataset execution {execution.id}",
+                     trace_id)
+        started.update(audit_id=row.id, result=row.result, execution_id=execution.id)
+        if on_started is not None:
+            on_started(ActionResult(action, target, row.id, row.result, trace_id, execution_id=execution.id))
+
+    with trace(trace_id):
+        outcome = run_stage(ws, "20_build_dataset",
+                            {"as_of": dataset_as_of().isoformat(), "source_window_days": days, "seed": seed},
+                            trace_id=trace_id, progress=progress, on_created=audit_with_execution)
+    verdict = "succeeded" if outcome.ok else f"failed: {(outcome.error or {}).get('ename')}"
+    return ActionResult(action, target, started["audit_id"], f"{started['result']}; {verdict}", trace_id,
+                        execution_id=started["execution_id"])
+
+
+def recent_audit(ws: Workspace, limit: int = 20) -> list[AuditLog]:
+    with ws.db.read() as session:
+        return list(session.scalars(select(AuditLog).order_by(AuditLog.id.desc()).limit(limit)))
+

@@ -1,0 +1,418 @@
+"""``opsbench`` — the command line of the Biblio Ops Workbench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from opslib.corpus.beir import read_beir
+from opslib.corpus.builtin import build_demo_corpus
+from opslib.corpus.loader import load_corpus
+from opslib.db.migrate import current_revision, require_current, upgrade
+from opslib.execution.run_index import build_run_index
+from opslib.execution.runner import run_stage
+from opslib.execution.schedule import describe, run_due, run_forever
+from opslib.execution.worker import Worker
+from opslib.infra.logs import configure_logging, get_logger
+from opslib.infra.workspace import Workspace
+from opslib.lifecycle.evaluation.sets import (
+    records_from_corpus,
+    records_from_file,
+    register_evaluation_set,
+)
+from opslib.lifecycle.feedback.events import ingest_feedback
+from opslib.lifecycle.feedback.simulate import simulate_traffic
+from opslib.ops import actions
+from opslib.ops.actions import ActionRefused
+from opslib.ops.bootstrap import init_workspace
+from opslib.ops.demo import run_demo
+from opslib.ops.monitor import workspace_status
+from opslib.settings import Settings
+
+log = get_logger(__name__)
+
+
+class CliError(Exception):
+    pass
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``key=value``; the value is read as JSON when it parses (7, 0.5, true, "x"), else as text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise CliError(f"parameter {text!r}: expected key=value")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _workspace(args: argparse.Namespace, default_log_name: str | None = None) -> Workspace:
+    """Settings and logging for a command; ``default_log_name``: log to
+    ``<workspace>/logs/<name>`` unless OPS_LOG_FILE says where."""
+    overrides: dict[str, Any] = {}
+    if args.config:
+        overrides["config_file"] = args.config
+    if args.workspace:
+        overrides["workspace"] = args.workspace
+    settings = Settings(**overrides)
+    if default_log_name is not None and settings.log_file is None:
+        settings = settings.model_copy(update={"log_file": settings.workspace / "logs" / default_log_name})
+    # With a log file, the JSON lines go there and only warnings and errors reach the terminal.
+    configure_logging(settings.log_level, path=settings.log_file,
+                      console_level="WARNING" if settings.log_file is not None else None)
+    return Workspace(settings)
+
+
+def _ready(ws: Workspace) -> Workspace:
+    require_current(ws.db)
+    return ws
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    report = init_workspace(_workspace(args), progress=not args.quiet)
+    state = "bootstrapped" if report.created else "already initialised"
+    print(f"workspace {state}: serving {report.model_version} on index {report.index_name}")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    ws = _workspace(args)
+    if args.db_command == "upgrade":
+        print(f"Metadata DB at revision {upgrade(ws.db, args.revision)}")
+    else:
+        print(current_revision(ws.db) or "empty (no schema yet)")
+    return 0
+
+
+def cmd_import_beir(args: argparse.Namespace) -> int:
+    ws = _ready(_workspace(args))
+    name = args.name or Path(args.path).resolve().name.lower()
+    report = load_corpus(ws, read_beir(Path(args.path), name), reserve_fraction=args.reserve_fraction,
+                         seed=args.seed, progress=not args.quiet)
+    print(f"imported {report.name}: {report.chunks} chunks, {report.videos} videos, {report.projects} projects, "
+          f"{report.traffic_queries} traffic + {report.reserved_queries} reserved queries "
+          f"({report.dropped_queries} without judged passages dropped)")
+    return 0
+
+
+def cmd_import_builtin(args: argparse.Namespace) -> int:
+    ws = _ready(_workspace(args))
+    report = load_corpus(ws, build_demo_corpus(args.name), seed=args.seed, progress=not args.quiet)
+    print(f"imported {report.name}: {report.chunks} chunks, {report.traffic_queries} traffic + "
+          f"{report.reserved_queries} reserved queries")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    ws = _ready(_workspace(args))
+    report = simulate_traffic(ws, args.corpus, requests=args.requests, seed=args.seed, noise=args.noise,
+                              users=args.users, progress=not args.quiet)
+    print(f"{report.requests} requests: {report.likes} likes, {report.dislikes} dislikes, "
+          f"hit rate {report.hit_rate:.1%}; {report.ingest.accepted} events in "
+          f"{len(report.ingest.raw_files)} raw log file(s)")
+    return 0
+
+
+def cmd_ingest_feedback(args: argparse.Namespace) -> int:
+    ws = _workspace(args)
+    batch = args.batch_size or ws.settings.feedback_batch_size
+    if args.file == "-":
+        report = ingest_feedback(ws.objects, sys.stdin.buffer, batch_size=batch)
+    else:
+        path = Path(args.file)
+        if not path.is_file():
+            raise CliError(f"file {path}: not found")
+        with open(path, "rb") as handle:
+            report = ingest_feedback(ws.objects, handle, batch_size=batch)
+    print(f"{report.lines} lines: {report.accepted} accepted into {len(report.raw_files)} raw log file(s), "
+          f"{report.rejected} rejected into {len(report.error_files)} error log file(s)")
+    for reason, count in sorted(report.reasons.items()):
+        print(f"  rejected {count}: {reason}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    ws = _ready(_workspace(args))
+    params = dict(parse_param(p) for p in args.param)
+    result = run_stage(ws, args.stage, params, run_id=args.run_id, progress=not args.quiet)
+    print(f"{result.stage} {result.status.value} (execution {result.execution_id})")
+    print(f"  notebook: {result.output_ipynb}")
+    print(f"  report:   {result.output_html}")
+    if result.error:
+        print(f"  failed at cell {result.error['cell_index']}: {result.error['ename']}: {result.error['evalue']}")
+        return 1
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    worker = Worker(_ready(_workspace(args)), name=args.name)
+    if not args.once:
+        worker.run_forever(args.poll_interval)
+        return 0
+    report = worker.run_once()
+    for message_id, what in report.messages:
+        print(f"message {message_id}: {what}")
+    for run_id, what in report.reconciled:
+        print(f"reconciled run {run_id}: {what}")
+    for run_id, status in report.runs.items():
+        print(f"run {run_id}: {status}")
+    for run_id, what in report.released.items():
+        print(f"release of run {run_id}: {what}")
+    for message_id, what in report.rollbacks:
+        print(f"rollback message {message_id}: {what}")
+    if not (report.messages or report.runs or report.reconciled or report.released or report.rollbacks):
+        print("nothing to do")
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    ws = _ready(_workspace(args))
+    if not args.once:
+        run_forever(ws, args.poll_interval)
+        return 0
+    report = run_due(ws)
+    for result in report.results:
+        print(describe(result, ws.settings.schedule_timezone))
+    return 1 if report.failed else 0
+
+
+def _guarded(args: argparse.Namespace, preview: Any, perform: Any) -> int:
+    """A guarded action from the CLI: show the preview, take the typed confirmation (``--confirm``,
+    or asked for on a terminal), perform it; refusals are audited and exit with 2."""
+    print(f"{preview.action.value}: {preview.summary if preview.possible else 'not possible now: ' + str(preview.blocker)}")
+    confirm = args.confirm
+    if confirm is None and preview.possible:
+        if not sys.stdin.isatty():
+            raise CliError(f"--confirm {preview.target} is required (the target you confirm)")
+        confirm = input(f"type {preview.target} to confirm: ")
+    try:
+        result = perform(confirm or "", args.reason)
+    except ActionRefused as refused:
+        raise CliError(f"refused: {refused} (audited)") from None
+    print(f"done: {result.result} (audit {result.audit_id}, trace {result.trace_id})")
+    return 0
+
+
+def cmd_request_training(args: argparse.Namespace) -> int:
+    ws = _ready(_workspace(args))
+    return _guarded(args, actions.preview_training(ws),
+                    lambda confirm, reason: actions.retrigger_training(ws, confirm=confirm, reason=reason))
+
+
+def cmd_request_rollback(args: argparse.Namespace) -> int:
+    ws = _ready(_workspace(args))
+    return _guarded(args, actions.preview_rollback(ws),
+                    lambda confirm, reason: actions.request_rollback(ws, confirm=confirm, reason=reason))
+
+
+def cmd_generate_dataset(args: argparse.Namespace) -> int:
+    ws = _ready(_workspace(args))
+    days = args.source_window_days
+    return _guarded(args, actions.preview_dataset(ws, days),
+                    lambda confirm, reason: actions.generate_dataset(ws, confirm=confirm, reason=reason,
+                                                                     source_window_days=days, progress=True))
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    ws = _ready(_workspace(args))
+    return _guarded(args, actions.preview_promote(ws, args.run_id),
+                    lambda confirm, reason: actions.promote_run(ws, args.run_id, confirm=confirm, reason=reason))
+
+
+def cmd_register_eval(args: argparse.Namespace) -> int:
+    ws = _ready(_workspace(args))
+    if bool(args.corpus) == bool(args.file):
+        raise CliError("give exactly one of --corpus NAME or --file PATH")
+    if args.corpus:
+        records, source = records_from_corpus(ws, args.corpus), f"corpus {args.corpus}: reserved queries"
+    else:
+        records, source = records_from_file(Path(args.file)), f"file {Path(args.file).resolve()}"
+    row = register_evaluation_set(ws, records, source=source)
+    print(f"evaluation set {row.evaluation_dataset_ref}: {row.sample_count} queries ({row.source})")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    print(f"run index rebuilt: {build_run_index(_ready(_workspace(args)))}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = workspace_status(_workspace(args))
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+        return 0
+    release = status.get("release")
+    print(f"workspace: {status['workspace']}  (schema {status['schema']['current']}, head {status['schema']['head']})")
+    if "hint" in status:
+        print(status["hint"])
+        return 0
+    if release:
+        print(f"release: {release['release_status']}  active {release['active_model_version']} "
+              f"on {release['active_index_name']}  previous {release['previous_model_version']}")
+    corpus = status["corpus"]
+    print(f"corpus: {corpus['chunks']} chunks; videos {corpus['videos_by_status']}; imports {corpus['imports']}")
+    print(f"indexes: {corpus['index_entries']}")
+    print(f"models: {[m['model_version'] for m in status['models']]}")
+    print(f"queue: {status['queue']['unacked']} unacked message(s); runs: {len(status['runs'])} recent")
+    for tick in status["schedules"]:
+        last = f"last {tick['last_due_at']} {tick['last_status']}" if tick["last_due_at"] else "never ran"
+        print(f"schedule {tick['schedule']:<8} {tick['cron']!r} ({tick['timezone']}): next {tick['next_due_at']}; {last}")
+    for e in status["stage_executions"]:
+        print(f"  stage {e['id']:>4} {e['stage']:<22} {e['status']:<9} {e['started_at']}  {e['output_html']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    # The demo's console shows its steps and progress bars; its JSON logs go to a file.
+    ws = _workspace(args, default_log_name="demo.log")
+    print(f"JSON logs (every line with its trace_id): {ws.settings.log_file}")
+    report = run_demo(ws, requests=args.requests, rollback=args.rollback)
+    print()
+    print("Demo finished.")
+    print(f"  feedback-health report: {report.feedback_health.output_html}")
+    print(f"  dataset report:         {report.build_dataset.output_html}")
+    if report.dataset is not None:
+        print(f"  dataset verdict:        {report.dataset.dataset_version} "
+              f"{'eligible' if report.dataset.eligible else 'ineligible: ' + '; '.join(report.dataset.ineligible_reasons)}")
+    if report.evaluation is not None:
+        print(f"  evaluation verdict:     {report.evaluation.overall_decision.value}")
+        print(f"  evaluation report:      {report.evaluation_report}")
+    if report.served_by:
+        print(f"  search now served by:   {report.served_by}")
+    print(f"  every report:           {report.feedback_health.output_html.parent.parent / 'index.html'}")
+    print("  status: `.venv/bin/opsbench status`; the ops dashboard: `make lab` (run all cells)")
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opsbench", description="Biblio Ops Workbench: ML lifecycle and ops")
+    parser.add_argument("--config", type=Path, help="TOML settings file (else OPS_* environment variables)")
+    parser.add_argument("--workspace", type=Path, help="workspace folder (overrides OPS_WORKSPACE)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = add("init", cmd_init, "create the workspace: migrate the Metadata DB, bootstrap model, release and index")
+    sub.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub = add("db", cmd_db, "Metadata DB schema (Alembic migrations)")
+    db_commands = sub.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    upgrade = db_commands.add_parser("upgrade", help="migrate to a revision (default: head)")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    db_commands.add_parser("current", help="print the current revision")
+
+    sub = add("import-beir", cmd_import_beir, "load a BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv)")
+    sub.add_argument("path", help="the BEIR folder")
+    sub.add_argument("--name", help="corpus name (default: the folder name)")
+    sub.add_argument("--reserve-fraction", type=float, default=0.3, help="share of queries kept for evaluation")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the traffic/evaluation query split")
+    sub.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub = add("import-builtin", cmd_import_builtin, "load the built-in corpus made from the stdlib's docstrings")
+    sub.add_argument("--name", default="stdlib", help="corpus name")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the traffic/evaluation query split")
+    sub.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub = add("simulate-traffic", cmd_simulate, "send simulated searches and ingest their feedback")
+    sub.add_argument("--corpus", required=True, help="an imported corpus name")
+    sub.add_argument("--requests", type=int, default=200, help="number of search requests")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--noise", type=float, default=0.1, help="probability a rating is flipped")
+    sub.add_argument("--users", type=int, default=25, help="number of simulated users")
+    sub.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub = add("ingest-feedback", cmd_ingest_feedback, "validate feedback events (JSONL) into raw_logs/ and error_logs/")
+    sub.add_argument("file", help="a JSONL file, or - for standard input")
+    sub.add_argument("--batch-size", type=int, help="lines per raw log file (default: settings)")
+
+    sub = add("run", cmd_run, "execute a stage notebook with Papermill and archive it in runs/")
+    sub.add_argument("stage", help="stage name, e.g. 10_feedback_health")
+    sub.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="a stage parameter (repeatable); values are read as JSON when they parse")
+    sub.add_argument("--run-id", type=int, help="the MLPipelineRun this execution belongs to")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sub = add("worker", cmd_worker, "the ML Lifecycle Worker: TRAINING_REQUEST → run → 30_train → 40_evaluate "
+              "(→ 50_reindex → 60_cutover on PASS); ROLLBACK_REQUEST → 70_rollback")
+    sub.add_argument("--once", action="store_true", help="one pass (reconcile, drain the queue, drive runs), then exit")
+    sub.add_argument("--poll-interval", type=float, default=5.0, help="seconds between passes when idle")
+    sub.add_argument("--name", help="worker name recorded on claimed messages")
+
+    sub = add("schedule", cmd_schedule, "run what is due per the cron schedules in settings "
+              "(20_build_dataset daily, TRAINING_REQUEST weekly); each tick runs once")
+    sub.add_argument("--once", action="store_true", help="run the due ticks, then exit (for cron / a Kubernetes CronJob)")
+    sub.add_argument("--poll-interval", type=float, default=60.0, help="seconds between checks without --once")
+
+    guarded = ("Guarded (admin role; audited): shows what will happen, then needs --reason and the typed "
+               "confirmation --confirm TARGET (asked for on a terminal).")
+    sub = add("request-training", cmd_request_training, "queue a TRAINING_REQUEST (the worker picks the dataset). "
+              + guarded + " TARGET: the latest eligible dataset version.")
+    sub.add_argument("--reason", required=True, help="why (goes into the audit log and the message)")
+    sub.add_argument("--confirm", metavar="DATASET_VERSION", help="the dataset version the preview names")
+
+    sub = add("request-rollback", cmd_request_rollback, "queue a ROLLBACK_REQUEST back to the rollback snapshot. "
+              + guarded + " TARGET: the model version serving now (a stale request is refused).")
+    sub.add_argument("--reason", required=True, help="why (goes into the audit log and the message)")
+    sub.add_argument("--confirm", "--expected-active", dest="confirm", metavar="MODEL_VERSION",
+                     help="the model version you see serving now")
+
+    sub = add("generate-dataset", cmd_generate_dataset, "build a training dataset now (20_build_dataset over the "
+              "last N days; never starts training). " + guarded + " TARGET: today's date (UTC), e.g. 2026-12-01.")
+    sub.add_argument("--reason", required=True, help="why (goes into the audit log)")
+    sub.add_argument("--confirm", metavar="DATE", help="today's date (UTC) as the preview names it")
+    sub.add_argument("--source-window-days", type=int, default=None, help="default: settings (30)")
+
+    sub = add("promote", cmd_promote, "approve the release of a READY_FOR_RELEASE run when auto_cutover is off "
+              "(the worker then runs 50 reindex, 60 cutover). " + guarded + " TARGET: the run's candidate model version.")
+    sub.add_argument("run_id", type=int)
+    sub.add_argument("--reason", required=True, help="why (goes into the audit log)")
+    sub.add_argument("--confirm", metavar="MODEL_VERSION", help="the run's candidate model version")
+
+    sub = add("register-eval", cmd_register_eval, "register an immutable evaluation set (disjoint from traffic)")
+    sub.add_argument("--corpus", help="an imported corpus: use its reserved queries")
+    sub.add_argument("--file", help="a JSONL or CSV file with query_text, project_id, expected_results")
+
+    add("report", cmd_report, "rebuild runs/index.html, the run index for reviewers")
+
+    sub = add("status", cmd_status, "summarise the workspace from the Metadata DB")
+    sub.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sub = add("demo", cmd_demo, "init + built-in corpus + traffic + 10, 20 + a training run via the worker "
+              "(30, 40, and on PASS 50, 60) + a search on the new model")
+    sub.add_argument("--requests", type=int, default=300, help="simulated search requests")
+    sub.add_argument("--rollback", action="store_true", help="after a cutover, also demonstrate a rollback (70)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        what = "settings" if exc.title == "Settings" else exc.title
+        print(f"error: {what}: {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
+    except (CliError, ValueError, LookupError, RuntimeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:  # storage / vector-store / stage errors all name their cause
+        if type(exc).__module__.startswith("opslib"):
+            print(f"error: {exc}", file=sys.stderr)
+        else:
+            raise
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

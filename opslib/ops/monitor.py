@@ -1,0 +1,391 @@
+"""What the ops dashboard shows, read from the Metadata DB (the SOT) — plain data, no widgets.
+
+One function per panel; each returns small dataclasses / DataFrames the dashboard renders and the
+tests check. Nothing here changes state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import func, select
+
+from opslib.control.release import current_release, history_frame, release_state
+from opslib.control.runs import is_stalled, latest_eligible_dataset
+from opslib.corpus.indexing import missing_from_index
+from opslib.db.migrate import current_revision, head_revision
+from opslib.db.models import (
+    AuditLog,
+    Chunk,
+    CorpusImport,
+    MessageOutcome,
+    MLPipelineRun,
+    ModelEvaluation,
+    ModelVersion,
+    OpsMessage,
+    ReleaseStatus,
+    RunStatus,
+    StageExecution,
+    TrainingDataset,
+    VectorIndexEntry,
+    Video,
+    utcnow,
+)
+from opslib.execution.schedule import schedule_status
+from opslib.infra.workspace import Workspace
+from opslib.lifecycle.cutover import waiting_on
+from opslib.lifecycle.evaluation.evaluate import METRICS
+
+
+def _ago(then: datetime | None, now: datetime) -> str:
+    if then is None:
+        return "—"
+    seconds = int((now - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+# Runs --------------------------------------------------------------------------------------------
+@dataclass
+class RunRow:
+    id: int
+    status: str
+    outcome: str  # OK / FAIL (quality) / ERROR (system) / STALLED / SUPERSEDED / …
+    failed_stage: str | None
+    failure_reason: str | None
+    trigger: str
+    dataset_version: str | None
+    candidate_model_version: str | None
+    created: str
+    heartbeat: str
+    stalled: bool
+    promoted_by: str | None
+    reports: list[tuple[str, str]]  # (stage, archived html path)
+
+
+@dataclass
+class RunsView:
+    running: RunRow | None
+    pending: RunRow | None
+    recent: list[RunRow]
+    schedules: list[dict[str, Any]] = field(default_factory=list)  # opslib.execution.schedule.schedule_status
+
+
+def _outcome(run: MLPipelineRun, stalled: bool) -> str:
+    if stalled:
+        return "STALLED"
+    if run.status is RunStatus.FAILED:
+        return run.failure_type.value if run.failure_type else "ERROR"
+    if run.status is RunStatus.READY_FOR_RELEASE:
+        return "RELEASED" if run.cutover_time else "PASS"
+    return run.status.value
+
+
+def runs_view(ws: Workspace, limit: int = 15, now: datetime | None = None) -> RunsView:
+    now = now or utcnow()
+    stall = ws.settings.run_stall_after_s
+    with ws.db.read() as session:
+        runs = list(session.scalars(select(MLPipelineRun).order_by(MLPipelineRun.id.desc()).limit(limit)))
+        active = list(session.scalars(select(MLPipelineRun).where(
+            MLPipelineRun.status.in_((RunStatus.RUNNING, RunStatus.PENDING)))))
+        ids = {r.id for r in runs + active}
+        reports: dict[int, list[tuple[str, str]]] = {}
+        for e in session.scalars(select(StageExecution).where(StageExecution.run_id.in_(ids))
+                                 .order_by(StageExecution.id)):
+            if e.output_html and e.run_id is not None:
+                reports.setdefault(e.run_id, []).append((e.stage, e.output_html))
+
+    def row(run: MLPipelineRun) -> RunRow:
+        stalled = is_stalled(run, stall, now)
+        return RunRow(run.id, run.status.value, _outcome(run, stalled),
+                      run.failed_stage.value if run.failed_stage else None, run.failure_reason,
+                      run.trigger_source.value, run.dataset_version, run.candidate_model_version,
+                      _ago(run.created_at, now), _ago(run.heartbeat_at, now), stalled,
+                      getattr(run, "promoted_by", None), reports.get(run.id, []))
+
+    by_status = {r.status: r for r in active}
+    return RunsView(
+        running=row(by_status[RunStatus.RUNNING]) if RunStatus.RUNNING in by_status else None,
+        pending=row(by_status[RunStatus.PENDING]) if RunStatus.PENDING in by_status else None,
+        recent=[row(r) for r in runs],
+        schedules=schedule_status(ws, now),
+    )
+
+
+# Release -----------------------------------------------------------------------------------------
+@dataclass
+class ReleaseView:
+    state: dict[str, Any]
+    status: str
+    waiting_on: str  # the guard the release waits on now (or what happens next)
+    rollback_available: bool
+    rollback_note: str
+    history: pd.DataFrame
+
+
+def release_view(ws: Workspace) -> ReleaseView | None:
+
+    with ws.db.read() as session:
+        release = current_release(session)
+        if release is None:
+            return None
+        state = release_state(release) or {}
+        history = history_frame(session)
+        status = release.release_status
+    if status is ReleaseStatus.CANDIDATE_REINDEXING:
+        reason = waiting_on(release, release.candidate_run_id or 0)
+        if reason is None and release.candidate_index_name:
+            missing = len(missing_from_index(ws, release.candidate_index_name))
+            reason = (f"completeness gate: {missing} READY chunks not yet in {release.candidate_index_name}"
+                      if missing else "nothing: ready and complete — 60_cutover switches on the worker's next pass")
+        waiting = reason or "—"
+    elif status is ReleaseStatus.ROLLBACK_PREPARING:
+        waiting = (f"rollback to {release.rollback_snapshot_active_model_version}: target model ready and "
+                   f"{release.rollback_snapshot_active_index_name} restored (70_rollback)")
+    else:
+        waiting = "nothing in flight"
+    if status is not ReleaseStatus.STABLE:
+        available, note = False, f"not while {status.value}"
+    elif release.rollback_snapshot_active_model_version is None:
+        available, note = False, "no rollback snapshot (no cutover since the last rollback)"
+    else:
+        available, note = True, (f"to {release.rollback_snapshot_active_model_version} "
+                                 f"(snapshot of {release.rollback_snapshot_captured_at:%Y-%m-%d %H:%M} UTC)")
+    return ReleaseView(state, status.value, waiting, available, note, history)
+
+
+# Datasets ----------------------------------------------------------------------------------------
+@dataclass
+class DatasetsView:
+    table: pd.DataFrame
+    newest: str | None
+    newest_eligible: str | None
+    last_used: str | None  # by the newest run that passed
+    lag: str  # between the newest eligible dataset and the one the last successful run used
+
+
+def datasets_view(ws: Workspace, limit: int = 10) -> DatasetsView:
+    with ws.db.read() as session:
+        rows = list(session.scalars(select(TrainingDataset).order_by(TrainingDataset.created_at.desc()).limit(limit)))
+        eligible = latest_eligible_dataset(session)
+        passed = session.scalars(select(MLPipelineRun).where(MLPipelineRun.status == RunStatus.READY_FOR_RELEASE)
+                                 .order_by(MLPipelineRun.id.desc()).limit(1)).first()
+        used = session.get(TrainingDataset, passed.dataset_version) if passed and passed.dataset_version else None
+        newer = 0
+        if eligible is not None and used is not None:
+            newer = session.scalar(select(func.count()).select_from(TrainingDataset).where(
+                TrainingDataset.eligible.is_(True),
+                TrainingDataset.source_window_end > used.source_window_end)) or 0
+    table = pd.DataFrame([{
+        "dataset_version": d.dataset_version, "created": f"{d.created_at:%Y-%m-%d %H:%M}",
+        "window": f"{d.source_window_start:%m-%d} → {d.source_window_end:%m-%d %H:%M}",
+        "groups": d.counts.get("trainable_groups"), "negatives": d.counts.get("negatives"),
+        "eligible": "yes" if d.eligible else "no: " + "; ".join(d.ineligible_reasons),
+    } for d in rows], columns=["dataset_version", "created", "window", "groups", "negatives", "eligible"])
+    if eligible is None:
+        lag = "no eligible dataset yet"
+    elif used is None:
+        lag = "no run has passed yet"
+    elif used.dataset_version == eligible.dataset_version:
+        lag = "none: the last successful run used the newest eligible dataset"
+    else:
+        hours = (eligible.source_window_end - used.source_window_end) / timedelta(hours=1)
+        lag = f"{newer} newer eligible dataset(s); the newest covers {hours:.0f} h more feedback"
+    return DatasetsView(table, rows[0].dataset_version if rows else None,
+                        eligible.dataset_version if eligible else None,
+                        used.dataset_version if used else None, lag)
+
+
+# Evaluations -------------------------------------------------------------------------------------
+@dataclass
+class EvaluationRow:
+    id: int
+    run_id: int
+    verdict: str
+    candidate: str
+    baseline: str
+    evaluation_dataset_ref: str
+    sample_count: int
+    metrics: pd.DataFrame  # per metric: baseline, candidate, delta, CI
+    fail_reason: str | None
+    report: str | None
+    created: str
+
+
+def evaluations_view(ws: Workspace, limit: int = 5) -> list[EvaluationRow]:
+    now = utcnow()
+    with ws.db.read() as session:
+        rows = list(session.scalars(select(ModelEvaluation).order_by(ModelEvaluation.id.desc()).limit(limit)))
+        reports = {e.run_id: e.output_html for e in session.scalars(
+            select(StageExecution).where(StageExecution.stage == "40_evaluate_candidate",
+                                         StageExecution.run_id.in_([r.run_id for r in rows]))
+            .order_by(StageExecution.id))}
+    result = []
+    for r in rows:
+        q = r.quality_metrics or {}
+        metrics = pd.DataFrame([{
+            "metric": m, "baseline": q.get("baseline", {}).get(m), "candidate": q.get("candidate", {}).get(m),
+            "delta": q.get("delta", {}).get(m),
+            "ci95": "[{:+.4f}, {:+.4f}]".format(*q["ci95"][m]) if m in q.get("ci95", {}) else "—",
+        } for m in METRICS]).set_index("metric") if q else pd.DataFrame()
+        result.append(EvaluationRow(r.id, r.run_id, r.overall_decision.value, r.candidate_model_version,
+                                    r.baseline_model_version, r.evaluation_dataset_ref, r.sample_count,
+                                    metrics.round(4) if not metrics.empty else metrics, r.fail_reason,
+                                    reports.get(r.run_id), _ago(r.created_at, now)))
+    return result
+
+
+# Queue -------------------------------------------------------------------------------------------
+@dataclass
+class QueueView:
+    backlog: dict[str, int]  # unacked messages by type
+    oldest_age: str
+    redeliveries: int  # unacked messages delivered more than once
+    refused: pd.DataFrame  # recent refusals with their reasons
+    recent: pd.DataFrame
+
+
+def queue_view(ws: Workspace, limit: int = 10) -> QueueView:
+    now = utcnow()
+    with ws.db.read() as session:
+        backlog = dict(session.execute(select(OpsMessage.message_type, func.count())
+                                       .where(OpsMessage.acked_at.is_(None)).group_by(OpsMessage.message_type)).all())
+        oldest = session.scalar(select(func.min(OpsMessage.issued_at)).where(OpsMessage.acked_at.is_(None)))
+        redeliveries = session.scalar(select(func.count()).select_from(OpsMessage).where(
+            OpsMessage.acked_at.is_(None), OpsMessage.attempt > 1)) or 0
+        refused = list(session.scalars(select(OpsMessage).where(OpsMessage.outcome == MessageOutcome.REFUSED)
+                                       .order_by(OpsMessage.id.desc()).limit(limit)))
+        recent = list(session.scalars(select(OpsMessage).order_by(OpsMessage.id.desc()).limit(limit)))
+
+    def frame(messages: list[OpsMessage]) -> pd.DataFrame:
+        return pd.DataFrame([{
+            "id": m.id, "type": m.message_type, "issued": _ago(m.issued_at, now), "attempt": m.attempt,
+            "state": m.outcome.value if m.outcome else ("claimed" if m.claimed_by else "waiting"),
+            "reason": m.outcome_reason or "", "trace_id": m.trace_id,
+        } for m in messages], columns=["id", "type", "issued", "attempt", "state", "reason", "trace_id"])
+
+    return QueueView(backlog, _ago(oldest, now), int(redeliveries), frame(refused), frame(recent))
+
+
+# Embedding endpoint ------------------------------------------------------------------------------
+@dataclass
+class EndpointView:
+    serving: list[tuple[str, str]]  # (role, model version) the release needs loaded
+    models: pd.DataFrame  # registered versions and their readiness in this process
+    note: str = field(default="")
+
+
+def endpoint_view(ws: Workspace) -> EndpointView:
+    loaded = {m.model_version: m for m in ws.embeddings.status()}
+    with ws.db.read() as session:
+        release = current_release(session)
+        versions = list(session.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())))
+    serving: list[tuple[str, str]] = []
+    if release is not None:
+        serving.append(("active", release.active_model_version))
+        if release.candidate_model_version:
+            ready = "ready" if release.candidate_ready_at else "loading / indexing"
+            serving.append((f"candidate ({ready})", release.candidate_model_version))
+        if release.rollback_snapshot_active_model_version:
+            serving.append(("rollback target", release.rollback_snapshot_active_model_version))
+    roles = {version: role for role, version in serving}
+    models = pd.DataFrame([{
+        "model_version": v.model_version, "role": roles.get(v.model_version, ""),
+        "loaded here": "yes" if v.model_version in loaded else "no",
+        "ready": "yes" if v.model_version in loaded and loaded[v.model_version].ready else "—",
+        "dimension": loaded[v.model_version].dimension if v.model_version in loaded else "",
+        "base": v.base_model_version or "", "run": v.run_id or "",
+    } for v in versions], columns=["model_version", "role", "loaded here", "ready", "dimension", "base", "run"])
+    return EndpointView(serving, models, "readiness = loaded + a smoke encode passed, in this process "
+                                         "(the check button loads the serving models here)")
+
+
+def check_endpoint(ws: Workspace) -> list[tuple[str, bool, str]]:
+    """Load every model the release needs and run its smoke encode: (version, ready, detail)."""
+    results = []
+    for _role, version in endpoint_view(ws).serving:
+        try:
+            loaded = ws.embeddings.load(version)
+            results.append((version, loaded.ready, f"dimension {loaded.dimension}"))
+        except Exception as exc:  # shown in the panel: a model that cannot load is the finding
+            results.append((version, False, f"{type(exc).__name__}: {exc}"))
+    return results
+
+
+# Audit -------------------------------------------------------------------------------------------
+def audit_frame(ws: Workspace, limit: int = 20) -> pd.DataFrame:
+    with ws.db.read() as session:
+        rows = list(session.scalars(select(AuditLog).order_by(AuditLog.id.desc()).limit(limit)))
+    return pd.DataFrame([{
+        "at": f"{a.at:%Y-%m-%d %H:%M:%S}", "operator": a.operator, "role": a.role, "action": a.action,
+        "target": a.target, "reason": a.reason, "result": a.result, "trace_id": a.trace_id,
+    } for a in rows], columns=["at", "operator", "role", "action", "target", "reason", "result", "trace_id"])
+
+
+def link_path(html: str | None, base: Path | None = None) -> str | None:
+    """A report's path relative to the notebook's folder (JupyterLab opens relative links)."""
+    if not html:
+        return None
+    import os
+
+    try:
+        return os.path.relpath(html, base or Path.cwd())
+    except ValueError:  # another drive (Windows)
+        return html
+
+
+# A read-only summary of the workspace, from the Metadata DB (the SOT).
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def workspace_status(ws: Workspace, recent: int = 10) -> dict[str, Any]:
+    revision = current_revision(ws.db)
+    status: dict[str, Any] = {
+        "workspace": str(ws.settings.workspace),
+        "db_url": ws.db.engine.url.render_as_string(hide_password=True),
+        "schema": {"current": revision, "head": head_revision()},
+    }
+    if revision is None:
+        status["hint"] = "the Metadata DB is empty: run `opsbench init`"
+        return status
+    with ws.db.read() as session:
+        status["release"] = release_state(current_release(session))
+        status["models"] = [
+            {"model_version": m.model_version, "base_model_version": m.base_model_version,
+             "run_id": m.run_id, "created_at": _iso(m.created_at)}
+            for m in session.scalars(select(ModelVersion).order_by(ModelVersion.created_at))
+        ]
+        status["corpus"] = {
+            "videos_by_status": dict(session.execute(select(Video.status, func.count()).group_by(Video.status)).all()),
+            "chunks": session.scalar(select(func.count()).select_from(Chunk)),
+            "index_entries": dict(
+                session.execute(
+                    select(VectorIndexEntry.index_name, func.count()).group_by(VectorIndexEntry.index_name)
+                ).all()
+            ),
+            "imports": [c.name for c in session.scalars(select(CorpusImport).order_by(CorpusImport.name))],
+        }
+        status["runs"] = [
+            {"id": r.id, "status": r.status.value, "failed_stage": r.failed_stage and r.failed_stage.value,
+             "failure_type": r.failure_type and r.failure_type.value, "created_at": _iso(r.created_at)}
+            for r in session.scalars(select(MLPipelineRun).order_by(MLPipelineRun.id.desc()).limit(recent))
+        ]
+        status["queue"] = {
+            "unacked": session.scalar(select(func.count()).select_from(OpsMessage).where(OpsMessage.acked_at.is_(None))),
+        }
+        status["stage_executions"] = [
+            {"id": e.id, "stage": e.stage, "status": e.status.value, "run_id": e.run_id,
+             "started_at": _iso(e.started_at), "output_html": e.output_html,
+             "error": e.error}
+            for e in session.scalars(select(StageExecution).order_by(StageExecution.id.desc()).limit(recent))
+        ]
+    status["corpus"]["videos_by_status"] = {k.value: v for k, v in status["corpus"]["videos_by_status"].items()}
+    status["schedules"] = schedule_status(ws)
+    return status

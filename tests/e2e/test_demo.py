@@ -1,0 +1,46 @@
+"""The README's main command, end to end, on the built-in corpus (tiny model for speed)."""
+
+import pytest
+
+from opslib.db.models import (
+    CorpusImport,
+    ExecutionStatus,
+    ModelRelease,
+    ReleaseStatus,
+    StageExecution,
+)
+from opslib.infra.workspace import Workspace
+from opslib.lifecycle.feedback.events import RAW_PREFIX, log_files
+from opslib.ops.demo import run_demo
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.slow
+def test_demo_path(empty_ws: Workspace) -> None:
+    lines: list[str] = []
+    report = run_demo(empty_ws, requests=40, rollback=True, say=lines.append)
+    assert report.bootstrap.created
+    assert report.corpus is not None and report.corpus.chunks > 500
+    assert report.traffic.requests == 40 and report.traffic.ingest.accepted == 40
+    assert report.feedback_health.ok and report.feedback_health.output_html.is_file()
+    assert any(str(report.feedback_health.output_html) in line for line in lines)
+    assert report.build_dataset.ok and report.build_dataset.output_html.is_file()
+    assert report.dataset is not None and report.dataset.eligible  # 40 requests → enough LIKE groups
+    assert any("ELIGIBLE for training" in line for line in lines)
+    assert "ELIGIBLE for training" in report.build_dataset.output_html.read_text()
+    assert report.evaluation is not None and report.evaluation_report
+    assert report.evaluation.overall_decision.value in open(report.evaluation_report).read()
+    assert any(line.strip().startswith("evaluation report:") for line in lines)
+    assert report.served_by == "tiny-base"  # after the rollback (or if nothing was cut over)
+    if report.evaluation.overall_decision.value == "PASS":
+        assert report.rollback is not None and [w for _, w in report.rollback.rollbacks] == ["done"]
+        assert any("served by cand-r" in line for line in lines)  # the search between cutover and rollback
+    with empty_ws.db.read() as session:
+        assert session.query(ModelRelease).one().release_status is ReleaseStatus.STABLE
+        assert session.get(CorpusImport, "stdlib") is not None
+        assert {e.status for e in session.query(StageExecution)} == {ExecutionStatus.SUCCEEDED}
+        build = session.get(StageExecution, report.build_dataset.execution_id)
+        assert build.outputs == {"dataset_version": report.dataset.dataset_version, "dataset_created": True}
+    index = (empty_ws.settings.runs_dir / "index.html").read_text()
+    assert f"dataset {report.dataset.dataset_version} (built)" in index
+    assert log_files(empty_ws.objects, RAW_PREFIX)

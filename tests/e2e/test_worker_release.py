@@ -1,0 +1,81 @@
+"""The worker drives the release stages (real notebooks 50, 60, 70)."""
+
+from pathlib import Path
+
+import pytest
+from helpers import corpus_ready, ready_run
+
+from opslib.control.messages import new_rollback_request
+from opslib.control.queue import publish
+from opslib.control.release import current_release
+from opslib.control.runs import get_run
+from opslib.db.models import (
+    ExecutionStatus,
+    MessageOutcome,
+    OpsMessage,
+    ReleaseStatus,
+    RunStatus,
+    StageExecution,
+)
+from opslib.execution.worker import Worker
+from opslib.infra.workspace import Workspace
+from opslib.ops.actions import promote_run
+from opslib.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+def _with(ws: Workspace, **overrides: object) -> Workspace:
+    return Workspace(Settings(**{**ws.settings.model_dump(), **overrides}))
+
+
+def _release(ws: Workspace):  # type: ignore[no-untyped-def]
+    with ws.db.read() as session:
+        return current_release(session)
+
+
+def _stages(ws: Workspace) -> list[tuple[str, ExecutionStatus]]:
+    with ws.db.read() as session:
+        return [(e.stage, e.status) for e in session.query(StageExecution).order_by(StageExecution.id)]
+
+
+def test_a_ready_run_is_reindexed_and_cut_over_then_rolled_back(ws: Workspace, tiny_candidate_dir: Path) -> None:
+    corpus_ready(ws)
+    run_id = ready_run(ws, tiny_candidate_dir)
+    candidate = get_run(ws.db, run_id).candidate_model_version
+    report = Worker(ws).run_once()
+    assert report.released == {run_id: "cut over: now serving"}
+    assert _stages(ws) == [("50_reindex_candidate", ExecutionStatus.SUCCEEDED), ("60_cutover", ExecutionStatus.SUCCEEDED)]
+    assert _release(ws).active_model_version == candidate
+    with ws.db.read() as session:
+        html = {e.stage: open(e.output_html).read() for e in session.query(StageExecution)}
+    assert "Release history" in html["60_cutover"] and "data:image/png" in html["60_cutover"]
+    assert "switched" in html["60_cutover"] and "cutover_time" in html["60_cutover"]
+    assert Worker(ws).run_once().released == {}  # nothing more to release
+
+    stale = publish(ws.db, new_rollback_request("tiny-base"))
+    good = publish(ws.db, new_rollback_request(candidate, reason="regression"))
+    report = Worker(ws).run_once()
+    assert [outcome.split(":")[0] for _, outcome in report.rollbacks] == ["refused", "done"]
+    with ws.db.read() as session:
+        assert session.get(OpsMessage, stale).outcome is MessageOutcome.REFUSED
+        assert "stale request" in session.get(OpsMessage, stale).outcome_reason
+        assert session.get(OpsMessage, good).outcome is MessageOutcome.DONE
+    release = _release(ws)
+    assert (release.release_status, release.active_model_version, release.previous_model_version) == (
+        ReleaseStatus.STABLE, "tiny-base", candidate)
+
+
+@pytest.mark.sqlite_only
+def test_without_auto_cutover_a_ready_run_waits_for_promote(ws: Workspace, tiny_candidate_dir: Path) -> None:
+    manual = _with(ws, auto_cutover=False)
+    corpus_ready(manual)
+    run_id = ready_run(manual, tiny_candidate_dir)
+    assert Worker(manual).run_once().released == {}
+    assert _release(manual).release_status is ReleaseStatus.STABLE and get_run(manual.db, run_id).status is RunStatus.READY_FOR_RELEASE
+    admin = _with(manual, operator="ana", operator_role="admin")
+    candidate = get_run(admin.db, run_id).candidate_model_version
+    promote_run(admin, run_id, confirm=candidate, reason="reviewed the evaluation report")
+    assert Worker(admin).run_once().released == {run_id: "cut over: now serving"}
+    assert _release(admin).active_model_version == candidate
+    assert Worker(admin).run_once().released == {}  # released once

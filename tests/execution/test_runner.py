@@ -1,0 +1,155 @@
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from opslib.db.models import ExecutionStatus, StageExecution
+from opslib.execution import registry as stages
+from opslib.execution.registry import (
+    EXECUTION_ID_PARAM,
+    STAGES,
+    StageError,
+    StageParams,
+    StageSpec,
+    validate_params,
+)
+from opslib.execution.runner import run_stage
+from opslib.infra.workspace import Workspace
+from opslib.lifecycle.feedback.events import ingest_feedback
+from opslib.settings import Settings
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+CDN = re.compile(r"""<(script|link)[^>]+(src|href)=["']https?://""", re.I)
+
+
+def _executions(ws: Workspace) -> list[StageExecution]:
+    with ws.db.read() as session:
+        return list(session.query(StageExecution).order_by(StageExecution.id))
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [({"window_dayz": 3}, "window_dayz: unknown parameter"),
+     ({"window_days": "3"}, "window_days: Input should be a valid integer"),
+     ({"window_days": 0}, "window_days"),
+     ({EXECUTION_ID_PARAM: 5}, "ops_execution_id: unknown parameter")],
+)
+def test_bad_parameters_fail_before_anything_runs(ws: Workspace, params: dict, message: str) -> None:
+    with pytest.raises(StageError, match=message):
+        run_stage(ws, "10_feedback_health", params)
+    assert _executions(ws) == []
+    assert not ws.settings.runs_dir.exists() or not any(ws.settings.runs_dir.rglob("*.ipynb"))
+
+
+def test_unknown_stage(ws: Workspace) -> None:
+    with pytest.raises(StageError, match="unknown; known stages: 10_feedback_health"):
+        run_stage(ws, "99_nope", {})
+
+
+def test_missing_parameter_is_named() -> None:
+    class Needs(StageParams):
+        run_id: int
+
+    STAGES["_needs"] = StageSpec("_needs", "x.ipynb", Needs, "test", __name__)
+    try:
+        with pytest.raises(StageError, match="run_id: missing parameter"):
+            validate_params("_needs", {})
+    finally:
+        del STAGES["_needs"]
+
+
+@pytest.mark.slow
+def test_feedback_health_runs_archives_and_records(ws: Workspace) -> None:
+    from helpers import feedback_event, feedback_line
+
+    ingest_feedback(ws.objects, [feedback_line(feedback_event()), b"garbage"])
+    result = run_stage(ws, "10_feedback_health", {"window_days": 3}, trace_id="trace-xyz")
+    assert result.ok, result.error
+    assert result.output_ipynb.is_file() and result.output_html.is_file()
+    assert result.output_ipynb.parent.parent == ws.settings.runs_dir
+    (row,) = _executions(ws)
+    assert row.status is ExecutionStatus.SUCCEEDED and row.error is None
+    assert row.parameters == {"window_days": 3} and row.trace_id == "trace-xyz"
+    assert (row.output_ipynb, row.output_html) == (str(result.output_ipynb), str(result.output_html))
+    html = result.output_html.read_text()
+    assert not CDN.search(html), "reports must render offline"
+    assert "data:image/png;base64" in html  # the plots are embedded
+    assert "m1" in html and "trace-xyz" in html  # the rating mix names the model; provenance shows the trace
+    executed = nbformat.read(result.output_ipynb, as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "window_days = 3" in injected[0].source
+
+
+@pytest.mark.slow
+def test_a_failing_notebook_is_archived_with_its_failing_cell(ws: Workspace, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    class FailParams(StageParams):
+        x: int = 1
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    params = new_code_cell("x = 1\nops_execution_id = None")
+    params.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[params, new_code_cell("print('before the failure')"),
+                             new_code_cell("raise ValueError(f'boom with x={x}')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / "99_fail.ipynb")
+    monkeypatch.setitem(STAGES, "99_fail", StageSpec("99_fail", "99_fail.ipynb", FailParams, "fails", __name__))
+    settings = Settings(**{**ws.settings.model_dump(), "notebooks_dir": folder})
+    result = run_stage(Workspace(settings), "99_fail", {"x": 4})
+    assert result.status is ExecutionStatus.FAILED
+    assert result.error is not None
+    assert (result.error["ename"], result.error["evalue"]) == ("ValueError", "boom with x=4")
+    assert result.error["cell_index"] == 3  # papermill's injected-parameters cell comes first
+    assert result.output_ipynb.is_file() and result.output_html.is_file()
+    assert "boom with x=4" in result.output_html.read_text()
+    (row,) = _executions(ws)
+    assert row.status is ExecutionStatus.FAILED and row.error == result.error and row.finished_at
+
+
+@pytest.mark.slow
+def test_a_failed_html_rendering_still_records_the_execution(ws: Workspace, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import opslib.execution.runner as runner
+
+    class OkParams(StageParams):
+        pass
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    params = new_code_cell("ops_execution_id = None")
+    params.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[params, new_code_cell("print('fine')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / "98_ok.ipynb")
+    monkeypatch.setitem(STAGES, "98_ok", StageSpec("98_ok", "98_ok.ipynb", OkParams, "succeeds", __name__))
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("template missing")
+
+    monkeypatch.setattr(runner, "render_html", broken)
+    result = run_stage(Workspace(Settings(**{**ws.settings.model_dump(), "notebooks_dir": folder})), "98_ok", {})
+    assert result.status is ExecutionStatus.SUCCEEDED and result.output_ipynb.is_file()
+    (row,) = _executions(ws)
+    assert row.status is ExecutionStatus.SUCCEEDED and row.finished_at and row.output_html is None
+
+
+def test_every_stage_notebook_has_a_tagged_parameters_cell_matching_its_schema() -> None:
+    for spec in stages.STAGES.values():
+        nb = nbformat.read(NOTEBOOKS / spec.notebook, as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, spec.name
+        assert nb.cells.index(tagged[0]) == next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+        names = set(re.findall(r"^(\w+)\s*=", tagged[0].source, re.M))
+        assert names == set(spec.params.model_fields) | {EXECUTION_ID_PARAM}, spec.name
+
+
+def test_committed_notebooks_have_no_outputs() -> None:
+    for path in NOTEBOOKS.glob("*.ipynb"):
+        nb = json.loads(path.read_text())
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                assert not cell["outputs"] and cell["execution_count"] is None, path.name

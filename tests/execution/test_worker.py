@@ -1,0 +1,211 @@
+"""The worker end to end (real notebooks, tiny model): requests, runs, failures, the reconciler."""
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from helpers import dataset_row, loop_ready
+from sqlalchemy import update
+
+from opslib.control.messages import new_training_request
+from opslib.control.queue import publish
+from opslib.control.runs import get_run, latest_eligible_dataset, request_run
+from opslib.db.models import (
+    Decision,
+    ExecutionStatus,
+    FailureType,
+    MessageOutcome,
+    MLPipelineRun,
+    ModelEvaluation,
+    OpsMessage,
+    RunStage,
+    RunStatus,
+    StageExecution,
+    utcnow,
+)
+from opslib.execution.worker import Worker
+from opslib.infra.workspace import Workspace
+from opslib.lifecycle.evaluation.sets import (
+    records_from_corpus,
+    register_evaluation_set,
+)
+from opslib.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def wws(ws: Workspace) -> Workspace:
+    settings = Settings(**{**ws.settings.model_dump(), "heartbeat_interval_s": 1.0, "run_stall_after_s": 30.0,
+                           "training_batch_size": 8, "training_max_seq_length": 32, "bootstrap_samples": 200})
+    return Workspace(settings)
+
+
+def _ready_loop(ws: Workspace) -> str:
+    loop_ready(ws)
+    return register_evaluation_set(ws, records_from_corpus(ws, "mini"), source="reserved").evaluation_dataset_ref
+
+
+def _message(ws: Workspace, message_id: int) -> OpsMessage:
+    with ws.db.read() as session:
+        return session.get(OpsMessage, message_id)
+
+
+def _executions(ws: Workspace, run_id: int) -> list[StageExecution]:
+    with ws.db.read() as session:
+        return list(session.query(StageExecution).filter_by(run_id=run_id).order_by(StageExecution.id))
+
+
+def test_a_request_is_trained_evaluated_and_judged(wws: Workspace) -> None:
+    _ready_loop(wws)
+    message_id = publish(wws.db, new_training_request(trace_id="trace-e2e"))
+    report = Worker(wws, name="w1").run_once()
+    (run_id,) = report.runs
+    run = get_run(wws.db, run_id)
+    assert run.trace_id == "trace-e2e" and run.request_message_id == message_id
+    with wws.db.read() as session:
+        evaluation = session.get(ModelEvaluation, run.evaluation_id)
+    assert evaluation is not None
+    # The verdict is the evaluation's, and the run follows it.
+    expected = RunStatus.READY_FOR_RELEASE if evaluation.overall_decision is Decision.PASS else RunStatus.FAILED
+    assert run.status is expected and report.runs[run_id] == expected.value
+    if run.status is RunStatus.FAILED:
+        assert (run.failed_stage, run.failure_type) == (RunStage.EVALUATION, FailureType.FAIL)
+    executions = _executions(wws, run_id)
+    # A PASS is released at once (auto_cutover, the default): 50 and 60 follow 30 and 40.
+    released = [("50_reindex_candidate", ExecutionStatus.SUCCEEDED), ("60_cutover", ExecutionStatus.SUCCEEDED)]
+    assert [(e.stage, e.status) for e in executions] == [
+        ("30_train_candidate", ExecutionStatus.SUCCEEDED), ("40_evaluate_candidate", ExecutionStatus.SUCCEEDED),
+    ] + (released if run.status is RunStatus.READY_FOR_RELEASE else [])
+    assert all(e.trace_id == "trace-e2e" for e in executions)
+    html = open(executions[1].output_html).read()
+    assert evaluation.overall_decision.value in html and "recall_at_5" in html and "Provenance" in html
+    assert '"level": ' not in html  # the kernel's JSON logs go to the .log beside the report, not into it
+    kernel_log = Path(executions[1].output_html).with_suffix(".log")
+    assert kernel_log.is_file()
+    if run.status is RunStatus.FAILED:  # "run failed" is a WARNING: it is in the log, with the trace
+        assert '"trace_id": "trace-e2e"' in kernel_log.read_text()
+    assert "data:image/png;base64" in open(executions[0].output_html).read()  # the loss curve
+    message = _message(wws, message_id)
+    assert message.outcome is MessageOutcome.DONE and f"run {run_id}" in message.outcome_reason
+    assert Worker(wws).run_once().runs == {}  # nothing left to do
+
+
+def test_no_eligible_dataset_refuses_the_request(wws: Workspace) -> None:
+    message_id = publish(wws.db, new_training_request())
+    report = Worker(wws).run_once()
+    assert report.runs == {}
+    message = _message(wws, message_id)
+    assert message.outcome is MessageOutcome.REFUSED and "no eligible training dataset" in message.outcome_reason
+
+
+def test_a_redelivered_request_creates_no_second_run(wws: Workspace) -> None:
+    _ready_loop(wws)
+    message_id = publish(wws.db, new_training_request())
+    # A worker took the message, started the run and died before acking it.
+    first = request_run(wws.db, trigger_source="manual", trace_id="t", request_message_id=message_id)
+    report = Worker(wws).run_once()
+    assert report.runs == {}  # the run is another worker's (fresh heartbeat): not driven twice
+    with wws.db.read() as session:
+        assert session.query(MLPipelineRun).count() == 1
+    assert _message(wws, message_id).outcome is MessageOutcome.DONE
+    assert get_run(wws.db, first.run_id).status is RunStatus.RUNNING
+
+
+@pytest.mark.sqlite_only
+def test_the_reconciler_resumes_a_stalled_run_with_intact_inputs(wws: Workspace, tiny_candidate_dir) -> None:  # type: ignore[no-untyped-def]
+    """Its worker died after training: the resumed run is evaluated, not trained again."""
+    from opslib.infra.model_artifacts import register_model
+
+    wws = Workspace(Settings(**{**wws.settings.model_dump(), "auto_cutover": False}))
+    _ready_loop(wws)
+    run_id = request_run(wws.db, trigger_source="manual", trace_id="t").run_id
+    run = get_run(wws.db, run_id)
+    register_model(wws, run.candidate_model_version, tiny_candidate_dir, base_model_version=run.baseline_model_version,
+                   run_id=run_id)  # what 30_train_candidate had published before the worker died
+    with wws.db.transaction() as session:
+        session.execute(update(MLPipelineRun).where(MLPipelineRun.id == run_id)
+                        .values(heartbeat_at=utcnow() - timedelta(hours=1)))
+    report = Worker(wws).run_once()
+    assert report.reconciled == [(run_id, "resumed")]
+    assert [e.stage for e in _executions(wws, run_id)] == ["40_evaluate_candidate"]
+    assert get_run(wws.db, run_id).failure_type in (None, FailureType.FAIL)
+
+
+@pytest.mark.sqlite_only
+def test_the_reconciler_fails_a_stalled_run_whose_inputs_are_gone(wws: Workspace) -> None:
+    dataset = loop_ready(wws)
+    run_id = request_run(wws.db, trigger_source="manual", trace_id="t").run_id
+    wws.objects.local_path(f"datasets/{dataset}/train.jsonl").write_text("tampered\n")
+    with wws.db.transaction() as session:
+        session.execute(update(MLPipelineRun).where(MLPipelineRun.id == run_id)
+                        .values(heartbeat_at=utcnow() - timedelta(hours=1)))
+    report = Worker(wws).run_once()
+    run = get_run(wws.db, run_id)
+    assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.TRAINING, FailureType.ERROR)
+    assert "stalled: no heartbeat since" in run.failure_reason and "fails its checksum" in run.failure_reason
+    assert report.reconciled[0][1].startswith("failed: stalled")
+
+
+@pytest.mark.sqlite_only
+def test_an_exception_in_training_fails_the_run_with_error(wws: Workspace) -> None:
+    _ready_loop(wws)
+    with wws.db.read() as session:
+        version = latest_eligible_dataset(session).dataset_version
+    wws.objects.local_path(f"datasets/{version}/train.jsonl").write_text("not json at all\n")
+    publish(wws.db, new_training_request())
+    report = Worker(wws).run_once()
+    (run_id,) = report.runs
+    run = get_run(wws.db, run_id)
+    assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.TRAINING, FailureType.ERROR)
+    assert "30_train_candidate failed at cell" in run.failure_reason
+    (execution,) = _executions(wws, run_id)
+    assert execution.status is ExecutionStatus.FAILED and execution.error["cell_index"] is not None
+    assert open(execution.output_html).read()  # archived, failing cell and all
+
+
+def test_a_stage_that_cannot_start_fails_the_run_instead_of_leaving_it_running(wws: Workspace, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    dataset_row(wws)  # run control only reads the dataset row
+    broken = Workspace(Settings(**{**wws.settings.model_dump(), "notebooks_dir": tmp_path / "no-notebooks",
+                                   "evaluation_dataset_ref": "eval-0123456789abcdef"}))
+    publish(broken.db, new_training_request())
+    (run_id,) = Worker(broken).run_once().runs
+    run = get_run(broken.db, run_id)
+    assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.TRAINING, FailureType.ERROR)
+    assert "30_train_candidate could not start" in run.failure_reason and "missing" in run.failure_reason
+
+
+def test_no_evaluation_set_is_an_error_of_the_evaluation_stage(wws: Workspace) -> None:
+    dataset_row(wws)
+    publish(wws.db, new_training_request())
+    (run_id,) = Worker(wws).run_once().runs
+    run = get_run(wws.db, run_id)
+    assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.EVALUATION, FailureType.ERROR)
+    assert "no evaluation dataset registered" in run.failure_reason and "nothing was trained" in run.failure_reason
+    assert _executions(wws, run_id) == []  # failed before a single stage ran
+
+
+@pytest.mark.sqlite_only
+def test_the_report_shows_error_when_evaluation_cannot_run(wws: Workspace, tiny_model_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An unfair evaluation set (it shares queries with the training data) → ERROR banner, run ERROR."""
+    import opslib.lifecycle.evaluation.sets as sets
+    from opslib.execution.runner import run_stage
+    from opslib.infra.model_artifacts import register_model
+    from opslib.lifecycle.dataset.builder import read_groups
+    from opslib.lifecycle.evaluation.sets import EvalRecord
+
+    loop_ready(wws)
+    run_id = request_run(wws.db, trigger_source="manual", trace_id="t").run_id
+    run = get_run(wws.db, run_id)
+    register_model(wws, run.candidate_model_version, tiny_model_dir, base_model_version="tiny-base", run_id=run_id)
+    group = next(iter(read_groups(wws, run.dataset_version)))
+    monkeypatch.setattr(sets, "traffic_overlap", lambda ws_, records: [])
+    ref = sets.register_evaluation_set(wws, [EvalRecord(group["query_text"], group["project_id"], ("x",))],
+                                       source="leak").evaluation_dataset_ref
+    result = run_stage(wws, "40_evaluate_candidate", {"run_id": run_id, "evaluation_dataset_ref": ref,
+                                                      "bootstrap_samples": 200}, run_id=run_id)
+    assert not result.ok and result.error["ename"] == "EvaluationError"
+    html = result.output_html.read_text()
+    assert "ERROR</b> — evaluation did not complete" in html and "shares 1 queries with training" in html
+    run = get_run(wws.db, run_id)
+    assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.EVALUATION, FailureType.ERROR)

@@ -1,0 +1,54 @@
+"""Training: rows from groups, determinism for a seed, never overwriting a version."""
+
+import pytest
+from helpers import dataset_row, loop_ready
+
+from opslib.control.runs import RunError, fail_run, get_run, request_run
+from opslib.db.models import FailureType, ModelVersion, RunStage
+from opslib.infra.model_artifacts import read_manifest
+from opslib.infra.storage import sha256_file
+from opslib.infra.workspace import Workspace
+from opslib.lifecycle.training import TrainingParams, train_candidate, training_rows
+
+
+def test_rows_pair_each_positive_with_the_highest_confidence_negatives() -> None:
+    group = {"query_text": "q", "positives": [{"text": "p1", "confidence": 0.8}, {"text": "p2", "confidence": 0.8}],
+             "negatives": [{"text": "r1", "confidence": 0.2}, {"text": "e1", "confidence": 0.4},
+                           {"text": "e2", "confidence": 0.4}]}
+    rows, used, skipped = training_rows([group, {"query_text": "q2", "positives": [{"text": "x"}], "negatives": []}])
+    assert rows == [{"anchor": "q", "positive": "p1", "negative": "e1"}, {"anchor": "q", "positive": "p2", "negative": "e2"}]
+    assert (used, skipped) == (1, 1)
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.slow
+def test_training_is_deterministic_and_writes_a_manifest(ws: Workspace) -> None:
+    dataset = loop_ready(ws)
+    params = TrainingParams(epochs=1, batch_size=8, learning_rate=5e-4, max_seq_length=32, seed=3)
+    hashes = []
+    for attempt in range(2):
+        run_id = request_run(ws.db, trigger_source="manual", trace_id=f"t{attempt}").run_id
+        report = train_candidate(ws, run_id, params, progress=False)
+        assert report.steps > 0 and report.rows > 0 and report.loss_history
+        run = get_run(ws.db, run_id)
+        manifest = read_manifest(ws, run.candidate_model_version)
+        assert (manifest.base_model_version, manifest.dataset_version, manifest.run_id) == ("tiny-base", dataset, run_id)
+        assert manifest.training_parameters["seed"] == 3 and manifest.training_parameters["loss"] == "MultipleNegativesRankingLoss"
+        hashes.append(manifest.files["model.safetensors"])
+        # A trained version is never trained again: a resumed run keeps it.
+        assert train_candidate(ws, run_id, params, progress=False).already_trained
+        assert sha256_file(ws.models.local_path(f"{run.candidate_model_version}/model.safetensors")) == hashes[-1]
+        fail_run(ws.db, run_id, stage=RunStage.EVALUATION, failure_type=FailureType.ERROR, reason="next attempt")
+    assert hashes[0] == hashes[1]  # same dataset, baseline and seed → the same weights
+    with ws.db.read() as session:
+        base = session.get(ModelVersion, "tiny-base")
+        assert base is not None
+    assert hashes[0] != read_manifest(ws, "tiny-base").files["model.safetensors"]  # it did learn something
+
+
+def test_training_needs_a_running_run(ws: Workspace) -> None:
+    dataset_row(ws)  # run control only reads the row; training is refused before reading the data
+    run_id = request_run(ws.db, trigger_source="manual", trace_id="t").run_id
+    fail_run(ws.db, run_id, stage=RunStage.TRAINING, failure_type=FailureType.ERROR, reason="stopped")
+    with pytest.raises(RunError, match="needs a RUNNING run"):
+        train_candidate(ws, run_id, TrainingParams())

@@ -1,0 +1,223 @@
+"""The ops dashboard: panels show the DB's state; buttons drive the guarded actions."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from helpers import dataset_row
+from sqlalchemy import select
+
+from opslib.db.models import (
+    AuditLog,
+    Decision,
+    ExecutionStatus,
+    FailureType,
+    MessageOutcome,
+    MLPipelineRun,
+    ModelEvaluation,
+    OpsMessage,
+    RunStage,
+    RunStatus,
+    StageExecution,
+    TriggerSource,
+    utcnow,
+)
+from opslib.infra.workspace import Workspace
+from opslib.lifecycle.evaluation.evaluate import PASS_CRITERIA
+from opslib.ops import actions, monitor
+from opslib.ops.dashboard import (
+    Dashboard,
+    open_dashboard,
+    render_release_diagram,
+    shown_html,
+)
+from opslib.settings import Settings
+
+DATASET = "20261201-aaaaaaaaaaaa"
+
+
+def _as(ws: Workspace, role: str = "admin") -> Workspace:
+    return Workspace(Settings(**{**ws.settings.model_dump(), "operator": "ana", "operator_role": role}))
+
+
+def _dataset(ws: Workspace, version: str = DATASET, eligible: bool = True, hours_ago: int = 0) -> None:
+    dataset_row(ws, version, eligible=eligible, hours_ago=hours_ago)
+
+
+def _run(session, status: RunStatus, **fields) -> MLPipelineRun:  # type: ignore[no-untyped-def]
+    run = MLPipelineRun(status=status, trigger_source=TriggerSource.MANUAL, trace_id=f"t-{status.value}", **fields)
+    session.add(run)
+    session.flush()
+    return run
+
+
+def _audit(ws: Workspace) -> list[AuditLog]:
+    with ws.db.read() as session:
+        return list(session.scalars(select(AuditLog).order_by(AuditLog.id)))
+
+
+def test_every_panel_renders_an_empty_workspace(ws: Workspace) -> None:
+    dashboard = Dashboard(ws, background=False)
+    dashboard.refresh()
+    assert "no runs yet" in shown_html(dashboard.outputs["Runs"])
+    assert "schedule dataset</b> (0 3 * * *, Asia/Seoul)" in shown_html(dashboard.outputs["Runs"])
+    release = shown_html(dashboard.outputs["Release"])
+    assert "<svg" in release and "STABLE" in release and "nothing in flight" in release
+    assert "no rollback snapshot" in release
+    assert "no datasets yet" in shown_html(dashboard.outputs["Datasets"])
+    assert "no evaluations yet" in shown_html(dashboard.outputs["Evaluations"])
+    assert "backlog</b>: empty" in shown_html(dashboard.outputs["Queue"])
+    assert "tiny-base" in shown_html(dashboard.outputs["Embedding endpoint"])
+    assert "no operator actions yet" in shown_html(dashboard.outputs["Audit"])
+    assert "not possible now" in shown_html(dashboard.training.preview)  # no eligible dataset
+    assert dashboard.training.button.disabled and dashboard.rollback.button.disabled
+    assert "your role is viewer" in shown_html(dashboard.training.preview)
+    assert [dashboard.tabs.get_title(i) for i in range(len(Dashboard.PANELS))] == list(Dashboard.PANELS)
+
+
+def test_runs_panel_tells_fail_error_and_stalled_apart_and_links_reports(ws: Workspace, tmp_path: Path) -> None:
+    report = tmp_path / "runs" / "20261201" / "x-40_evaluate_candidate.html"
+    report.parent.mkdir(parents=True)
+    report.write_text("<html>report</html>")
+    with ws.db.transaction() as session:
+        quality = _run(session, RunStatus.FAILED, failed_stage=RunStage.EVALUATION, failure_type=FailureType.FAIL,
+                       failure_reason="recall_at_5 0.5 < 0.6")
+        system = _run(session, RunStatus.FAILED, failed_stage=RunStage.TRAINING, failure_type=FailureType.ERROR,
+                      failure_reason="30_train_candidate failed at cell 3: OSError")
+        _run(session, RunStatus.RUNNING, heartbeat_at=utcnow() - timedelta(hours=2), dataset_version=DATASET)
+        session.add(StageExecution(run_id=quality.id, stage="40_evaluate_candidate", notebook="40.ipynb", parameters={},
+                                   status=ExecutionStatus.SUCCEEDED, trace_id="t", output_html=str(report)))
+    view = monitor.runs_view(ws)
+    outcomes = {r.id: r.outcome for r in view.recent}
+    assert outcomes[quality.id] == "FAIL" and outcomes[system.id] == "ERROR"
+    assert view.running is not None and view.running.stalled and view.running.outcome == "STALLED"
+    dashboard = Dashboard(ws, background=False, link_base=tmp_path)
+    dashboard.refresh()
+    html = shown_html(dashboard.outputs["Runs"])
+    assert "quality below criteria" in html and "system error" in html and "STALLED" in html
+    assert 'href="runs/20261201/x-40_evaluate_candidate.html"' in html
+
+
+def test_datasets_panel_shows_eligibility_and_the_lag(ws: Workspace) -> None:
+    _dataset(ws, "20261128-bbbbbbbbbbbb", hours_ago=72)
+    _dataset(ws, "20261130-cccccccccccc", eligible=False, hours_ago=24)
+    _dataset(ws, DATASET)
+    with ws.db.transaction() as session:
+        _run(session, RunStatus.READY_FOR_RELEASE, dataset_version="20261128-bbbbbbbbbbbb")
+    view = monitor.datasets_view(ws)
+    assert (view.newest_eligible, view.last_used) == (DATASET, "20261128-bbbbbbbbbbbb")
+    assert view.lag.startswith("1 newer eligible dataset(s)") and "72 h more feedback" in view.lag
+    html = Dashboard(ws, background=False)
+    html.refresh()
+    assert "no: groups 3 &lt; 10" in shown_html(html.outputs["Datasets"])
+
+
+def test_evaluations_and_queue_panels(ws: Workspace) -> None:
+    quality = {"baseline": {m: 0.5 for m in ("recall_at_5", "mrr_at_5", "ndcg_at_5")},
+               "candidate": {m: 0.6 for m in ("recall_at_5", "mrr_at_5", "ndcg_at_5")},
+               "delta": {m: 0.1 for m in ("recall_at_5", "mrr_at_5", "ndcg_at_5")},
+               "ci95": {m: [0.02, 0.18] for m in ("recall_at_5", "mrr_at_5", "ndcg_at_5")}}
+    with ws.db.transaction() as session:
+        run = _run(session, RunStatus.READY_FOR_RELEASE)
+        session.add(ModelEvaluation(run_id=run.id, candidate_model_version="cand", baseline_model_version="tiny-base",
+                                    evaluation_dataset_ref="eval-0123456789abcdef", sample_count=40,
+                                    quality_metrics=quality, pass_criteria=PASS_CRITERIA, overall_decision=Decision.PASS,
+                                    detail_artifact_path="x"))
+        session.add(OpsMessage(message_type="TRAINING_REQUEST", payload={}, trace_id="a", attempt=2,
+                               issued_at=utcnow() - timedelta(minutes=30), visible_at=utcnow()))
+        session.add(OpsMessage(message_type="TRAINING_REQUEST", payload={}, trace_id="b", attempt=1,
+                               issued_at=utcnow(), visible_at=utcnow(), acked_at=utcnow(),
+                               outcome=MessageOutcome.REFUSED, outcome_reason="unsupported payload_version 'v9'"))
+    dashboard = Dashboard(ws, background=False)
+    dashboard.refresh()
+    evaluations = shown_html(dashboard.outputs["Evaluations"])
+    assert "PASS" in evaluations and "[+0.0200, +0.1800]" in evaluations and "eval-0123456789abcdef" in evaluations
+    queue = shown_html(dashboard.outputs["Queue"])
+    assert "TRAINING_REQUEST: 1" in queue and "30 min ago" in queue and "still unacked</b>: 1" in queue
+    assert "unsupported payload_version" in queue
+
+
+def test_a_button_click_performs_the_action_and_shows_the_result(ws: Workspace) -> None:
+    _dataset(ws)
+    admin = _as(ws)
+    dashboard = Dashboard(admin, background=False)
+    dashboard.refresh()
+    assert DATASET in dashboard.training.confirm.placeholder
+    assert not dashboard.training.button.disabled and "your role" not in shown_html(dashboard.training.preview)
+    dashboard.training.reason.value = "new feedback"
+    dashboard.training.confirm.value = DATASET
+    dashboard.training.button.click()
+    assert "done" in shown_html(dashboard.training.result)
+    (row,) = _audit(admin)
+    assert row.action == "retrigger-training" and row.result.startswith("queued TRAINING_REQUEST")
+    assert "retrigger-training" in shown_html(dashboard.outputs["Audit"])  # refreshed after the action
+
+
+def test_a_viewer_is_refused_in_the_panel_and_audited(ws: Workspace) -> None:
+    _dataset(ws)
+    viewer = _as(ws, role="viewer")
+    dashboard = Dashboard(viewer, background=False)
+    dashboard.refresh()
+    dashboard.training.reason.value = "curious"
+    dashboard.training.confirm.value = DATASET
+    dashboard.training.button.click()
+    assert "refused" in shown_html(dashboard.training.result) and "needs" in shown_html(dashboard.training.result)
+    (row,) = _audit(viewer)
+    assert row.role == "viewer" and row.result.startswith("refused")
+    with viewer.db.read() as session:
+        assert session.query(OpsMessage).count() == 0
+
+
+def test_errors_show_in_the_panel_instead_of_vanishing(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    _dataset(ws)
+    dashboard = Dashboard(_as(ws), background=False)
+    dashboard.refresh()
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(actions, "retrigger_training", broken)
+    dashboard.training.button.click()
+    assert "error: RuntimeError: the database went away" in shown_html(dashboard.training.result)
+    assert not dashboard.training.button.disabled  # usable again
+
+
+def test_a_second_click_while_in_flight_does_nothing(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    _dataset(ws)
+    admin = _as(ws)
+    dashboard = Dashboard(admin, background=True)
+    dashboard.refresh(background=False)
+    release = threading.Event()
+    calls = []
+    real = actions.retrigger_training
+
+    def slow(ws, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        release.wait(10)
+        return real(ws, **kwargs)
+
+    monkeypatch.setattr(actions, "retrigger_training", slow)
+    dashboard.training.reason.value = "twice?"
+    dashboard.training.confirm.value = DATASET
+    dashboard.training.button.click()
+    dashboard.training.button.click()  # in flight: ignored
+    assert dashboard.training.button.disabled
+    release.set()
+    dashboard.wait()
+    assert len(calls) == 1 and len(_audit(admin)) == 1
+
+
+def test_release_diagram_marks_the_current_state() -> None:
+    svg = render_release_diagram("CANDIDATE_REINDEXING")
+    assert svg.count("<rect") == 3 and 'aria-label="release state CANDIDATE_REINDEXING"' in svg
+
+
+def test_open_dashboard_uses_the_settings(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in ws.settings.as_env().items():
+        monkeypatch.setenv(key, value)
+    dashboard = open_dashboard(background=False)
+    assert dashboard.ws.settings.workspace == ws.settings.workspace
+    assert "STABLE" in shown_html(dashboard.outputs["Release"])
