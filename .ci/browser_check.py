@@ -47,8 +47,14 @@ for _key in [k for k in os.environ if k.startswith("OPS_")]:
     del os.environ[_key]
 os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 LAB_START_TIMEOUT_S = 120
 WIDGETS_TIMEOUT_S = 180
 TABS = ("Runs", "Release", "Datasets", "Evaluations", "Queue", "Embedding endpoint", "Audit", "Actions")
@@ -84,30 +90,52 @@ def build_workspace(out: Path):  # type: ignore[no-untyped-def]
     from opslib.settings import Settings
 
     model = build_tiny_model(out / "models" / "tiny")
-    settings = Settings(workspace=out / "workspace", runs_dir=out / "runs", base_model_path=model,
-                        base_model_version="tiny-base", log_level="WARNING", training_batch_size=8,
-                        training_max_seq_length=32, bootstrap_samples=200)
+    settings = Settings(
+        workspace=out / "workspace",
+        runs_dir=out / "runs",
+        base_model_path=model,
+        base_model_version="tiny-base",
+        log_level="WARNING",
+        training_batch_size=8,
+        training_max_seq_length=32,
+        bootstrap_samples=200,
+    )
     ws = Workspace(settings)
     report = run_demo(ws, requests=40, say=print)
     require(report.ok, "the demo did not complete (see its output above)")
     index = build_run_index(ws)
     with ws.db.read() as session:
-        execution = session.scalars(select(StageExecution).where(StageExecution.stage == "40_evaluate_candidate")
-                                    .order_by(StageExecution.id.desc()).limit(1)).first()
+        execution = session.scalars(
+            select(StageExecution)
+            .where(StageExecution.stage == "40_evaluate_candidate")
+            .order_by(StageExecution.id.desc())
+            .limit(1)
+        ).first()
         require(execution is not None, "the demo ran no 40_evaluate_candidate stage")
         run = session.get(MLPipelineRun, execution.run_id)
         require(run is not None, f"execution {execution.id} has no run")
         evaluation = session.get(ModelEvaluation, run.evaluation_id) if run.evaluation_id else None
         if evaluation is None:
-            evaluation = session.scalars(select(ModelEvaluation).where(ModelEvaluation.run_id == run.id)
-                                         .order_by(ModelEvaluation.id.desc()).limit(1)).first()
+            evaluation = session.scalars(
+                select(ModelEvaluation)
+                .where(ModelEvaluation.run_id == run.id)
+                .order_by(ModelEvaluation.id.desc())
+                .limit(1)
+            ).first()
         require(evaluation is not None, f"run {run.id} has no ModelEvaluation")
-        require(bool(execution.output_html) and Path(execution.output_html).is_file(),
-                f"execution {execution.id}: HTML report missing ({execution.output_html})")
+        require(
+            bool(execution.output_html) and Path(execution.output_html).is_file(),
+            f"execution {execution.id}: HTML report missing ({execution.output_html})",
+        )
         facts = Facts(
-            index=index, execution_id=execution.id, report=Path(execution.output_html), run_id=run.id,
-            run_status=run.status.value, candidate=run.candidate_model_version,
-            verdict=evaluation.overall_decision.value, quality=evaluation.quality_metrics,
+            index=index,
+            execution_id=execution.id,
+            report=Path(execution.output_html),
+            run_id=run.id,
+            run_status=run.status.value,
+            candidate=run.candidate_model_version,
+            verdict=evaluation.overall_decision.value,
+            quality=evaluation.quality_metrics,
         )
     return ws, facts
 
@@ -131,8 +159,10 @@ def check_run_index(page, facts: Facts, out: Path) -> str:  # type: ignore[no-un
         expect(metric_row.locator("td").nth(1)).to_have_text(f"{baseline:.4f}")
         expect(metric_row.locator("td").nth(2)).to_have_text(f"{candidate:.4f}")
     page.screenshot(path=str(out / "run-index.png"), full_page=True)
-    return (f"run index: execution #{facts.execution_id} shows verdict {facts.verdict} and the recall@5 / "
-            "MRR@5 / nDCG@5 table with the DB's baseline and candidate values")
+    return (
+        f"run index: execution #{facts.execution_id} shows verdict {facts.verdict} and the recall@5 / "
+        "MRR@5 / nDCG@5 table with the DB's baseline and candidate values"
+    )
 
 
 def check_evaluation_report(page, facts: Facts, out: Path) -> str:  # type: ignore[no-untyped-def]
@@ -143,8 +173,10 @@ def check_evaluation_report(page, facts: Facts, out: Path) -> str:  # type: igno
     expect(banner).to_have_count(1)
     expect(banner).to_be_visible()
     expect(banner).to_contain_text(facts.verdict)
-    require(banner.locator("b").first.inner_text().strip() == facts.verdict,
-            f"banner starts with {banner.locator('b').first.inner_text()!r}, DB says {facts.verdict}")
+    require(
+        banner.locator("b").first.inner_text().strip() == facts.verdict,
+        f"banner starts with {banner.locator('b').first.inner_text()!r}, DB says {facts.verdict}",
+    )
     table = page.locator("table", has=page.get_by_role("rowheader", name="recall_at_5", exact=True)).first
     if table.count() == 0:  # a pandas index cell may be rendered without a row-header role
         table = page.locator("table", has=page.locator("th", has_text="recall_at_5")).first
@@ -152,8 +184,10 @@ def check_evaluation_report(page, facts: Facts, out: Path) -> str:  # type: igno
     for metric in METRICS:
         expect(table.locator("tr", has_text=metric)).to_be_visible()
     page.screenshot(path=str(out / "evaluation-report.png"), full_page=True)
-    return (f"evaluation report {facts.report.name}: banner {facts.verdict} visible; headline table with "
-            f"{', '.join(METRICS)} visible")
+    return (
+        f"evaluation report {facts.report.name}: banner {facts.verdict} visible; headline table with "
+        f"{', '.join(METRICS)} visible"
+    )
 
 
 # 4. JupyterLab -------------------------------------------------------------------------------
@@ -168,8 +202,11 @@ def lab_settings(root: Path) -> Path:
     notebook must not be rewritten with outputs), every cell attached to the DOM."""
     settings = root / "lab-settings"
     files = {
-        "@jupyterlab/apputils-extension/notification.jupyterlab-settings":
-            {"fetchNews": "false", "checkForUpdates": False, "doNotDisturbMode": True},
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+            "fetchNews": "false",
+            "checkForUpdates": False,
+            "doNotDisturbMode": True,
+        },
         "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
         "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
     }
@@ -208,12 +245,28 @@ class JupyterLab:
 
     def start(self) -> None:
         jupyter = Path(sys.executable).parent / "jupyter"
-        command = [str(jupyter), "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={self.port}",
-                   f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={REPO}",
-                   "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+        command = [
+            str(jupyter),
+            "lab",
+            "--no-browser",
+            "--allow-root",
+            "--ip=127.0.0.1",
+            f"--port={self.port}",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={REPO}",
+            "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ]
         self.log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + LAB_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -228,8 +281,9 @@ class JupyterLab:
         raise CheckFailed(f"JupyterLab did not answer within {LAB_START_TIMEOUT_S}s:\n{self.log_tail()}")
 
     def _api(self, method: str, path: str, timeout: float = 10):  # type: ignore[no-untyped-def]
-        request = urllib.request.Request(self.base + path, method=method,
-                                         headers={"Authorization": f"token {self.token}"})
+        request = urllib.request.Request(
+            self.base + path, method=method, headers={"Authorization": f"token {self.token}"}
+        )
         return urllib.request.urlopen(request, timeout=timeout)
 
     def log_tail(self, lines: int = 40) -> str:
@@ -254,7 +308,7 @@ class JupyterLab:
                 with self._api("POST", "/api/shutdown"):
                     pass
                 self.proc.wait(timeout=30)
-            except Exception:  # noqa: BLE001 - fall through to signals
+            except Exception:
                 pass
         if self.proc.poll() is None:
             try:
@@ -283,10 +337,14 @@ def check_dashboard(browser, ws, facts: Facts, out: Path, scratch: Path) -> str:
     env.update(ws.settings.as_env())
     config = scratch / "jupyter-config"
     config.mkdir()
-    env.update(JUPYTER_CONFIG_DIR=str(config), JUPYTERLAB_SETTINGS_DIR=str(lab_settings(scratch)),
-               JUPYTERLAB_WORKSPACES_DIR=str(scratch / "lab-workspaces"),
-               JUPYTER_DATA_DIR=str(scratch / "jupyter-data"), JUPYTER_RUNTIME_DIR=str(scratch / "jupyter-runtime"),
-               PYTHONUNBUFFERED="1")
+    env.update(
+        JUPYTER_CONFIG_DIR=str(config),
+        JUPYTERLAB_SETTINGS_DIR=str(lab_settings(scratch)),
+        JUPYTERLAB_WORKSPACES_DIR=str(scratch / "lab-workspaces"),
+        JUPYTER_DATA_DIR=str(scratch / "jupyter-data"),
+        JUPYTER_RUNTIME_DIR=str(scratch / "jupyter-runtime"),
+        PYTHONUNBUFFERED="1",
+    )
     notebook = REPO / NOTEBOOK
     before = notebook.read_bytes()
     checkpoints = notebook.parent / ".ipynb_checkpoints"
@@ -321,7 +379,8 @@ def check_dashboard(browser, ws, facts: Facts, out: Path, scratch: Path) -> str:
             page.locator(".lm-Menu").get_by_text("Run All Cells", exact=True).click()
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not any(
-                    t.strip() not in ("", "[ ]:") for t in prompts.all_inner_texts()):
+                t.strip() not in ("", "[ ]:") for t in prompts.all_inner_texts()
+            ):
                 _dismiss_dialogs(page)
                 page.wait_for_timeout(1000)
             if any(t.strip() not in ("", "[ ]:") for t in prompts.all_inner_texts()):
@@ -335,14 +394,17 @@ def check_dashboard(browser, ws, facts: Facts, out: Path, scratch: Path) -> str:
             _dismiss_dialogs(page)
             if tabs.count() and tabs.is_visible():
                 break
-            errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]',
-                                  has_text="Traceback")
+            errors = page.locator(
+                '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]', has_text="Traceback"
+            )
             if errors.count():
                 raise CheckFailed("a dashboard cell raised:\n" + "\n".join(errors.all_inner_texts())[-3000:])
             page.wait_for_timeout(1000)
         else:
-            raise CheckFailed(f"no ipywidgets Tab rendered within {WIDGETS_TIMEOUT_S}s; outputs:\n"
-                              + "\n".join(page.locator(".jp-OutputArea-output").all_inner_texts())[-3000:])
+            raise CheckFailed(
+                f"no ipywidgets Tab rendered within {WIDGETS_TIMEOUT_S}s; outputs:\n"
+                + "\n".join(page.locator(".jp-OutputArea-output").all_inner_texts())[-3000:]
+            )
         tab_bar = tabs.locator(".lm-TabBar, .p-TabBar").first
         for title in TABS:
             expect(tab_bar.get_by_role("tab", name=title, exact=True)).to_be_visible()
@@ -362,14 +424,16 @@ def check_dashboard(browser, ws, facts: Facts, out: Path, scratch: Path) -> str:
         heading = tabs.locator(".ops-panel h4", has_text=f"run {facts.run_id}").first
         expect(heading).to_be_visible()
         expect(heading.locator(".ops-badge")).to_have_text(facts.verdict)
-        return (f"JupyterLab dashboard: tabs {', '.join(TABS)} visible; Runs panel shows run {facts.run_id} "
-                f"({facts.run_status}, candidate {facts.candidate}); Evaluations tab shows verdict {facts.verdict}")
+        return (
+            f"JupyterLab dashboard: tabs {', '.join(TABS)} visible; Runs panel shows run {facts.run_id} "
+            f"({facts.run_status}, candidate {facts.candidate}); Evaluations tab shows verdict {facts.verdict}"
+        )
     except Exception:
         if context is not None:
             try:
                 context.pages[0].screenshot(path=str(out / "dashboard.png"))
                 print(f"      (screenshot of the failure: {out / 'dashboard.png'})")
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         print("      JupyterLab log (tail):\n" + lab.log_tail())
         raise
@@ -398,13 +462,20 @@ def _dismiss_dialogs(page) -> None:  # type: ignore[no-untyped-def]
 # Main ----------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "browser-check",
-                        help="folder for the screenshots (and, with --keep, the throwaway workspace); "
-                             "default: runs/browser-check")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the throwaway workspace, tiny model and its runs/ under --out")
-    parser.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"),
-                        help="Chromium executable (default /usr/bin/chromium, Debian's package)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "runs" / "browser-check",
+        help="folder for the screenshots (and, with --keep, the throwaway workspace); default: runs/browser-check",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the throwaway workspace, tiny model and its runs/ under --out"
+    )
+    parser.add_argument(
+        "--chromium",
+        default=os.environ.get("CHROMIUM", "/usr/bin/chromium"),
+        help="Chromium executable (default /usr/bin/chromium, Debian's package)",
+    )
     args = parser.parse_args(argv)
     out: Path = args.out.resolve()
     if not Path(args.chromium).is_file():
@@ -427,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             detail = fn()
             results.append((name, True, detail))
             print(f"PASS: {detail} ({time.monotonic() - t0:.0f}s)")
-        except Exception as exc:  # noqa: BLE001 - reported, then the next check runs
+        except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, (CheckFailed, AssertionError)):
                 traceback.print_exc()
@@ -440,12 +511,14 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         try:
             ws, facts = build_workspace(out)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             traceback.print_exc()
             print(f"FAIL: workspace: {type(exc).__name__}: {exc}")
             return 1
-        print(f"PASS: workspace built in {time.monotonic() - t0:.0f}s: run {facts.run_id} {facts.run_status}, "
-              f"evaluation verdict {facts.verdict}, report {facts.report}")
+        print(
+            f"PASS: workspace built in {time.monotonic() - t0:.0f}s: run {facts.run_id} {facts.run_status}, "
+            f"evaluation verdict {facts.verdict}, report {facts.report}"
+        )
 
         from playwright.sync_api import sync_playwright
 
@@ -467,8 +540,10 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(path, ignore_errors=True)
 
     failed = [name for name, ok, _ in results if not ok]
-    print(f"--- browser check: {len(results) - len(failed)}/{len(results)} passed in "
-          f"{time.monotonic() - started:.0f}s; screenshots in {out}")
+    print(
+        f"--- browser check: {len(results) - len(failed)}/{len(results)} passed in "
+        f"{time.monotonic() - started:.0f}s; screenshots in {out}"
+    )
     if failed:
         print("FAIL: " + ", ".join(failed))
         return 1

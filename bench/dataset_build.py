@@ -18,14 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 
 TARGET_SECONDS = 60.0
 TARGET_RSS_MB = 500.0
-AS_OF = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
+AS_OF = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
 
 
 def _settings(workspace: Path):  # type: ignore[no-untyped-def]
@@ -46,14 +46,38 @@ def prepare(workspace: Path, events: int, projects: int, chunks_per_project: int
     upgrade(ws.db)
     now = utcnow()
     with ws.db.transaction() as session:
-        session.execute(insert(Video), [
-            {"id": f"p{p}-v", "user_id": "owner", "project_id": f"p{p}", "title": f"project {p}",
-             "status": VideoStatus.READY, "created_at": now, "updated_at": now} for p in range(projects)])
-        session.execute(insert(Chunk), [
-            {"id": f"p{p}-c{c}", "video_id": f"p{p}-v", "start_ms": c * 1000, "end_ms": c * 1000 + 1000,
-             "text": f"project {p} chunk {c}: a transcript passage of modest length about topic {c % 97}",
-             "enriched_text": f"project {p} chunk {c}", "chunking_version": "bench", "created_at": now}
-            for p in range(projects) for c in range(chunks_per_project)])
+        session.execute(
+            insert(Video),
+            [
+                {
+                    "id": f"p{p}-v",
+                    "user_id": "owner",
+                    "project_id": f"p{p}",
+                    "title": f"project {p}",
+                    "status": VideoStatus.READY,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for p in range(projects)
+            ],
+        )
+        session.execute(
+            insert(Chunk),
+            [
+                {
+                    "id": f"p{p}-c{c}",
+                    "video_id": f"p{p}-v",
+                    "start_ms": c * 1000,
+                    "end_ms": c * 1000 + 1000,
+                    "text": f"project {p} chunk {c}: a transcript passage of modest length about topic {c % 97}",
+                    "enriched_text": f"project {p} chunk {c}",
+                    "chunking_version": "bench",
+                    "created_at": now,
+                }
+                for p in range(projects)
+                for c in range(chunks_per_project)
+            ],
+        )
     rng = random.Random(seed)
     per_file = 100_000
     written = 0
@@ -69,10 +93,17 @@ def prepare(workspace: Path, events: int, projects: int, chunks_per_project: int
                 rating = "LIKE" if rng.random() < 0.65 else "DISLIKE"
                 user, req = f"user-{rng.randrange(5000)}", f"req-{written:07d}-{rng.getrandbits(32):08x}"
                 data = {
-                    "schema_version": 1, "event_id": feedback_event_id(user, req, rating), "user_id": user,
-                    "project_id": f"p{p}", "req_id": req, "query_text": f"how does topic {rng.randrange(97)} work",
-                    "rating": rating, "topk_ids": topk, "used_ids": topk[: rng.randint(1, 2)],
-                    "active_model_version": "all-minilm-l6-v2-base", "active_index_name": "idx-all-minilm-l6-v2-base",
+                    "schema_version": 1,
+                    "event_id": feedback_event_id(user, req, rating),
+                    "user_id": user,
+                    "project_id": f"p{p}",
+                    "req_id": req,
+                    "query_text": f"how does topic {rng.randrange(97)} work",
+                    "rating": rating,
+                    "topk_ids": topk,
+                    "used_ids": topk[: rng.randint(1, 2)],
+                    "active_model_version": "all-minilm-l6-v2-base",
+                    "active_index_name": "idx-all-minilm-l6-v2-base",
                     "response_snapshot_ref": req,
                     "created_at": (AS_OF - timedelta(seconds=rng.randrange(29 * 86400))).isoformat(),
                     "trace_id": f"{rng.getrandbits(64):016x}",
@@ -106,8 +137,17 @@ def child(workspace: Path) -> None:
     build = build_dataset(ws, as_of=AS_OF, source_window_days=30, seed=0)
     wall = time.perf_counter() - start
     peak_mb = peak_rss_mb()
-    print(json.dumps({"wall_s": wall, "peak_rss_mb": peak_mb, "counts": build.counts,
-                      "eligible": build.eligible, "dataset_version": build.dataset_version}))
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "peak_rss_mb": peak_mb,
+                "counts": build.counts,
+                "eligible": build.eligible,
+                "dataset_version": build.dataset_version,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -118,8 +158,9 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="builds to run; the median is quoted")
-    parser.add_argument("--reuse", action="store_true",
-                        help="the workspace already holds the synthetic events: skip preparing them")
+    parser.add_argument(
+        "--reuse", action="store_true", help="the workspace already holds the synthetic events: skip preparing them"
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -143,14 +184,21 @@ def main() -> None:
     counts = result["counts"]
     wall = statistics.median(r["wall_s"] for r in runs)
     rss = statistics.median(r["peak_rss_mb"] for r in runs)
-    print(f"dataset {result['dataset_version']}: {counts['input_events']:,} events → "
-          f"{counts['deduplicated_events']:,} distinct → {counts['trainable_groups']:,} groups "
-          f"(eligible: {result['eligible']})")
+    print(
+        f"dataset {result['dataset_version']}: {counts['input_events']:,} events → "
+        f"{counts['deduplicated_events']:,} distinct → {counts['trainable_groups']:,} groups "
+        f"(eligible: {result['eligible']})"
+    )
     each = ", ".join(f"{r['wall_s']:.1f} s / {r['peak_rss_mb']:.0f} MB" for r in runs)
     print(f"runs            {each}")
-    print(f"wall time       {wall:8.1f} s    (median) ratio to target {wall / TARGET_SECONDS:.2f} (≤ 1 meets ≤ {TARGET_SECONDS:.0f} s)")
+    print(
+        f"wall time       {wall:8.1f} s    (median) ratio to target {wall / TARGET_SECONDS:.2f} (≤ 1 meets ≤ {TARGET_SECONDS:.0f} s)"
+    )
     print(f"throughput      {counts['input_lines'] / wall:8.0f} events/s")
-    print(f"peak RSS        {rss:8.0f} MB   (median) ratio to target {rss / TARGET_RSS_MB:.2f} (≤ 1 meets ≤ {TARGET_RSS_MB:.0f} MB)")
+    print(
+        f"peak RSS        {rss:8.0f} MB   (median) ratio to target {rss / TARGET_RSS_MB:.2f} (≤ 1 meets ≤ {TARGET_RSS_MB:.0f} MB)"
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -89,8 +89,9 @@ def bench_reindex(root: Path, dataset: Path | None, repeat: int) -> None:
         raw_s.append(time.perf_counter() - started)
         index_name = f"idx-bench-first-{i}"
         started = time.perf_counter()
-        report = build_index(ws, index_name=index_name, model_version=version, purpose=Purpose.REINDEX,
-                             batch_size=batch)
+        report = build_index(
+            ws, index_name=index_name, model_version=version, purpose=Purpose.REINDEX, batch_size=batch
+        )
         pipeline_s.append(time.perf_counter() - started)
         assert report.embedded == len(chunk_ids), report
         print(f"    repeat {i + 1}: raw encode {raw_s[-1]:.1f} s, pipeline {pipeline_s[-1]:.1f} s")
@@ -101,27 +102,37 @@ def bench_reindex(root: Path, dataset: Path | None, repeat: int) -> None:
     # Paired: each repeat's pipeline against the raw encode run just before it, so the machine's
     # drift between repeats cancels; the median of those ratios is quoted.
     ratio_a = _median([r / p for r, p in zip(raw_s, pipeline_s)])
-    print(f"(a) raw {len(texts) / raw:.1f} chunks/s, pipeline {len(texts) / pipeline:.1f} chunks/s (medians) → "
-          f"throughput ratio {ratio_a:.3f}, median of the paired repeats (target ≥ {TARGET_THROUGHPUT})")
+    print(
+        f"(a) raw {len(texts) / raw:.1f} chunks/s, pipeline {len(texts) / pipeline:.1f} chunks/s (medians) → "
+        f"throughput ratio {ratio_a:.3f}, median of the paired repeats (target ≥ {TARGET_THROUGHPUT})"
+    )
 
     second_s = []
     for i in range(repeat):
         started = time.perf_counter()
-        report = build_index(ws, index_name=f"idx-bench-second-{i}", model_version=version,
-                             purpose=Purpose.REINDEX, batch_size=batch)
+        report = build_index(
+            ws, index_name=f"idx-bench-second-{i}", model_version=version, purpose=Purpose.REINDEX, batch_size=batch
+        )
         second_s.append(time.perf_counter() - started)
         assert report.embedded == 0 and report.reused == len(chunk_ids), report
     again_s = []
     for _ in range(repeat):  # the same index again: every entry is unchanged
         started = time.perf_counter()
-        report = build_index(ws, index_name=f"idx-bench-first-{repeat - 1}", model_version=version,
-                             purpose=Purpose.REINDEX, batch_size=batch)
+        report = build_index(
+            ws,
+            index_name=f"idx-bench-first-{repeat - 1}",
+            model_version=version,
+            purpose=Purpose.REINDEX,
+            batch_size=batch,
+        )
         again_s.append(time.perf_counter() - started)
         assert report.unchanged == len(chunk_ids), report
     ratio_b = _median(second_s) / pipeline
-    print(f"(b) second reindex into a new index (all reused) {_median(second_s):.2f} s vs first {pipeline:.1f} s "
-          f"→ ratio {ratio_b:.4f} (target ≤ {TARGET_SECOND_REINDEX}); "
-          f"same index again (all unchanged) {_median(again_s):.2f} s → ratio {_median(again_s) / pipeline:.4f}")
+    print(
+        f"(b) second reindex into a new index (all reused) {_median(second_s):.2f} s vs first {pipeline:.1f} s "
+        f"→ ratio {ratio_b:.4f} (target ≤ {TARGET_SECOND_REINDEX}); "
+        f"same index again (all unchanged) {_median(again_s):.2f} s → ratio {_median(again_s) / pipeline:.4f}"
+    )
 
 
 # (c) -------------------------------------------------------------------------------------------
@@ -148,24 +159,52 @@ def _synthetic_release(root: Path, chunks: int, dimension: int = 384, seed: int 
     base = init_workspace(ws)
     now = utcnow() - timedelta(hours=1)
     per_video = 50
-    videos = [{"id": f"v{v:06d}", "user_id": "owner", "project_id": f"p{v % 20}", "title": f"video {v}",
-               "status": VideoStatus.READY, "created_at": now, "updated_at": now}
-              for v in range(chunks // per_video)]
-    rows = [{"id": f"v{c // per_video:06d}-c{c % per_video:03d}", "video_id": f"v{c // per_video:06d}",
-             "start_ms": c * 1000, "end_ms": c * 1000 + 1000, "text": f"synthetic chunk {c}",
-             "enriched_text": f"synthetic chunk {c}", "chunking_version": "bench", "created_at": now}
-            for c in range(chunks)]
+    videos = [
+        {
+            "id": f"v{v:06d}",
+            "user_id": "owner",
+            "project_id": f"p{v % 20}",
+            "title": f"video {v}",
+            "status": VideoStatus.READY,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for v in range(chunks // per_video)
+    ]
+    rows = [
+        {
+            "id": f"v{c // per_video:06d}-c{c % per_video:03d}",
+            "video_id": f"v{c // per_video:06d}",
+            "start_ms": c * 1000,
+            "end_ms": c * 1000 + 1000,
+            "text": f"synthetic chunk {c}",
+            "enriched_text": f"synthetic chunk {c}",
+            "chunking_version": "bench",
+            "created_at": now,
+        }
+        for c in range(chunks)
+    ]
     with ws.db.transaction() as session:
         session.execute(insert(Video), videos)
         session.execute(insert(Chunk), rows)
-        session.add(TrainingDataset(dataset_version="bench-dataset", storage_path="none",
-                                    generation_rule_version="retrieval-group-v1", source_window_start=now,
-                                    source_window_end=now, counts={}, eligible=True, ineligible_reasons=[]))
+        session.add(
+            TrainingDataset(
+                dataset_version="bench-dataset",
+                storage_path="none",
+                generation_rule_version="retrieval-group-v1",
+                source_window_start=now,
+                source_window_end=now,
+                counts={},
+                eligible=True,
+                ineligible_reasons=[],
+            )
+        )
     run_id = request_run(ws.db, trigger_source="manual", trace_id="bench-release").run_id
     assert run_id is not None
     run = get_run(ws.db, run_id)
-    register_model(ws, run.candidate_model_version, packaged_model_path(), base_model_version=base.model_version,
-                   run_id=run_id)
+    register_model(
+        ws, run.candidate_model_version, packaged_model_path(), base_model_version=base.model_version, run_id=run_id
+    )
     rng = np.random.default_rng(seed)
     targets = [(base.index_name, base.model_version), (run.candidate_index_name, run.candidate_model_version)]
     for index_name, version in targets:
@@ -173,28 +212,56 @@ def _synthetic_release(root: Path, chunks: int, dimension: int = 384, seed: int 
             part = rows[start : start + 5000]
             vectors = rng.standard_normal((len(part), dimension)).astype(np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            ws.vectors.upsert(index_name, ids=[r["id"] for r in part], embeddings=vectors,
-                              metadatas=[{"chunk_id": r["id"], "video_id": r["video_id"], "user_id": "owner",
-                                          "project_id": "p0"} for r in part])
+            ws.vectors.upsert(
+                index_name,
+                ids=[r["id"] for r in part],
+                embeddings=vectors,
+                metadatas=[
+                    {"chunk_id": r["id"], "video_id": r["video_id"], "user_id": "owner", "project_id": "p0"}
+                    for r in part
+                ],
+            )
         with ws.db.transaction() as session:
-            session.execute(insert(VectorIndexEntry), [
-                {"index_name": index_name, "chunk_id": r["id"], "embedding_model_version": version,
-                 "content_hash": content_hash(r["enriched_text"]), "created_at": now} for r in rows])
+            session.execute(
+                insert(VectorIndexEntry),
+                [
+                    {
+                        "index_name": index_name,
+                        "chunk_id": r["id"],
+                        "embedding_model_version": version,
+                        "content_hash": content_hash(r["enriched_text"]),
+                        "created_at": now,
+                    }
+                    for r in rows
+                ],
+            )
     from opslib.db.models import Decision, ModelEvaluation
     from opslib.lifecycle.evaluation.evaluate import PASS_CRITERIA
 
     with ws.db.transaction() as session:  # a stand-in verdict: the release stages only need the run
-        evaluation = ModelEvaluation(run_id=run_id, candidate_model_version=run.candidate_model_version,
-                                     baseline_model_version=run.baseline_model_version,
-                                     evaluation_dataset_ref="bench", sample_count=0, quality_metrics={},
-                                     pass_criteria=PASS_CRITERIA, overall_decision=Decision.PASS,
-                                     detail_artifact_path="none")
+        evaluation = ModelEvaluation(
+            run_id=run_id,
+            candidate_model_version=run.candidate_model_version,
+            baseline_model_version=run.baseline_model_version,
+            evaluation_dataset_ref="bench",
+            sample_count=0,
+            quality_metrics={},
+            pass_criteria=PASS_CRITERIA,
+            overall_decision=Decision.PASS,
+            detail_artifact_path="none",
+        )
         session.add(evaluation)
         session.flush()
         mark_ready(session, run_id, evaluation_id=evaluation.id)
     open_candidate(ws, run_id, actor="bench")
     with ws.db.transaction() as session:
-        apply(session, "CANDIDATE_READY", actor="bench", trace_id="bench-release", changes={"candidate_ready_at": utcnow()})
+        apply(
+            session,
+            "CANDIDATE_READY",
+            actor="bench",
+            trace_id="bench-release",
+            changes={"candidate_ready_at": utcnow()},
+        )
     return ws, run_id, run.candidate_model_version
 
 
@@ -215,21 +282,29 @@ def bench_switches(root: Path, sizes: list[int], switches: int) -> None:
             assert back.outcome == "rolled back" and back.switch_ms is not None
             cut_ms.append(report.switch_ms)
             back_ms.append(back.switch_ms)
-            print(f"    {size:>7,} chunks, try {i + 1}: cutover switch {report.switch_ms:.1f} ms, "
-                  f"rollback switch {back.switch_ms:.1f} ms")
+            print(
+                f"    {size:>7,} chunks, try {i + 1}: cutover switch {report.switch_ms:.1f} ms, "
+                f"rollback switch {back.switch_ms:.1f} ms"
+            )
         medians[size] = (_median(cut_ms), _median(back_ms))
     small, large = min(sizes), max(sizes)
     for what, k in (("cutover", 0), ("rollback", 1)):
         a, b = medians[small][k], medians[large][k]
-        print(f"(c) {what} switch: median {a:.1f} ms at {small:,} vs {b:.1f} ms at {large:,} chunks → "
-              f"growth ratio {b / a:.2f} (target ≈ 1, no growth); worst {max(a, b) / TARGET_SWITCH_MS:.2f} "
-              f"of the {TARGET_SWITCH_MS:.0f} ms budget")
+        print(
+            f"(c) {what} switch: median {a:.1f} ms at {small:,} vs {b:.1f} ms at {large:,} chunks → "
+            f"growth ratio {b / a:.2f} (target ≈ 1, no growth); worst {max(a, b) / TARGET_SWITCH_MS:.2f} "
+            f"of the {TARGET_SWITCH_MS:.0f} ms budget"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET,
-                        help="BEIR folder for (a)/(b); the built-in corpus if it does not exist")
+    parser.add_argument(
+        "--dataset",
+        type=Path,
+        default=DEFAULT_DATASET,
+        help="BEIR folder for (a)/(b); the built-in corpus if it does not exist",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--switches", type=int, default=3, help="cutover + rollback pairs per size")

@@ -25,15 +25,9 @@ OperatorRole = Literal["viewer", "operator", "admin"]
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPS_", extra="forbid", validate_default=True)
 
-    config_file: Path | None = Field(
-        default=None, description="Optional TOML file with any of these settings."
-    )
-    workspace: Path = Field(
-        default=Path("workspace"), description="Folder holding the embedded-default stores."
-    )
-    db_url: str | None = Field(
-        default=None, description="Metadata DB URL; default sqlite:///<workspace>/metadata.db"
-    )
+    config_file: Path | None = Field(default=None, description="Optional TOML file with any of these settings.")
+    workspace: Path = Field(default=Path("workspace"), description="Folder holding the embedded-default stores.")
+    db_url: str | None = Field(default=None, description="Metadata DB URL; default sqlite:///<workspace>/metadata.db")
     object_store_url: str | None = Field(
         default=None, description="fsspec URL of Object Storage; default <workspace>/objects"
     )
@@ -43,13 +37,9 @@ class Settings(BaseSettings):
     chroma_path: Path | None = Field(
         default=None, description="Chroma PersistentClient folder; default <workspace>/chroma"
     )
-    chroma_host: str | None = Field(
-        default=None, description="Chroma server host; when set, HttpClient is used"
-    )
+    chroma_host: str | None = Field(default=None, description="Chroma server host; when set, HttpClient is used")
     chroma_port: int = Field(default=8000, ge=1, le=65535)
-    runs_dir: Path = Field(
-        default=Path("runs"), description="Archive of executed stage notebooks (.ipynb + .html)."
-    )
+    runs_dir: Path = Field(default=Path("runs"), description="Archive of executed stage notebooks (.ipynb + .html).")
     notebooks_dir: Path | None = Field(
         default=None, description="Stage notebooks; default: the repository's notebooks/ folder"
     )
@@ -66,10 +56,12 @@ class Settings(BaseSettings):
     operator_role: OperatorRole = "viewer"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_file: Path | None = Field(
-        default=None, description="append JSON log lines to this file instead of stderr; a command "
-                                  "still shows warnings and errors on stderr (the runner sets it for a "
-                                  "stage's kernel: <archive stem>.log; `opsbench demo` defaults it to "
-                                  "<workspace>/logs/demo.log)")
+        default=None,
+        description="append JSON log lines to this file instead of stderr; a command "
+        "still shows warnings and errors on stderr (the runner sets it for a "
+        "stage's kernel: <archive stem>.log; `opsbench demo` defaults it to "
+        "<workspace>/logs/demo.log)",
+    )
     queue_visibility_timeout_s: float = Field(default=300.0, gt=0)
     feedback_window_days: int = Field(default=7, ge=1)
     snapshot_ttl_days: int = Field(default=14, ge=1)
@@ -82,7 +74,8 @@ class Settings(BaseSettings):
     # The bounds match the stage schemas (opslib.execution.registry): a setting the stage would refuse is
     # refused here, when the worker starts, not when a run is already under way.
     evaluation_dataset_ref: str | None = Field(
-        default=None, pattern=r"^eval-[0-9a-f]{16}$",
+        default=None,
+        pattern=r"^eval-[0-9a-f]{16}$",
         description="evaluation set the worker uses; default: the newest registered one",
     )
     training_epochs: int = Field(default=1, ge=1, le=50)
@@ -92,14 +85,23 @@ class Settings(BaseSettings):
     training_seed: int = Field(default=0, ge=0)
     bootstrap_samples: int = Field(default=1000, ge=100, le=100_000)
     # Release
-    auto_cutover: bool = Field(default=True, description="after a PASS the worker reindexes and cuts over by itself; "
-                                                        "False: it waits for an operator's promote")
-    reindex_batch_size: int = Field(default=256, ge=1, description="chunks per reindex batch (one encode call, one entry transaction)")
+    auto_cutover: bool = Field(
+        default=True,
+        description="after a PASS the worker reindexes and cuts over by itself; "
+        "False: it waits for an operator's promote",
+    )
+    reindex_batch_size: int = Field(
+        default=256, ge=1, description="chunks per reindex batch (one encode call, one entry transaction)"
+    )
     # Schedules (opslib.execution.schedule, `opsbench schedule`): 5-field cron expressions in schedule_timezone
-    schedule_timezone: str = Field(default="Asia/Seoul", description="IANA time zone the schedules' cron expressions are read in")
+    schedule_timezone: str = Field(
+        default="Asia/Seoul", description="IANA time zone the schedules' cron expressions are read in"
+    )
     dataset_schedule: str = Field(default="0 3 * * *", description="cron: when 20_build_dataset runs (daily 03:00)")
     dataset_source_window_days: int = Field(default=30, ge=1, le=365, description="source window of scheduled datasets")
-    training_schedule: str = Field(default="0 4 * * 1", description="cron: when a TRAINING_REQUEST is queued (Monday 04:00)")
+    training_schedule: str = Field(
+        default="0 4 * * 1", description="cron: when a TRAINING_REQUEST is queued (Monday 04:00)"
+    )
     fault_point: str | None = Field(default=None, description="test only: SIGKILL the process at this checkpoint")
 
     @classmethod
@@ -154,9 +156,7 @@ class Settings(BaseSettings):
         if self.run_stall_after_s <= 2 * self.heartbeat_interval_s:
             raise ValueError("run_stall_after_s must exceed two heartbeat intervals, or live runs look stalled")
         if self.snapshot_ttl_days < self.feedback_window_days:
-            raise ValueError(
-                "snapshot_ttl_days must be >= feedback_window_days: feedback must find its snapshot"
-            )
+            raise ValueError("snapshot_ttl_days must be >= feedback_window_days: feedback must find its snapshot")
         return self
 
     # Resolved locations -------------------------------------------------------------------

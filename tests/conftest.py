@@ -13,12 +13,12 @@ from sqlalchemy import create_engine, make_url, text
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_model import build_tiny_model  # noqa: E402
+from tiny_model import build_tiny_model
 
-from opslib.db.engine import forget_database  # noqa: E402
-from opslib.infra.workspace import Workspace  # noqa: E402
-from opslib.ops.bootstrap import init_workspace  # noqa: E402
-from opslib.settings import Settings  # noqa: E402
+from opslib.db.engine import forget_database
+from opslib.infra.workspace import Workspace
+from opslib.ops.bootstrap import init_workspace
+from opslib.settings import Settings
 
 POSTGRES_URL = os.environ.get("OPS_TEST_POSTGRES_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
@@ -99,8 +99,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def settings(tmp_path: Path, db_url: str, tiny_model_dir: Path) -> Settings:
     return Settings(
-        workspace=tmp_path / "ws", runs_dir=tmp_path / "runs", db_url=db_url,
-        base_model_path=tiny_model_dir, base_model_version="tiny-base", log_level="WARNING",
+        workspace=tmp_path / "ws",
+        runs_dir=tmp_path / "runs",
+        db_url=db_url,
+        base_model_path=tiny_model_dir,
+        base_model_version="tiny-base",
+        log_level="WARNING",
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from opslib.corpus.loader import load_corpus
@@ -18,36 +18,61 @@ def mini_corpus_spec(n_queries: int = 24):  # type: ignore[no-untyped-def]
     """A small honest corpus: each query has two answer passages sharing its words."""
     from opslib.corpus.loader import CorpusSpec, Document, Query
 
-    topics = ["sorting lists", "reading files", "parsing dates", "sending email", "hashing passwords",
-              "compressing archives", "spawning processes", "formatting strings", "rounding decimals",
-              "walking directories", "matching patterns", "encoding base64"]
+    topics = [
+        "sorting lists",
+        "reading files",
+        "parsing dates",
+        "sending email",
+        "hashing passwords",
+        "compressing archives",
+        "spawning processes",
+        "formatting strings",
+        "rounding decimals",
+        "walking directories",
+        "matching patterns",
+        "encoding base64",
+    ]
     documents, queries = [], []
     for q in range(n_queries):
         topic = topics[q % len(topics)]
         project = "alpha" if q % 2 == 0 else "beta"
         queries.append(Query(f"q{q:03d}", f"how do I go about {topic} case {q}", (f"q{q:03d}-a0", f"q{q:03d}-a1")))
         for p in range(2):
-            documents.append(Document(f"q{q:03d}-a{p}", f"answer part {p} about {topic} for case {q}: "
-                                      f"the usual way to handle {topic} is explained here",
-                                      project_key=project, video_key=f"{project}-{q // 6}"))
+            documents.append(
+                Document(
+                    f"q{q:03d}-a{p}",
+                    f"answer part {p} about {topic} for case {q}: the usual way to handle {topic} is explained here",
+                    project_key=project,
+                    video_key=f"{project}-{q // 6}",
+                )
+            )
     return CorpusSpec(name="mini", source="tests", documents=documents, queries=queries)
 
 
 DATASET_ROW_VERSION = "20261201-aaaaaaaaaaaa"
 
 
-def dataset_row(ws: Workspace, version: str = DATASET_ROW_VERSION, *, eligible: bool = True,
-                hours_ago: float = 0) -> str:
+def dataset_row(
+    ws: Workspace, version: str = DATASET_ROW_VERSION, *, eligible: bool = True, hours_ago: float = 0
+) -> str:
     """A ``TrainingDataset`` row without an artifact: for what only reads the row (run control,
     previews, the dashboard). Its 30-day window ends ``hours_ago`` hours ago."""
     from opslib.db.models import TrainingDataset
 
     end = utcnow() - timedelta(hours=hours_ago)
     with ws.db.transaction() as session:
-        session.add(TrainingDataset(dataset_version=version, storage_path="x", generation_rule_version="retrieval-group-v1",
-                                    source_window_start=end - timedelta(days=30), source_window_end=end,
-                                    counts={"trainable_groups": 12, "negatives": 30}, eligible=eligible,
-                                    ineligible_reasons=[] if eligible else ["groups 3 < 10"]))
+        session.add(
+            TrainingDataset(
+                dataset_version=version,
+                storage_path="x",
+                generation_rule_version="retrieval-group-v1",
+                source_window_start=end - timedelta(days=30),
+                source_window_end=end,
+                counts={"trainable_groups": 12, "negatives": 30},
+                eligible=eligible,
+                ineligible_reasons=[] if eligible else ["groups 3 < 10"],
+            )
+        )
     return version
 
 
@@ -78,14 +103,21 @@ def ready_run(ws: Workspace, candidate_dir) -> int:  # type: ignore[no-untyped-d
     run_id = request_run(ws.db, trigger_source="manual", trace_id=f"release-test-{utcnow().timestamp()}").run_id
     assert run_id is not None
     run = get_run(ws.db, run_id)
-    register_model(ws, run.candidate_model_version, candidate_dir, base_model_version=run.baseline_model_version,
-                   run_id=run_id)
+    register_model(
+        ws, run.candidate_model_version, candidate_dir, base_model_version=run.baseline_model_version, run_id=run_id
+    )
     with ws.db.transaction() as session:
-        evaluation = ModelEvaluation(run_id=run_id, candidate_model_version=run.candidate_model_version,
-                                     baseline_model_version=run.baseline_model_version,
-                                     evaluation_dataset_ref="eval-stand-in", sample_count=0, quality_metrics={},
-                                     pass_criteria=PASS_CRITERIA, overall_decision=Decision.PASS,
-                                     detail_artifact_path="none")
+        evaluation = ModelEvaluation(
+            run_id=run_id,
+            candidate_model_version=run.candidate_model_version,
+            baseline_model_version=run.baseline_model_version,
+            evaluation_dataset_ref="eval-stand-in",
+            sample_count=0,
+            quality_metrics={},
+            pass_criteria=PASS_CRITERIA,
+            overall_decision=Decision.PASS,
+            detail_artifact_path="none",
+        )
         session.add(evaluation)
         session.flush()
         mark_ready(session, run_id, evaluation_id=evaluation.id)
@@ -99,8 +131,14 @@ def write_beir(folder: Path, n_queries: int = 12) -> Path:
         source = "alpha" if q % 2 == 0 else "beta"
         queries.append({"_id": f"q{q:02d}", "text": f"question number {q} about topic {q}"})
         for p in range(2):
-            corpus.append({"_id": f"q{q:02d}-a{p}", "title": "", "text": f"answer {p} to topic {q} explained",
-                           "metadata": {"source": source, "part": f"{source}-part{q // 4}"}})
+            corpus.append(
+                {
+                    "_id": f"q{q:02d}-a{p}",
+                    "title": "",
+                    "text": f"answer {p} to topic {q} explained",
+                    "metadata": {"source": source, "part": f"{source}-part{q // 4}"},
+                }
+            )
             qrels.append(f"q{q:02d}\tq{q:02d}-a{p}\t1")
     queries.append({"_id": "orphan", "text": "a question nobody answered"})
     (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus))
@@ -111,9 +149,17 @@ def write_beir(folder: Path, n_queries: int = 12) -> Path:
 
 def feedback_event(**overrides: object) -> dict:
     event = make_event(
-        user_id="u1", project_id="p1", req_id="r1", query_text="how to sort", rating="LIKE",
-        topk_ids=["c1", "c2", "c3"], used_ids=["c1"], active_model_version="m1",
-        active_index_name="idx-m1", created_at=datetime(2026, 11, 30, tzinfo=timezone.utc), trace_id="t1",
+        user_id="u1",
+        project_id="p1",
+        req_id="r1",
+        query_text="how to sort",
+        rating="LIKE",
+        topk_ids=["c1", "c2", "c3"],
+        used_ids=["c1"],
+        active_model_version="m1",
+        active_index_name="idx-m1",
+        created_at=datetime(2026, 11, 30, tzinfo=UTC),
+        trace_id="t1",
     ).to_dict()
     event.update(overrides)
     return event

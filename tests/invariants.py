@@ -43,12 +43,20 @@ def check_invariants(ws: Workspace) -> list[str]:
         if session.get(ModelVersion, release.active_model_version) is None:
             problems.append(f"active model {release.active_model_version} is not registered")
         active_index, candidate_index = release.active_index_name, release.candidate_index_name
-        servable = set(session.scalars(
-            select(Chunk.id).join(Video, Video.id == Chunk.video_id)
-            .where(Video.status == VideoStatus.READY, Video.search_serving_state == ServingState.SERVABLE)))
-        excluded = list(session.execute(
-            select(Video.id, Video.project_id, Chunk.text).join(Chunk, Chunk.video_id == Video.id)
-            .where(Video.search_serving_state == ServingState.ROLLBACK_EXCLUDED)).all())
+        servable = set(
+            session.scalars(
+                select(Chunk.id)
+                .join(Video, Video.id == Chunk.video_id)
+                .where(Video.status == VideoStatus.READY, Video.search_serving_state == ServingState.SERVABLE)
+            )
+        )
+        excluded = list(
+            session.execute(
+                select(Video.id, Video.project_id, Chunk.text)
+                .join(Chunk, Chunk.video_id == Video.id)
+                .where(Video.search_serving_state == ServingState.ROLLBACK_EXCLUDED)
+            ).all()
+        )
     if not ws.vectors.exists(active_index):
         problems.append(f"the active index {active_index} does not exist")
     unindexed = servable - indexed_chunk_ids(ws, active_index)
@@ -61,6 +69,8 @@ def check_invariants(ws: Workspace) -> list[str]:
         if candidate_index and response.active_index_name == candidate_index:
             problems.append("search used the candidate index")
     response = search(ws, "how do I go about sorting lists", project_id="mini-alpha", user_id="invariant-check")
-    if response.active_index_name != active_index or (candidate_index and response.active_index_name == candidate_index):
+    if response.active_index_name != active_index or (
+        candidate_index and response.active_index_name == candidate_index
+    ):
         problems.append(f"search served {response.active_index_name}, the release says {active_index}")
     return problems

@@ -53,9 +53,16 @@ def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("operator_role", "root"), ("chroma_port", 0), ("queue_visibility_timeout_s", -1), ("log_level", "LOUD"),
-     # what a stage's schema would refuse is refused up front, not in the middle of a run
-     ("training_learning_rate", 0.05), ("training_epochs", 51), ("evaluation_dataset_ref", "my-set")],
+    [
+        ("operator_role", "root"),
+        ("chroma_port", 0),
+        ("queue_visibility_timeout_s", -1),
+        ("log_level", "LOUD"),
+        # what a stage's schema would refuse is refused up front, not in the middle of a run
+        ("training_learning_rate", 0.05),
+        ("training_epochs", 51),
+        ("evaluation_dataset_ref", "my-set"),
+    ],
 )
 def test_bad_values_name_the_field(field: str, value: object) -> None:
     with pytest.raises(ValidationError) as info:

@@ -20,8 +20,14 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(source / name, bert_dir / name)
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=256)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
     BertModel(config).save_pretrained(bert_dir)
     transformer = models.Transformer(str(bert_dir), max_seq_length=128)
     pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")

@@ -75,15 +75,21 @@ _adapter: TypeAdapter[TrainingRequest | RollbackRequest] = TypeAdapter(ControlMe
 
 
 def new_training_request(**fields: Any) -> TrainingRequest:
-    return TrainingRequest(payload_version="v1", trace_id=fields.pop("trace_id", None) or current_trace_id(),
-                           issued_at=fields.pop("issued_at", None) or utcnow(), **fields)
+    return TrainingRequest(
+        payload_version="v1",
+        trace_id=fields.pop("trace_id", None) or current_trace_id(),
+        issued_at=fields.pop("issued_at", None) or utcnow(),
+        **fields,
+    )
 
 
 def new_rollback_request(expected_active_model_version: str, **fields: Any) -> RollbackRequest:
     return RollbackRequest(
-        payload_version="v1", trace_id=fields.pop("trace_id", None) or current_trace_id(),
+        payload_version="v1",
+        trace_id=fields.pop("trace_id", None) or current_trace_id(),
         issued_at=fields.pop("issued_at", None) or utcnow(),
-        expected_active_model_version=expected_active_model_version, **fields,
+        expected_active_model_version=expected_active_model_version,
+        **fields,
     )
 
 

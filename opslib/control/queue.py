@@ -65,12 +65,15 @@ def _add_message(session: Session, payload: dict[str, Any]) -> int:
         message_type=str(payload.get("message_type") or "UNKNOWN")[:64],
         payload=payload,
         trace_id=str(payload.get("trace_id") or "")[:64] or "untraced",
-        attempt=0, issued_at=now, visible_at=now,
+        attempt=0,
+        issued_at=now,
+        visible_at=now,
     )
     session.add(row)
     session.flush()
-    log.info("message published", extra={"message_id": row.id, "message_type": row.message_type,
-                                         "trace_id": row.trace_id})
+    log.info(
+        "message published", extra={"message_id": row.id, "message_type": row.message_type, "trace_id": row.trace_id}
+    )
     return row.id
 
 
@@ -105,8 +108,9 @@ def claim(
         row.attempt += 1
         row.claimed_by = consumer
         row.visible_at = now + timedelta(seconds=visibility_timeout_s)
-        return Delivery(row.id, row.message_type, dict(row.payload), row.trace_id, row.attempt,
-                        consumer, row.visible_at)
+        return Delivery(
+            row.id, row.message_type, dict(row.payload), row.trace_id, row.attempt, consumer, row.visible_at
+        )
 
 
 def _finish(db: Database, delivery: Delivery, outcome: MessageOutcome, reason: str | None) -> bool:
@@ -126,8 +130,9 @@ def ack(db: Database, delivery: Delivery, note: str | None = None) -> bool:
 
 def refuse(db: Database, delivery: Delivery, reason: str) -> bool:
     """Mark refused with ``reason``: never executed, never redelivered."""
-    log.warning("message refused", extra={"message_id": delivery.message_id, "reason": reason,
-                                          "trace_id": delivery.trace_id})
+    log.warning(
+        "message refused", extra={"message_id": delivery.message_id, "reason": reason, "trace_id": delivery.trace_id}
+    )
     return _finish(db, delivery, MessageOutcome.REFUSED, reason)
 
 
@@ -136,8 +141,12 @@ def extend(db: Database, delivery: Delivery, visibility_timeout_s: float) -> boo
     with db.transaction() as session:
         changed = session.execute(
             update(OpsMessage)
-            .where(OpsMessage.id == delivery.message_id, OpsMessage.acked_at.is_(None),
-                   OpsMessage.claimed_by == delivery.claimed_by, OpsMessage.attempt == delivery.attempt)
+            .where(
+                OpsMessage.id == delivery.message_id,
+                OpsMessage.acked_at.is_(None),
+                OpsMessage.claimed_by == delivery.claimed_by,
+                OpsMessage.attempt == delivery.attempt,
+            )
             .values(visible_at=utcnow() + timedelta(seconds=visibility_timeout_s))
         ).rowcount
     return bool(changed)
@@ -153,8 +162,7 @@ def receive(
 ) -> tuple[Delivery, TrainingRequest | RollbackRequest] | None:
     """Claim the next *valid* control message; invalid ones are refused on the way."""
     while True:
-        delivery = claim(db, consumer, visibility_timeout_s=visibility_timeout_s,
-                         message_types=message_types, now=now)
+        delivery = claim(db, consumer, visibility_timeout_s=visibility_timeout_s, message_types=message_types, now=now)
         if delivery is None:
             return None
         try:

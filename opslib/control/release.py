@@ -34,20 +34,32 @@ class Transition:
 TRANSITIONS: dict[str, Transition] = {
     "BOOTSTRAP": Transition(None, S.STABLE, "empty workspace: the packaged model serves"),
     "OPEN_CANDIDATE": Transition(S.STABLE, S.CANDIDATE_REINDEXING, "a READY_FOR_RELEASE run: build its index"),
-    "CANDIDATE_READY": Transition(S.CANDIDATE_REINDEXING, S.CANDIDATE_REINDEXING,
-                                  "candidate loaded and its index built"),
-    "CUTOVER": Transition(S.CANDIDATE_REINDEXING, S.STABLE,
-                          "candidate ready and complete: snapshot the active, switch"),
+    "CANDIDATE_READY": Transition(
+        S.CANDIDATE_REINDEXING, S.CANDIDATE_REINDEXING, "candidate loaded and its index built"
+    ),
+    "CUTOVER": Transition(
+        S.CANDIDATE_REINDEXING, S.STABLE, "candidate ready and complete: snapshot the active, switch"
+    ),
     "ABORT_CANDIDATE": Transition(S.CANDIDATE_REINDEXING, S.STABLE, "reindex failed: drop the candidate"),
     "PREPARE_ROLLBACK": Transition(S.STABLE, S.ROLLBACK_PREPARING, "ROLLBACK_REQUEST with a snapshot"),
     "COMPLETE_ROLLBACK": Transition(S.ROLLBACK_PREPARING, S.STABLE, "target ready, snapshot index restored"),
 }
 
 _STATE_FIELDS = (
-    "release_status", "active_model_version", "active_index_name", "previous_model_version",
-    "previous_index_name", "candidate_model_version", "candidate_index_name", "candidate_run_id",
-    "rollback_snapshot_active_model_version", "rollback_snapshot_active_index_name",
-    "rollback_snapshot_captured_at", "candidate_ready_at", "switched_at", "row_version",
+    "release_status",
+    "active_model_version",
+    "active_index_name",
+    "previous_model_version",
+    "previous_index_name",
+    "candidate_model_version",
+    "candidate_index_name",
+    "candidate_run_id",
+    "rollback_snapshot_active_model_version",
+    "rollback_snapshot_active_index_name",
+    "rollback_snapshot_captured_at",
+    "candidate_ready_at",
+    "switched_at",
+    "row_version",
 )
 CANDIDATE_FIELDS = ("candidate_model_version", "candidate_index_name", "candidate_run_id", "candidate_ready_at")
 
@@ -73,8 +85,8 @@ def release_state(release: ModelRelease | None) -> dict[str, Any] | None:
     state: dict[str, Any] = {}
     for name in _STATE_FIELDS:
         value = getattr(release, name)
-        state[name] = value.isoformat() if isinstance(value, datetime) else (
-            value.value if hasattr(value, "value") else value
+        state[name] = (
+            value.isoformat() if isinstance(value, datetime) else (value.value if hasattr(value, "value") else value)
         )
     return state
 
@@ -101,8 +113,10 @@ def apply(
             f"the release is {status.value if status else 'not created'}"
         )
     if release is not None and expected_row_version is not None and release.row_version != expected_row_version:
-        raise ReleaseError(f"release transition {kind}: the release changed (row version {release.row_version}, "
-                           f"expected {expected_row_version})")
+        raise ReleaseError(
+            f"release transition {kind}: the release changed (row version {release.row_version}, "
+            f"expected {expected_row_version})"
+        )
     if release is None:
         release = ModelRelease(serving_key=SERVING_KEY, release_status=move.target, **(changes or {}))
         before = None
@@ -117,8 +131,17 @@ def apply(
             setattr(release, name, value)
         release.release_status = move.target
     session.flush()  # the UPDATE carries WHERE row_version = <read version>: a concurrent change fails it
-    session.add(ReleaseEvent(release_id=release.id, kind=kind, before=before, after=release_state(release) or {},
-                             actor=actor, trace_id=trace_id, at=utcnow()))
+    session.add(
+        ReleaseEvent(
+            release_id=release.id,
+            kind=kind,
+            before=before,
+            after=release_state(release) or {},
+            actor=actor,
+            trace_id=trace_id,
+            at=utcnow(),
+        )
+    )
     session.flush()
     return release
 
@@ -127,8 +150,13 @@ def create_initial_release(
     session: Session, *, model_version: str, index_name: str, actor: str, trace_id: str
 ) -> ModelRelease:
     """— → STABLE: the first serving combination (bootstrap)."""
-    return apply(session, "BOOTSTRAP", actor=actor, trace_id=trace_id,
-                 changes={"active_model_version": model_version, "active_index_name": index_name})
+    return apply(
+        session,
+        "BOOTSTRAP",
+        actor=actor,
+        trace_id=trace_id,
+        changes={"active_model_version": model_version, "active_index_name": index_name},
+    )
 
 
 def history(session: Session, limit: int | None = None) -> list[ReleaseEvent]:
@@ -146,9 +174,18 @@ def history_frame(session: Session) -> Any:
     """The release history as a table: when, what, who, and what served after it."""
     import pandas as pd
 
-    rows = [{"at": e.at, "kind": e.kind, "actor": e.actor, "status": e.after.get("release_status"),
-             "active": e.after.get("active_model_version"), "candidate": e.after.get("candidate_model_version"),
-             "trace_id": e.trace_id} for e in history(session)]
+    rows = [
+        {
+            "at": e.at,
+            "kind": e.kind,
+            "actor": e.actor,
+            "status": e.after.get("release_status"),
+            "active": e.after.get("active_model_version"),
+            "candidate": e.after.get("candidate_model_version"),
+            "trace_id": e.trace_id,
+        }
+        for e in history(session)
+    ]
     return pd.DataFrame(rows, columns=["at", "kind", "actor", "status", "active", "candidate", "trace_id"])
 
 

@@ -71,9 +71,14 @@ def latest_eligible_dataset(session: Session) -> TrainingDataset | None:
     Latest = the newest source window (a backfill built today for an old ``as_of`` does not
     displace a dataset of newer feedback), then the newest build."""
     return session.scalars(
-        select(TrainingDataset).where(TrainingDataset.eligible.is_(True))
-        .order_by(TrainingDataset.source_window_end.desc(), TrainingDataset.created_at.desc(),
-                  TrainingDataset.dataset_version.desc()).limit(1)
+        select(TrainingDataset)
+        .where(TrainingDataset.eligible.is_(True))
+        .order_by(
+            TrainingDataset.source_window_end.desc(),
+            TrainingDataset.created_at.desc(),
+            TrainingDataset.dataset_version.desc(),
+        )
+        .limit(1)
     ).first()
 
 
@@ -137,7 +142,9 @@ def request_run(
                 running = _slot(session, RunStatus.RUNNING)
                 run = MLPipelineRun(
                     status=RunStatus.RUNNING if running is None else RunStatus.PENDING,
-                    trigger_source=source, trace_id=trace_id, request_message_id=request_message_id,
+                    trigger_source=source,
+                    trace_id=trace_id,
+                    request_message_id=request_message_id,
                 )
                 check_transition(None, run.status)
                 # The newest request wins over an older pending one — also when the active slot
@@ -202,7 +209,12 @@ def mark_ready(session: Session, run_id: int, *, evaluation_id: int) -> MLPipeli
 
 
 def mark_failed(
-    session: Session, run_id: int, *, stage: RunStage, failure_type: FailureType, reason: str,
+    session: Session,
+    run_id: int,
+    *,
+    stage: RunStage,
+    failure_type: FailureType,
+    reason: str,
     evaluation_id: int | None = None,
 ) -> MLPipelineRun:
     """RUNNING (or READY_FOR_RELEASE, for release stages) → FAILED with stage, type and reason."""
@@ -216,8 +228,10 @@ def mark_failed(
     run.failure_reason = reason[:4000]
     if evaluation_id is not None:
         run.evaluation_id = evaluation_id
-    log.warning("run failed", extra={"run_id": run_id, "stage": stage.value, "failure_type": failure_type.value,
-                                     "reason": reason[:500]})
+    log.warning(
+        "run failed",
+        extra={"run_id": run_id, "stage": stage.value, "failure_type": failure_type.value, "reason": reason[:500]},
+    )
     return run
 
 
@@ -269,11 +283,15 @@ def get_run(db: Database, run_id: int) -> MLPipelineRun:
 
 def run_summary(run: MLPipelineRun) -> dict[str, Any]:
     return {
-        "id": run.id, "status": run.status.value, "dataset_version": run.dataset_version,
+        "id": run.id,
+        "status": run.status.value,
+        "dataset_version": run.dataset_version,
         "baseline_model_version": run.baseline_model_version,
         "candidate_model_version": run.candidate_model_version,
         "failed_stage": run.failed_stage.value if run.failed_stage else None,
         "failure_type": run.failure_type.value if run.failure_type else None,
-        "failure_reason": run.failure_reason, "evaluation_id": run.evaluation_id,
-        "superseded_by_run_id": run.superseded_by_run_id, "trigger_source": run.trigger_source.value,
+        "failure_reason": run.failure_reason,
+        "evaluation_id": run.evaluation_id,
+        "superseded_by_run_id": run.superseded_by_run_id,
+        "trigger_source": run.trigger_source.value,
     }

@@ -63,11 +63,12 @@ def read_beir(path: Path, name: str) -> CorpusSpec:
         video_key = meta.get("part") or title or f"group-{position // DOCS_PER_VIDEO:04d}"
         documents.append(
             Document(
-                doc_id=row["_id"], text=row["text"], title=title,
-                project_key=str(meta.get("source") or name), video_key=str(video_key),
+                doc_id=row["_id"],
+                text=row["text"],
+                title=title,
+                project_key=str(meta.get("source") or name),
+                video_key=str(video_key),
             )
         )
-    spec_queries = [
-        Query(row["_id"], row["text"], tuple(qrels.get(row["_id"], ()))) for row in queries
-    ]
+    spec_queries = [Query(row["_id"], row["text"], tuple(qrels.get(row["_id"], ()))) for row in queries]
     return CorpusSpec(name=name, source=str(path.resolve()), documents=documents, queries=spec_queries)

@@ -19,13 +19,57 @@ MAX_WORDS = 120
 MIN_BODY_WORDS = 12
 PROJECTS: dict[str, tuple[str, ...]] = {
     "text": ("string", "textwrap", "re", "difflib", "unicodedata", "html", "json", "csv", "base64"),
-    "data": ("collections", "itertools", "functools", "heapq", "bisect", "statistics", "math",
-             "random", "decimal", "fractions", "datetime", "calendar", "operator"),
-    "system": ("os", "shutil", "pathlib", "subprocess", "tempfile", "glob", "fnmatch", "io",
-               "logging", "argparse", "zipfile", "tarfile", "sqlite3", "threading", "queue",
-               "configparser", "pickle", "copy", "contextlib", "inspect", "ast", "enum"),
-    "web": ("urllib.parse", "http.client", "http.cookies", "email.message", "email.utils",
-            "xml.etree.ElementTree", "smtplib", "ftplib", "ipaddress", "mimetypes"),
+    "data": (
+        "collections",
+        "itertools",
+        "functools",
+        "heapq",
+        "bisect",
+        "statistics",
+        "math",
+        "random",
+        "decimal",
+        "fractions",
+        "datetime",
+        "calendar",
+        "operator",
+    ),
+    "system": (
+        "os",
+        "shutil",
+        "pathlib",
+        "subprocess",
+        "tempfile",
+        "glob",
+        "fnmatch",
+        "io",
+        "logging",
+        "argparse",
+        "zipfile",
+        "tarfile",
+        "sqlite3",
+        "threading",
+        "queue",
+        "configparser",
+        "pickle",
+        "copy",
+        "contextlib",
+        "inspect",
+        "ast",
+        "enum",
+    ),
+    "web": (
+        "urllib.parse",
+        "http.client",
+        "http.cookies",
+        "email.message",
+        "email.utils",
+        "xml.etree.ElementTree",
+        "smtplib",
+        "ftplib",
+        "ipaddress",
+        "mimetypes",
+    ),
 }
 
 
@@ -41,7 +85,7 @@ def _split_docstring(doc: str) -> tuple[str, str]:
     if not paragraphs:
         return "", ""
     first = _SENTENCE_END.split(paragraphs[0], maxsplit=1)[0]
-    remainder = paragraphs[0][len(first):].strip()
+    remainder = paragraphs[0][len(first) :].strip()
     body = "\n\n".join(p for p in [remainder, *paragraphs[1:]] if p)
     return first, body
 
@@ -81,16 +125,21 @@ def build_demo_corpus(name: str = "stdlib", max_per_module: int | None = None) -
                     continue
                 summary, body = _split_docstring(doc)
                 # A summary repeated verbatim in its body would make the query find itself.
-                if (len(summary) < 10 or len(body.split()) < MIN_BODY_WORDS or summary in seen_summaries
-                        or summary.lower() in body.lower()):
+                if (
+                    len(summary) < 10
+                    or len(body.split()) < MIN_BODY_WORDS
+                    or summary in seen_summaries
+                    or summary.lower() in body.lower()
+                ):
                     continue
                 seen_summaries.add(summary)
                 query_id = f"{module_name}.{qualname}"
                 doc_ids = []
                 for position, passage in enumerate(_passages(body)):
                     doc_id = f"{query_id}-p{position}"
-                    documents.append(Document(doc_id=doc_id, text=passage, project_key=project,
-                                              video_key=module_name, title=""))
+                    documents.append(
+                        Document(doc_id=doc_id, text=passage, project_key=project, video_key=module_name, title="")
+                    )
                     doc_ids.append(doc_id)
                 queries.append(Query(query_id=query_id, text=summary, relevant_doc_ids=tuple(doc_ids)))
                 taken += 1

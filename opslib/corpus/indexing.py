@@ -116,8 +116,13 @@ def index_chunks(
     bar.close()
     log.info(
         "indexed chunks",
-        extra={"index_name": index_name, "embedded": report.embedded, "reused": report.reused,
-               "unchanged": report.unchanged, "missing": len(report.missing)},
+        extra={
+            "index_name": index_name,
+            "embedded": report.embedded,
+            "reused": report.reused,
+            "unchanged": report.unchanged,
+            "missing": len(report.missing),
+        },
     )
     return report
 
@@ -146,8 +151,7 @@ def _index_batch(
         todo = [r for r in rows if (r.chunk_id, r.hash, model_version) not in present]
         report.unchanged += len(rows) - len(todo)
         donors = session.execute(
-            select(VectorIndexEntry.content_hash, VectorIndexEntry.index_name, VectorIndexEntry.chunk_id)
-            .where(
+            select(VectorIndexEntry.content_hash, VectorIndexEntry.index_name, VectorIndexEntry.chunk_id).where(
                 VectorIndexEntry.embedding_model_version == model_version,
                 VectorIndexEntry.content_hash.in_({r.hash for r in todo}),
             )
@@ -182,11 +186,19 @@ def _index_batch(
             )
         )
         now = utcnow()
-        session.execute(insert(VectorIndexEntry), [  # one executemany, not an ORM unit of work
-            {"index_name": index_name, "chunk_id": r.chunk_id, "embedding_model_version": model_version,
-             "content_hash": r.hash, "created_at": now}
-            for r in todo
-        ])
+        session.execute(
+            insert(VectorIndexEntry),
+            [  # one executemany, not an ORM unit of work
+                {
+                    "index_name": index_name,
+                    "chunk_id": r.chunk_id,
+                    "embedding_model_version": model_version,
+                    "content_hash": r.hash,
+                    "created_at": now,
+                }
+                for r in todo
+            ],
+        )
     report.reused += len(reused)
     report.embedded += len(todo) - len(reused)
 
@@ -215,8 +227,9 @@ def stored_vectors(ws: Workspace, model_version: str, chunk_ids: Sequence[str]) 
         with ws.db.read() as session:
             current = dict(session.execute(select(Chunk.id, Chunk.enriched_text).where(Chunk.id.in_(part))).all())
             entries = session.execute(
-                select(VectorIndexEntry.index_name, VectorIndexEntry.chunk_id, VectorIndexEntry.content_hash)
-                .where(VectorIndexEntry.embedding_model_version == model_version, VectorIndexEntry.chunk_id.in_(part))
+                select(VectorIndexEntry.index_name, VectorIndexEntry.chunk_id, VectorIndexEntry.content_hash).where(
+                    VectorIndexEntry.embedding_model_version == model_version, VectorIndexEntry.chunk_id.in_(part)
+                )
             ).all()
         by_index: dict[str, list[str]] = {}
         for index_name, chunk_id, digest in entries:
@@ -260,29 +273,43 @@ def servable_chunk_ids(ws: Workspace, *, by_length: bool = False) -> list[str]:
 
 def indexed_chunk_ids(ws: Workspace, index_name: str) -> set[str]:
     with ws.db.read() as session:
-        return set(
-            session.scalars(select(VectorIndexEntry.chunk_id).where(VectorIndexEntry.index_name == index_name))
-        )
+        return set(session.scalars(select(VectorIndexEntry.chunk_id).where(VectorIndexEntry.index_name == index_name)))
 
 
 def build_index(
-    ws: Workspace, *, index_name: str, model_version: str, purpose: Purpose, progress: bool = False,
-    batch_size: int = 128, guard: Callable[[Session], bool] | None = None,
+    ws: Workspace,
+    *,
+    index_name: str,
+    model_version: str,
+    purpose: Purpose,
+    progress: bool = False,
+    batch_size: int = 128,
+    guard: Callable[[Session], bool] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> IndexReport:
     """Index every chunk of every READY video (resumable: finished entries are not recomputed)."""
     ws.vectors.collection(index_name)  # an empty corpus still gets its (empty) index
     return index_chunks(
-        ws, servable_chunk_ids(ws, by_length=True), index_name=index_name, model_version=model_version,
-        purpose=purpose, progress=progress, batch_size=batch_size, guard=guard, on_batch=on_batch,
+        ws,
+        servable_chunk_ids(ws, by_length=True),
+        index_name=index_name,
+        model_version=model_version,
+        purpose=purpose,
+        progress=progress,
+        batch_size=batch_size,
+        guard=guard,
+        on_batch=on_batch,
     )
 
 
 def missing_chunks_query(index_name: str, ready_before: datetime | None = None) -> Select[tuple[str]]:
     """READY chunks (created before ``ready_before``) without an entry in ``index_name``."""
-    query = (select(Chunk.id).join(Video, Video.id == Chunk.video_id)
-             .where(Video.status == VideoStatus.READY)
-             .where(~Chunk.id.in_(select(VectorIndexEntry.chunk_id).where(VectorIndexEntry.index_name == index_name))))
+    query = (
+        select(Chunk.id)
+        .join(Video, Video.id == Chunk.video_id)
+        .where(Video.status == VideoStatus.READY)
+        .where(~Chunk.id.in_(select(VectorIndexEntry.chunk_id).where(VectorIndexEntry.index_name == index_name)))
+    )
     if ready_before is not None:
         query = query.where(Chunk.created_at <= ready_before)
     return query

@@ -123,10 +123,15 @@ def write_targets(ws: Workspace) -> list[WriteTarget]:
 
 def still_reindexing(index_name: str):  # type: ignore[no-untyped-def]
     """Guard for a candidate write: asked inside the transaction that records the entries."""
+
     def guard(session: Session) -> bool:
         release = current_release(session)
-        return bool(release is not None and release.release_status is ReleaseStatus.CANDIDATE_REINDEXING
-                    and release.candidate_index_name == index_name)
+        return bool(
+            release is not None
+            and release.release_status is ReleaseStatus.CANDIDATE_REINDEXING
+            and release.candidate_index_name == index_name
+        )
+
     return guard
 
 
@@ -148,8 +153,12 @@ def ingest_videos(
         for video in videos:
             session.add(
                 Video(
-                    id=video.video_id, user_id=video.user_id, project_id=video.project_id,
-                    title=video.title, category=video.category, status=VideoStatus.PROCESSING,
+                    id=video.video_id,
+                    user_id=video.user_id,
+                    project_id=video.project_id,
+                    title=video.title,
+                    category=video.category,
+                    status=VideoStatus.PROCESSING,
                     search_serving_state=ServingState.SERVABLE,
                 )
             )
@@ -160,9 +169,14 @@ def ingest_videos(
                 chunk_ids.append(cid)
                 session.add(
                     Chunk(
-                        id=cid, video_id=video.video_id, start_ms=chunk.start_ms, end_ms=chunk.end_ms,
-                        text=chunk.text, enriched_text=chunk.enriched_text or chunk.text,
-                        chunking_version=chunking_version, embedding_model_version=targets[0].model_version,
+                        id=cid,
+                        video_id=video.video_id,
+                        start_ms=chunk.start_ms,
+                        end_ms=chunk.end_ms,
+                        text=chunk.text,
+                        enriched_text=chunk.enriched_text or chunk.text,
+                        chunking_version=chunking_version,
+                        embedding_model_version=targets[0].model_version,
                     )
                 )
     written: set[str] = set()
@@ -171,9 +185,15 @@ def ingest_videos(
             for target in targets:
                 if target.index_name in written:
                     continue
-                index_chunks(ws, chunk_ids, index_name=target.index_name, model_version=target.model_version,
-                             purpose=Purpose.INGEST, progress=progress,
-                             guard=still_reindexing(target.index_name) if target.candidate else None)
+                index_chunks(
+                    ws,
+                    chunk_ids,
+                    index_name=target.index_name,
+                    model_version=target.model_version,
+                    purpose=Purpose.INGEST,
+                    progress=progress,
+                    guard=still_reindexing(target.index_name) if target.candidate else None,
+                )
                 written.add(target.index_name)
             # READY only if the targets did not change meanwhile (a cutover or a candidate opened):
             # otherwise write to the new ones first — a READY chunk is always in the active index.
@@ -201,16 +221,21 @@ def _mark_ready_if_targets(ws: Workspace, video_ids: list[str], written_active: 
             # The candidate opened after we read the targets: its build may have missed these
             # PROCESSING chunks, so they must be written to it too before they count as READY.
             candidate_written = session.scalar(
-                select(func.count()).select_from(VectorIndexEntry).where(
+                select(func.count())
+                .select_from(VectorIndexEntry)
+                .where(
                     VectorIndexEntry.index_name == release.candidate_index_name,
-                    VectorIndexEntry.chunk_id.in_(
-                        select(Chunk.id).where(Chunk.video_id.in_(video_ids))))
+                    VectorIndexEntry.chunk_id.in_(select(Chunk.id).where(Chunk.video_id.in_(video_ids))),
+                )
             )
             total = session.scalar(select(func.count()).select_from(Chunk).where(Chunk.video_id.in_(video_ids)))
             if candidate_written != total:
                 return False
-        session.execute(update(Video).where(Video.id.in_(video_ids))
-                        .values(status=VideoStatus.READY, failed_stage=None, updated_at=utcnow()))
+        session.execute(
+            update(Video)
+            .where(Video.id.in_(video_ids))
+            .values(status=VideoStatus.READY, failed_stage=None, updated_at=utcnow())
+        )
         return True
 
 

@@ -70,9 +70,14 @@ class QueryRecord:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"query_id": self.query_id, "query_text": self.query_text, "project_id": self.project_id,
-             "expected_results": list(self.expected_results)},
-            ensure_ascii=False, sort_keys=True,
+            {
+                "query_id": self.query_id,
+                "query_text": self.query_text,
+                "project_id": self.project_id,
+                "expected_results": list(self.expected_results),
+            },
+            ensure_ascii=False,
+            sort_keys=True,
         )
 
 
@@ -129,7 +134,8 @@ def build_videos(spec: CorpusSpec) -> list[VideoIn]:
             ChunkIn(
                 text=doc.text,
                 enriched_text=f"{doc.title}\n{doc.text}" if doc.title else doc.text,
-                start_ms=i * CHUNK_MS, end_ms=(i + 1) * CHUNK_MS,
+                start_ms=i * CHUNK_MS,
+                end_ms=(i + 1) * CHUNK_MS,
                 chunk_id=chunk_id_for(spec.name, doc.doc_id),
             )
             for i, doc in enumerate(docs)
@@ -139,7 +145,9 @@ def build_videos(spec: CorpusSpec) -> list[VideoIn]:
                 video_id=video_id_for(spec.name, project_key, video_key),
                 user_id=f"owner-{_slug(project_key)}",
                 project_id=project_id_for(spec.name, project_key),
-                title=video_key, category=spec.name, chunks=chunks,
+                title=video_key,
+                category=spec.name,
+                chunks=chunks,
             )
         )
     return videos
@@ -205,8 +213,7 @@ def load_corpus(
     report = CorpusReport(name=spec.name, dropped_queries=dropped)
 
     todo = _resume(ws, videos, report)
-    bar = tqdm(total=sum(len(v.chunks) for v in todo), desc=f"import {spec.name}", unit="chunk",
-               disable=not progress)
+    bar = tqdm(total=sum(len(v.chunks) for v in todo), desc=f"import {spec.name}", unit="chunk", disable=not progress)
     for start in range(0, len(todo), batch_videos):
         batch = todo[start : start + batch_videos]
         ingest_videos(ws, batch, chunking_version=f"corpus-{spec.name}-v1")
@@ -229,14 +236,26 @@ def load_corpus(
     with ws.db.transaction() as session:
         session.add(
             CorpusImport(
-                name=spec.name, source=spec.source, project_count=report.projects,
-                video_count=report.videos, chunk_count=report.chunks,
-                traffic_query_count=len(traffic), reserved_query_count=len(reserved),
-                traffic_queries_key=keys["traffic"], reserved_queries_key=keys["reserved"],
+                name=spec.name,
+                source=spec.source,
+                project_count=report.projects,
+                video_count=report.videos,
+                chunk_count=report.chunks,
+                traffic_query_count=len(traffic),
+                reserved_query_count=len(reserved),
+                traffic_queries_key=keys["traffic"],
+                reserved_queries_key=keys["reserved"],
             )
         )
-    log.info("corpus imported", extra={"corpus": spec.name, "chunks": report.chunks,
-                                       "traffic_queries": len(traffic), "reserved_queries": len(reserved)})
+    log.info(
+        "corpus imported",
+        extra={
+            "corpus": spec.name,
+            "chunks": report.chunks,
+            "traffic_queries": len(traffic),
+            "reserved_queries": len(reserved),
+        },
+    )
     return report
 
 
@@ -269,5 +288,4 @@ def read_queries(ws: Workspace, corpus: str, kind: str) -> Iterator[QueryRecord]
         key = row.traffic_queries_key if kind == "traffic" else row.reserved_queries_key
     for line in ws.objects.iter_lines(key):
         data = json.loads(line)
-        yield QueryRecord(data["query_id"], data["query_text"], data["project_id"],
-                          tuple(data["expected_results"]))
+        yield QueryRecord(data["query_id"], data["query_text"], data["project_id"], tuple(data["expected_results"]))

@@ -133,10 +133,12 @@ def keyword_sql_postgres(terms: list[str], project_id: str, k: int) -> tuple[str
     matches, params = trigram_match_postgres(terms)
     hits = " + ".join(f"(c.enriched_text ILIKE :t{i})::int" for i in range(len(terms)))
     params.update(project=project_id, k=k, tsq=" | ".join(f"{t}:*" for t in terms if t.isalnum()))
-    sql = (f"SELECT c.id FROM chunks c JOIN videos v ON v.id = c.video_id "
-           f"WHERE v.project_id = :project AND {matches} "
-           f"ORDER BY ({hits}) DESC, ts_rank(c.enriched_tsv, to_tsquery('simple', :tsq)) DESC, c.id "
-           f"LIMIT :k")
+    sql = (
+        f"SELECT c.id FROM chunks c JOIN videos v ON v.id = c.video_id "
+        f"WHERE v.project_id = :project AND {matches} "
+        f"ORDER BY ({hits}) DESC, ts_rank(c.enriched_tsv, to_tsquery('simple', :tsq)) DESC, c.id "
+        f"LIMIT :k"
+    )
     return sql, params
 
 
@@ -220,8 +222,15 @@ def search(
     # Gate before cutting to five: a hidden chunk must not cost the user one of the five slots.
     chosen = [(doc, score) for doc, score in fused if doc in allowed][:TOP_K]
     results = [
-        SearchHit(ref=doc, used=False, score=score, video_id=allowed[doc].video_id,
-                  start_ms=allowed[doc].start_ms, end_ms=allowed[doc].end_ms, text=allowed[doc].text)
+        SearchHit(
+            ref=doc,
+            used=False,
+            score=score,
+            video_id=allowed[doc].video_id,
+            start_ms=allowed[doc].start_ms,
+            end_ms=allowed[doc].end_ms,
+            text=allowed[doc].text,
+        )
         for doc, score in chosen
     ]
     used = list(dict.fromkeys(choose_used(results))) if choose_used else []
@@ -231,17 +240,25 @@ def search(
         raise SearchError(f"used_ids: {stray} were not in the response")
     results = [SearchHit(**{**r.__dict__, "used": r.ref in used}) for r in results]
     response = SearchResponse(
-        req_id=req_id or uuid.uuid4().hex, chunks=results,
-        active_model_version=model_version, active_index_name=index_name,
+        req_id=req_id or uuid.uuid4().hex,
+        chunks=results,
+        active_model_version=model_version,
+        active_index_name=index_name,
     )
     now = utcnow()
     with ws.db.transaction() as session:
         session.add(
             SearchResponseSnapshot(
-                req_id=response.req_id, user_id=user_id, project_id=project_id, query_text=query_text,
-                topk_ids=refs, used_ids=[r for r in refs if r in used],
-                active_model_version=model_version, active_index_name=index_name,
-                created_at=now, expires_at=now + timedelta(days=ws.settings.snapshot_ttl_days),
+                req_id=response.req_id,
+                user_id=user_id,
+                project_id=project_id,
+                query_text=query_text,
+                topk_ids=refs,
+                used_ids=[r for r in refs if r in used],
+                active_model_version=model_version,
+                active_index_name=index_name,
+                created_at=now,
+                expires_at=now + timedelta(days=ws.settings.snapshot_ttl_days),
             )
         )
     return response

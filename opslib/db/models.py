@@ -7,7 +7,7 @@ target the migrations are checked against in the test suite.
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -29,7 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -43,13 +43,13 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given; the Metadata DB stores aware UTC datetimes")
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 NAMING = {
@@ -68,8 +68,13 @@ class Base(DeclarativeBase):
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
     return Enum(
-        cls, name=name, native_enum=False, create_constraint=True, length=32,
-        values_callable=lambda e: [m.value for m in e], validate_strings=True,
+        cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=32,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
     )
 
 
@@ -209,12 +214,18 @@ class MLPipelineRun(Base):
     __table_args__ = (
         # DESIGN §5: at most one RUNNING and one PENDING run, enforced by the database.
         Index(
-            "uq_ml_pipeline_runs_one_running", "status", unique=True,
-            sqlite_where=text("status = 'RUNNING'"), postgresql_where=text("status = 'RUNNING'"),
+            "uq_ml_pipeline_runs_one_running",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'RUNNING'"),
+            postgresql_where=text("status = 'RUNNING'"),
         ),
         Index(
-            "uq_ml_pipeline_runs_one_pending", "status", unique=True,
-            sqlite_where=text("status = 'PENDING'"), postgresql_where=text("status = 'PENDING'"),
+            "uq_ml_pipeline_runs_one_pending",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'PENDING'"),
+            postgresql_where=text("status = 'PENDING'"),
         ),
     )
 

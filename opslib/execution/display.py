@@ -54,6 +54,7 @@ class Figure(_Figure):
         FigureCanvasAgg(self).print_png(buffer)
         return buffer.getvalue()
 
+
 LIKE, DISLIKE = "#2e7d32", "#c62828"
 
 
@@ -91,8 +92,9 @@ def like_rate(table: pd.DataFrame, title: str) -> Figure:
     labels = [str(i) for i in table.index]
     bars = ax.bar(labels, table["like_rate"], color="#1f4e8c")
     for bar, count in zip(bars, table["events"]):
-        ax.annotate(f"n={count}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=8)
+        ax.annotate(
+            f"n={count}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8
+        )
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("like rate")
     ax.set_title(title)
@@ -107,8 +109,14 @@ def funnel(steps: dict[str, int], title: str) -> Figure:
     values = [steps[label] for label in labels]
     bars = ax.barh(labels, values, color="#1f4e8c")
     for bar, value in zip(bars, values):
-        ax.annotate(f"{value:,}", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
-                    xytext=(4, 0), textcoords="offset points", va="center", fontsize=9)
+        ax.annotate(
+            f"{value:,}",
+            (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+            xytext=(4, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=9,
+        )
     ax.set_title(title)
     ax.set_xlim(0, max(values + [1]) * 1.15)
     return fig
@@ -183,9 +191,15 @@ def release_timeline(history: pd.DataFrame, title: str = "release history") -> F
     level = [models.index(m) for m in history["active"]]
     times = list(history["at"])
     ax.step(times, level, where="post", color="#1f4e8c", linewidth=2)
-    colours = {"BOOTSTRAP": "#555", "OPEN_CANDIDATE": "#f9a825", "CANDIDATE_READY": "#f9a825",
-               "CUTOVER": "#2e7d32", "ABORT_CANDIDATE": "#c62828", "PREPARE_ROLLBACK": "#7a1fa2",
-               "COMPLETE_ROLLBACK": "#7a1fa2"}
+    colours = {
+        "BOOTSTRAP": "#555",
+        "OPEN_CANDIDATE": "#f9a825",
+        "CANDIDATE_READY": "#f9a825",
+        "CUTOVER": "#2e7d32",
+        "ABORT_CANDIDATE": "#c62828",
+        "PREPARE_ROLLBACK": "#7a1fa2",
+        "COMPLETE_ROLLBACK": "#7a1fa2",
+    }
     for t, y, kind in zip(times, level, history["kind"]):
         ax.scatter([t], [y], color=colours.get(kind, "#333"), zorder=3, s=40)
         ax.annotate(kind, (t, y), xytext=(3, 6), textcoords="offset points", fontsize=7, rotation=20)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -29,7 +29,7 @@ class FeedbackHealthParams(StageParams):
 def parse_instant(value: str) -> datetime:
     """An ISO date or datetime; a date means 00:00 UTC that day, no offset means UTC."""
     parsed = datetime.fromisoformat(value)
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 class BuildDatasetParams(StageParams):
@@ -44,7 +44,9 @@ class BuildDatasetParams(StageParams):
             try:
                 parse_instant(value)
             except ValueError:
-                raise ValueError("must be an ISO-8601 date or datetime, e.g. 2026-12-01 or 2026-12-01T03:00:00+09:00") from None
+                raise ValueError(
+                    "must be an ISO-8601 date or datetime, e.g. 2026-12-01 or 2026-12-01T03:00:00+09:00"
+                ) from None
         return value
 
     @property
@@ -113,27 +115,63 @@ class StageSpec:
 STAGES: dict[str, StageSpec] = {
     spec.name: spec
     for spec in (
-        StageSpec("10_feedback_health", "10_feedback_health.ipynb", FeedbackHealthParams,
-                  "raw-log volume, rejects, duplicates, rating mix per active model version",
-                  "opslib.lifecycle.feedback.health"),
-        StageSpec("20_build_dataset", "20_build_dataset.ipynb", BuildDatasetParams,
-                  "raw logs → retrieval groups + manifest + data-quality validation",
-                  "opslib.lifecycle.dataset.builder"),
-        StageSpec("30_train_candidate", "30_train_candidate.ipynb", TrainCandidateParams,
-                  "fine-tune the run's baseline on the run's dataset → candidate artifact",
-                  "opslib.lifecycle.training", RunStage.TRAINING, fail_run_with_error(RunStage.TRAINING)),
-        StageSpec("40_evaluate_candidate", "40_evaluate_candidate.ipynb", EvaluateCandidateParams,
-                  "candidate vs baseline → ModelEvaluation + detail; the evaluation report",
-                  "opslib.lifecycle.evaluation.evaluate", RunStage.EVALUATION, fail_run_with_error(RunStage.EVALUATION)),
-        StageSpec("50_reindex_candidate", "50_reindex_candidate.ipynb", ReleaseRunParams,
-                  "open CANDIDATE_REINDEXING, build the candidate index, readiness",
-                  "opslib.lifecycle.reindex", RunStage.REINDEX, abort_release_candidate(RunStage.REINDEX)),
-        StageSpec("60_cutover", "60_cutover.ipynb", ReleaseRunParams,
-                  "completeness + readiness gate, snapshot, atomic switch",
-                  "opslib.lifecycle.cutover", RunStage.CUTOVER, abort_release_candidate(RunStage.CUTOVER)),
-        StageSpec("70_rollback", "70_rollback.ipynb", RollbackParams,
-                  "exclude, restore the snapshot index, switch back, re-embed, re-include",
-                  "opslib.lifecycle.rollback"),
+        StageSpec(
+            "10_feedback_health",
+            "10_feedback_health.ipynb",
+            FeedbackHealthParams,
+            "raw-log volume, rejects, duplicates, rating mix per active model version",
+            "opslib.lifecycle.feedback.health",
+        ),
+        StageSpec(
+            "20_build_dataset",
+            "20_build_dataset.ipynb",
+            BuildDatasetParams,
+            "raw logs → retrieval groups + manifest + data-quality validation",
+            "opslib.lifecycle.dataset.builder",
+        ),
+        StageSpec(
+            "30_train_candidate",
+            "30_train_candidate.ipynb",
+            TrainCandidateParams,
+            "fine-tune the run's baseline on the run's dataset → candidate artifact",
+            "opslib.lifecycle.training",
+            RunStage.TRAINING,
+            fail_run_with_error(RunStage.TRAINING),
+        ),
+        StageSpec(
+            "40_evaluate_candidate",
+            "40_evaluate_candidate.ipynb",
+            EvaluateCandidateParams,
+            "candidate vs baseline → ModelEvaluation + detail; the evaluation report",
+            "opslib.lifecycle.evaluation.evaluate",
+            RunStage.EVALUATION,
+            fail_run_with_error(RunStage.EVALUATION),
+        ),
+        StageSpec(
+            "50_reindex_candidate",
+            "50_reindex_candidate.ipynb",
+            ReleaseRunParams,
+            "open CANDIDATE_REINDEXING, build the candidate index, readiness",
+            "opslib.lifecycle.reindex",
+            RunStage.REINDEX,
+            abort_release_candidate(RunStage.REINDEX),
+        ),
+        StageSpec(
+            "60_cutover",
+            "60_cutover.ipynb",
+            ReleaseRunParams,
+            "completeness + readiness gate, snapshot, atomic switch",
+            "opslib.lifecycle.cutover",
+            RunStage.CUTOVER,
+            abort_release_candidate(RunStage.CUTOVER),
+        ),
+        StageSpec(
+            "70_rollback",
+            "70_rollback.ipynb",
+            RollbackParams,
+            "exclude, restore the snapshot index, switch back, re-embed, re-include",
+            "opslib.lifecycle.rollback",
+        ),
     )
 }
 

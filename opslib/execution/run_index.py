@@ -56,8 +56,12 @@ INDEX_NAME = "index.html"
 EVAL_METRICS = (("recall_at_5", "recall@5"), ("mrr_at_5", "MRR@5"), ("ndcg_at_5", "nDCG@5"))
 _SLACK = timedelta(seconds=1)  # clock rounding between a row's timestamps and the execution's
 _RELEASE_VERDICTS = {
-    "OPEN_CANDIDATE": "REINDEXING", "CANDIDATE_READY": "CANDIDATE READY", "CUTOVER": "SWITCHED",
-    "ABORT_CANDIDATE": "ABORTED", "PREPARE_ROLLBACK": "ROLLBACK PREPARING", "COMPLETE_ROLLBACK": "ROLLED BACK",
+    "OPEN_CANDIDATE": "REINDEXING",
+    "CANDIDATE_READY": "CANDIDATE READY",
+    "CUTOVER": "SWITCHED",
+    "ABORT_CANDIDATE": "ABORTED",
+    "PREPARE_ROLLBACK": "ROLLBACK PREPARING",
+    "COMPLETE_ROLLBACK": "ROLLED BACK",
     "BOOTSTRAP": "BOOTSTRAPPED",
 }
 _GOOD = {"PASS", "ELIGIBLE", "TRAINED", "CANDIDATE READY", "SWITCHED", "ROLLED BACK", "OK"}
@@ -177,12 +181,18 @@ def _dataset_rows(ex: StageExecution, facts: _Facts, until: datetime) -> tuple[s
             end = parse_instant(str(as_of))
         except ValueError:
             return "—", [f"as_of {as_of!s}: not a date; no dataset can be tied"]
-        matches = [d for d in facts.datasets
-                   if _close(d.source_window_end, end) and _close(d.source_window_start, end - timedelta(days=days))]
+        matches = [
+            d
+            for d in facts.datasets
+            if _close(d.source_window_end, end) and _close(d.source_window_start, end - timedelta(days=days))
+        ]
     else:  # the window ended "now", i.e. while the execution ran
-        matches = [d for d in facts.datasets
-                   if ex.started_at - _SLACK <= d.source_window_end <= until + _SLACK
-                   and _close(d.source_window_end - d.source_window_start, timedelta(days=days))]
+        matches = [
+            d
+            for d in facts.datasets
+            if ex.started_at - _SLACK <= d.source_window_end <= until + _SLACK
+            and _close(d.source_window_end - d.source_window_start, timedelta(days=days))
+        ]
     if len(matches) > 1:  # prefer the one created while this execution ran
         during = [d for d in matches if ex.started_at - _SLACK <= d.created_at <= until + _SLACK]
         matches = during if len(during) == 1 else matches
@@ -192,27 +202,34 @@ def _dataset_rows(ex: StageExecution, facts: _Facts, until: datetime) -> tuple[s
         versions = ", ".join(sorted(d.dataset_version for d in matches))
         return "—", [f"{len(matches)} datasets share this window (the seed is not in the DB): {versions}"]
     dataset = matches[0]
-    return _dataset_lines(dataset, "built" if dataset.created_at >= ex.started_at - _SLACK
-                          else "already existed (same content)")
+    return _dataset_lines(
+        dataset, "built" if dataset.created_at >= ex.started_at - _SLACK else "already existed (same content)"
+    )
 
 
 def _dataset_lines(dataset: TrainingDataset, built: str | None) -> tuple[str, list[str]]:
     counts = dataset.counts if isinstance(dataset.counts, dict) else {}
-    lines = [f"dataset {dataset.dataset_version}" + (f" ({built})" if built else ""),
-             f"groups {counts.get('trainable_groups', '?')}, positives {counts.get('positives', '?')}, "
-             f"negatives {counts.get('negatives', '?')}",
-             f"window {_fmt_time(dataset.source_window_start)} → {_fmt_time(dataset.source_window_end)}"]
+    lines = [
+        f"dataset {dataset.dataset_version}" + (f" ({built})" if built else ""),
+        f"groups {counts.get('trainable_groups', '?')}, positives {counts.get('positives', '?')}, "
+        f"negatives {counts.get('negatives', '?')}",
+        f"window {_fmt_time(dataset.source_window_start)} → {_fmt_time(dataset.source_window_end)}",
+    ]
     reasons = dataset.ineligible_reasons if isinstance(dataset.ineligible_reasons, list) else []
     if not dataset.eligible and reasons:
         lines.append("not eligible: " + "; ".join(str(r) for r in reasons))
     return ("ELIGIBLE" if dataset.eligible else "INELIGIBLE"), lines
 
 
-def _evaluation_rows(ex: StageExecution, run_id: int | None, facts: _Facts, until: datetime
-                     ) -> tuple[str, list[str], list[tuple[str, str, str, str]]]:
+def _evaluation_rows(
+    ex: StageExecution, run_id: int | None, facts: _Facts, until: datetime
+) -> tuple[str, list[str], list[tuple[str, str, str, str]]]:
     ref = ex.parameters.get("evaluation_dataset_ref") if isinstance(ex.parameters, dict) else None
-    candidates = [e for e in facts.evaluations.get(run_id or -1, [])
-                  if (ref is None or e.evaluation_dataset_ref == ref) and e.created_at <= until + _SLACK]
+    candidates = [
+        e
+        for e in facts.evaluations.get(run_id or -1, [])
+        if (ref is None or e.evaluation_dataset_ref == ref) and e.created_at <= until + _SLACK
+    ]
     if not candidates:
         return "—", ["no evaluation recorded" + (f" for {ref}" if ref else "")], []
     evaluation = max(candidates, key=lambda e: (e.created_at, e.id))
@@ -225,9 +242,10 @@ def _evaluation_rows(ex: StageExecution, run_id: int | None, facts: _Facts, unti
         if delta is None and isinstance(base, (int, float)) and isinstance(cand, (int, float)):
             delta = cand - base
         metrics.append((label, _num(base), _num(cand), _num(delta, signed=True)))
-    lines = [f"evaluation #{evaluation.id}: {evaluation.candidate_model_version} vs "
-             f"{evaluation.baseline_model_version}",
-             f"{evaluation.sample_count} queries of {evaluation.evaluation_dataset_ref}"]
+    lines = [
+        f"evaluation #{evaluation.id}: {evaluation.candidate_model_version} vs {evaluation.baseline_model_version}",
+        f"{evaluation.sample_count} queries of {evaluation.evaluation_dataset_ref}",
+    ]
     if evaluation.fail_reason:
         lines.append(f"below criteria: {evaluation.fail_reason}")
     decision = getattr(evaluation.overall_decision, "value", str(evaluation.overall_decision))
@@ -241,21 +259,23 @@ def _training_rows(run: MLPipelineRun | None, facts: _Facts) -> tuple[str, list[
     if not candidate:
         return "—", ["the run has no candidate version"]
     trained = candidate in facts.model_versions
-    lines = [f"candidate {candidate}" + ("" if trained else " (not trained)"),
-             f"baseline {run.baseline_model_version or '—'}, dataset {run.dataset_version or '—'}"]
+    lines = [
+        f"candidate {candidate}" + ("" if trained else " (not trained)"),
+        f"baseline {run.baseline_model_version or '—'}, dataset {run.dataset_version or '—'}",
+    ]
     return ("TRAINED" if trained else "—"), lines
 
 
-def _release_rows(ex: StageExecution, run: MLPipelineRun | None, facts: _Facts, until: datetime
-                  ) -> tuple[str, list[str]]:
+def _release_rows(
+    ex: StageExecution, run: MLPipelineRun | None, facts: _Facts, until: datetime
+) -> tuple[str, list[str]]:
     traces = {ex.trace_id}
     if run is not None:
         traces.add(run.trace_id)
     message_id = _param_int(ex.parameters, "message_id")
     if message_id is not None and message_id in facts.message_traces:
         traces.add(facts.message_traces[message_id])
-    events = [e for e in facts.events
-              if e.trace_id in traces and ex.started_at - _SLACK <= e.at <= until + _SLACK]
+    events = [e for e in facts.events if e.trace_id in traces and ex.started_at - _SLACK <= e.at <= until + _SLACK]
     lines = []
     for event in events:
         after = event.after if isinstance(event.after, dict) else {}
@@ -266,9 +286,15 @@ def _release_rows(ex: StageExecution, run: MLPipelineRun | None, facts: _Facts, 
     if not events:
         lines.append("no release transition")
     if run is not None:
-        lines.append(f"run {run.id} now {run.status.value}"
-                     + (f" ({run.failed_stage.value if run.failed_stage else '?'}, "
-                        f"{run.failure_type.value if run.failure_type else '?'})" if run.failed_stage else ""))
+        lines.append(
+            f"run {run.id} now {run.status.value}"
+            + (
+                f" ({run.failed_stage.value if run.failed_stage else '?'}, "
+                f"{run.failure_type.value if run.failure_type else '?'})"
+                if run.failed_stage
+                else ""
+            )
+        )
     verdict = _RELEASE_VERDICTS.get(events[-1].kind, events[-1].kind) if events else "NO CHANGE"
     return verdict, lines
 
@@ -296,10 +322,19 @@ def _row(ex: StageExecution, facts: _Facts, runs_dir: Path, now: datetime) -> In
     elif ex.status is ExecutionStatus.RUNNING:
         verdict = "RUNNING"
     return IndexRow(
-        execution_id=ex.id, stage=ex.stage, status=status, started_at=ex.started_at, finished_at=ex.finished_at,
-        run_id=run_id, run_status=run.status.value if run is not None else None, verdict=verdict,
-        headline=lines, metrics=metrics, report_href=_link(ex.output_html, runs_dir),
-        notebook_href=_link(ex.output_ipynb, runs_dir), trace_id=ex.trace_id,
+        execution_id=ex.id,
+        stage=ex.stage,
+        status=status,
+        started_at=ex.started_at,
+        finished_at=ex.finished_at,
+        run_id=run_id,
+        run_status=run.status.value if run is not None else None,
+        verdict=verdict,
+        headline=lines,
+        metrics=metrics,
+        report_href=_link(ex.output_html, runs_dir),
+        notebook_href=_link(ex.output_ipynb, runs_dir),
+        trace_id=ex.trace_id,
     )
 
 
@@ -308,27 +343,38 @@ def collect_run_index(ws: Workspace, now: datetime | None = None) -> tuple[list[
     now = now or utcnow()
     runs_dir = ws.settings.runs_dir
     with ws.db.read() as session:
-        executions = list(session.scalars(
-            select(StageExecution).order_by(StageExecution.started_at.desc(), StageExecution.id.desc())))
+        executions = list(
+            session.scalars(select(StageExecution).order_by(StageExecution.started_at.desc(), StageExecution.id.desc()))
+        )
         evaluations: dict[int, list[ModelEvaluation]] = defaultdict(list)
         for evaluation in session.scalars(select(ModelEvaluation).where(ModelEvaluation.run_id.is_not(None))):
             evaluations[evaluation.run_id].append(evaluation)  # type: ignore[index]
-        message_ids = {m for ex in executions if ex.stage == "70_rollback"
-                       if (m := _param_int(ex.parameters, "message_id")) is not None}
+        message_ids = {
+            m
+            for ex in executions
+            if ex.stage == "70_rollback"
+            if (m := _param_int(ex.parameters, "message_id")) is not None
+        }
         facts = _Facts(
             runs={r.id: r for r in session.scalars(select(MLPipelineRun))},
             evaluations=evaluations,
             datasets=list(session.scalars(select(TrainingDataset))),
             model_versions=set(session.scalars(select(ModelVersion.model_version))),
             events=list(session.scalars(select(ReleaseEvent).order_by(ReleaseEvent.id))),
-            message_traces=dict(session.execute(
-                select(OpsMessage.id, OpsMessage.trace_id).where(OpsMessage.id.in_(message_ids))
-            ).tuples().all()) if message_ids else {},
+            message_traces=dict(
+                session.execute(select(OpsMessage.id, OpsMessage.trace_id).where(OpsMessage.id.in_(message_ids)))
+                .tuples()
+                .all()
+            )
+            if message_ids
+            else {},
         )
         release = current_release(session)
         rows = [_row(ex, facts, runs_dir, now) for ex in executions]
     summary = IndexSummary(
-        generated_at=now, total=len(rows), by_status=dict(Counter(r.status for r in rows)),
+        generated_at=now,
+        total=len(rows),
+        by_status=dict(Counter(r.status for r in rows)),
         by_verdict=dict(Counter(r.verdict for r in rows if r.verdict != "—")),
         release_status=release.release_status.value if release else None,
         active_model_version=release.active_model_version if release else None,
@@ -379,14 +425,19 @@ def _verdict_class(verdict: str) -> str:
 
 
 def _render_row(row: IndexRow) -> str:
-    run = "—" if row.run_id is None else f"{row.run_id}" + (
-        f'<br><span class="muted">{_e(row.run_status)}</span>' if row.run_status else "")
+    run = (
+        "—"
+        if row.run_id is None
+        else f"{row.run_id}" + (f'<br><span class="muted">{_e(row.run_status)}</span>' if row.run_status else "")
+    )
     headline = "<br>".join(_e(line) for line in row.headline) or '<span class="muted">—</span>'
     if row.metrics:
-        cells = "".join(f"<tr><td>{_e(m)}</td><td>{_e(b)}</td><td>{_e(c)}</td><td>{_e(d)}</td></tr>"
-                        for m, b, c, d in row.metrics)
-        headline += ('<table class="m"><tr><th>metric</th><th>baseline</th><th>candidate</th><th>Δ</th></tr>'
-                     f"{cells}</table>")
+        cells = "".join(
+            f"<tr><td>{_e(m)}</td><td>{_e(b)}</td><td>{_e(c)}</td><td>{_e(d)}</td></tr>" for m, b, c, d in row.metrics
+        )
+        headline += (
+            f'<table class="m"><tr><th>metric</th><th>baseline</th><th>candidate</th><th>Δ</th></tr>{cells}</table>'
+        )
     if row.report_href:
         report = f'<a href="{_e(row.report_href)}">report</a>'
     elif row.status == "RUNNING":
@@ -395,11 +446,14 @@ def _render_row(row: IndexRow) -> str:
         report = '<span class="missing">HTML report missing</span>'
     if row.notebook_href:
         report += f'<br><a class="muted" href="{_e(row.notebook_href)}">notebook (.ipynb)</a>'
-    verdict = (f'<span class="v {_verdict_class(row.verdict)}">{_e(row.verdict)}</span>'
-               if row.verdict != "—" else '<span class="muted">—</span>')
+    verdict = (
+        f'<span class="v {_verdict_class(row.verdict)}">{_e(row.verdict)}</span>'
+        if row.verdict != "—"
+        else '<span class="muted">—</span>'
+    )
     return (
         f'<tr id="execution-{row.execution_id}">'
-        f"<td>{_e(_fmt_time(row.started_at))}<br><span class=\"muted\">#{row.execution_id}</span></td>"
+        f'<td>{_e(_fmt_time(row.started_at))}<br><span class="muted">#{row.execution_id}</span></td>'
         f"<td>{_e(row.stage)}</td><td>{run}</td>"
         f'<td class="s-{_e(row.status)}">{_e(row.status)}</td>'
         f"<td>{headline}</td><td>{verdict}</td><td>{report}</td></tr>"
@@ -411,20 +465,25 @@ def render_run_index(rows: list[IndexRow], summary: IndexSummary) -> str:
     statuses = ", ".join(f"{_e(k)} {v}" for k, v in sorted(summary.by_status.items())) or "none"
     verdicts = ", ".join(f"{_e(k)} {v}" for k, v in sorted(summary.by_verdict.items())) or "none"
     if summary.active_model_version:
-        serving = (f"<code>{_e(summary.active_model_version)}</code> on <code>{_e(summary.active_index_name)}</code>"
-                   f" ({_e(summary.release_status)}; previous "
-                   f"<code>{_e(summary.previous_model_version or '—')}</code>; switched "
-                   f"{_e(_fmt_time(summary.switched_at))})")
+        serving = (
+            f"<code>{_e(summary.active_model_version)}</code> on <code>{_e(summary.active_index_name)}</code>"
+            f" ({_e(summary.release_status)}; previous "
+            f"<code>{_e(summary.previous_model_version or '—')}</code>; switched "
+            f"{_e(_fmt_time(summary.switched_at))})"
+        )
     else:
         serving = '<span class="muted">no release yet</span>'
     if rows:
-        body = ('<table class="runs"><thead><tr><th>started</th><th>stage</th><th>run</th><th>status</th>'
-                "<th>headline</th><th>verdict</th><th>report</th></tr></thead><tbody>"
-                + "".join(_render_row(r) for r in rows) + "</tbody></table>")
+        body = (
+            '<table class="runs"><thead><tr><th>started</th><th>stage</th><th>run</th><th>status</th>'
+            "<th>headline</th><th>verdict</th><th>report</th></tr></thead><tbody>"
+            + "".join(_render_row(r) for r in rows)
+            + "</tbody></table>"
+        )
     else:
         body = '<p class="muted">No stage has been executed yet.</p>'
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         "<title>Biblio Ops Workbench — run index</title>"
         f"<style>{_CSS}</style></head><body>"

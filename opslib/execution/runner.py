@@ -84,8 +84,12 @@ def _error_from(exc: BaseException) -> dict[str, Any]:
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(exc, PapermillExecutionError):
-        return {"cell_index": exc.cell_index, "execution_count": exc.exec_count,
-                "ename": exc.ename, "evalue": exc.evalue}
+        return {
+            "cell_index": exc.cell_index,
+            "execution_count": exc.exec_count,
+            "ename": exc.ename,
+            "evalue": exc.evalue,
+        }
     return {"cell_index": None, "execution_count": None, "ename": type(exc).__name__, "evalue": str(exc)}
 
 
@@ -121,8 +125,13 @@ def run_stage(
         started = utcnow()
         with ws.db.transaction() as session:
             execution = StageExecution(
-                run_id=run_id, stage=name, notebook=spec.notebook, parameters=parameters,
-                status=ExecutionStatus.RUNNING, started_at=started, trace_id=tid,
+                run_id=run_id,
+                stage=name,
+                notebook=spec.notebook,
+                parameters=parameters,
+                status=ExecutionStatus.RUNNING,
+                started_at=started,
+                trace_id=tid,
             )
             session.add(execution)
             session.flush()
@@ -142,10 +151,13 @@ def run_stage(
 
             with _kernel_environment({**ws.settings.as_env(), "OPS_LOG_FILE": str(output_log)}):
                 papermill.execute_notebook(
-                    str(notebook), str(output_ipynb),
+                    str(notebook),
+                    str(output_ipynb),
                     parameters={**parameters, EXECUTION_ID_PARAM: execution_id},
-                    kernel_name=ws.settings.kernel_name, cwd=str(notebook.parent),
-                    progress_bar=progress, execution_timeout=ws.settings.stage_timeout_s,
+                    kernel_name=ws.settings.kernel_name,
+                    cwd=str(notebook.parent),
+                    progress_bar=progress,
+                    execution_timeout=ws.settings.stage_timeout_s,
                     # The kernel's own log: errors only (it warns about loopback TCP on every start).
                     extra_arguments=["--log-level=ERROR"],
                 )

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -76,7 +76,7 @@ def latest_tick(cron: str, tz_name: str, now: datetime) -> datetime:
         tick: datetime = croniter(cron, local).get_prev(datetime)
     except Exception as exc:
         raise ScheduleError(f"cron {cron!r}: {exc}") from None
-    return tick.astimezone(timezone.utc)
+    return tick.astimezone(UTC)
 
 
 def next_tick(cron: str, tz_name: str, now: datetime) -> datetime:
@@ -87,7 +87,7 @@ def next_tick(cron: str, tz_name: str, now: datetime) -> datetime:
         raise
     except Exception as exc:
         raise ScheduleError(f"cron {cron!r}: {exc}") from None
-    return tick.astimezone(timezone.utc)
+    return tick.astimezone(UTC)
 
 
 # Jobs ---------------------------------------------------------------------------------------
@@ -117,8 +117,7 @@ Job = Callable[[Workspace, ClaimedTick], JobOutcome]
 
 def dataset_job(ws: Workspace, tick: ClaimedTick) -> JobOutcome:
     """Execute 20_build_dataset for the window ending at the tick time."""
-    params = {"as_of": tick.due_at.isoformat(), "source_window_days": ws.settings.dataset_source_window_days,
-              "seed": 0}
+    params = {"as_of": tick.due_at.isoformat(), "source_window_days": ws.settings.dataset_source_window_days, "seed": 0}
     result = run_stage(ws, DATASET_STAGE, params, trace_id=tick.trace_id)
     head = f"{DATASET_STAGE} execution {result.execution_id} {result.status.value}"
     if result.error:
@@ -132,7 +131,9 @@ def dataset_job(ws: Workspace, tick: ClaimedTick) -> JobOutcome:
 def training_job(ws: Workspace, tick: ClaimedTick) -> JobOutcome:
     """Queue a TRAINING_REQUEST (published with the tick's DONE, in one transaction)."""
     message = new_training_request(
-        trigger_source="schedule", requested_by="scheduler", trace_id=tick.trace_id,
+        trigger_source="schedule",
+        requested_by="scheduler",
+        trace_id=tick.trace_id,
         reason=f"training schedule tick {tick.due_at.isoformat()}",
     )
 
@@ -151,8 +152,10 @@ class Schedule:
 
 def schedules(ws: Workspace) -> tuple[Schedule, ...]:
     """The schedules from settings, in the order they run (dataset before training)."""
-    return (Schedule(DATASET, ws.settings.dataset_schedule, dataset_job),
-            Schedule(TRAINING, ws.settings.training_schedule, training_job))
+    return (
+        Schedule(DATASET, ws.settings.dataset_schedule, dataset_job),
+        Schedule(TRAINING, ws.settings.training_schedule, training_job),
+    )
 
 
 def schedule_status(ws: Workspace, now: datetime | None = None) -> list[dict[str, Any]]:
@@ -161,15 +164,23 @@ def schedule_status(ws: Workspace, now: datetime | None = None) -> list[dict[str
     rows = []
     with ws.db.read() as session:
         for schedule in schedules(ws):
-            last = session.scalars(select(ScheduleTick).where(ScheduleTick.schedule == schedule.name)
-                                   .order_by(ScheduleTick.due_at.desc()).limit(1)).first()
-            rows.append({
-                "schedule": schedule.name, "cron": schedule.cron, "timezone": ws.settings.schedule_timezone,
-                "next_due_at": next_tick(schedule.cron, ws.settings.schedule_timezone, now).isoformat(),
-                "last_due_at": last.due_at.isoformat() if last else None,
-                "last_status": last.status.value if last else None,
-                "last_outcome": last.outcome if last else None,
-            })
+            last = session.scalars(
+                select(ScheduleTick)
+                .where(ScheduleTick.schedule == schedule.name)
+                .order_by(ScheduleTick.due_at.desc())
+                .limit(1)
+            ).first()
+            rows.append(
+                {
+                    "schedule": schedule.name,
+                    "cron": schedule.cron,
+                    "timezone": ws.settings.schedule_timezone,
+                    "next_due_at": next_tick(schedule.cron, ws.settings.schedule_timezone, now).isoformat(),
+                    "last_due_at": last.due_at.isoformat() if last else None,
+                    "last_status": last.status.value if last else None,
+                    "last_outcome": last.outcome if last else None,
+                }
+            )
     return rows
 
 
@@ -206,8 +217,15 @@ def _claim(ws: Workspace, name: str, due_at: datetime, now: datetime) -> Claimed
     with ws.db.transaction() as session:
         try:
             with session.begin_nested():  # a failed insert rolls back only this savepoint
-                row = ScheduleTick(schedule=name, due_at=due_at, attempt=1, status=TickStatus.STARTED,
-                                   started_at=now, heartbeat_at=now, trace_id=trace_id)
+                row = ScheduleTick(
+                    schedule=name,
+                    due_at=due_at,
+                    attempt=1,
+                    status=TickStatus.STARTED,
+                    started_at=now,
+                    heartbeat_at=now,
+                    trace_id=trace_id,
+                )
                 session.add(row)
                 session.flush()
             return ClaimedTick(row.id, name, due_at, 1, trace_id)
@@ -219,38 +237,56 @@ def _claim(ws: Workspace, name: str, due_at: datetime, now: datetime) -> Claimed
         if existing.status is TickStatus.DONE:
             return f"already done (attempt {existing.attempt}, {existing.finished_at:%Y-%m-%d %H:%M} UTC)"
         if existing.status is TickStatus.FAILED:
-            return (f"failed (attempt {existing.attempt}): {existing.outcome}; not retried — "
-                    "the next tick or an on-demand run will")
+            return (
+                f"failed (attempt {existing.attempt}): {existing.outcome}; not retried — "
+                "the next tick or an on-demand run will"
+            )
         last_seen = existing.heartbeat_at or existing.started_at
         if last_seen > now - stall:
-            return (f"in progress elsewhere (attempt {existing.attempt} started "
-                    f"{existing.started_at:%Y-%m-%d %H:%M:%S} UTC, heartbeat {last_seen:%H:%M:%S} UTC)")
+            return (
+                f"in progress elsewhere (attempt {existing.attempt} started "
+                f"{existing.started_at:%Y-%m-%d %H:%M:%S} UTC, heartbeat {last_seen:%H:%M:%S} UTC)"
+            )
         # No heartbeat for run_stall_after_s: its scheduler crashed. Take it over, once.
         attempt = existing.attempt + 1
         taken = session.execute(
             update(ScheduleTick)
-            .where(ScheduleTick.id == existing.id, ScheduleTick.attempt == existing.attempt,
-                   ScheduleTick.status == TickStatus.STARTED)
+            .where(
+                ScheduleTick.id == existing.id,
+                ScheduleTick.attempt == existing.attempt,
+                ScheduleTick.status == TickStatus.STARTED,
+            )
             .values(attempt=attempt, started_at=now, heartbeat_at=now, trace_id=trace_id)
         ).rowcount
         if not taken:
             return "taken over by another scheduler"
-        log.warning("schedule tick retried: its previous attempt stopped heartbeating",
-                    extra={"schedule": name, "due_at": due_at.isoformat(), "attempt": attempt,
-                           "previous_started_at": existing.started_at.isoformat(),
-                           "previous_heartbeat_at": last_seen.isoformat()})
+        log.warning(
+            "schedule tick retried: its previous attempt stopped heartbeating",
+            extra={
+                "schedule": name,
+                "due_at": due_at.isoformat(),
+                "attempt": attempt,
+                "previous_started_at": existing.started_at.isoformat(),
+                "previous_heartbeat_at": last_seen.isoformat(),
+            },
+        )
         return ClaimedTick(existing.id, name, due_at, attempt, trace_id)
 
 
 def _beat(ws: Workspace, tick: ClaimedTick, clock: Callable[[], datetime]) -> bool:
     """Stamp the tick's heartbeat; False once it is no longer this attempt's (finished, taken over)."""
     with ws.db.transaction() as session:
-        return bool(session.execute(
-            update(ScheduleTick)
-            .where(ScheduleTick.id == tick.row_id, ScheduleTick.attempt == tick.attempt,
-                   ScheduleTick.status == TickStatus.STARTED)
-            .values(heartbeat_at=clock())
-        ).rowcount)
+        return bool(
+            session.execute(
+                update(ScheduleTick)
+                .where(
+                    ScheduleTick.id == tick.row_id,
+                    ScheduleTick.attempt == tick.attempt,
+                    ScheduleTick.status == TickStatus.STARTED,
+                )
+                .values(heartbeat_at=clock())
+            ).rowcount
+        )
 
 
 class _Superseded(Exception):
@@ -259,14 +295,18 @@ class _Superseded(Exception):
 
 def _finish(ws: Workspace, tick: ClaimedTick, result: JobOutcome) -> TickResult:
     """Record DONE / FAILED (with the job's ``commit``, atomically) unless the claim was lost."""
+
     def record(status: TickStatus, outcome: str, commit: Callable[[Session], str] | None) -> str:
         with ws.db.transaction() as session:
             if commit is not None:
                 outcome = "; ".join(t for t in (outcome, commit(session)) if t)
             changed = session.execute(
                 update(ScheduleTick)
-                .where(ScheduleTick.id == tick.row_id, ScheduleTick.attempt == tick.attempt,
-                       ScheduleTick.status == TickStatus.STARTED)
+                .where(
+                    ScheduleTick.id == tick.row_id,
+                    ScheduleTick.attempt == tick.attempt,
+                    ScheduleTick.status == TickStatus.STARTED,
+                )
                 .values(status=status, finished_at=utcnow(), outcome=outcome)
             ).rowcount
             if not changed:
@@ -274,10 +314,17 @@ def _finish(ws: Workspace, tick: ClaimedTick, result: JobOutcome) -> TickResult:
         return outcome
 
     def discarded() -> TickResult:
-        log.warning("schedule tick result discarded: another scheduler took the tick over",
-                    extra={"schedule": tick.schedule, "due_at": tick.due_at.isoformat(), "attempt": tick.attempt})
-        return TickResult(tick.schedule, tick.due_at, "SKIPPED", tick.attempt,
-                          "result discarded: the tick was taken over (no heartbeat for run_stall_after_s)")
+        log.warning(
+            "schedule tick result discarded: another scheduler took the tick over",
+            extra={"schedule": tick.schedule, "due_at": tick.due_at.isoformat(), "attempt": tick.attempt},
+        )
+        return TickResult(
+            tick.schedule,
+            tick.due_at,
+            "SKIPPED",
+            tick.attempt,
+            "result discarded: the tick was taken over (no heartbeat for run_stall_after_s)",
+        )
 
     status = TickStatus.DONE if result.ok else TickStatus.FAILED
     try:
@@ -287,15 +334,23 @@ def _finish(ws: Workspace, tick: ClaimedTick, result: JobOutcome) -> TickResult:
     except Exception as exc:  # the commit (or the DB) failed: the tick failed
         status = TickStatus.FAILED
         try:
-            outcome = record(status, "; ".join(t for t in (result.outcome, f"{type(exc).__name__}: {exc}") if t),
-                             None)
+            outcome = record(status, "; ".join(t for t in (result.outcome, f"{type(exc).__name__}: {exc}") if t), None)
         except _Superseded:
             return discarded()
     log_at = log.info if status is TickStatus.DONE else log.error
-    log_at("schedule tick finished", extra={"schedule": tick.schedule, "due_at": tick.due_at.isoformat(),
-                                            "attempt": tick.attempt, "status": status.value, "outcome": outcome})
-    return TickResult(tick.schedule, tick.due_at, "DONE" if status is TickStatus.DONE else "FAILED", tick.attempt,
-                      outcome)
+    log_at(
+        "schedule tick finished",
+        extra={
+            "schedule": tick.schedule,
+            "due_at": tick.due_at.isoformat(),
+            "attempt": tick.attempt,
+            "status": status.value,
+            "outcome": outcome,
+        },
+    )
+    return TickResult(
+        tick.schedule, tick.due_at, "DONE" if status is TickStatus.DONE else "FAILED", tick.attempt, outcome
+    )
 
 
 # Entry points -------------------------------------------------------------------------------
@@ -324,12 +379,17 @@ def run_due(ws: Workspace, now: datetime | None = None) -> ScheduleReport:
             report.results.append(TickResult(schedule.name, due_at, "SKIPPED", None, claimed, following))
             continue
         with trace(claimed.trace_id):
-            log.info("schedule tick claimed", extra={"schedule": schedule.name, "due_at": due_at.isoformat(),
-                                                     "attempt": claimed.attempt})
+            log.info(
+                "schedule tick claimed",
+                extra={"schedule": schedule.name, "due_at": due_at.isoformat(), "attempt": claimed.attempt},
+            )
             try:
-                with heartbeating(partial(_beat, ws, claimed, clock), ws.settings.heartbeat_interval_s,
-                                  name=f"heartbeat-tick-{claimed.row_id}",
-                                  context={"schedule": schedule.name, "attempt": claimed.attempt}):
+                with heartbeating(
+                    partial(_beat, ws, claimed, clock),
+                    ws.settings.heartbeat_interval_s,
+                    name=f"heartbeat-tick-{claimed.row_id}",
+                    context={"schedule": schedule.name, "attempt": claimed.attempt},
+                ):
                     result = schedule.job(ws, claimed)
             except Exception as exc:  # e.g. a stage refused before its kernel started
                 result = JobOutcome(False, f"{type(exc).__name__}: {exc}")
@@ -356,8 +416,10 @@ def describe(result: TickResult, tz_name: str) -> str:
     """One line for the CLI: the tick in UTC and local time, its status and detail."""
     local = result.due_at.astimezone(ZoneInfo(tz_name))
     attempt = f" attempt {result.attempt}" if result.attempt and result.attempt > 1 else ""
-    line = (f"{result.schedule} tick {result.due_at:%Y-%m-%d %H:%M} UTC ({local:%a %H:%M} {tz_name}): "
-            f"{result.status}{attempt} — {result.detail}")
+    line = (
+        f"{result.schedule} tick {result.due_at:%Y-%m-%d %H:%M} UTC ({local:%a %H:%M} {tz_name}): "
+        f"{result.status}{attempt} — {result.detail}"
+    )
     if result.next_due_at is not None:
         line += f"; next {result.next_due_at.astimezone(ZoneInfo(tz_name)):%Y-%m-%d %H:%M} {tz_name}"
     return line

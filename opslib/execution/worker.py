@@ -96,24 +96,38 @@ class Worker:
         report = WorkerReport()
         to_drive = self.reconcile(report)
         self.converge_release(report)
-        while (received := receive(self.ws.db, self.name, message_types=(TRAINING_REQUEST, ROLLBACK_REQUEST),
-                                   visibility_timeout_s=self.settings.queue_visibility_timeout_s)) is not None:
+        while (
+            received := receive(
+                self.ws.db,
+                self.name,
+                message_types=(TRAINING_REQUEST, ROLLBACK_REQUEST),
+                visibility_timeout_s=self.settings.queue_visibility_timeout_s,
+            )
+        ) is not None:
             delivery, message = received
             if isinstance(message, RollbackRequest):
                 self.roll_back(delivery, message, report)
                 continue
             assert isinstance(message, TrainingRequest)
             with trace(message.trace_id):
-                outcome = request_run(self.ws.db, trigger_source=TriggerSource(message.trigger_source),
-                                      trace_id=message.trace_id, request_message_id=delivery.message_id)
+                outcome = request_run(
+                    self.ws.db,
+                    trigger_source=TriggerSource(message.trigger_source),
+                    trace_id=message.trace_id,
+                    request_message_id=delivery.message_id,
+                )
                 if outcome.run_id is None:
                     refuse(self.ws.db, delivery, outcome.reason)
                 else:
                     ack(self.ws.db, delivery, note=f"run {outcome.run_id} {outcome.status.value}: {outcome.reason}")
                     if outcome.created and outcome.status is RunStatus.RUNNING:
                         to_drive.append(outcome.run_id)
-                report.messages.append((delivery.message_id, outcome.reason if outcome.run_id is None
-                                        else f"run {outcome.run_id} {outcome.status.value}"))
+                report.messages.append(
+                    (
+                        delivery.message_id,
+                        outcome.reason if outcome.run_id is None else f"run {outcome.run_id} {outcome.status.value}",
+                    )
+                )
         next_run = start_next_pending(self.ws.db)
         if next_run is not None:
             to_drive.append(next_run)
@@ -143,43 +157,80 @@ class Worker:
             latest = latest_evaluation_set(self.ws)
             ref = latest.evaluation_dataset_ref if latest else None
         if ref is None:
-            fail_run(self.ws.db, run_id, stage=RunStage.EVALUATION, failure_type=FailureType.ERROR,
-                     reason="no evaluation dataset registered (`opsbench register-eval`); nothing was trained")
+            fail_run(
+                self.ws.db,
+                run_id,
+                stage=RunStage.EVALUATION,
+                failure_type=FailureType.ERROR,
+                reason="no evaluation dataset registered (`opsbench register-eval`); nothing was trained",
+            )
             return get_run(self.ws.db, run_id).status.value
-        with trace(run.trace_id), heartbeating(partial(heartbeat, self.ws.db, run_id),
-                                                  self.settings.heartbeat_interval_s,
-                                                  name=f"heartbeat-run-{run_id}", context={"run_id": run_id}):
+        with (
+            trace(run.trace_id),
+            heartbeating(
+                partial(heartbeat, self.ws.db, run_id),
+                self.settings.heartbeat_interval_s,
+                name=f"heartbeat-run-{run_id}",
+                context={"run_id": run_id},
+            ),
+        ):
             with self.ws.db.read() as session:
                 trained = session.get(ModelVersion, run.candidate_model_version or "") is not None
             if not trained:
-                result = self._run_stage(run_id, RunStage.TRAINING, "30_train_candidate", {
-                    "run_id": run_id, "epochs": self.settings.training_epochs,
-                    "batch_size": self.settings.training_batch_size,
-                    "learning_rate": self.settings.training_learning_rate,
-                    "max_seq_length": self.settings.training_max_seq_length, "seed": self.settings.training_seed,
-                }, run.trace_id)
+                result = self._run_stage(
+                    run_id,
+                    RunStage.TRAINING,
+                    "30_train_candidate",
+                    {
+                        "run_id": run_id,
+                        "epochs": self.settings.training_epochs,
+                        "batch_size": self.settings.training_batch_size,
+                        "learning_rate": self.settings.training_learning_rate,
+                        "max_seq_length": self.settings.training_max_seq_length,
+                        "seed": self.settings.training_seed,
+                    },
+                    run.trace_id,
+                )
                 if result is None or not result.ok:
                     return get_run(self.ws.db, run_id).status.value
-            self._run_stage(run_id, RunStage.EVALUATION, "40_evaluate_candidate", {
-                "run_id": run_id, "evaluation_dataset_ref": ref,
-                "bootstrap_samples": self.settings.bootstrap_samples,
-            }, run.trace_id)
+            self._run_stage(
+                run_id,
+                RunStage.EVALUATION,
+                "40_evaluate_candidate",
+                {
+                    "run_id": run_id,
+                    "evaluation_dataset_ref": ref,
+                    "bootstrap_samples": self.settings.bootstrap_samples,
+                },
+                run.trace_id,
+            )
         final = get_run(self.ws.db, run_id)
         if final.status is RunStatus.RUNNING:  # the stage finished without settling the run
-            fail_run(self.ws.db, run_id, stage=RunStage.EVALUATION, failure_type=FailureType.ERROR,
-                     reason="40_evaluate_candidate finished without a verdict")
+            fail_run(
+                self.ws.db,
+                run_id,
+                stage=RunStage.EVALUATION,
+                failure_type=FailureType.ERROR,
+                reason="40_evaluate_candidate finished without a verdict",
+            )
             final = get_run(self.ws.db, run_id)
         return final.status.value
 
-    def _run_stage(self, run_id: int, stage: RunStage, name: str, params: dict[str, Any],
-                   trace_id: str | None) -> StageResult | None:
+    def _run_stage(
+        self, run_id: int, stage: RunStage, name: str, params: dict[str, Any], trace_id: str | None
+    ) -> StageResult | None:
         """Execute a run's stage; one that cannot even start (parameters refused, notebook
         missing) fails the run with ERROR instead of leaving it RUNNING for the reconciler."""
         try:
             return run_stage(self.ws, name, params, run_id=run_id, trace_id=trace_id)
         except (StageError, OSError) as exc:
-            fail_run(self.ws.db, run_id, stage=stage, failure_type=FailureType.ERROR,
-                     reason=f"{name} could not start: {type(exc).__name__}: {exc}")
+            fail_run(
+                self.ws.db,
+                run_id,
+                stage=stage,
+                failure_type=FailureType.ERROR,
+                reason=f"{name} could not start: {type(exc).__name__}: {exc}",
+            )
             return None
 
     def reconcile(self, report: WorkerReport | None = None) -> list[int]:
@@ -202,8 +253,13 @@ class Worker:
             with self.ws.db.read() as session:
                 trained = session.get(ModelVersion, run.candidate_model_version or "") is not None
             reason = f"stalled: no heartbeat since {last}; not resumable: {problem}"
-            fail_run(self.ws.db, run.id, stage=RunStage.EVALUATION if trained else RunStage.TRAINING,
-                     failure_type=FailureType.ERROR, reason=reason)
+            fail_run(
+                self.ws.db,
+                run.id,
+                stage=RunStage.EVALUATION if trained else RunStage.TRAINING,
+                failure_type=FailureType.ERROR,
+                reason=reason,
+            )
             report.reconciled.append((run.id, f"failed: {reason}"))
         return resume
 
@@ -214,11 +270,16 @@ class Worker:
         with trace(run.trace_id):
             with self.ws.db.read() as session:
                 release = current_release(session)
-                ready = bool(release and release.release_status is ReleaseStatus.CANDIDATE_REINDEXING
-                             and release.candidate_run_id == run_id and release.candidate_ready_at)
+                ready = bool(
+                    release
+                    and release.release_status is ReleaseStatus.CANDIDATE_REINDEXING
+                    and release.candidate_run_id == run_id
+                    and release.candidate_ready_at
+                )
             if not ready:
-                result = run_stage(self.ws, "50_reindex_candidate", {"run_id": run_id}, run_id=run_id,
-                                   trace_id=run.trace_id)
+                result = run_stage(
+                    self.ws, "50_reindex_candidate", {"run_id": run_id}, run_id=run_id, trace_id=run.trace_id
+                )
                 if not result.ok:
                     return f"reindex failed: {result.error['ename']}: {result.error['evalue']}"
             result = run_stage(self.ws, "60_cutover", {"run_id": run_id}, run_id=run_id, trace_id=run.trace_id)
@@ -240,8 +301,9 @@ class Worker:
             if release.release_status is ReleaseStatus.CANDIDATE_REINDEXING and release.candidate_run_id:
                 target = release.candidate_run_id
             elif release.release_status is ReleaseStatus.STABLE:
-                query = select(MLPipelineRun).where(MLPipelineRun.status == RunStatus.READY_FOR_RELEASE,
-                                                    MLPipelineRun.cutover_time.is_(None))
+                query = select(MLPipelineRun).where(
+                    MLPipelineRun.status == RunStatus.READY_FOR_RELEASE, MLPipelineRun.cutover_time.is_(None)
+                )
                 if not self.settings.auto_cutover:
                     query = query.where(MLPipelineRun.promoted_at.is_not(None))
                 ready = list(session.scalars(query.order_by(MLPipelineRun.id.desc())))
@@ -249,8 +311,13 @@ class Worker:
                 stale = [r.id for r in ready if r.baseline_model_version != release.active_model_version]
                 target = current[0] if current else None
         for run_id in stale:
-            fail_run(self.ws.db, run_id, stage=RunStage.REINDEX, failure_type=FailureType.ERROR,
-                     reason="superseded before release: its baseline no longer serves (evaluate a new run)")
+            fail_run(
+                self.ws.db,
+                run_id,
+                stage=RunStage.REINDEX,
+                failure_type=FailureType.ERROR,
+                reason="superseded before release: its baseline no longer serves (evaluate a new run)",
+            )
         if target is not None:
             report.released[target] = self.release(target)
 
@@ -264,8 +331,7 @@ class Worker:
                 if run is None or run.status is not RunStatus.READY_FOR_RELEASE:
                     orphan = release.candidate_run_id
         if orphan is not None:
-            abort_candidate(self.ws, orphan, "the candidate's run is no longer READY_FOR_RELEASE",
-                            actor=self.name)
+            abort_candidate(self.ws, orphan, "the candidate's run is no longer READY_FOR_RELEASE", actor=self.name)
             report.released[orphan] = "aborted: its run is no longer READY_FOR_RELEASE"
         reinclude_excluded(self.ws)
 
@@ -289,4 +355,3 @@ class Worker:
 
 
 MAX_ROLLBACK_ATTEMPTS = 5
-

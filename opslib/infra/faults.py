@@ -13,11 +13,15 @@ from opslib.settings import Settings
 
 # Every named checkpoint, in the order the stages pass them (the crash-matrix rows).
 CHECKPOINTS = {
-    "50_reindex_candidate": ("reindex.opened", "reindex.loaded", "reindex.mid_batch", "reindex.built",
-                             "reindex.ready"),
+    "50_reindex_candidate": ("reindex.opened", "reindex.loaded", "reindex.mid_batch", "reindex.built", "reindex.ready"),
     "60_cutover": ("cutover.time_fixed", "cutover.complete", "cutover.exported", "cutover.switched"),
-    "70_rollback": ("rollback.prepared", "rollback.loaded", "rollback.restored", "rollback.switched",
-                    "rollback.reembedded_one"),
+    "70_rollback": (
+        "rollback.prepared",
+        "rollback.loaded",
+        "rollback.restored",
+        "rollback.switched",
+        "rollback.reembedded_one",
+    ),
 }
 
 

@@ -19,8 +19,9 @@ log = get_logger(__name__)
 
 
 @contextmanager
-def heartbeating(beat: Callable[[], bool], interval_s: float, *, name: str,
-                 context: dict[str, Any] | None = None) -> Iterator[None]:
+def heartbeating(
+    beat: Callable[[], bool], interval_s: float, *, name: str, context: dict[str, Any] | None = None
+) -> Iterator[None]:
     """Call ``beat`` now and every ``interval_s`` seconds until the block ends or it returns False."""
     if interval_s <= 0:
         raise ValueError(f"interval_s {interval_s}: must be > 0")

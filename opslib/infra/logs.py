@@ -13,7 +13,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ class TraceIdFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname,
             "logger": record.name,
             "trace_id": getattr(record, "trace_id", None) or current_trace_id(),
@@ -84,8 +84,9 @@ class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def configure_logging(level: str = "INFO", stream: Any = None, path: Any = None,
-                      console_level: str | None = None) -> None:
+def configure_logging(
+    level: str = "INFO", stream: Any = None, path: Any = None, console_level: str | None = None
+) -> None:
     """JSON lines on ``stream`` (stderr by default), or appended to the file ``path``, for
     ``opslib`` at ``level`` and for every other library (papermill, alembic, chromadb, …) at
     WARNING — all carrying the trace id. With ``path`` and ``console_level``, records at or

@@ -88,9 +88,7 @@ def register_model(
     validate_model_version(model_version)
     source_dir = Path(source_dir)
     if not (source_dir / "modules.json").is_file():
-        raise ModelArtifactError(
-            f"source_dir {source_dir}: not a sentence-transformers folder (no modules.json)"
-        )
+        raise ModelArtifactError(f"source_dir {source_dir}: not a sentence-transformers folder (no modules.json)")
     with ws.db.read() as session:
         if session.get(ModelVersion, model_version) is not None:
             raise ModelArtifactError(f"model_version {model_version!r}: already registered")

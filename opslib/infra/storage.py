@@ -160,7 +160,7 @@ class ObjectStore:
             os.link(tmp, final)
         except FileExistsError:
             raise ObjectExistsError(
-                f"key {final[len(self.root) + 1:]!r}: already exists in {self.url} (write-once)"
+                f"key {final[len(self.root) + 1 :]!r}: already exists in {self.url} (write-once)"
             ) from None
         finally:
             os.unlink(tmp)
@@ -224,7 +224,7 @@ class ObjectStore:
             return []
         keys = []
         for path in self.fs.find(base):
-            key = path[len(self.root) + 1:] if path.startswith(self.root + "/") else path
+            key = path[len(self.root) + 1 :] if path.startswith(self.root + "/") else path
             if key.endswith(SHA_SUFFIX) or key.startswith(_TMP_DIR + "/"):
                 continue
             keys.append(key)

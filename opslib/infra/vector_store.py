@@ -100,8 +100,9 @@ class VectorStore:
         chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
         if settings.chroma_host:
             host, port = settings.chroma_host, settings.chroma_port
-            return cls(f"http://{host}:{port}",
-                       lambda: chromadb.HttpClient(host=host, port=port, settings=chroma_settings))
+            return cls(
+                f"http://{host}:{port}", lambda: chromadb.HttpClient(host=host, port=port, settings=chroma_settings)
+            )
         path: Path = settings.resolved_chroma_path
         path.mkdir(parents=True, exist_ok=True)
         return cls(str(path), lambda: chromadb.PersistentClient(path=str(path), settings=chroma_settings))

@@ -98,13 +98,20 @@ def cutover(ws: Workspace, run_id: int) -> CutoverReport:
     missing = missing_from_index(ws, candidate_index, ready_before=cutover_time)
     report.missing_before_catch_up = len(missing)
     if missing:  # READY before cutover_time but not reached by the build or dual-write yet
-        index_chunks(ws, missing, index_name=candidate_index, model_version=candidate_version,
-                     purpose=Purpose.REINDEX, guard=still_reindexing(candidate_index))
+        index_chunks(
+            ws,
+            missing,
+            index_name=candidate_index,
+            model_version=candidate_version,
+            purpose=Purpose.REINDEX,
+            guard=still_reindexing(candidate_index),
+        )
         missing = missing_from_index(ws, candidate_index, ready_before=cutover_time)
     report.missing = len(missing)
     if missing:
-        raise CutoverRefused(f"{len(missing)} chunks READY before cutover_time are not in the candidate index "
-                             f"(e.g. {missing[:3]})")
+        raise CutoverRefused(
+            f"{len(missing)} chunks READY before cutover_time are not in the candidate index (e.g. {missing[:3]})"
+        )
     checkpoint(ws.settings, "cutover.complete")
 
     report.snapshot = export_index(ws, active_index, active_version, tag=f"cutover-run-{run_id:05d}")
@@ -117,10 +124,13 @@ def cutover(ws: Workspace, run_id: int) -> CutoverReport:
     still_missing = missing_from_index(ws, candidate_index, ready_before=cutover_time)
     if still_missing:
         report.missing = len(still_missing)
-        raise CutoverRefused(f"{len(still_missing)} chunks READY before cutover_time are missing from the "
-                             f"candidate index (e.g. {still_missing[:3]})")
+        raise CutoverRefused(
+            f"{len(still_missing)} chunks READY before cutover_time are missing from the "
+            f"candidate index (e.g. {still_missing[:3]})"
+        )
     started = time.perf_counter()
     with ws.db.transaction() as session:
+
         def gate(current: Any) -> None:
             reason = waiting_on(current, run_id)
             if reason:
@@ -129,19 +139,31 @@ def cutover(ws: Workspace, run_id: int) -> CutoverReport:
                 raise CutoverRefused("the active index changed since the snapshot was exported")
 
         now = utcnow()
-        release = apply(session, "CUTOVER", actor=actor, trace_id=trace_id, guard=gate, changes={
-            "rollback_snapshot_active_model_version": active_version,
-            "rollback_snapshot_active_index_name": active_index,
-            "rollback_snapshot_captured_at": now,
-            "previous_model_version": active_version, "previous_index_name": active_index,
-            "active_model_version": candidate_version, "active_index_name": candidate_index,
-            "switched_at": now, **cleared_candidate(),
-        })
+        release = apply(
+            session,
+            "CUTOVER",
+            actor=actor,
+            trace_id=trace_id,
+            guard=gate,
+            changes={
+                "rollback_snapshot_active_model_version": active_version,
+                "rollback_snapshot_active_index_name": active_index,
+                "rollback_snapshot_captured_at": now,
+                "previous_model_version": active_version,
+                "previous_index_name": active_index,
+                "active_model_version": candidate_version,
+                "active_index_name": candidate_index,
+                "switched_at": now,
+                **cleared_candidate(),
+            },
+        )
         report.release_after = release_state(release)
     report.switch_ms = (time.perf_counter() - started) * 1000
     checkpoint(ws.settings, "cutover.switched")
-    log.info("cutover", extra={"run_id": run_id, "active_model_version": candidate_version,
-                               "previous_model_version": active_version})
+    log.info(
+        "cutover",
+        extra={"run_id": run_id, "active_model_version": candidate_version, "previous_model_version": active_version},
+    )
     return report
 
 

@@ -57,8 +57,13 @@ def vectors_checksum(ids: list[str], vectors: np.ndarray) -> str:
 
 def _entries(ws: Workspace, index_name: str) -> dict[str, str]:
     with ws.db.read() as session:
-        return dict(session.execute(select(VectorIndexEntry.chunk_id, VectorIndexEntry.content_hash)
-                                    .where(VectorIndexEntry.index_name == index_name)).all())
+        return dict(
+            session.execute(
+                select(VectorIndexEntry.chunk_id, VectorIndexEntry.content_hash).where(
+                    VectorIndexEntry.index_name == index_name
+                )
+            ).all()
+        )
 
 
 def _collection_contents(ws: Workspace, index_name: str, ids: list[str]) -> tuple[list[str], np.ndarray, list[dict]]:
@@ -84,11 +89,17 @@ def export_index(ws: Workspace, index_name: str, model_version: str, tag: str) -
     ids, vectors, metadatas = _collection_contents(ws, index_name, sorted(entries))
     if len(ids) != len(entries):
         missing = sorted(set(entries) - set(ids))[:3]
-        raise SnapshotError(f"index {index_name}: {len(entries) - len(ids)} SOT entries have no vector (e.g. {missing})")
+        raise SnapshotError(
+            f"index {index_name}: {len(entries) - len(ids)} SOT entries have no vector (e.g. {missing})"
+        )
     buffer = io.BytesIO()
-    np.savez(buffer, ids=np.asarray(ids, dtype=str), vectors=vectors,
-             metadata=np.asarray([json.dumps(m, sort_keys=True) for m in metadatas], dtype=str),
-             content_hashes=np.asarray([entries[i] for i in ids], dtype=str))
+    np.savez(
+        buffer,
+        ids=np.asarray(ids, dtype=str),
+        vectors=vectors,
+        metadata=np.asarray([json.dumps(m, sort_keys=True) for m in metadatas], dtype=str),
+        content_hashes=np.asarray([entries[i] for i in ids], dtype=str),
+    )
     data = buffer.getvalue()
     file_key = f"{PREFIX}/{index_name}/{tag}.npz"
     if not ws.objects.exists(file_key):
@@ -96,9 +107,14 @@ def export_index(ws: Workspace, index_name: str, model_version: str, tag: str) -
     elif ws.objects.recorded_sha256(file_key) != sha256_bytes(data):
         data = ws.objects.get_bytes(file_key)  # an earlier attempt's export of the same index stands
     manifest = SnapshotManifest(
-        key=file_key, index_name=index_name, model_version=model_version, count=len(ids),
-        dimension=int(vectors.shape[1]) if len(ids) else 0, file_sha256=sha256_bytes(data),
-        vectors_checksum=_file_checksum(data), created_at=utcnow().isoformat(),
+        key=file_key,
+        index_name=index_name,
+        model_version=model_version,
+        count=len(ids),
+        dimension=int(vectors.shape[1]) if len(ids) else 0,
+        file_sha256=sha256_bytes(data),
+        vectors_checksum=_file_checksum(data),
+        created_at=utcnow().isoformat(),
     )
     ws.objects.put_text(manifest_key, manifest.to_json())
     log.info("index exported", extra={"index_name": index_name, "count": manifest.count, "key": file_key})
@@ -159,14 +175,21 @@ def restore_index(ws: Workspace, manifest: SnapshotManifest) -> int:
     ws.vectors.collection(manifest.index_name)
     for start in range(0, len(keep), _BATCH):
         part = keep[start : start + _BATCH]
-        ws.vectors.upsert(manifest.index_name, [ids[i] for i in part], arrays["vectors"][part],
-                          [json.loads(str(arrays["metadata"][i])) for i in part])
+        ws.vectors.upsert(
+            manifest.index_name,
+            [ids[i] for i in part],
+            arrays["vectors"][part],
+            [json.loads(str(arrays["metadata"][i])) for i in part],
+        )
     with ws.db.transaction() as session:
         session.execute(delete(VectorIndexEntry).where(VectorIndexEntry.index_name == manifest.index_name))
         session.add_all(
-            VectorIndexEntry(index_name=manifest.index_name, chunk_id=ids[i],
-                             embedding_model_version=manifest.model_version,
-                             content_hash=str(arrays["content_hashes"][i]))
+            VectorIndexEntry(
+                index_name=manifest.index_name,
+                chunk_id=ids[i],
+                embedding_model_version=manifest.model_version,
+                content_hash=str(arrays["content_hashes"][i]),
+            )
             for i in keep
         )
     log.warning("index restored from snapshot", extra={"index_name": manifest.index_name, "vectors": len(keep)})

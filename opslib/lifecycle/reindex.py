@@ -88,24 +88,37 @@ def open_candidate(ws: Workspace, run_id: int, *, actor: str) -> tuple[bool, dic
 
         def guard(current: Any) -> None:
             if run.baseline_model_version != current.active_model_version:
-                raise ReleaseError(f"run {run_id} was judged against {run.baseline_model_version}, but "
-                                   f"{current.active_model_version} serves now: evaluate a new run instead")
+                raise ReleaseError(
+                    f"run {run_id} was judged against {run.baseline_model_version}, but "
+                    f"{current.active_model_version} serves now: evaluate a new run instead"
+                )
 
-        apply(session, "OPEN_CANDIDATE", actor=actor, trace_id=run.trace_id or current_trace_id(), guard=guard,
-              changes={"candidate_model_version": run.candidate_model_version,
-                       "candidate_index_name": run.candidate_index_name, "candidate_run_id": run_id,
-                       "candidate_ready_at": None})
+        apply(
+            session,
+            "OPEN_CANDIDATE",
+            actor=actor,
+            trace_id=run.trace_id or current_trace_id(),
+            guard=guard,
+            changes={
+                "candidate_model_version": run.candidate_model_version,
+                "candidate_index_name": run.candidate_index_name,
+                "candidate_run_id": run_id,
+                "candidate_ready_at": None,
+            },
+        )
         return False, before
 
 
-def abort_candidate(ws: Workspace, run_id: int, reason: str, *, actor: str,
-                    stage: RunStage = RunStage.REINDEX) -> bool:
+def abort_candidate(ws: Workspace, run_id: int, reason: str, *, actor: str, stage: RunStage = RunStage.REINDEX) -> bool:
     """Drop the run's candidate (if it is the open one) and fail the run, in one transaction."""
     with ws.db.transaction() as session:
         release = current_release(session, for_update=True)
         aborted = False
-        if release is not None and release.release_status is ReleaseStatus.CANDIDATE_REINDEXING \
-                and release.candidate_run_id == run_id:
+        if (
+            release is not None
+            and release.release_status is ReleaseStatus.CANDIDATE_REINDEXING
+            and release.candidate_run_id == run_id
+        ):
             apply(session, "ABORT_CANDIDATE", actor=actor, trace_id=current_trace_id(), changes=cleared_candidate())
             aborted = True
         run = session.get(MLPipelineRun, run_id)
@@ -140,31 +153,52 @@ def reindex_candidate(ws: Workspace, run_id: int, *, progress: bool = False) -> 
                 first_batch["done"] = True
                 checkpoint(ws.settings, "reindex.mid_batch")
 
-        built = build_index(ws, index_name=index_name, model_version=version, purpose=Purpose.REINDEX,
-                            progress=progress, batch_size=ws.settings.reindex_batch_size, guard=guard,
-                            on_batch=after_batch)
+        built = build_index(
+            ws,
+            index_name=index_name,
+            model_version=version,
+            purpose=Purpose.REINDEX,
+            progress=progress,
+            batch_size=ws.settings.reindex_batch_size,
+            guard=guard,
+            on_batch=after_batch,
+        )
         if built.stopped:
             raise ReindexError("the release left CANDIDATE_REINDEXING while the index was being built")
         report.chunks, report.embedded, report.reused, report.unchanged = (
-            built.requested, built.embedded, built.reused, built.unchanged)
+            built.requested,
+            built.embedded,
+            built.reused,
+            built.unchanged,
+        )
         checkpoint(ws.settings, "reindex.built")
         late = missing_from_index(ws, index_name)  # READY meanwhile, or written before dual-write began
         if late:
-            caught = index_chunks(ws, late, index_name=index_name, model_version=version,
-                                  purpose=Purpose.REINDEX, guard=guard)
+            caught = index_chunks(
+                ws, late, index_name=index_name, model_version=version, purpose=Purpose.REINDEX, guard=guard
+            )
             report.caught_up = caught.written
         with ws.db.transaction() as session:
+
             def is_ours(current: Any) -> None:
                 if current.candidate_run_id != run_id:
                     raise ReleaseError(f"the open candidate is run {current.candidate_run_id}'s, not run {run_id}'s")
 
-            release = apply(session, "CANDIDATE_READY", actor=actor, trace_id=run.trace_id, guard=is_ours,
-                            changes={"candidate_ready_at": utcnow()})
+            release = apply(
+                session,
+                "CANDIDATE_READY",
+                actor=actor,
+                trace_id=run.trace_id,
+                guard=is_ours,
+                changes={"candidate_ready_at": utcnow()},
+            )
             report.release_after = release_state(release)
         checkpoint(ws.settings, "reindex.ready")
     except Exception as exc:
         abort_candidate(ws, run_id, f"50_reindex_candidate: {type(exc).__name__}: {exc}", actor=actor)
         raise
-    log.info("candidate index built", extra={"run_id": run_id, "index_name": index_name,
-                                             "embedded": report.embedded, "reused": report.reused})
+    log.info(
+        "candidate index built",
+        extra={"run_id": run_id, "index_name": index_name, "embedded": report.embedded, "reused": report.reused},
+    )
     return report

@@ -75,16 +75,26 @@ class RollbackReport:
 
 
 def _done_before(session: Any, trace_id: str) -> bool:
-    return session.scalar(select(exists().where(ReleaseEvent.kind == "COMPLETE_ROLLBACK",
-                                                ReleaseEvent.trace_id == trace_id))) or False
+    return (
+        session.scalar(
+            select(exists().where(ReleaseEvent.kind == "COMPLETE_ROLLBACK", ReleaseEvent.trace_id == trace_id))
+        )
+        or False
+    )
 
 
 def _excluded_video_ids(session: Any, snapshot_index: str) -> list[str]:
     """Videos with a chunk the snapshot index does not hold."""
     in_snapshot = select(VectorIndexEntry.chunk_id).where(VectorIndexEntry.index_name == snapshot_index)
-    return list(session.scalars(select(Video.id).distinct().join(Chunk, Chunk.video_id == Video.id)
-                                .where(Video.status == VideoStatus.READY, ~Chunk.id.in_(in_snapshot))
-                                .order_by(Video.id)))
+    return list(
+        session.scalars(
+            select(Video.id)
+            .distinct()
+            .join(Chunk, Chunk.video_id == Video.id)
+            .where(Video.status == VideoStatus.READY, ~Chunk.id.in_(in_snapshot))
+            .order_by(Video.id)
+        )
+    )
 
 
 def prepare(ws: Workspace, request: RollbackRequest, report: RollbackReport) -> bool:
@@ -106,12 +116,19 @@ def prepare(ws: Workspace, request: RollbackRequest, report: RollbackReport) -> 
             if current.rollback_snapshot_active_model_version is None:
                 raise RollbackRefused("no rollback snapshot: nothing to roll back to")
             if current.active_model_version != request.expected_active_model_version:
-                raise RollbackRefused(f"stale request: it expects {request.expected_active_model_version} active, "
-                                      f"but {current.active_model_version} is")
+                raise RollbackRefused(
+                    f"stale request: it expects {request.expected_active_model_version} active, "
+                    f"but {current.active_model_version} is"
+                )
 
         snapshot_index = release.rollback_snapshot_active_index_name
-        apply(session, "PREPARE_ROLLBACK", actor=request.requested_by or ws.settings.operator,
-              trace_id=request.trace_id, guard=guard)
+        apply(
+            session,
+            "PREPARE_ROLLBACK",
+            actor=request.requested_by or ws.settings.operator,
+            trace_id=request.trace_id,
+            guard=guard,
+        )
         report.excluded_videos = _exclude(session, snapshot_index or "")
         report.target_model_version = release.rollback_snapshot_active_model_version
         report.target_index_name = snapshot_index
@@ -122,9 +139,11 @@ def _exclude(session: Any, snapshot_index: str) -> int:
     """Hide (ROLLBACK_EXCLUDED) every SERVABLE READY video with a chunk missing from the index."""
     excluded = [v for v in _excluded_video_ids(session, snapshot_index)]
     if excluded:
-        session.execute(update(Video).where(Video.id.in_(excluded),
-                                            Video.search_serving_state == ServingState.SERVABLE)
-                        .values(search_serving_state=ServingState.ROLLBACK_EXCLUDED, updated_at=utcnow()))
+        session.execute(
+            update(Video)
+            .where(Video.id.in_(excluded), Video.search_serving_state == ServingState.SERVABLE)
+            .values(search_serving_state=ServingState.ROLLBACK_EXCLUDED, updated_at=utcnow())
+        )
     return len(excluded)
 
 
@@ -159,21 +178,32 @@ def roll_back(ws: Workspace, request: RollbackRequest, *, progress: bool = False
             release = current_release(session)
             assert release is not None
             problem = (release.active_model_version, release.active_index_name)
-            release = apply(session, "COMPLETE_ROLLBACK", actor=request.requested_by or ws.settings.operator,
-                            trace_id=request.trace_id, changes={
-                                "active_model_version": target, "active_index_name": index_name,
-                                "previous_model_version": problem[0], "previous_index_name": problem[1],
-                                "rollback_snapshot_active_model_version": None,
-                                "rollback_snapshot_active_index_name": None, "rollback_snapshot_captured_at": None,
-                                "switched_at": utcnow(), **cleared_candidate()})
+            release = apply(
+                session,
+                "COMPLETE_ROLLBACK",
+                actor=request.requested_by or ws.settings.operator,
+                trace_id=request.trace_id,
+                changes={
+                    "active_model_version": target,
+                    "active_index_name": index_name,
+                    "previous_model_version": problem[0],
+                    "previous_index_name": problem[1],
+                    "rollback_snapshot_active_model_version": None,
+                    "rollback_snapshot_active_index_name": None,
+                    "rollback_snapshot_captured_at": None,
+                    "switched_at": utcnow(),
+                    **cleared_candidate(),
+                },
+            )
         report.switch_ms = (time.perf_counter() - started) * 1000
         checkpoint(ws.settings, "rollback.switched")
     reembedded, servable = reinclude_excluded(ws, progress=progress)
     report.reembedded_chunks, report.servable_again = reembedded, servable
     with ws.db.read() as session:
         report.release_after = release_state(current_release(session))
-    log.info("rollback", extra={"outcome": report.outcome, "excluded": report.excluded_videos,
-                                "reembedded": reembedded})
+    log.info(
+        "rollback", extra={"outcome": report.outcome, "excluded": report.excluded_videos, "reembedded": reembedded}
+    )
     return report
 
 
@@ -186,22 +216,34 @@ def reinclude_excluded(ws: Workspace, *, progress: bool = False) -> tuple[int, i
         if release is None or release.release_status is not ReleaseStatus.STABLE:
             return 0, 0
         model, index = release.active_model_version, release.active_index_name
-        videos = list(session.scalars(select(Video.id).where(
-            Video.search_serving_state == ServingState.ROLLBACK_EXCLUDED).order_by(Video.id)))
+        videos = list(
+            session.scalars(
+                select(Video.id).where(Video.search_serving_state == ServingState.ROLLBACK_EXCLUDED).order_by(Video.id)
+            )
+        )
     reembedded = servable = 0
     for video_id in videos:
         with ws.db.read() as session:
             chunk_ids = list(session.scalars(select(Chunk.id).where(Chunk.video_id == video_id).order_by(Chunk.id)))
-        written = index_chunks(ws, chunk_ids, index_name=index, model_version=model, purpose=Purpose.INGEST,
-                               progress=progress)
+        written = index_chunks(
+            ws, chunk_ids, index_name=index, model_version=model, purpose=Purpose.INGEST, progress=progress
+        )
         reembedded += written.written
         with ws.db.transaction() as session:
             release = current_release(session)
-            held = set(session.scalars(select(VectorIndexEntry.chunk_id).where(
-                VectorIndexEntry.index_name == index, VectorIndexEntry.chunk_id.in_(chunk_ids))))
+            held = set(
+                session.scalars(
+                    select(VectorIndexEntry.chunk_id).where(
+                        VectorIndexEntry.index_name == index, VectorIndexEntry.chunk_id.in_(chunk_ids)
+                    )
+                )
+            )
             if release is not None and release.active_index_name == index and held >= set(chunk_ids):
-                session.execute(update(Video).where(Video.id == video_id).values(
-                    search_serving_state=ServingState.SERVABLE, updated_at=utcnow()))
+                session.execute(
+                    update(Video)
+                    .where(Video.id == video_id)
+                    .values(search_serving_state=ServingState.SERVABLE, updated_at=utcnow())
+                )
                 servable += 1
         if servable == 1:
             checkpoint(ws.settings, "rollback.reembedded_one")

@@ -68,8 +68,13 @@ def training_rows(groups: Any) -> tuple[list[dict[str, str]], int, int]:
             continue
         used += 1
         for i, positive in enumerate(group["positives"]):
-            rows.append({"anchor": group["query_text"], "positive": positive["text"],
-                         "negative": negatives[i % len(negatives)]["text"]})
+            rows.append(
+                {
+                    "anchor": group["query_text"],
+                    "positive": positive["text"],
+                    "negative": negatives[i % len(negatives)]["text"],
+                }
+            )
     return rows, used, skipped
 
 
@@ -141,23 +146,36 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
             dataloader_num_workers=0,
         )
         trainer = SentenceTransformerTrainer(
-            model=model, args=args, train_dataset=Dataset.from_list(rows),
-            loss=MultipleNegativesRankingLoss(model), callbacks=[_RecordLoss()],
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            loss=MultipleNegativesRankingLoss(model),
+            callbacks=[_RecordLoss()],
         )
         result = trainer.train()
         report.steps = int(result.global_step)
         out = Path(tmp) / "candidate"
         model.save(str(out))
         register_model(
-            ws, run.candidate_model_version, out,
-            base_model_version=run.baseline_model_version, dataset_version=run.dataset_version, run_id=run_id,
+            ws,
+            run.candidate_model_version,
+            out,
+            base_model_version=run.baseline_model_version,
+            dataset_version=run.dataset_version,
+            run_id=run_id,
             training_parameters={
-                **params.__dict__, "loss": "MultipleNegativesRankingLoss", "batch_sampler": "no_duplicates",
-                "rows": report.rows, "groups": report.groups,
-                "groups_without_negatives": report.groups_without_negatives, "steps": report.steps,
+                **params.__dict__,
+                "loss": "MultipleNegativesRankingLoss",
+                "batch_sampler": "no_duplicates",
+                "rows": report.rows,
+                "groups": report.groups,
+                "groups_without_negatives": report.groups_without_negatives,
+                "steps": report.steps,
                 "final_loss": loss_history[-1][1] if loss_history else None,
             },
         )
-    log.info("candidate trained", extra={"run_id": run_id, "candidate": run.candidate_model_version,
-                                         "rows": report.rows, "steps": report.steps})
+    log.info(
+        "candidate trained",
+        extra={"run_id": run_id, "candidate": run.candidate_model_version, "rows": report.rows, "steps": report.steps},
+    )
     return report

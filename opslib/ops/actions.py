@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -93,28 +93,41 @@ def preview_training(ws: Workspace) -> Preview:
     if release is None:
         return Preview(Action.RETRIGGER_TRAINING, None, "—", "no ModelRelease: initialise the workspace")
     if dataset is None:
-        return Preview(Action.RETRIGGER_TRAINING, None, "—",
-                       "no eligible training dataset: the request would be refused (generate a dataset first)")
-    queued = f"queued behind RUNNING run {running} (a newer request replaces an older PENDING one)" if running \
+        return Preview(
+            Action.RETRIGGER_TRAINING,
+            None,
+            "—",
+            "no eligible training dataset: the request would be refused (generate a dataset first)",
+        )
+    queued = (
+        f"queued behind RUNNING run {running} (a newer request replaces an older PENDING one)"
+        if running
         else "started by the worker on its next pass"
-    return Preview(Action.RETRIGGER_TRAINING, dataset.dataset_version,
-                   f"a TRAINING_REQUEST (manual): a run fine-tunes {release.active_model_version} on the latest "
-                   f"eligible dataset — {dataset.dataset_version} now — and evaluates it; {queued}. "
-                   "Type the dataset version to confirm.")
+    )
+    return Preview(
+        Action.RETRIGGER_TRAINING,
+        dataset.dataset_version,
+        f"a TRAINING_REQUEST (manual): a run fine-tunes {release.active_model_version} on the latest "
+        f"eligible dataset — {dataset.dataset_version} now — and evaluates it; {queued}. "
+        "Type the dataset version to confirm.",
+    )
 
 
 def dataset_as_of(now: datetime | None = None) -> datetime:
     """The ``as_of`` of a dataset generated now: the current minute (UTC)."""
-    return (now or utcnow()).astimezone(timezone.utc).replace(second=0, microsecond=0)
+    return (now or utcnow()).astimezone(UTC).replace(second=0, microsecond=0)
 
 
 def preview_dataset(ws: Workspace, source_window_days: int | None = None, now: datetime | None = None) -> Preview:
     days = source_window_days or ws.settings.dataset_source_window_days
     as_of = dataset_as_of(now)
     target = as_of.date().isoformat()
-    return Preview(Action.GENERATE_DATASET, target,
-                   f"executes 20_build_dataset over the {days} days of feedback before {as_of.isoformat()} "
-                   "(archived in runs/). It never starts training. Type today's date (UTC) to confirm.")
+    return Preview(
+        Action.GENERATE_DATASET,
+        target,
+        f"executes 20_build_dataset over the {days} days of feedback before {as_of.isoformat()} "
+        "(archived in runs/). It never starts training. Type today's date (UTC) to confirm.",
+    )
 
 
 def preview_rollback(ws: Workspace) -> Preview:
@@ -123,18 +136,26 @@ def preview_rollback(ws: Workspace) -> Preview:
     if release is None:
         return Preview(Action.REQUEST_ROLLBACK, None, "—", "no ModelRelease: initialise the workspace")
     if release.release_status is not ReleaseStatus.STABLE:
-        return Preview(Action.REQUEST_ROLLBACK, None, "—",
-                       f"the release is {release.release_status.value}; a rollback needs STABLE")
+        return Preview(
+            Action.REQUEST_ROLLBACK,
+            None,
+            "—",
+            f"the release is {release.release_status.value}; a rollback needs STABLE",
+        )
     if release.rollback_snapshot_active_model_version is None:
-        return Preview(Action.REQUEST_ROLLBACK, None, "—",
-                       "no rollback snapshot: nothing was cut over since the last rollback")
-    return Preview(Action.REQUEST_ROLLBACK, release.active_model_version,
-                   f"a ROLLBACK_REQUEST: serving returns from {release.active_model_version} to "
-                   f"{release.rollback_snapshot_active_model_version} "
-                   f"({release.rollback_snapshot_active_index_name}, captured "
-                   f"{release.rollback_snapshot_captured_at.isoformat() if release.rollback_snapshot_captured_at else '?'}); "
-                   "videos only the current model embedded are hidden until re-embedded. "
-                   "Type the model version serving now to confirm.")
+        return Preview(
+            Action.REQUEST_ROLLBACK, None, "—", "no rollback snapshot: nothing was cut over since the last rollback"
+        )
+    return Preview(
+        Action.REQUEST_ROLLBACK,
+        release.active_model_version,
+        f"a ROLLBACK_REQUEST: serving returns from {release.active_model_version} to "
+        f"{release.rollback_snapshot_active_model_version} "
+        f"({release.rollback_snapshot_active_index_name}, captured "
+        f"{release.rollback_snapshot_captured_at.isoformat() if release.rollback_snapshot_captured_at else '?'}); "
+        "videos only the current model embedded are hidden until re-embedded. "
+        "Type the model version serving now to confirm.",
+    )
 
 
 def _promote_blocker(run: MLPipelineRun | None, run_id: int, release: Any) -> str | None:
@@ -147,8 +168,10 @@ def _promote_blocker(run: MLPipelineRun | None, run_id: int, release: Any) -> st
     if run.promoted_at is not None:
         return f"run {run_id} was already promoted by {run.promoted_by} at {run.promoted_at.isoformat()}"
     if release is not None and run.baseline_model_version != release.active_model_version:
-        return (f"run {run_id} was judged against {run.baseline_model_version}, but "
-                f"{release.active_model_version} serves now: evaluate a new run instead")
+        return (
+            f"run {run_id} was judged against {run.baseline_model_version}, but "
+            f"{release.active_model_version} serves now: evaluate a new run instead"
+        )
     return None
 
 
@@ -159,27 +182,44 @@ def preview_promote(ws: Workspace, run_id: int) -> Preview:
     blocker = _promote_blocker(run, run_id, release)
     if blocker or run is None:
         return Preview(Action.PROMOTE_RUN, None, "—", blocker)
-    return Preview(Action.PROMOTE_RUN, run.candidate_model_version,
-                   f"approves the release of run {run_id}: the worker builds {run.candidate_index_name} "
-                   f"(50_reindex_candidate) and switches serving from {run.baseline_model_version} to "
-                   f"{run.candidate_model_version} (60_cutover) on its next pass. "
-                   "Type the candidate model version to confirm.")
+    return Preview(
+        Action.PROMOTE_RUN,
+        run.candidate_model_version,
+        f"approves the release of run {run_id}: the worker builds {run.candidate_index_name} "
+        f"(50_reindex_candidate) and switches serving from {run.baseline_model_version} to "
+        f"{run.candidate_model_version} (60_cutover) on its next pass. "
+        "Type the candidate model version to confirm.",
+    )
 
 
 def promotable_runs(ws: Workspace) -> list[int]:
     """READY_FOR_RELEASE runs an operator could promote now (newest first)."""
     with ws.db.read() as session:
         release = current_release(session)
-        runs = list(session.scalars(select(MLPipelineRun).where(MLPipelineRun.status == RunStatus.READY_FOR_RELEASE)
-                                    .order_by(MLPipelineRun.id.desc())))
+        runs = list(
+            session.scalars(
+                select(MLPipelineRun)
+                .where(MLPipelineRun.status == RunStatus.READY_FOR_RELEASE)
+                .order_by(MLPipelineRun.id.desc())
+            )
+        )
         return [r.id for r in runs if _promote_blocker(r, r.id, release) is None]
 
 
 # Performing --------------------------------------------------------------------------------------
-def _audit(session: Session, ws: Workspace, action: Action, target: str, reason: str, result: str,
-           trace_id: str) -> AuditLog:
-    row = AuditLog(operator=ws.settings.operator, role=ws.settings.operator_role, action=action.value,
-                   target=target[:256], reason=reason, result=result, trace_id=trace_id, at=utcnow())
+def _audit(
+    session: Session, ws: Workspace, action: Action, target: str, reason: str, result: str, trace_id: str
+) -> AuditLog:
+    row = AuditLog(
+        operator=ws.settings.operator,
+        role=ws.settings.operator_role,
+        action=action.value,
+        target=target[:256],
+        reason=reason,
+        result=result,
+        trace_id=trace_id,
+        at=utcnow(),
+    )
     session.add(row)
     session.flush()
     return row
@@ -188,8 +228,7 @@ def _audit(session: Session, ws: Workspace, action: Action, target: str, reason:
 def _refuse(ws: Workspace, action: Action, target: str, reason: str, why: str, trace_id: str) -> ActionRefused:
     with ws.db.transaction() as session:
         _audit(session, ws, action, target, reason, f"refused: {why}", trace_id)
-    log.warning("operator action refused", extra={"action": action.value, "why": why,
-                                                   "operator": ws.settings.operator})
+    log.warning("operator action refused", extra={"action": action.value, "why": why, "operator": ws.settings.operator})
     return ActionRefused(why)
 
 
@@ -197,21 +236,29 @@ def _check(ws: Workspace, action: Action, preview: Preview, confirm: str, reason
     """Role, reason and confirmation; returns the confirmed target or raises (audited)."""
     target = preview.target or "—"
     if ws.settings.operator_role != ADMIN_ROLE:
-        raise _refuse(ws, action, target, reason, f"operator {ws.settings.operator!r} has role "
-                      f"{ws.settings.operator_role!r}; this action needs {ADMIN_ROLE!r}", trace_id)
+        raise _refuse(
+            ws,
+            action,
+            target,
+            reason,
+            f"operator {ws.settings.operator!r} has role "
+            f"{ws.settings.operator_role!r}; this action needs {ADMIN_ROLE!r}",
+            trace_id,
+        )
     if len((reason or "").strip()) < MIN_REASON:
-        raise _refuse(ws, action, target, reason or "", "a reason is required (it goes into the audit log)",
-                      trace_id)
+        raise _refuse(ws, action, target, reason or "", "a reason is required (it goes into the audit log)", trace_id)
     if not preview.possible:
         raise _refuse(ws, action, target, reason, preview.blocker or "not possible now", trace_id)
     if (confirm or "").strip() != preview.target:
-        raise _refuse(ws, action, target, reason,
-                      f"confirmation {confirm!r} does not match {preview.target!r}", trace_id)
+        raise _refuse(
+            ws, action, target, reason, f"confirmation {confirm!r} does not match {preview.target!r}", trace_id
+        )
     return str(preview.target)
 
 
-def _effect_with_audit(ws: Workspace, action: Action, target: str, reason: str, trace_id: str,
-                       effect: Callable[[Session], str]) -> tuple[int, str]:
+def _effect_with_audit(
+    ws: Workspace, action: Action, target: str, reason: str, trace_id: str, effect: Callable[[Session], str]
+) -> tuple[int, str]:
     """Run ``effect`` (which re-checks its guard and returns the result text) and write the audit
     row in the same transaction: (audit id, result). A failed guard is refused and audited."""
     try:
@@ -227,8 +274,9 @@ def retrigger_training(ws: Workspace, *, confirm: str, reason: str) -> ActionRes
     action = Action.RETRIGGER_TRAINING
     trace_id = new_trace_id()
     target = _check(ws, action, preview_training(ws), confirm, reason, trace_id)
-    message = new_training_request(trigger_source="manual", requested_by=ws.settings.operator, reason=reason,
-                                   trace_id=trace_id)
+    message = new_training_request(
+        trigger_source="manual", requested_by=ws.settings.operator, reason=reason, trace_id=trace_id
+    )
     published: list[int] = []
 
     def queue(session: Session) -> str:
@@ -276,9 +324,16 @@ def promote_run(ws: Workspace, run_id: int, *, confirm: str, reason: str) -> Act
     return ActionResult(action, f"run {run_id}: {target}", audit_id, result, trace_id)
 
 
-def generate_dataset(ws: Workspace, *, confirm: str, reason: str, source_window_days: int | None = None,
-                     seed: int = 0, progress: bool = False,
-                     on_started: Callable[[ActionResult], None] | None = None) -> ActionResult:
+def generate_dataset(
+    ws: Workspace,
+    *,
+    confirm: str,
+    reason: str,
+    source_window_days: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    on_started: Callable[[ActionResult], None] | None = None,
+) -> ActionResult:
     """Execute 20_build_dataset now. Long: the dashboard calls it from a background thread.
 
     The audit row is written in the transaction that creates the stage's ``StageExecution``;
@@ -291,22 +346,33 @@ def generate_dataset(ws: Workspace, *, confirm: str, reason: str, source_window_
     started: dict[str, Any] = {}
 
     def audit_with_execution(session: Session, execution: StageExecution) -> None:
-        row = _audit(session, ws, action, target, reason, f"started 20_build_dataset execution {execution.id}",
-                     trace_id)
+        row = _audit(
+            session, ws, action, target, reason, f"started 20_build_dataset execution {execution.id}", trace_id
+        )
         started.update(audit_id=row.id, result=row.result, execution_id=execution.id)
         if on_started is not None:
             on_started(ActionResult(action, target, row.id, row.result, trace_id, execution_id=execution.id))
 
     with trace(trace_id):
-        outcome = run_stage(ws, "20_build_dataset",
-                            {"as_of": dataset_as_of().isoformat(), "source_window_days": days, "seed": seed},
-                            trace_id=trace_id, progress=progress, on_created=audit_with_execution)
+        outcome = run_stage(
+            ws,
+            "20_build_dataset",
+            {"as_of": dataset_as_of().isoformat(), "source_window_days": days, "seed": seed},
+            trace_id=trace_id,
+            progress=progress,
+            on_created=audit_with_execution,
+        )
     verdict = "succeeded" if outcome.ok else f"failed: {(outcome.error or {}).get('ename')}"
-    return ActionResult(action, target, started["audit_id"], f"{started['result']}; {verdict}", trace_id,
-                        execution_id=started["execution_id"])
+    return ActionResult(
+        action,
+        target,
+        started["audit_id"],
+        f"{started['result']}; {verdict}",
+        trace_id,
+        execution_id=started["execution_id"],
+    )
 
 
 def recent_audit(ws: Workspace, limit: int = 20) -> list[AuditLog]:
     with ws.db.read() as session:
         return list(session.scalars(select(AuditLog).order_by(AuditLog.id.desc()).limit(limit)))
-

@@ -49,18 +49,23 @@ def bootstrap(ws: Workspace, *, progress: bool = False) -> BootstrapReport:
     if not registered:
         source = ws.settings.base_model_path or packaged_model_path()
         register_model(
-            ws, version, source, base_model_version=None,
+            ws,
+            version,
+            source,
+            base_model_version=None,
             training_parameters={"source": "packaged base model, not fine-tuned", "path": str(source)},
         )
     ws.embeddings.load(version)
     index_name = index_name_for(version)
-    report = build_index(ws, index_name=index_name, model_version=version, purpose=Purpose.REINDEX,
-                         progress=progress)
+    report = build_index(ws, index_name=index_name, model_version=version, purpose=Purpose.REINDEX, progress=progress)
     try:
         with ws.db.transaction() as session:
             create_initial_release(
-                session, model_version=version, index_name=index_name,
-                actor=ws.settings.operator, trace_id=current_trace_id(),
+                session,
+                model_version=version,
+                index_name=index_name,
+                actor=ws.settings.operator,
+                trace_id=current_trace_id(),
             )
     except (IntegrityError, ReleaseError):
         # Another process bootstrapped concurrently: theirs stands.

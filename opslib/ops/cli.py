@@ -66,8 +66,9 @@ def _workspace(args: argparse.Namespace, default_log_name: str | None = None) ->
     if default_log_name is not None and settings.log_file is None:
         settings = settings.model_copy(update={"log_file": settings.workspace / "logs" / default_log_name})
     # With a log file, the JSON lines go there and only warnings and errors reach the terminal.
-    configure_logging(settings.log_level, path=settings.log_file,
-                      console_level="WARNING" if settings.log_file is not None else None)
+    configure_logging(
+        settings.log_level, path=settings.log_file, console_level="WARNING" if settings.log_file is not None else None
+    )
     return Workspace(settings)
 
 
@@ -95,29 +96,47 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_import_beir(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
     name = args.name or Path(args.path).resolve().name.lower()
-    report = load_corpus(ws, read_beir(Path(args.path), name), reserve_fraction=args.reserve_fraction,
-                         seed=args.seed, progress=not args.quiet)
-    print(f"imported {report.name}: {report.chunks} chunks, {report.videos} videos, {report.projects} projects, "
-          f"{report.traffic_queries} traffic + {report.reserved_queries} reserved queries "
-          f"({report.dropped_queries} without judged passages dropped)")
+    report = load_corpus(
+        ws,
+        read_beir(Path(args.path), name),
+        reserve_fraction=args.reserve_fraction,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(
+        f"imported {report.name}: {report.chunks} chunks, {report.videos} videos, {report.projects} projects, "
+        f"{report.traffic_queries} traffic + {report.reserved_queries} reserved queries "
+        f"({report.dropped_queries} without judged passages dropped)"
+    )
     return 0
 
 
 def cmd_import_builtin(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
     report = load_corpus(ws, build_demo_corpus(args.name), seed=args.seed, progress=not args.quiet)
-    print(f"imported {report.name}: {report.chunks} chunks, {report.traffic_queries} traffic + "
-          f"{report.reserved_queries} reserved queries")
+    print(
+        f"imported {report.name}: {report.chunks} chunks, {report.traffic_queries} traffic + "
+        f"{report.reserved_queries} reserved queries"
+    )
     return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
-    report = simulate_traffic(ws, args.corpus, requests=args.requests, seed=args.seed, noise=args.noise,
-                              users=args.users, progress=not args.quiet)
-    print(f"{report.requests} requests: {report.likes} likes, {report.dislikes} dislikes, "
-          f"hit rate {report.hit_rate:.1%}; {report.ingest.accepted} events in "
-          f"{len(report.ingest.raw_files)} raw log file(s)")
+    report = simulate_traffic(
+        ws,
+        args.corpus,
+        requests=args.requests,
+        seed=args.seed,
+        noise=args.noise,
+        users=args.users,
+        progress=not args.quiet,
+    )
+    print(
+        f"{report.requests} requests: {report.likes} likes, {report.dislikes} dislikes, "
+        f"hit rate {report.hit_rate:.1%}; {report.ingest.accepted} events in "
+        f"{len(report.ingest.raw_files)} raw log file(s)"
+    )
     return 0
 
 
@@ -132,8 +151,10 @@ def cmd_ingest_feedback(args: argparse.Namespace) -> int:
             raise CliError(f"file {path}: not found")
         with open(path, "rb") as handle:
             report = ingest_feedback(ws.objects, handle, batch_size=batch)
-    print(f"{report.lines} lines: {report.accepted} accepted into {len(report.raw_files)} raw log file(s), "
-          f"{report.rejected} rejected into {len(report.error_files)} error log file(s)")
+    print(
+        f"{report.lines} lines: {report.accepted} accepted into {len(report.raw_files)} raw log file(s), "
+        f"{report.rejected} rejected into {len(report.error_files)} error log file(s)"
+    )
     for reason, count in sorted(report.reasons.items()):
         print(f"  rejected {count}: {reason}")
     return 0
@@ -187,7 +208,9 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 def _guarded(args: argparse.Namespace, preview: Any, perform: Any) -> int:
     """A guarded action from the CLI: show the preview, take the typed confirmation (``--confirm``,
     or asked for on a terminal), perform it; refusals are audited and exit with 2."""
-    print(f"{preview.action.value}: {preview.summary if preview.possible else 'not possible now: ' + str(preview.blocker)}")
+    print(
+        f"{preview.action.value}: {preview.summary if preview.possible else 'not possible now: ' + str(preview.blocker)}"
+    )
     confirm = args.confirm
     if confirm is None and preview.possible:
         if not sys.stdin.isatty():
@@ -203,28 +226,41 @@ def _guarded(args: argparse.Namespace, preview: Any, perform: Any) -> int:
 
 def cmd_request_training(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
-    return _guarded(args, actions.preview_training(ws),
-                    lambda confirm, reason: actions.retrigger_training(ws, confirm=confirm, reason=reason))
+    return _guarded(
+        args,
+        actions.preview_training(ws),
+        lambda confirm, reason: actions.retrigger_training(ws, confirm=confirm, reason=reason),
+    )
 
 
 def cmd_request_rollback(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
-    return _guarded(args, actions.preview_rollback(ws),
-                    lambda confirm, reason: actions.request_rollback(ws, confirm=confirm, reason=reason))
+    return _guarded(
+        args,
+        actions.preview_rollback(ws),
+        lambda confirm, reason: actions.request_rollback(ws, confirm=confirm, reason=reason),
+    )
 
 
 def cmd_generate_dataset(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
     days = args.source_window_days
-    return _guarded(args, actions.preview_dataset(ws, days),
-                    lambda confirm, reason: actions.generate_dataset(ws, confirm=confirm, reason=reason,
-                                                                     source_window_days=days, progress=True))
+    return _guarded(
+        args,
+        actions.preview_dataset(ws, days),
+        lambda confirm, reason: actions.generate_dataset(
+            ws, confirm=confirm, reason=reason, source_window_days=days, progress=True
+        ),
+    )
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
-    return _guarded(args, actions.preview_promote(ws, args.run_id),
-                    lambda confirm, reason: actions.promote_run(ws, args.run_id, confirm=confirm, reason=reason))
+    return _guarded(
+        args,
+        actions.preview_promote(ws, args.run_id),
+        lambda confirm, reason: actions.promote_run(ws, args.run_id, confirm=confirm, reason=reason),
+    )
 
 
 def cmd_register_eval(args: argparse.Namespace) -> int:
@@ -256,8 +292,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(status["hint"])
         return 0
     if release:
-        print(f"release: {release['release_status']}  active {release['active_model_version']} "
-              f"on {release['active_index_name']}  previous {release['previous_model_version']}")
+        print(
+            f"release: {release['release_status']}  active {release['active_model_version']} "
+            f"on {release['active_index_name']}  previous {release['previous_model_version']}"
+        )
     corpus = status["corpus"]
     print(f"corpus: {corpus['chunks']} chunks; videos {corpus['videos_by_status']}; imports {corpus['imports']}")
     print(f"indexes: {corpus['index_entries']}")
@@ -265,7 +303,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"queue: {status['queue']['unacked']} unacked message(s); runs: {len(status['runs'])} recent")
     for tick in status["schedules"]:
         last = f"last {tick['last_due_at']} {tick['last_status']}" if tick["last_due_at"] else "never ran"
-        print(f"schedule {tick['schedule']:<8} {tick['cron']!r} ({tick['timezone']}): next {tick['next_due_at']}; {last}")
+        print(
+            f"schedule {tick['schedule']:<8} {tick['cron']!r} ({tick['timezone']}): next {tick['next_due_at']}; {last}"
+        )
     for e in status["stage_executions"]:
         print(f"  stage {e['id']:>4} {e['stage']:<22} {e['status']:<9} {e['started_at']}  {e['output_html']}")
     return 0
@@ -281,8 +321,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  feedback-health report: {report.feedback_health.output_html}")
     print(f"  dataset report:         {report.build_dataset.output_html}")
     if report.dataset is not None:
-        print(f"  dataset verdict:        {report.dataset.dataset_version} "
-              f"{'eligible' if report.dataset.eligible else 'ineligible: ' + '; '.join(report.dataset.ineligible_reasons)}")
+        print(
+            f"  dataset verdict:        {report.dataset.dataset_version} "
+            f"{'eligible' if report.dataset.eligible else 'ineligible: ' + '; '.join(report.dataset.ineligible_reasons)}"
+        )
     if report.evaluation is not None:
         print(f"  evaluation verdict:     {report.evaluation.overall_decision.value}")
         print(f"  evaluation report:      {report.evaluation_report}")
@@ -339,43 +381,84 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = add("run", cmd_run, "execute a stage notebook with Papermill and archive it in runs/")
     sub.add_argument("stage", help="stage name, e.g. 10_feedback_health")
-    sub.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                     help="a stage parameter (repeatable); values are read as JSON when they parse")
+    sub.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a stage parameter (repeatable); values are read as JSON when they parse",
+    )
     sub.add_argument("--run-id", type=int, help="the MLPipelineRun this execution belongs to")
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    sub = add("worker", cmd_worker, "the ML Lifecycle Worker: TRAINING_REQUEST → run → 30_train → 40_evaluate "
-              "(→ 50_reindex → 60_cutover on PASS); ROLLBACK_REQUEST → 70_rollback")
+    sub = add(
+        "worker",
+        cmd_worker,
+        "the ML Lifecycle Worker: TRAINING_REQUEST → run → 30_train → 40_evaluate "
+        "(→ 50_reindex → 60_cutover on PASS); ROLLBACK_REQUEST → 70_rollback",
+    )
     sub.add_argument("--once", action="store_true", help="one pass (reconcile, drain the queue, drive runs), then exit")
     sub.add_argument("--poll-interval", type=float, default=5.0, help="seconds between passes when idle")
     sub.add_argument("--name", help="worker name recorded on claimed messages")
 
-    sub = add("schedule", cmd_schedule, "run what is due per the cron schedules in settings "
-              "(20_build_dataset daily, TRAINING_REQUEST weekly); each tick runs once")
-    sub.add_argument("--once", action="store_true", help="run the due ticks, then exit (for cron / a Kubernetes CronJob)")
+    sub = add(
+        "schedule",
+        cmd_schedule,
+        "run what is due per the cron schedules in settings "
+        "(20_build_dataset daily, TRAINING_REQUEST weekly); each tick runs once",
+    )
+    sub.add_argument(
+        "--once", action="store_true", help="run the due ticks, then exit (for cron / a Kubernetes CronJob)"
+    )
     sub.add_argument("--poll-interval", type=float, default=60.0, help="seconds between checks without --once")
 
-    guarded = ("Guarded (admin role; audited): shows what will happen, then needs --reason and the typed "
-               "confirmation --confirm TARGET (asked for on a terminal).")
-    sub = add("request-training", cmd_request_training, "queue a TRAINING_REQUEST (the worker picks the dataset). "
-              + guarded + " TARGET: the latest eligible dataset version.")
+    guarded = (
+        "Guarded (admin role; audited): shows what will happen, then needs --reason and the typed "
+        "confirmation --confirm TARGET (asked for on a terminal)."
+    )
+    sub = add(
+        "request-training",
+        cmd_request_training,
+        "queue a TRAINING_REQUEST (the worker picks the dataset). "
+        + guarded
+        + " TARGET: the latest eligible dataset version.",
+    )
     sub.add_argument("--reason", required=True, help="why (goes into the audit log and the message)")
     sub.add_argument("--confirm", metavar="DATASET_VERSION", help="the dataset version the preview names")
 
-    sub = add("request-rollback", cmd_request_rollback, "queue a ROLLBACK_REQUEST back to the rollback snapshot. "
-              + guarded + " TARGET: the model version serving now (a stale request is refused).")
+    sub = add(
+        "request-rollback",
+        cmd_request_rollback,
+        "queue a ROLLBACK_REQUEST back to the rollback snapshot. "
+        + guarded
+        + " TARGET: the model version serving now (a stale request is refused).",
+    )
     sub.add_argument("--reason", required=True, help="why (goes into the audit log and the message)")
-    sub.add_argument("--confirm", "--expected-active", dest="confirm", metavar="MODEL_VERSION",
-                     help="the model version you see serving now")
+    sub.add_argument(
+        "--confirm",
+        "--expected-active",
+        dest="confirm",
+        metavar="MODEL_VERSION",
+        help="the model version you see serving now",
+    )
 
-    sub = add("generate-dataset", cmd_generate_dataset, "build a training dataset now (20_build_dataset over the "
-              "last N days; never starts training). " + guarded + " TARGET: today's date (UTC), e.g. 2026-12-01.")
+    sub = add(
+        "generate-dataset",
+        cmd_generate_dataset,
+        "build a training dataset now (20_build_dataset over the "
+        "last N days; never starts training). " + guarded + " TARGET: today's date (UTC), e.g. 2026-12-01.",
+    )
     sub.add_argument("--reason", required=True, help="why (goes into the audit log)")
     sub.add_argument("--confirm", metavar="DATE", help="today's date (UTC) as the preview names it")
     sub.add_argument("--source-window-days", type=int, default=None, help="default: settings (30)")
 
-    sub = add("promote", cmd_promote, "approve the release of a READY_FOR_RELEASE run when auto_cutover is off "
-              "(the worker then runs 50 reindex, 60 cutover). " + guarded + " TARGET: the run's candidate model version.")
+    sub = add(
+        "promote",
+        cmd_promote,
+        "approve the release of a READY_FOR_RELEASE run when auto_cutover is off "
+        "(the worker then runs 50 reindex, 60 cutover). " + guarded + " TARGET: the run's candidate model version.",
+    )
     sub.add_argument("run_id", type=int)
     sub.add_argument("--reason", required=True, help="why (goes into the audit log)")
     sub.add_argument("--confirm", metavar="MODEL_VERSION", help="the run's candidate model version")
@@ -389,8 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("status", cmd_status, "summarise the workspace from the Metadata DB")
     sub.add_argument("--json", action="store_true", help="machine-readable output")
 
-    sub = add("demo", cmd_demo, "init + built-in corpus + traffic + 10, 20 + a training run via the worker "
-              "(30, 40, and on PASS 50, 60) + a search on the new model")
+    sub = add(
+        "demo",
+        cmd_demo,
+        "init + built-in corpus + traffic + 10, 20 + a training run via the worker "
+        "(30, 40, and on PASS 50, 60) + a search on the new model",
+    )
     sub.add_argument("--requests", type=int, default=300, help="simulated search requests")
     sub.add_argument("--rollback", action="store_true", help="after a cutover, also demonstrate a rollback (70)")
     return parser

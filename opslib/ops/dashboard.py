@@ -25,13 +25,25 @@ from opslib.settings import Settings
 
 log = get_logger(__name__)
 
-_OUTCOME_COLOURS = {"FAIL": "#b3261e", "FAILED": "#b3261e", "DONE": "#1b7f3b", "ERROR": "#7a1fa2", "STALLED": "#d35400", "PASS": "#1b7f3b",
-                    "RELEASED": "#1b7f3b", "RUNNING": "#1f4e8c", "PENDING": "#555", "SUPERSEDED": "#888"}
-_STYLE = ("<style>.ops-panel table{border-collapse:collapse;font-size:12px}"
-          ".ops-panel th,.ops-panel td{border:1px solid #ddd;padding:3px 6px;text-align:left!important;"
-          "vertical-align:top}"
-          ".ops-badge{color:white;border-radius:4px;padding:1px 6px;font-weight:bold}"
-          ".ops-note{color:#555}.ops-warn{color:#a35200}.ops-error{color:#b3261e;font-weight:bold}</style>")
+_OUTCOME_COLOURS = {
+    "FAIL": "#b3261e",
+    "FAILED": "#b3261e",
+    "DONE": "#1b7f3b",
+    "ERROR": "#7a1fa2",
+    "STALLED": "#d35400",
+    "PASS": "#1b7f3b",
+    "RELEASED": "#1b7f3b",
+    "RUNNING": "#1f4e8c",
+    "PENDING": "#555",
+    "SUPERSEDED": "#888",
+}
+_STYLE = (
+    "<style>.ops-panel table{border-collapse:collapse;font-size:12px}"
+    ".ops-panel th,.ops-panel td{border:1px solid #ddd;padding:3px 6px;text-align:left!important;"
+    "vertical-align:top}"
+    ".ops-badge{color:white;border-radius:4px;padding:1px 6px;font-weight:bold}"
+    ".ops-note{color:#555}.ops-warn{color:#a35200}.ops-error{color:#b3261e;font-weight:bold}</style>"
+)
 
 
 def _e(value: Any) -> str:
@@ -70,8 +82,10 @@ def render_runs(view: monitor.RunsView, base: Path | None = None) -> str:
         if row is None:
             return f"<b>{name}</b>: free"
         stalled = " " + _badge("STALLED") if row.stalled else ""
-        return (f"<b>{name}</b>: run {row.id} {_badge(row.status)}{stalled} dataset {_e(row.dataset_version)}, "
-                f"candidate {_e(row.candidate_model_version)}, heartbeat {_e(row.heartbeat)}")
+        return (
+            f"<b>{name}</b>: run {row.id} {_badge(row.status)}{stalled} dataset {_e(row.dataset_version)}, "
+            f"candidate {_e(row.candidate_model_version)}, heartbeat {_e(row.heartbeat)}"
+        )
 
     rows = []
     for r in view.recent:
@@ -80,49 +94,74 @@ def render_runs(view: monitor.RunsView, base: Path | None = None) -> str:
             kind = "quality below criteria" if r.outcome == "FAIL" else "system error"
             failure = f"{_e(r.failed_stage)} — {kind}: {_e((r.failure_reason or '')[:200])}"
         reports = ", ".join(_link(path, stage.split("_", 1)[0], base) for stage, path in r.reports) or "—"
-        rows.append(f"<tr><td>{r.id}</td><td>{_badge(r.outcome)}</td><td>{_e(r.status)}</td><td>{failure or '—'}</td>"
-                    f"<td>{_e(r.trigger)}</td><td>{_e(r.dataset_version)}</td><td>{_e(r.candidate_model_version)}</td>"
-                    f"<td>{_e(r.created)}</td><td>{reports}</td></tr>")
-    table = ("<table><tr><th>run</th><th>outcome</th><th>status</th><th>failure</th><th>trigger</th><th>dataset</th>"
-             "<th>candidate</th><th>created</th><th>reports</th></tr>" + "".join(rows) + "</table>") if rows \
+        rows.append(
+            f"<tr><td>{r.id}</td><td>{_badge(r.outcome)}</td><td>{_e(r.status)}</td><td>{failure or '—'}</td>"
+            f"<td>{_e(r.trigger)}</td><td>{_e(r.dataset_version)}</td><td>{_e(r.candidate_model_version)}</td>"
+            f"<td>{_e(r.created)}</td><td>{reports}</td></tr>"
+        )
+    table = (
+        (
+            "<table><tr><th>run</th><th>outcome</th><th>status</th><th>failure</th><th>trigger</th><th>dataset</th>"
+            "<th>candidate</th><th>created</th><th>reports</th></tr>" + "".join(rows) + "</table>"
+        )
+        if rows
         else '<p class="ops-note">no runs yet</p>'
-    legend = ('<p class="ops-note">FAIL = the candidate was worse (quality; nothing broken). '
-              "ERROR = a system error (look at the report). STALLED = RUNNING without a heartbeat "
-              "(the reconciler resumes or fails it).</p>")
+    )
+    legend = (
+        '<p class="ops-note">FAIL = the candidate was worse (quality; nothing broken). '
+        "ERROR = a system error (look at the report). STALLED = RUNNING without a heartbeat "
+        "(the reconciler resumes or fails it).</p>"
+    )
     schedules = "<br>".join(
         f"<b>schedule {_e(t['schedule'])}</b> ({_e(t['cron'])}, {_e(t['timezone'])}): next "
         f"{_e(_local(t['next_due_at'], t['timezone']))}; "
-        + (f"last tick {_e(_local(t['last_due_at'], t['timezone']))} {_badge(t['last_status'])}"
-           if t["last_due_at"] else "never ran")
-        for t in view.schedules)
-    return f'<div class="ops-panel">{_STYLE}<p>{slot("RUNNING", view.running)}<br>' \
-           f'{slot("PENDING", view.pending)}</p><p>{schedules}</p>{table}{legend}</div>'
+        + (
+            f"last tick {_e(_local(t['last_due_at'], t['timezone']))} {_badge(t['last_status'])}"
+            if t["last_due_at"]
+            else "never ran"
+        )
+        for t in view.schedules
+    )
+    return (
+        f'<div class="ops-panel">{_STYLE}<p>{slot("RUNNING", view.running)}<br>'
+        f"{slot('PENDING', view.pending)}</p><p>{schedules}</p>{table}{legend}</div>"
+    )
 
 
 def render_release_diagram(status: str) -> str:
     """The release state machine as inline SVG, the current state filled."""
     x = {"ROLLBACK_PREPARING": 10, "STABLE": 290, "CANDIDATE_REINDEXING": 570}
     width, top, height = 180, 40, 40
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="760" height="130" role="img" '
-             f'aria-label="release state {html.escape(status)}">',
-             '<defs><marker id="ops-arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
-             '<path d="M0,0 L8,4 L0,8 z" fill="#555"/></marker></defs>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="760" height="130" role="img" '
+        f'aria-label="release state {html.escape(status)}">',
+        '<defs><marker id="ops-arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
+        '<path d="M0,0 L8,4 L0,8 z" fill="#555"/></marker></defs>',
+    ]
     # Each arrow's label sits above (outgoing from STABLE) or below (back to STABLE) the row of
     # boxes, so a long label never runs into a box.
-    arrows = ((x["STABLE"] + width, x["CANDIDATE_REINDEXING"], top + 12, "READY run → 50", top - 8),
-              (x["CANDIDATE_REINDEXING"], x["STABLE"] + width, top + 28, "60 cutover / abort", top + height + 16),
-              (x["STABLE"], x["ROLLBACK_PREPARING"] + width, top + 12, "ROLLBACK_REQUEST", top - 8),
-              (x["ROLLBACK_PREPARING"] + width, x["STABLE"], top + 28, "restored (70)", top + height + 16))
+    arrows = (
+        (x["STABLE"] + width, x["CANDIDATE_REINDEXING"], top + 12, "READY run → 50", top - 8),
+        (x["CANDIDATE_REINDEXING"], x["STABLE"] + width, top + 28, "60 cutover / abort", top + height + 16),
+        (x["STABLE"], x["ROLLBACK_PREPARING"] + width, top + 12, "ROLLBACK_REQUEST", top - 8),
+        (x["ROLLBACK_PREPARING"] + width, x["STABLE"], top + 28, "restored (70)", top + height + 16),
+    )
     for x1, x2, y, label, label_y in arrows:
         parts.append(f'<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y}" stroke="#555" marker-end="url(#ops-arrow)"/>')
-        parts.append(f'<text x="{(x1 + x2) / 2}" y="{label_y}" text-anchor="middle" font-size="10" '
-                     f'fill="#555">{html.escape(label)}</text>')
+        parts.append(
+            f'<text x="{(x1 + x2) / 2}" y="{label_y}" text-anchor="middle" font-size="10" '
+            f'fill="#555">{html.escape(label)}</text>'
+        )
     for name, left in x.items():
         current = name == status
-        parts.append(f'<rect x="{left}" y="{top}" width="{width}" height="{height}" rx="6" '
-                     f'fill="{"#1f4e8c" if current else "#f4f4f4"}" stroke="#1f4e8c"/>')
-        parts.append(f'<text x="{left + width / 2}" y="{top + 25}" text-anchor="middle" font-size="11" '
-                     f'fill="{"white" if current else "#222"}">{html.escape(name)}</text>')
+        parts.append(
+            f'<rect x="{left}" y="{top}" width="{width}" height="{height}" rx="6" '
+            f'fill="{"#1f4e8c" if current else "#f4f4f4"}" stroke="#1f4e8c"/>'
+        )
+        parts.append(
+            f'<text x="{left + width / 2}" y="{top + 25}" text-anchor="middle" font-size="11" '
+            f'fill="{"white" if current else "#222"}">{html.escape(name)}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -131,17 +170,23 @@ def render_release(view: monitor.ReleaseView | None) -> str:
     if view is None:
         return '<p class="ops-note">no release yet: initialise the workspace (`opsbench init`)</p>'
     fields = pd.DataFrame({"field": list(view.state.keys()), "value": list(view.state.values())})
-    rollback = f"<b>rollback</b>: {'available ' if view.rollback_available else 'not available — '}{_e(view.rollback_note)}"
+    rollback = (
+        f"<b>rollback</b>: {'available ' if view.rollback_available else 'not available — '}{_e(view.rollback_note)}"
+    )
     history = view.history.tail(10).iloc[::-1] if not view.history.empty else view.history
-    return (f'<div class="ops-panel">{_STYLE}{render_release_diagram(view.status)}'
-            f"<p><b>status</b>: {_e(view.status)} — <b>waiting on</b>: {_e(view.waiting_on)}<br>{rollback}</p>"
-            f"{_table(fields)}<h4>release history (newest first)</h4>{_table(history)}</div>")
+    return (
+        f'<div class="ops-panel">{_STYLE}{render_release_diagram(view.status)}'
+        f"<p><b>status</b>: {_e(view.status)} — <b>waiting on</b>: {_e(view.waiting_on)}<br>{rollback}</p>"
+        f"{_table(fields)}<h4>release history (newest first)</h4>{_table(history)}</div>"
+    )
 
 
 def render_datasets(view: monitor.DatasetsView) -> str:
-    return (f'<div class="ops-panel">{_STYLE}<p><b>newest</b>: {_e(view.newest)} · <b>newest eligible</b>: '
-            f"{_e(view.newest_eligible)} · <b>used by the last successful run</b>: {_e(view.last_used)}<br>"
-            f"<b>lag</b>: {_e(view.lag)}</p>{_table(view.table, 'no datasets yet')}</div>")
+    return (
+        f'<div class="ops-panel">{_STYLE}<p><b>newest</b>: {_e(view.newest)} · <b>newest eligible</b>: '
+        f"{_e(view.newest_eligible)} · <b>used by the last successful run</b>: {_e(view.last_used)}<br>"
+        f"<b>lag</b>: {_e(view.lag)}</p>{_table(view.table, 'no datasets yet')}</div>"
+    )
 
 
 def render_evaluations(rows: list[monitor.EvaluationRow], base: Path | None = None) -> str:
@@ -149,25 +194,31 @@ def render_evaluations(rows: list[monitor.EvaluationRow], base: Path | None = No
         return '<p class="ops-note">no evaluations yet</p>'
     parts = [f'<div class="ops-panel">{_STYLE}']
     for r in rows:
-        parts.append(f"<h4>evaluation {r.id} · run {r.run_id} {_badge(r.verdict)} · {_e(r.created)}</h4>"
-                     f"<p>candidate {_e(r.candidate)} vs baseline {_e(r.baseline)} on {_e(r.evaluation_dataset_ref)} "
-                     f"({r.sample_count} queries){' — ' + _e(r.fail_reason) if r.fail_reason else ''} · "
-                     f"{_link(r.report, 'evaluation report', base)}</p>{_table(r.metrics)}")
+        parts.append(
+            f"<h4>evaluation {r.id} · run {r.run_id} {_badge(r.verdict)} · {_e(r.created)}</h4>"
+            f"<p>candidate {_e(r.candidate)} vs baseline {_e(r.baseline)} on {_e(r.evaluation_dataset_ref)} "
+            f"({r.sample_count} queries){' — ' + _e(r.fail_reason) if r.fail_reason else ''} · "
+            f"{_link(r.report, 'evaluation report', base)}</p>{_table(r.metrics)}"
+        )
     return "".join(parts) + "</div>"
 
 
 def render_queue(view: monitor.QueueView) -> str:
     backlog = ", ".join(f"{_e(k)}: {v}" for k, v in sorted(view.backlog.items())) or "empty"
-    return (f'<div class="ops-panel">{_STYLE}<p><b>backlog</b>: {backlog} · <b>oldest unacked</b>: '
-            f"{_e(view.oldest_age)} · <b>redelivered, still unacked</b>: {view.redeliveries}</p>"
-            f"<h4>refused</h4>{_table(view.refused, 'no refused messages')}"
-            f"<h4>recent</h4>{_table(view.recent, 'no messages')}</div>")
+    return (
+        f'<div class="ops-panel">{_STYLE}<p><b>backlog</b>: {backlog} · <b>oldest unacked</b>: '
+        f"{_e(view.oldest_age)} · <b>redelivered, still unacked</b>: {view.redeliveries}</p>"
+        f"<h4>refused</h4>{_table(view.refused, 'no refused messages')}"
+        f"<h4>recent</h4>{_table(view.recent, 'no messages')}</div>"
+    )
 
 
 def render_endpoint(view: monitor.EndpointView) -> str:
     serving = ", ".join(f"{_e(role)}: {_e(version)}" for role, version in view.serving) or "—"
-    return (f'<div class="ops-panel">{_STYLE}<p><b>needed by the release</b>: {serving}</p>'
-            f"{_table(view.models, 'no models registered')}<p class=\"ops-note\">{_e(view.note)}</p></div>")
+    return (
+        f'<div class="ops-panel">{_STYLE}<p><b>needed by the release</b>: {serving}</p>'
+        f'{_table(view.models, "no models registered")}<p class="ops-note">{_e(view.note)}</p></div>'
+    )
 
 
 def render_audit(frame: pd.DataFrame) -> str:
@@ -176,8 +227,13 @@ def render_audit(frame: pd.DataFrame) -> str:
 
 def _show(out: w.Output, markup: str) -> None:
     """Replace an Output's content with HTML (works with and without a kernel, from any thread)."""
-    out.outputs = ({"output_type": "display_data", "metadata": {},
-                    "data": {"text/html": markup, "text/plain": html.unescape(markup[:200])}},)
+    out.outputs = (
+        {
+            "output_type": "display_data",
+            "metadata": {},
+            "data": {"text/html": markup, "text/plain": html.unescape(markup[:200])},
+        },
+    )
 
 
 def shown_html(out: w.Output) -> str:
@@ -189,19 +245,29 @@ def shown_html(out: w.Output) -> str:
 class ActionForm:
     """One guarded action: preview, reason, typed confirmation, button, result."""
 
-    def __init__(self, dashboard: Dashboard, title: str, button: str, preview: Callable[[], actions.Preview],
-                 perform: Callable[[str, str], actions.ActionResult], extra: list[w.Widget] | None = None) -> None:
+    def __init__(
+        self,
+        dashboard: Dashboard,
+        title: str,
+        button: str,
+        preview: Callable[[], actions.Preview],
+        perform: Callable[[str, str], actions.ActionResult],
+        extra: list[w.Widget] | None = None,
+    ) -> None:
         self.dashboard, self.preview_fn, self.perform_fn = dashboard, preview, perform
         self.title = w.HTML(f"<h4>{html.escape(title)}</h4>")
         self.preview = w.Output()
-        self.reason = w.Text(description="reason", placeholder="why (goes into the audit log)",
-                             layout=w.Layout(width="60%"))
+        self.reason = w.Text(
+            description="reason", placeholder="why (goes into the audit log)", layout=w.Layout(width="60%")
+        )
         self.confirm = w.Text(description="confirm", layout=w.Layout(width="60%"))
         self.button = w.Button(description=button, button_style="warning")
         self.result = w.Output()
         self.busy = threading.Lock()
         self.button.on_click(self._clicked)
-        self.box = w.VBox([self.title, *(extra or []), self.preview, self.reason, self.confirm, self.button, self.result])
+        self.box = w.VBox(
+            [self.title, *(extra or []), self.preview, self.reason, self.confirm, self.button, self.result]
+        )
 
     def refresh(self) -> None:
         preview = self.preview_fn()
@@ -213,8 +279,10 @@ class ActionForm:
             markup = f'<p class="ops-note">not possible now: {_e(preview.blocker)}</p>'
             self.confirm.placeholder = "—"
         if settings.operator_role != actions.ADMIN_ROLE:
-            markup += (f'<p class="ops-warn">your role is {_e(settings.operator_role)}: only '
-                       f"{actions.ADMIN_ROLE} may do this — an attempt is refused and recorded in the audit log</p>")
+            markup += (
+                f'<p class="ops-warn">your role is {_e(settings.operator_role)}: only '
+                f"{actions.ADMIN_ROLE} may do this — an attempt is refused and recorded in the audit log</p>"
+            )
         _show(self.preview, markup)
         if not self.busy.locked():  # an action in flight keeps its button disabled
             self.button.disabled = not preview.possible
@@ -230,8 +298,10 @@ class ActionForm:
     def _perform(self) -> None:
         try:
             result = self.perform_fn(self.confirm.value, self.reason.value)
-            _show(self.result, f"<p><b>done</b>: {_e(result.result)} (audit {result.audit_id}, "
-                               f"trace {_e(result.trace_id)})</p>")
+            _show(
+                self.result,
+                f"<p><b>done</b>: {_e(result.result)} (audit {result.audit_id}, trace {_e(result.trace_id)})</p>",
+            )
             self.confirm.value = ""
         except actions.ActionRefused as refused:
             _show(self.result, f'<p class="ops-error">refused: {_e(refused)}</p>')
@@ -262,27 +332,50 @@ class Dashboard:
         self.check_result = w.Output()
         self.run_choice = w.Dropdown(description="run", options=[])
         self.run_choice.observe(lambda _c: self.promote.refresh(), names="value")
-        self.window_days = w.BoundedIntText(value=ws.settings.dataset_source_window_days, min=1, max=365,
-                                            description="window (days)", style={"description_width": "initial"})
-        self.training = ActionForm(self, "Retrigger training", "Request training", lambda: actions.preview_training(ws),
-                                   lambda confirm, reason: actions.retrigger_training(ws, confirm=confirm, reason=reason))
+        self.window_days = w.BoundedIntText(
+            value=ws.settings.dataset_source_window_days,
+            min=1,
+            max=365,
+            description="window (days)",
+            style={"description_width": "initial"},
+        )
+        self.training = ActionForm(
+            self,
+            "Retrigger training",
+            "Request training",
+            lambda: actions.preview_training(ws),
+            lambda confirm, reason: actions.retrigger_training(ws, confirm=confirm, reason=reason),
+        )
         self.dataset = ActionForm(
-            self, "Generate a dataset now", "Generate dataset",
+            self,
+            "Generate a dataset now",
+            "Generate dataset",
             lambda: actions.preview_dataset(ws, self.window_days.value),
-            lambda confirm, reason: actions.generate_dataset(ws, confirm=confirm, reason=reason,
-                                                             source_window_days=self.window_days.value),
-            extra=[self.window_days])
-        self.rollback = ActionForm(self, "Request rollback", "Request rollback", lambda: actions.preview_rollback(ws),
-                                   lambda confirm, reason: actions.request_rollback(ws, confirm=confirm, reason=reason))
+            lambda confirm, reason: actions.generate_dataset(
+                ws, confirm=confirm, reason=reason, source_window_days=self.window_days.value
+            ),
+            extra=[self.window_days],
+        )
+        self.rollback = ActionForm(
+            self,
+            "Request rollback",
+            "Request rollback",
+            lambda: actions.preview_rollback(ws),
+            lambda confirm, reason: actions.request_rollback(ws, confirm=confirm, reason=reason),
+        )
         self.promote = ActionForm(
-            self, "Promote a READY_FOR_RELEASE run (automatic cutover off)", "Promote",
+            self,
+            "Promote a READY_FOR_RELEASE run (automatic cutover off)",
+            "Promote",
             self._preview_promote,
             lambda confirm, reason: actions.promote_run(ws, self._chosen_run(), confirm=confirm, reason=reason),
-            extra=[self.run_choice])
+            extra=[self.run_choice],
+        )
         self.forms = [self.training, self.dataset, self.rollback, self.promote]
         children = [self.outputs[name] for name in self.PANELS if name != "Actions"]
         children[self.PANELS.index("Embedding endpoint")] = w.VBox(
-            [self.outputs["Embedding endpoint"], self.check_button, self.check_result])
+            [self.outputs["Embedding endpoint"], self.check_button, self.check_result]
+        )
         children.append(w.VBox([f.box for f in self.forms]))
         self.tabs = w.Tab(children=children)
         for i, name in enumerate(self.PANELS):
@@ -316,11 +409,14 @@ class Dashboard:
         try:
             self.refresh_button.disabled = True
             settings = self.ws.settings
-            _show(self.header, f"<span class='ops-note'>operator <b>{_e(settings.operator)}</b> (role "
-                               f"<b>{_e(settings.operator_role)}</b>) · Metadata DB "
-                               f"{_e(self.ws.db.engine.url.render_as_string(hide_password=True))} · "
-                               f"{_link(str(settings.runs_dir / 'index.html'), 'run index (all reports)', self.link_base)}"
-                               "</span>")
+            _show(
+                self.header,
+                f"<span class='ops-note'>operator <b>{_e(settings.operator)}</b> (role "
+                f"<b>{_e(settings.operator_role)}</b>) · Metadata DB "
+                f"{_e(self.ws.db.engine.url.render_as_string(hide_password=True))} · "
+                f"{_link(str(settings.runs_dir / 'index.html'), 'run index (all reports)', self.link_base)}"
+                "</span>",
+            )
             renderers: dict[str, Callable[[], str]] = {
                 "Runs": lambda: render_runs(monitor.runs_view(self.ws), self.link_base),
                 "Release": lambda: render_release(monitor.release_view(self.ws)),
@@ -335,7 +431,9 @@ class Dashboard:
                     _show(self.outputs[name], render())
                 except Exception as exc:  # one broken panel must not hide the others
                     log.exception("dashboard panel failed", extra={"panel": name})
-                    _show(self.outputs[name], f'<p class="ops-error">{_e(name)}: {_e(type(exc).__name__)}: {_e(exc)}</p>')
+                    _show(
+                        self.outputs[name], f'<p class="ops-error">{_e(name)}: {_e(type(exc).__name__)}: {_e(exc)}</p>'
+                    )
             runs = actions.promotable_runs(self.ws)
             self.run_choice.options = [(f"run {r}", r) for r in runs]
             for form in self.forms:
@@ -355,17 +453,22 @@ class Dashboard:
 
     def _preview_promote(self) -> actions.Preview:
         if self.run_choice.value is None:
-            return actions.Preview(actions.Action.PROMOTE_RUN, None, "—",
-                                   "no READY_FOR_RELEASE run waits for a promote (with automatic cutover on, "
-                                   "the worker releases passing runs itself)")
+            return actions.Preview(
+                actions.Action.PROMOTE_RUN,
+                None,
+                "—",
+                "no READY_FOR_RELEASE run waits for a promote (with automatic cutover on, "
+                "the worker releases passing runs itself)",
+            )
         return actions.preview_promote(self.ws, int(self.run_choice.value))
 
     def _check_endpoint(self) -> None:
         _show(self.check_result, '<p class="ops-note">loading and smoke-encoding…</p>')
         try:
             results = monitor.check_endpoint(self.ws)
-            rows = "".join(f"<li>{_e(v)}: {'ready' if ok else 'NOT ready'} — {_e(detail)}</li>"
-                           for v, ok, detail in results)
+            rows = "".join(
+                f"<li>{_e(v)}: {'ready' if ok else 'NOT ready'} — {_e(detail)}</li>" for v, ok, detail in results
+            )
             _show(self.check_result, f"<ul>{rows}</ul>")
         except Exception as exc:
             _show(self.check_result, f'<p class="ops-error">{_e(type(exc).__name__)}: {_e(exc)}</p>')

@@ -50,8 +50,11 @@ class DemoReport:
 
     @property
     def ok(self) -> bool:
-        return self.feedback_health.ok and self.build_dataset.ok and (self.dataset is None or not self.dataset.eligible
-                                                                      or self.evaluation is not None)
+        return (
+            self.feedback_health.ok
+            and self.build_dataset.ok
+            and (self.dataset is None or not self.dataset.eligible or self.evaluation is not None)
+        )
 
 
 def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, rollback: bool = False, say=print) -> DemoReport:
@@ -69,15 +72,24 @@ def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, rollback: boo
     else:
         say("[2/6] building the built-in corpus from the standard library's docstrings")
         corpus = load_corpus(ws, build_demo_corpus(DEMO_CORPUS), progress=True)
-        say(f"      {corpus.chunks} chunks in {corpus.videos} videos of {corpus.projects} projects; "
-            f"{corpus.traffic_queries} traffic queries, {corpus.reserved_queries} reserved for evaluation")
+        say(
+            f"      {corpus.chunks} chunks in {corpus.videos} videos of {corpus.projects} projects; "
+            f"{corpus.traffic_queries} traffic queries, {corpus.reserved_queries} reserved for evaluation"
+        )
     say(f"[3/6] simulating {requests} search requests with feedback")
     traffic = simulate_traffic(
-        ws, DEMO_CORPUS, requests=requests, seed=seed, progress=True,
-        start=utcnow() - timedelta(days=6), spread=timedelta(days=6),
+        ws,
+        DEMO_CORPUS,
+        requests=requests,
+        seed=seed,
+        progress=True,
+        start=utcnow() - timedelta(days=6),
+        spread=timedelta(days=6),
     )
-    say(f"      {traffic.likes} likes, {traffic.dislikes} dislikes; relevant chunk in top-5 for "
-        f"{traffic.hit_rate:.0%} of requests; {len(traffic.ingest.raw_files)} raw log file(s)")
+    say(
+        f"      {traffic.likes} likes, {traffic.dislikes} dislikes; relevant chunk in top-5 for "
+        f"{traffic.hit_rate:.0%} of requests; {len(traffic.ingest.raw_files)} raw log file(s)"
+    )
     say("[4/6] running stage 10_feedback_health")
     health = run_stage(ws, "10_feedback_health", {"window_days": 7}, progress=True)
     say(f"      {health.status.value}: report {health.output_html}")
@@ -87,20 +99,28 @@ def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, rollback: boo
     with ws.db.read() as session:
         if build.ok:  # the newest dataset is the one this execution built or found
             dataset = session.scalars(
-                select(TrainingDataset).order_by(TrainingDataset.created_at.desc()).limit(1)).first()
+                select(TrainingDataset).order_by(TrainingDataset.created_at.desc()).limit(1)
+            ).first()
     if dataset is not None:
-        verdict = "ELIGIBLE for training" if dataset.eligible else "NOT eligible: " + "; ".join(dataset.ineligible_reasons)
-        say(f"      dataset {dataset.dataset_version}: {dataset.counts['trainable_groups']} groups, "
-            f"{dataset.counts['negatives']} negatives — {verdict}")
+        verdict = (
+            "ELIGIBLE for training" if dataset.eligible else "NOT eligible: " + "; ".join(dataset.ineligible_reasons)
+        )
+        say(
+            f"      dataset {dataset.dataset_version}: {dataset.counts['trainable_groups']} groups, "
+            f"{dataset.counts['negatives']} negatives — {verdict}"
+        )
     say(f"      {build.status.value}: report {build.output_html}")
     report = DemoReport(boot, corpus, traffic, health, build, dataset)
     if dataset is None or not dataset.eligible:
         say("[6/6] no eligible dataset: nothing to train (simulate more traffic and run the demo again)")
         return report
-    say("[6/6] the loop: TRAINING_REQUEST → worker: 30_train_candidate, 40_evaluate_candidate, and on PASS "
-        "50_reindex_candidate + 60_cutover")
-    evaluation_set = register_evaluation_set(ws, records_from_corpus(ws, DEMO_CORPUS),
-                                             source=f"corpus {DEMO_CORPUS}: reserved queries")
+    say(
+        "[6/6] the loop: TRAINING_REQUEST → worker: 30_train_candidate, 40_evaluate_candidate, and on PASS "
+        "50_reindex_candidate + 60_cutover"
+    )
+    evaluation_set = register_evaluation_set(
+        ws, records_from_corpus(ws, DEMO_CORPUS), source=f"corpus {DEMO_CORPUS}: reserved queries"
+    )
     say(f"      evaluation set {evaluation_set.evaluation_dataset_ref}: {evaluation_set.sample_count} reserved queries")
     publish(ws.db, new_training_request(reason="demo"))
     report.worker = Worker(ws, name="demo-worker").run_once()
@@ -108,15 +128,20 @@ def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, rollback: boo
         run = get_run(ws.db, run_id)
         with ws.db.read() as session:
             report.evaluation = session.get(ModelEvaluation, run.evaluation_id) if run.evaluation_id else None
-            last = session.scalars(select(StageExecution).where(StageExecution.run_id == run_id,
-                                                                StageExecution.stage == "40_evaluate_candidate")
-                                   .order_by(StageExecution.id.desc()).limit(1)).first()
+            last = session.scalars(
+                select(StageExecution)
+                .where(StageExecution.run_id == run_id, StageExecution.stage == "40_evaluate_candidate")
+                .order_by(StageExecution.id.desc())
+                .limit(1)
+            ).first()
         report.evaluation_report = last.output_html if last else None
         if report.evaluation is not None:
             q = report.evaluation.quality_metrics
-            say(f"      run {run_id}: {status} — verdict {report.evaluation.overall_decision.value}; recall@5 "
+            say(
+                f"      run {run_id}: {status} — verdict {report.evaluation.overall_decision.value}; recall@5 "
                 f"{q['baseline']['recall_at_5']:.3f} → {q['candidate']['recall_at_5']:.3f}, nDCG@5 "
-                f"{q['baseline']['ndcg_at_5']:.3f} → {q['candidate']['ndcg_at_5']:.3f}")
+                f"{q['baseline']['ndcg_at_5']:.3f} → {q['candidate']['ndcg_at_5']:.3f}"
+            )
         else:
             say(f"      run {run_id}: {status} — {run.failed_stage} {run.failure_type}: {run.failure_reason}")
         say(f"      evaluation report: {report.evaluation_report}")
@@ -142,6 +167,8 @@ def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, rollback: boo
 def _show_search(ws: Workspace, say) -> str:  # type: ignore[no-untyped-def]
     query = next(iter(read_queries(ws, DEMO_CORPUS, "reserved")))
     response = search(ws, query.query_text, project_id=query.project_id, user_id="demo-user")
-    say(f"      search {query.query_text[:60]!r} → served by {response.active_model_version} "
-        f"({response.active_index_name}); top hit {response.refs[0] if response.refs else '—'}")
+    say(
+        f"      search {query.query_text[:60]!r} → served by {response.active_model_version} "
+        f"({response.active_index_name}); top hit {response.refs[0] if response.refs else '—'}"
+    )
     return response.active_model_version

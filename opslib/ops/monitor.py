@@ -92,22 +92,36 @@ def runs_view(ws: Workspace, limit: int = 15, now: datetime | None = None) -> Ru
     stall = ws.settings.run_stall_after_s
     with ws.db.read() as session:
         runs = list(session.scalars(select(MLPipelineRun).order_by(MLPipelineRun.id.desc()).limit(limit)))
-        active = list(session.scalars(select(MLPipelineRun).where(
-            MLPipelineRun.status.in_((RunStatus.RUNNING, RunStatus.PENDING)))))
+        active = list(
+            session.scalars(
+                select(MLPipelineRun).where(MLPipelineRun.status.in_((RunStatus.RUNNING, RunStatus.PENDING)))
+            )
+        )
         ids = {r.id for r in runs + active}
         reports: dict[int, list[tuple[str, str]]] = {}
-        for e in session.scalars(select(StageExecution).where(StageExecution.run_id.in_(ids))
-                                 .order_by(StageExecution.id)):
+        for e in session.scalars(
+            select(StageExecution).where(StageExecution.run_id.in_(ids)).order_by(StageExecution.id)
+        ):
             if e.output_html and e.run_id is not None:
                 reports.setdefault(e.run_id, []).append((e.stage, e.output_html))
 
     def row(run: MLPipelineRun) -> RunRow:
         stalled = is_stalled(run, stall, now)
-        return RunRow(run.id, run.status.value, _outcome(run, stalled),
-                      run.failed_stage.value if run.failed_stage else None, run.failure_reason,
-                      run.trigger_source.value, run.dataset_version, run.candidate_model_version,
-                      _ago(run.created_at, now), _ago(run.heartbeat_at, now), stalled,
-                      getattr(run, "promoted_by", None), reports.get(run.id, []))
+        return RunRow(
+            run.id,
+            run.status.value,
+            _outcome(run, stalled),
+            run.failed_stage.value if run.failed_stage else None,
+            run.failure_reason,
+            run.trigger_source.value,
+            run.dataset_version,
+            run.candidate_model_version,
+            _ago(run.created_at, now),
+            _ago(run.heartbeat_at, now),
+            stalled,
+            getattr(run, "promoted_by", None),
+            reports.get(run.id, []),
+        )
 
     by_status = {r.status: r for r in active}
     return RunsView(
@@ -142,12 +156,17 @@ def release_view(ws: Workspace) -> ReleaseView | None:
         reason = waiting_on(release, release.candidate_run_id or 0)
         if reason is None and release.candidate_index_name:
             missing = len(missing_from_index(ws, release.candidate_index_name))
-            reason = (f"completeness gate: {missing} READY chunks not yet in {release.candidate_index_name}"
-                      if missing else "nothing: ready and complete — 60_cutover switches on the worker's next pass")
+            reason = (
+                f"completeness gate: {missing} READY chunks not yet in {release.candidate_index_name}"
+                if missing
+                else "nothing: ready and complete — 60_cutover switches on the worker's next pass"
+            )
         waiting = reason or "—"
     elif status is ReleaseStatus.ROLLBACK_PREPARING:
-        waiting = (f"rollback to {release.rollback_snapshot_active_model_version}: target model ready and "
-                   f"{release.rollback_snapshot_active_index_name} restored (70_rollback)")
+        waiting = (
+            f"rollback to {release.rollback_snapshot_active_model_version}: target model ready and "
+            f"{release.rollback_snapshot_active_index_name} restored (70_rollback)"
+        )
     else:
         waiting = "nothing in flight"
     if status is not ReleaseStatus.STABLE:
@@ -155,8 +174,13 @@ def release_view(ws: Workspace) -> ReleaseView | None:
     elif release.rollback_snapshot_active_model_version is None:
         available, note = False, "no rollback snapshot (no cutover since the last rollback)"
     else:
-        available, note = True, (f"to {release.rollback_snapshot_active_model_version} "
-                                 f"(snapshot of {release.rollback_snapshot_captured_at:%Y-%m-%d %H:%M} UTC)")
+        available, note = (
+            True,
+            (
+                f"to {release.rollback_snapshot_active_model_version} "
+                f"(snapshot of {release.rollback_snapshot_captured_at:%Y-%m-%d %H:%M} UTC)"
+            ),
+        )
     return ReleaseView(state, status.value, waiting, available, note, history)
 
 
@@ -174,20 +198,39 @@ def datasets_view(ws: Workspace, limit: int = 10) -> DatasetsView:
     with ws.db.read() as session:
         rows = list(session.scalars(select(TrainingDataset).order_by(TrainingDataset.created_at.desc()).limit(limit)))
         eligible = latest_eligible_dataset(session)
-        passed = session.scalars(select(MLPipelineRun).where(MLPipelineRun.status == RunStatus.READY_FOR_RELEASE)
-                                 .order_by(MLPipelineRun.id.desc()).limit(1)).first()
+        passed = session.scalars(
+            select(MLPipelineRun)
+            .where(MLPipelineRun.status == RunStatus.READY_FOR_RELEASE)
+            .order_by(MLPipelineRun.id.desc())
+            .limit(1)
+        ).first()
         used = session.get(TrainingDataset, passed.dataset_version) if passed and passed.dataset_version else None
         newer = 0
         if eligible is not None and used is not None:
-            newer = session.scalar(select(func.count()).select_from(TrainingDataset).where(
-                TrainingDataset.eligible.is_(True),
-                TrainingDataset.source_window_end > used.source_window_end)) or 0
-    table = pd.DataFrame([{
-        "dataset_version": d.dataset_version, "created": f"{d.created_at:%Y-%m-%d %H:%M}",
-        "window": f"{d.source_window_start:%m-%d} → {d.source_window_end:%m-%d %H:%M}",
-        "groups": d.counts.get("trainable_groups"), "negatives": d.counts.get("negatives"),
-        "eligible": "yes" if d.eligible else "no: " + "; ".join(d.ineligible_reasons),
-    } for d in rows], columns=["dataset_version", "created", "window", "groups", "negatives", "eligible"])
+            newer = (
+                session.scalar(
+                    select(func.count())
+                    .select_from(TrainingDataset)
+                    .where(
+                        TrainingDataset.eligible.is_(True), TrainingDataset.source_window_end > used.source_window_end
+                    )
+                )
+                or 0
+            )
+    table = pd.DataFrame(
+        [
+            {
+                "dataset_version": d.dataset_version,
+                "created": f"{d.created_at:%Y-%m-%d %H:%M}",
+                "window": f"{d.source_window_start:%m-%d} → {d.source_window_end:%m-%d %H:%M}",
+                "groups": d.counts.get("trainable_groups"),
+                "negatives": d.counts.get("negatives"),
+                "eligible": "yes" if d.eligible else "no: " + "; ".join(d.ineligible_reasons),
+            }
+            for d in rows
+        ],
+        columns=["dataset_version", "created", "window", "groups", "negatives", "eligible"],
+    )
     if eligible is None:
         lag = "no eligible dataset yet"
     elif used is None:
@@ -197,9 +240,13 @@ def datasets_view(ws: Workspace, limit: int = 10) -> DatasetsView:
     else:
         hours = (eligible.source_window_end - used.source_window_end) / timedelta(hours=1)
         lag = f"{newer} newer eligible dataset(s); the newest covers {hours:.0f} h more feedback"
-    return DatasetsView(table, rows[0].dataset_version if rows else None,
-                        eligible.dataset_version if eligible else None,
-                        used.dataset_version if used else None, lag)
+    return DatasetsView(
+        table,
+        rows[0].dataset_version if rows else None,
+        eligible.dataset_version if eligible else None,
+        used.dataset_version if used else None,
+        lag,
+    )
 
 
 # Evaluations -------------------------------------------------------------------------------------
@@ -222,22 +269,50 @@ def evaluations_view(ws: Workspace, limit: int = 5) -> list[EvaluationRow]:
     now = utcnow()
     with ws.db.read() as session:
         rows = list(session.scalars(select(ModelEvaluation).order_by(ModelEvaluation.id.desc()).limit(limit)))
-        reports = {e.run_id: e.output_html for e in session.scalars(
-            select(StageExecution).where(StageExecution.stage == "40_evaluate_candidate",
-                                         StageExecution.run_id.in_([r.run_id for r in rows]))
-            .order_by(StageExecution.id))}
+        reports = {
+            e.run_id: e.output_html
+            for e in session.scalars(
+                select(StageExecution)
+                .where(
+                    StageExecution.stage == "40_evaluate_candidate", StageExecution.run_id.in_([r.run_id for r in rows])
+                )
+                .order_by(StageExecution.id)
+            )
+        }
     result = []
     for r in rows:
         q = r.quality_metrics or {}
-        metrics = pd.DataFrame([{
-            "metric": m, "baseline": q.get("baseline", {}).get(m), "candidate": q.get("candidate", {}).get(m),
-            "delta": q.get("delta", {}).get(m),
-            "ci95": "[{:+.4f}, {:+.4f}]".format(*q["ci95"][m]) if m in q.get("ci95", {}) else "—",
-        } for m in METRICS]).set_index("metric") if q else pd.DataFrame()
-        result.append(EvaluationRow(r.id, r.run_id, r.overall_decision.value, r.candidate_model_version,
-                                    r.baseline_model_version, r.evaluation_dataset_ref, r.sample_count,
-                                    metrics.round(4) if not metrics.empty else metrics, r.fail_reason,
-                                    reports.get(r.run_id), _ago(r.created_at, now)))
+        metrics = (
+            pd.DataFrame(
+                [
+                    {
+                        "metric": m,
+                        "baseline": q.get("baseline", {}).get(m),
+                        "candidate": q.get("candidate", {}).get(m),
+                        "delta": q.get("delta", {}).get(m),
+                        "ci95": "[{:+.4f}, {:+.4f}]".format(*q["ci95"][m]) if m in q.get("ci95", {}) else "—",
+                    }
+                    for m in METRICS
+                ]
+            ).set_index("metric")
+            if q
+            else pd.DataFrame()
+        )
+        result.append(
+            EvaluationRow(
+                r.id,
+                r.run_id,
+                r.overall_decision.value,
+                r.candidate_model_version,
+                r.baseline_model_version,
+                r.evaluation_dataset_ref,
+                r.sample_count,
+                metrics.round(4) if not metrics.empty else metrics,
+                r.fail_reason,
+                reports.get(r.run_id),
+                _ago(r.created_at, now),
+            )
+        )
     return result
 
 
@@ -254,21 +329,48 @@ class QueueView:
 def queue_view(ws: Workspace, limit: int = 10) -> QueueView:
     now = utcnow()
     with ws.db.read() as session:
-        backlog = dict(session.execute(select(OpsMessage.message_type, func.count())
-                                       .where(OpsMessage.acked_at.is_(None)).group_by(OpsMessage.message_type)).all())
+        backlog = dict(
+            session.execute(
+                select(OpsMessage.message_type, func.count())
+                .where(OpsMessage.acked_at.is_(None))
+                .group_by(OpsMessage.message_type)
+            ).all()
+        )
         oldest = session.scalar(select(func.min(OpsMessage.issued_at)).where(OpsMessage.acked_at.is_(None)))
-        redeliveries = session.scalar(select(func.count()).select_from(OpsMessage).where(
-            OpsMessage.acked_at.is_(None), OpsMessage.attempt > 1)) or 0
-        refused = list(session.scalars(select(OpsMessage).where(OpsMessage.outcome == MessageOutcome.REFUSED)
-                                       .order_by(OpsMessage.id.desc()).limit(limit)))
+        redeliveries = (
+            session.scalar(
+                select(func.count())
+                .select_from(OpsMessage)
+                .where(OpsMessage.acked_at.is_(None), OpsMessage.attempt > 1)
+            )
+            or 0
+        )
+        refused = list(
+            session.scalars(
+                select(OpsMessage)
+                .where(OpsMessage.outcome == MessageOutcome.REFUSED)
+                .order_by(OpsMessage.id.desc())
+                .limit(limit)
+            )
+        )
         recent = list(session.scalars(select(OpsMessage).order_by(OpsMessage.id.desc()).limit(limit)))
 
     def frame(messages: list[OpsMessage]) -> pd.DataFrame:
-        return pd.DataFrame([{
-            "id": m.id, "type": m.message_type, "issued": _ago(m.issued_at, now), "attempt": m.attempt,
-            "state": m.outcome.value if m.outcome else ("claimed" if m.claimed_by else "waiting"),
-            "reason": m.outcome_reason or "", "trace_id": m.trace_id,
-        } for m in messages], columns=["id", "type", "issued", "attempt", "state", "reason", "trace_id"])
+        return pd.DataFrame(
+            [
+                {
+                    "id": m.id,
+                    "type": m.message_type,
+                    "issued": _ago(m.issued_at, now),
+                    "attempt": m.attempt,
+                    "state": m.outcome.value if m.outcome else ("claimed" if m.claimed_by else "waiting"),
+                    "reason": m.outcome_reason or "",
+                    "trace_id": m.trace_id,
+                }
+                for m in messages
+            ],
+            columns=["id", "type", "issued", "attempt", "state", "reason", "trace_id"],
+        )
 
     return QueueView(backlog, _ago(oldest, now), int(redeliveries), frame(refused), frame(recent))
 
@@ -295,15 +397,26 @@ def endpoint_view(ws: Workspace) -> EndpointView:
         if release.rollback_snapshot_active_model_version:
             serving.append(("rollback target", release.rollback_snapshot_active_model_version))
     roles = {version: role for role, version in serving}
-    models = pd.DataFrame([{
-        "model_version": v.model_version, "role": roles.get(v.model_version, ""),
-        "loaded here": "yes" if v.model_version in loaded else "no",
-        "ready": "yes" if v.model_version in loaded and loaded[v.model_version].ready else "—",
-        "dimension": loaded[v.model_version].dimension if v.model_version in loaded else "",
-        "base": v.base_model_version or "", "run": v.run_id or "",
-    } for v in versions], columns=["model_version", "role", "loaded here", "ready", "dimension", "base", "run"])
-    return EndpointView(serving, models, "readiness = loaded + a smoke encode passed, in this process "
-                                         "(the check button loads the serving models here)")
+    models = pd.DataFrame(
+        [
+            {
+                "model_version": v.model_version,
+                "role": roles.get(v.model_version, ""),
+                "loaded here": "yes" if v.model_version in loaded else "no",
+                "ready": "yes" if v.model_version in loaded and loaded[v.model_version].ready else "—",
+                "dimension": loaded[v.model_version].dimension if v.model_version in loaded else "",
+                "base": v.base_model_version or "",
+                "run": v.run_id or "",
+            }
+            for v in versions
+        ],
+        columns=["model_version", "role", "loaded here", "ready", "dimension", "base", "run"],
+    )
+    return EndpointView(
+        serving,
+        models,
+        "readiness = loaded + a smoke encode passed, in this process (the check button loads the serving models here)",
+    )
 
 
 def check_endpoint(ws: Workspace) -> list[tuple[str, bool, str]]:
@@ -322,10 +435,22 @@ def check_endpoint(ws: Workspace) -> list[tuple[str, bool, str]]:
 def audit_frame(ws: Workspace, limit: int = 20) -> pd.DataFrame:
     with ws.db.read() as session:
         rows = list(session.scalars(select(AuditLog).order_by(AuditLog.id.desc()).limit(limit)))
-    return pd.DataFrame([{
-        "at": f"{a.at:%Y-%m-%d %H:%M:%S}", "operator": a.operator, "role": a.role, "action": a.action,
-        "target": a.target, "reason": a.reason, "result": a.result, "trace_id": a.trace_id,
-    } for a in rows], columns=["at", "operator", "role", "action", "target", "reason", "result", "trace_id"])
+    return pd.DataFrame(
+        [
+            {
+                "at": f"{a.at:%Y-%m-%d %H:%M:%S}",
+                "operator": a.operator,
+                "role": a.role,
+                "action": a.action,
+                "target": a.target,
+                "reason": a.reason,
+                "result": a.result,
+                "trace_id": a.trace_id,
+            }
+            for a in rows
+        ],
+        columns=["at", "operator", "role", "action", "target", "reason", "result", "trace_id"],
+    )
 
 
 def link_path(html: str | None, base: Path | None = None) -> str | None:
@@ -358,8 +483,12 @@ def workspace_status(ws: Workspace, recent: int = 10) -> dict[str, Any]:
     with ws.db.read() as session:
         status["release"] = release_state(current_release(session))
         status["models"] = [
-            {"model_version": m.model_version, "base_model_version": m.base_model_version,
-             "run_id": m.run_id, "created_at": _iso(m.created_at)}
+            {
+                "model_version": m.model_version,
+                "base_model_version": m.base_model_version,
+                "run_id": m.run_id,
+                "created_at": _iso(m.created_at),
+            }
             for m in session.scalars(select(ModelVersion).order_by(ModelVersion.created_at))
         ]
         status["corpus"] = {
@@ -373,17 +502,30 @@ def workspace_status(ws: Workspace, recent: int = 10) -> dict[str, Any]:
             "imports": [c.name for c in session.scalars(select(CorpusImport).order_by(CorpusImport.name))],
         }
         status["runs"] = [
-            {"id": r.id, "status": r.status.value, "failed_stage": r.failed_stage and r.failed_stage.value,
-             "failure_type": r.failure_type and r.failure_type.value, "created_at": _iso(r.created_at)}
+            {
+                "id": r.id,
+                "status": r.status.value,
+                "failed_stage": r.failed_stage and r.failed_stage.value,
+                "failure_type": r.failure_type and r.failure_type.value,
+                "created_at": _iso(r.created_at),
+            }
             for r in session.scalars(select(MLPipelineRun).order_by(MLPipelineRun.id.desc()).limit(recent))
         ]
         status["queue"] = {
-            "unacked": session.scalar(select(func.count()).select_from(OpsMessage).where(OpsMessage.acked_at.is_(None))),
+            "unacked": session.scalar(
+                select(func.count()).select_from(OpsMessage).where(OpsMessage.acked_at.is_(None))
+            ),
         }
         status["stage_executions"] = [
-            {"id": e.id, "stage": e.stage, "status": e.status.value, "run_id": e.run_id,
-             "started_at": _iso(e.started_at), "output_html": e.output_html,
-             "error": e.error}
+            {
+                "id": e.id,
+                "stage": e.stage,
+                "status": e.status.value,
+                "run_id": e.run_id,
+                "started_at": _iso(e.started_at),
+                "output_html": e.output_html,
+                "error": e.error,
+            }
             for e in session.scalars(select(StageExecution).order_by(StageExecution.id.desc()).limit(recent))
         ]
     status["corpus"]["videos_by_status"] = {k.value: v for k, v in status["corpus"]["videos_by_status"].items()}

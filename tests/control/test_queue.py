@@ -45,7 +45,11 @@ def test_publish_claim_ack(db) -> None:  # type: ignore[no-untyped-def]
     delivery = claim(db, "worker-a", visibility_timeout_s=30)
     assert delivery is not None
     assert (delivery.message_id, delivery.message_type, delivery.attempt, delivery.trace_id) == (
-        mid, "TRAINING_REQUEST", 1, "trace-1")
+        mid,
+        "TRAINING_REQUEST",
+        1,
+        "trace-1",
+    )
     assert claim(db, "worker-b", visibility_timeout_s=30) is None  # invisible while claimed
     assert ack(db, delivery)
     assert not ack(db, delivery)  # a second ack changes nothing
@@ -74,19 +78,52 @@ def test_messages_are_delivered_oldest_first(db) -> None:  # type: ignore[no-unt
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        ({"message_type": "TRAINING_REQUEST", "payload_version": "v2", "trace_id": "t",
-          "issued_at": "2026-12-01T00:00:00+00:00"}, "payload_version: unsupported 'v2'"),
-        ({"message_type": "TRAINING_REQUEST", "trace_id": "t", "issued_at": "2026-12-01T00:00:00+00:00"},
-         "payload_version: unsupported None"),
-        ({"message_type": "ROLLBACK_REQUEST", "payload_version": "v1", "trace_id": "t",
-          "issued_at": "2026-12-01T00:00:00+00:00"}, "expected_active_model_version: missing field"),
-        ({"message_type": "TRAINING_REQUEST", "payload_version": "v1", "issued_at": "2026-12-01T00:00:00+00:00"},
-         "trace_id: missing field"),
-        ({"message_type": "TRAINING_REQUEST", "payload_version": "v1", "trace_id": "t",
-          "issued_at": "2026-12-01T00:00:00"}, "issued_at"),
+        (
+            {
+                "message_type": "TRAINING_REQUEST",
+                "payload_version": "v2",
+                "trace_id": "t",
+                "issued_at": "2026-12-01T00:00:00+00:00",
+            },
+            "payload_version: unsupported 'v2'",
+        ),
+        (
+            {"message_type": "TRAINING_REQUEST", "trace_id": "t", "issued_at": "2026-12-01T00:00:00+00:00"},
+            "payload_version: unsupported None",
+        ),
+        (
+            {
+                "message_type": "ROLLBACK_REQUEST",
+                "payload_version": "v1",
+                "trace_id": "t",
+                "issued_at": "2026-12-01T00:00:00+00:00",
+            },
+            "expected_active_model_version: missing field",
+        ),
+        (
+            {"message_type": "TRAINING_REQUEST", "payload_version": "v1", "issued_at": "2026-12-01T00:00:00+00:00"},
+            "trace_id: missing field",
+        ),
+        (
+            {
+                "message_type": "TRAINING_REQUEST",
+                "payload_version": "v1",
+                "trace_id": "t",
+                "issued_at": "2026-12-01T00:00:00",
+            },
+            "issued_at",
+        ),
         ({"message_type": "DELETE_EVERYTHING", "payload_version": "v1"}, "message_type: unsupported"),
-        ({"message_type": "TRAINING_REQUEST", "payload_version": "v1", "trace_id": "t",
-          "issued_at": "2026-12-01T00:00:00+00:00", "dataset_version": "x"}, "dataset_version: unknown field"),
+        (
+            {
+                "message_type": "TRAINING_REQUEST",
+                "payload_version": "v1",
+                "trace_id": "t",
+                "issued_at": "2026-12-01T00:00:00+00:00",
+                "dataset_version": "x",
+            },
+            "dataset_version: unknown field",
+        ),
     ],
 )
 def test_invalid_messages_are_refused_with_a_recorded_reason(db, payload: dict, reason: str) -> None:  # type: ignore[no-untyped-def]

@@ -112,20 +112,20 @@ def test_ready_and_failed_need_a_running_run(rws: Workspace) -> None:
     run_id = request_run(rws.db, trigger_source="manual", trace_id="t").run_id
     with rws.db.transaction() as session:
         mark_ready(session, run_id, evaluation_id=1)
-    for action in (lambda s: mark_ready(s, run_id, evaluation_id=2),
-                   lambda s: mark_failed(s, run_id, stage=RunStage.EVALUATION, failure_type=FailureType.FAIL, reason="r")):
-        with pytest.raises(RunError):
-            with rws.db.transaction() as session:
-                action(session)
+    for action in (
+        lambda s: mark_ready(s, run_id, evaluation_id=2),
+        lambda s: mark_failed(s, run_id, stage=RunStage.EVALUATION, failure_type=FailureType.FAIL, reason="r"),
+    ):
+        with pytest.raises(RunError), rws.db.transaction() as session:
+            action(session)
     run = get_run(rws.db, run_id)
     assert run.status is RunStatus.READY_FOR_RELEASE and run.evaluation_id == 1  # unchanged by the refusals
     # A released run can still fail in its release stages.
     assert fail_run(rws.db, run_id, stage=RunStage.REINDEX, failure_type=FailureType.ERROR, reason="index down")
     assert get_run(rws.db, run_id).failed_stage is RunStage.REINDEX
     assert not fail_run(rws.db, run_id, stage=RunStage.TRAINING, failure_type=FailureType.ERROR, reason="again")
-    with pytest.raises(RunError, match="no such run"):
-        with rws.db.transaction() as session:
-            mark_ready(session, 999, evaluation_id=1)
+    with pytest.raises(RunError, match="no such run"), rws.db.transaction() as session:
+        mark_ready(session, 999, evaluation_id=1)
 
 
 def test_heartbeat_and_stalled_claims(rws: Workspace) -> None:
@@ -164,9 +164,10 @@ def test_32_concurrent_requests_threads_and_processes(rws: Workspace) -> None:
     threads = [threading.Thread(target=thread_request, args=(i,)) for i in range(16)]
     context = multiprocessing.get_context("spawn")
     proc_barrier, proc_errors = context.Barrier(4), context.Queue()
-    processes = [context.Process(target=_request_in_process,
-                                 args=(rws.settings.model_dump_json(), 4, proc_barrier, proc_errors))
-                 for _ in range(4)]
+    processes = [
+        context.Process(target=_request_in_process, args=(rws.settings.model_dump_json(), 4, proc_barrier, proc_errors))
+        for _ in range(4)
+    ]
     for p in processes:
         p.start()
     for t in threads:

@@ -43,9 +43,18 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     port = _free_port()
     chroma = Path(sys.executable).parent / "chroma"
     proc = subprocess.Popen(
-        [str(chroma), "run", "--path", str(tmp_path_factory.mktemp("chroma-server")),
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(chroma),
+            "run",
+            "--path",
+            str(tmp_path_factory.mktemp("chroma-server")),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -72,9 +81,15 @@ def iws(request: pytest.FixtureRequest, tmp_path: Path, db_url: str, tiny_model_
         extra = {"chroma_host": host, "chroma_port": port}
     # A fresh model version per test: collections on the shared server must not collide.
     version = f"tiny-{uuid.uuid4().hex[:8]}"
-    settings = Settings(workspace=tmp_path / "ws", runs_dir=tmp_path / "runs", db_url=db_url,
-                        base_model_path=tiny_model_dir, base_model_version=version,
-                        log_level="WARNING", **extra)
+    settings = Settings(
+        workspace=tmp_path / "ws",
+        runs_dir=tmp_path / "runs",
+        db_url=db_url,
+        base_model_path=tiny_model_dir,
+        base_model_version=version,
+        log_level="WARNING",
+        **extra,
+    )
     workspace = Workspace(settings)
     init_workspace(workspace)
     return workspace
@@ -83,9 +98,18 @@ def iws(request: pytest.FixtureRequest, tmp_path: Path, db_url: str, tiny_model_
 def _videos(n_videos: int = 3, per_video: int = 4, project: str = "proj-a") -> list[VideoIn]:
     return [
         VideoIn(
-            video_id=f"{project}-v{v}", user_id="owner", project_id=project, title=f"video {v}",
-            chunks=[ChunkIn(text=f"{project} video {v} segment {c} talks about topic {v * 10 + c}",
-                            start_ms=c * 1000, end_ms=(c + 1) * 1000) for c in range(per_video)],
+            video_id=f"{project}-v{v}",
+            user_id="owner",
+            project_id=project,
+            title=f"video {v}",
+            chunks=[
+                ChunkIn(
+                    text=f"{project} video {v} segment {c} talks about topic {v * 10 + c}",
+                    start_ms=c * 1000,
+                    end_ms=(c + 1) * 1000,
+                )
+                for c in range(per_video)
+            ],
         )
         for v in range(n_videos)
     ]
@@ -158,8 +182,9 @@ def test_changed_content_is_re_embedded(iws: Workspace) -> None:
     index, version = _active(iws)
     with iws.db.transaction() as session:
         session.get(Chunk, "proj-a-v0#0000").enriched_text = "entirely new words here"
-    report = index_chunks(iws, ["proj-a-v0#0000", "proj-a-v0#0001", "ghost#0000"], index_name=index,
-                          model_version=version)
+    report = index_chunks(
+        iws, ["proj-a-v0#0000", "proj-a-v0#0001", "ghost#0000"], index_name=index, model_version=version
+    )
     assert (report.embedded, report.unchanged, report.missing) == (1, 1, ["ghost#0000"])
     with iws.db.read() as session:
         entries = session.query(VectorIndexEntry).filter_by(index_name=index, chunk_id="proj-a-v0#0000").all()
@@ -178,8 +203,9 @@ def test_build_index_covers_every_ready_chunk_and_resumes(iws: Workspace) -> Non
     ingest_videos(iws, _videos())
     _, version = _active(iws)
     target = "idx-build-" + uuid.uuid4().hex[:8]
-    partial = index_chunks(iws, ["proj-a-v0#0000", "proj-a-v0#0001"], index_name=target,
-                           model_version=version, purpose=Purpose.REINDEX)
+    partial = index_chunks(
+        iws, ["proj-a-v0#0000", "proj-a-v0#0001"], index_name=target, model_version=version, purpose=Purpose.REINDEX
+    )
     assert partial.written == 2
     report = build_index(iws, index_name=target, model_version=version, purpose=Purpose.REINDEX)
     assert (report.unchanged, report.written) == (2, 10)

@@ -18,8 +18,14 @@ def test_beir_import_groups_deterministically_and_splits_queries(ws: Workspace, 
     assert report.project_ids == ["mini-alpha", "mini-beta"]
     with ws.db.read() as session:
         videos = {v.id: v for v in session.query(Video)}
-        assert set(videos) == {"mini:alpha/alpha-part0", "mini:alpha/alpha-part1", "mini:alpha/alpha-part2",
-                               "mini:beta/beta-part0", "mini:beta/beta-part1", "mini:beta/beta-part2"}
+        assert set(videos) == {
+            "mini:alpha/alpha-part0",
+            "mini:alpha/alpha-part1",
+            "mini:alpha/alpha-part2",
+            "mini:beta/beta-part0",
+            "mini:beta/beta-part1",
+            "mini:beta/beta-part2",
+        }
         assert all(v.status is VideoStatus.READY for v in videos.values())
         chunk = session.get(Chunk, "mini:q05-a1")
         assert chunk.video_id == "mini:beta/beta-part1" and chunk.text == "answer 1 to topic 5 explained"
@@ -45,9 +51,11 @@ def test_the_split_does_not_depend_on_order_or_corpus() -> None:
 def test_korean_keys_keep_videos_and_projects_apart(ws: Workspace, tmp_path: Path) -> None:
     from opslib.corpus.loader import CorpusSpec, Document
 
-    docs = [Document("d1", "검색 품질 개선 방법", project_key="강의", video_key="첫 번째 영상"),
-            Document("d2", "피드백으로 모델 학습", project_key="강의", video_key="두 번째 영상"),
-            Document("d3", "다른 프로젝트의 자막", project_key="세미나", video_key="첫 번째 영상")]
+    docs = [
+        Document("d1", "검색 품질 개선 방법", project_key="강의", video_key="첫 번째 영상"),
+        Document("d2", "피드백으로 모델 학습", project_key="강의", video_key="두 번째 영상"),
+        Document("d3", "다른 프로젝트의 자막", project_key="세미나", video_key="첫 번째 영상"),
+    ]
     report = load_corpus(ws, CorpusSpec(name="kor", source="tests", documents=docs, queries=[]))
     assert report.videos == 3 and report.projects == 2
     with ws.db.read() as session:
@@ -113,7 +121,10 @@ def test_an_interrupted_import_resumes(ws: Workspace, tmp_path: Path, monkeypatc
     ("mutate", "message"),
     [
         (lambda d: (d / "qrels.tsv").unlink(), "qrels.tsv: missing"),
-        (lambda d: (d / "corpus.jsonl").write_text('{"_id": "x", "text": "ok"}\nnot json\n'), "corpus.jsonl:2: not JSON"),
+        (
+            lambda d: (d / "corpus.jsonl").write_text('{"_id": "x", "text": "ok"}\nnot json\n'),
+            "corpus.jsonl:2: not JSON",
+        ),
         (lambda d: (d / "corpus.jsonl").write_text('{"text": "no id"}\n'), "needs a string '_id'"),
         (lambda d: (d / "qrels.tsv").write_text("q\tc\n"), "expected query-id, corpus-id, score"),
         (lambda d: (d / "qrels.tsv").write_text("q\tc\thigh\n"), "is not a number"),

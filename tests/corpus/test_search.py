@@ -22,18 +22,34 @@ from opslib.db.models import (
 from opslib.infra.workspace import Workspace
 
 TEXTS = {
-    "cooking": ["how to boil pasta in salted water", "slicing onions without tears", "baking sourdough bread at home",
-                "a sharp knife makes slicing safer", "roasting vegetables in the oven"],
-    "coding": ["sorting a python list with sorted", "reading files line by line in python",
-               "writing unit tests with pytest", "profiling slow python code", "packaging a python project"],
+    "cooking": [
+        "how to boil pasta in salted water",
+        "slicing onions without tears",
+        "baking sourdough bread at home",
+        "a sharp knife makes slicing safer",
+        "roasting vegetables in the oven",
+    ],
+    "coding": [
+        "sorting a python list with sorted",
+        "reading files line by line in python",
+        "writing unit tests with pytest",
+        "profiling slow python code",
+        "packaging a python project",
+    ],
 }
 
 
 def _load(ws: Workspace) -> None:
     videos = [
-        VideoIn(video_id=f"{project}-v{i}", user_id="owner", project_id=project, title=f"{project} {i}",
-                chunks=[ChunkIn(text=text, start_ms=0, end_ms=1000)])
-        for project, texts in TEXTS.items() for i, text in enumerate(texts)
+        VideoIn(
+            video_id=f"{project}-v{i}",
+            user_id="owner",
+            project_id=project,
+            title=f"{project} {i}",
+            chunks=[ChunkIn(text=text, start_ms=0, end_ms=1000)],
+        )
+        for project, texts in TEXTS.items()
+        for i, text in enumerate(texts)
     ]
     ingest_videos(ws, videos)
 
@@ -50,8 +66,9 @@ def test_rrf_scores_and_order() -> None:
 
 def test_search_returns_top5_of_the_project_and_stores_a_snapshot(ws: Workspace) -> None:
     _load(ws)
-    response = search(ws, "python list sorting", project_id="coding", user_id="u1",
-                      choose_used=lambda hits: [hits[0].ref])
+    response = search(
+        ws, "python list sorting", project_id="coding", user_id="u1", choose_used=lambda hits: [hits[0].ref]
+    )
     assert 1 <= len(response.chunks) <= 5
     assert all(c.ref.startswith("coding") for c in response.chunks)
     assert response.chunks[0].ref == "coding-v0#0000"  # keyword and vector both rank it first
@@ -68,8 +85,9 @@ def test_search_returns_top5_of_the_project_and_stores_a_snapshot(ws: Workspace)
 def test_sot_gate_hides_excluded_unready_and_deleted(ws: Workspace) -> None:
     _load(ws)
     with ws.db.transaction() as session:
-        session.execute(update(Video).where(Video.id == "coding-v0").values(
-            search_serving_state=ServingState.ROLLBACK_EXCLUDED))
+        session.execute(
+            update(Video).where(Video.id == "coding-v0").values(search_serving_state=ServingState.ROLLBACK_EXCLUDED)
+        )
         session.execute(update(Video).where(Video.id == "coding-v1").values(status=VideoStatus.DELETING))
         session.delete(session.get(Chunk, "coding-v2#0000"))
     for query in ("sorting a python list", "reading files line by line", "writing unit tests with pytest"):
@@ -88,8 +106,12 @@ def test_used_must_be_among_the_results(ws: Workspace) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"query_text": " "}, "query_text"), ({"project_id": ""}, "project_id"), ({"user_id": ""}, "user_id"),
-     ({"query_text": "x" * 2001}, "query_text")],
+    [
+        ({"query_text": " "}, "query_text"),
+        ({"project_id": ""}, "project_id"),
+        ({"user_id": ""}, "user_id"),
+        ({"query_text": "x" * 2001}, "query_text"),
+    ],
 )
 def test_bad_requests_are_refused(ws: Workspace, kwargs: dict, field: str) -> None:
     args = {"query_text": "pasta", "project_id": "cooking", "user_id": "u", **kwargs}
@@ -108,12 +130,22 @@ def test_search_follows_the_release_row(ws: Workspace) -> None:
 
 
 def test_korean_words_are_found_inside_longer_eojeol(ws: Workspace) -> None:
-    ingest_videos(ws, [
-        VideoIn(video_id="ko-v1", user_id="owner", project_id="ko", title="검색 강의",
-                chunks=[ChunkIn(text="오늘은 검색엔진에서 색인을 만드는 방법을 배웁니다", start_ms=0, end_ms=1000),
-                        ChunkIn(text="데이터베이스의 트랜잭션은 원자적입니다", start_ms=1000, end_ms=2000),
-                        ChunkIn(text="임베딩모델을 미세조정하면 품질이 좋아집니다", start_ms=2000, end_ms=3000)]),
-    ])
+    ingest_videos(
+        ws,
+        [
+            VideoIn(
+                video_id="ko-v1",
+                user_id="owner",
+                project_id="ko",
+                title="검색 강의",
+                chunks=[
+                    ChunkIn(text="오늘은 검색엔진에서 색인을 만드는 방법을 배웁니다", start_ms=0, end_ms=1000),
+                    ChunkIn(text="데이터베이스의 트랜잭션은 원자적입니다", start_ms=1000, end_ms=2000),
+                    ChunkIn(text="임베딩모델을 미세조정하면 품질이 좋아집니다", start_ms=2000, end_ms=3000),
+                ],
+            ),
+        ],
+    )
     with ws.db.read() as session:
         assert keyword_search(session, "검색", "ko") == ["ko-v1#0000"]  # 2 syllables inside 검색엔진에서
         assert keyword_search(session, "엔진", "ko") == ["ko-v1#0000"]  # in the middle of the eojeol
@@ -128,7 +160,11 @@ def test_keyword_search_ranks_and_limits(ws: Workspace) -> None:
     with ws.db.read() as session:
         assert keyword_search(session, "python", "coding")[:1] != []
         assert set(keyword_search(session, "python", "coding")) == {
-            "coding-v0#0000", "coding-v1#0000", "coding-v3#0000", "coding-v4#0000"}
+            "coding-v0#0000",
+            "coding-v1#0000",
+            "coding-v3#0000",
+            "coding-v4#0000",
+        }
         assert keyword_search(session, "!!! ??", "coding") == []
         assert len(keyword_search(session, "a e i o u python", "coding")) <= KEYWORD_K
     assert query_terms("Sort a LIST, sort it!") == ["sort", "list", "it"]
@@ -144,19 +180,33 @@ def test_postgres_keyword_match_can_use_the_trigram_index(ws: Workspace) -> None
         plan = "\n".join(session.execute(text(f"EXPLAIN SELECT c.id FROM chunks c WHERE {match}"), params).scalars())
         assert "ix_chunks_enriched_trgm" in plan, plan
         assert set(keyword_search(session, "python pytest", "coding")) == {
-            "coding-v0#0000", "coding-v1#0000", "coding-v2#0000", "coding-v3#0000", "coding-v4#0000"}
+            "coding-v0#0000",
+            "coding-v1#0000",
+            "coding-v2#0000",
+            "coding-v3#0000",
+            "coding-v4#0000",
+        }
 
 
 def test_ingest_refuses_bad_videos_and_keeps_nothing(ws: Workspace) -> None:
-    good = VideoIn(video_id="v-ok", user_id="u", project_id="p", title="t",
-                   chunks=[ChunkIn(text="fine", start_ms=0, end_ms=10)])
+    good = VideoIn(
+        video_id="v-ok", user_id="u", project_id="p", title="t", chunks=[ChunkIn(text="fine", start_ms=0, end_ms=10)]
+    )
     bad_cases = [
         (VideoIn(video_id="bad id!", user_id="u", project_id="p", title="t", chunks=good.chunks), "video_id"),
         (VideoIn(video_id="v2", user_id="u", project_id="p", title="t", chunks=[]), "no chunks"),
-        (VideoIn(video_id="v2", user_id="u", project_id="p", title="t",
-                 chunks=[ChunkIn(text="x", start_ms=10, end_ms=5)]), "start_ms"),
-        (VideoIn(video_id="v2", user_id="u", project_id="p", title="t",
-                 chunks=[ChunkIn(text="  ", start_ms=0, end_ms=5)]), "text"),
+        (
+            VideoIn(
+                video_id="v2", user_id="u", project_id="p", title="t", chunks=[ChunkIn(text="x", start_ms=10, end_ms=5)]
+            ),
+            "start_ms",
+        ),
+        (
+            VideoIn(
+                video_id="v2", user_id="u", project_id="p", title="t", chunks=[ChunkIn(text="  ", start_ms=0, end_ms=5)]
+            ),
+            "text",
+        ),
         (VideoIn(video_id="v2", user_id="u", project_id="p", title=" ", chunks=good.chunks), "title"),
     ]
     for video, message in bad_cases:
@@ -175,8 +225,18 @@ def test_failed_indexing_leaves_the_video_failed_not_ready(ws: Workspace, monkey
 
     monkeypatch.setattr(ws.embeddings, "embed", broken)
     with pytest.raises(RuntimeError, match="endpoint down"):
-        ingest_videos(ws, [VideoIn(video_id="v-f", user_id="u", project_id="p", title="t",
-                                   chunks=[ChunkIn(text="words", start_ms=0, end_ms=10)])])
+        ingest_videos(
+            ws,
+            [
+                VideoIn(
+                    video_id="v-f",
+                    user_id="u",
+                    project_id="p",
+                    title="t",
+                    chunks=[ChunkIn(text="words", start_ms=0, end_ms=10)],
+                )
+            ],
+        )
     with ws.db.read() as session:
         video = session.get(Video, "v-f")
         assert video.status is VideoStatus.FAILED and video.failed_stage == "INDEXING"

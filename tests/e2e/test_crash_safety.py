@@ -54,26 +54,48 @@ def _prepare(ws: Workspace, stage: str, candidate_dir: Path) -> tuple[int, int]:
     if stage == "60_cutover":
         return run_id, run_id
     cutover(ws, run_id)
-    ingest_videos(ws, [VideoIn(video_id="after-cutover", user_id="owner", project_id="mini-alpha", title="new",
-                               chunks=[ChunkIn(text="marimba ensemble tuning", start_ms=0, end_ms=1)])])
+    ingest_videos(
+        ws,
+        [
+            VideoIn(
+                video_id="after-cutover",
+                user_id="owner",
+                project_id="mini-alpha",
+                title="new",
+                chunks=[ChunkIn(text="marimba ensemble tuning", start_ms=0, end_ms=1)],
+            )
+        ],
+    )
     candidate = get_run(ws.db, run_id).candidate_model_version
     return run_id, publish(ws.db, new_rollback_request(candidate, trace_id="crash-rollback"))
 
 
 def _kill_at(ws: Workspace, stage: str, point: str, arg: int) -> int:
     env = {**ws.settings.as_env(), "OPS_FAULT_POINT": point, "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
-    script = f"import sys\nfrom opslib.settings import Settings\nfrom opslib.infra.workspace import Workspace\n" \
-             f"ws = Workspace(Settings())\narg = int(sys.argv[1])\n{STAGE_CALL[stage]}\n"
-    done = subprocess.run([sys.executable, "-c", script, str(arg)], env=env, capture_output=True, text=True,
-                          timeout=300)
+    script = (
+        f"import sys\nfrom opslib.settings import Settings\nfrom opslib.infra.workspace import Workspace\n"
+        f"ws = Workspace(Settings())\narg = int(sys.argv[1])\n{STAGE_CALL[stage]}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(arg)], env=env, capture_output=True, text=True, timeout=300
+    )
     return done.returncode
 
 
 @pytest.mark.parametrize(("stage", "point"), CASES, ids=[p for _, p in CASES])
-def test_killed_at_every_step_the_system_converges(tmp_path: Path, tiny_model_dir: Path, tiny_candidate_dir: Path,
-                                                   stage: str, point: str) -> None:
-    ws = Workspace(Settings(workspace=tmp_path / "ws", runs_dir=tmp_path / "runs", base_model_path=tiny_model_dir,
-                            base_model_version="tiny-base", log_level="WARNING", queue_visibility_timeout_s=1))
+def test_killed_at_every_step_the_system_converges(
+    tmp_path: Path, tiny_model_dir: Path, tiny_candidate_dir: Path, stage: str, point: str
+) -> None:
+    ws = Workspace(
+        Settings(
+            workspace=tmp_path / "ws",
+            runs_dir=tmp_path / "runs",
+            base_model_path=tiny_model_dir,
+            base_model_version="tiny-base",
+            log_level="WARNING",
+            queue_visibility_timeout_s=1,
+        )
+    )
     from opslib.ops.bootstrap import init_workspace
 
     init_workspace(ws)
@@ -89,8 +111,10 @@ def test_killed_at_every_step_the_system_converges(tmp_path: Path, tiny_model_di
         run = get_run(ws.db, run_id)
         assert release.release_status is ReleaseStatus.STABLE
         if stage == "70_rollback":
-            assert (release.active_model_version, release.previous_model_version) == ("tiny-base",
-                                                                                     run.candidate_model_version)
+            assert (release.active_model_version, release.previous_model_version) == (
+                "tiny-base",
+                run.candidate_model_version,
+            )
             assert session.get(Video, "after-cutover").search_serving_state is ServingState.SERVABLE
             assert session.get(OpsMessage, arg).outcome is MessageOutcome.DONE
         else:

@@ -45,7 +45,10 @@ def test_a_ready_run_is_reindexed_and_cut_over_then_rolled_back(ws: Workspace, t
     candidate = get_run(ws.db, run_id).candidate_model_version
     report = Worker(ws).run_once()
     assert report.released == {run_id: "cut over: now serving"}
-    assert _stages(ws) == [("50_reindex_candidate", ExecutionStatus.SUCCEEDED), ("60_cutover", ExecutionStatus.SUCCEEDED)]
+    assert _stages(ws) == [
+        ("50_reindex_candidate", ExecutionStatus.SUCCEEDED),
+        ("60_cutover", ExecutionStatus.SUCCEEDED),
+    ]
     assert _release(ws).active_model_version == candidate
     with ws.db.read() as session:
         html = {e.stage: open(e.output_html).read() for e in session.query(StageExecution)}
@@ -63,7 +66,10 @@ def test_a_ready_run_is_reindexed_and_cut_over_then_rolled_back(ws: Workspace, t
         assert session.get(OpsMessage, good).outcome is MessageOutcome.DONE
     release = _release(ws)
     assert (release.release_status, release.active_model_version, release.previous_model_version) == (
-        ReleaseStatus.STABLE, "tiny-base", candidate)
+        ReleaseStatus.STABLE,
+        "tiny-base",
+        candidate,
+    )
 
 
 @pytest.mark.sqlite_only
@@ -72,7 +78,10 @@ def test_without_auto_cutover_a_ready_run_waits_for_promote(ws: Workspace, tiny_
     corpus_ready(manual)
     run_id = ready_run(manual, tiny_candidate_dir)
     assert Worker(manual).run_once().released == {}
-    assert _release(manual).release_status is ReleaseStatus.STABLE and get_run(manual.db, run_id).status is RunStatus.READY_FOR_RELEASE
+    assert (
+        _release(manual).release_status is ReleaseStatus.STABLE
+        and get_run(manual.db, run_id).status is RunStatus.READY_FOR_RELEASE
+    )
     admin = _with(manual, operator="ana", operator_role="admin")
     candidate = get_run(admin.db, run_id).candidate_model_version
     promote_run(admin, run_id, confirm=candidate, reason="reviewed the evaluation report")

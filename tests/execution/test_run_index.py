@@ -4,7 +4,7 @@ import logging
 import re
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -33,7 +33,7 @@ from opslib.execution.runner import _rebuild_run_index, run_stage
 from opslib.infra.workspace import Workspace
 from opslib.ops.cli import main
 
-T0 = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
 HOSTILE = "<script>alert('x')</script>"
 OFFLINE_BREAKERS = re.compile(r"<script|<link|@import|url\(|https?://", re.I)
 
@@ -66,11 +66,28 @@ def _archive(ws: Workspace, name: str, body: str = "<html>report</html>") -> str
     return str(path)
 
 
-def _execution(session, stage: str, minute: int, *, status=ExecutionStatus.SUCCEEDED, run_id=None, params=None,
-               html: str | None = None, error=None, trace_id: str = "t", duration_s: int = 50) -> StageExecution:
+def _execution(
+    session,
+    stage: str,
+    minute: int,
+    *,
+    status=ExecutionStatus.SUCCEEDED,
+    run_id=None,
+    params=None,
+    html: str | None = None,
+    error=None,
+    trace_id: str = "t",
+    duration_s: int = 50,
+) -> StageExecution:
     row = StageExecution(
-        run_id=run_id, stage=stage, notebook=f"{stage}.ipynb", parameters=params or {}, status=status,
-        output_html=html, error=error, started_at=T0 + timedelta(minutes=minute),
+        run_id=run_id,
+        stage=stage,
+        notebook=f"{stage}.ipynb",
+        parameters=params or {},
+        status=status,
+        output_html=html,
+        error=error,
+        started_at=T0 + timedelta(minutes=minute),
         finished_at=None if status is ExecutionStatus.RUNNING else T0 + timedelta(minutes=minute, seconds=duration_s),
         trace_id=trace_id,
     )
@@ -79,35 +96,59 @@ def _execution(session, stage: str, minute: int, *, status=ExecutionStatus.SUCCE
     return row
 
 
-def _dataset(version: str, start: datetime, end: datetime, created: datetime, eligible: bool,
-             reasons: list[str] | None = None) -> TrainingDataset:
+def _dataset(
+    version: str, start: datetime, end: datetime, created: datetime, eligible: bool, reasons: list[str] | None = None
+) -> TrainingDataset:
     return TrainingDataset(
-        dataset_version=version, storage_path=f"file:///datasets/{version}", generation_rule_version="retrieval-group-v1",
-        source_window_start=start, source_window_end=end, eligible=eligible, ineligible_reasons=reasons or [],
-        counts={"trainable_groups": 42, "positives": 60, "negatives": 77}, created_at=created,
+        dataset_version=version,
+        storage_path=f"file:///datasets/{version}",
+        generation_rule_version="retrieval-group-v1",
+        source_window_start=start,
+        source_window_end=end,
+        eligible=eligible,
+        ineligible_reasons=reasons or [],
+        counts={"trainable_groups": 42, "positives": 60, "negatives": 77},
+        created_at=created,
     )
 
 
 def _quality(base: float, cand: float) -> dict:
     metrics = ("recall_at_5", "mrr_at_5", "ndcg_at_5")
-    return {"baseline": {m: base for m in metrics}, "candidate": {m: cand for m in metrics},
-            "delta": {m: cand - base for m in metrics}, "ci95": {m: [-0.1, 0.1] for m in metrics}}
+    return {
+        "baseline": {m: base for m in metrics},
+        "candidate": {m: cand for m in metrics},
+        "delta": {m: cand - base for m in metrics},
+        "ci95": {m: [-0.1, 0.1] for m in metrics},
+    }
 
 
-def _evaluation(run_id: int, decision: Decision, base: float, cand: float, created: datetime,
-                fail_reason: str | None = None) -> ModelEvaluation:
+def _evaluation(
+    run_id: int, decision: Decision, base: float, cand: float, created: datetime, fail_reason: str | None = None
+) -> ModelEvaluation:
     return ModelEvaluation(
-        run_id=run_id, candidate_model_version=f"cand-r{run_id}", baseline_model_version="tiny-base",
-        evaluation_dataset_ref="eval-0123456789abcdef", sample_count=40, quality_metrics=_quality(base, cand),
+        run_id=run_id,
+        candidate_model_version=f"cand-r{run_id}",
+        baseline_model_version="tiny-base",
+        evaluation_dataset_ref="eval-0123456789abcdef",
+        sample_count=40,
+        quality_metrics=_quality(base, cand),
         pass_criteria={"metrics": ["recall_at_5", "mrr_at_5", "ndcg_at_5"], "rule": "candidate >= baseline"},
-        overall_decision=decision, fail_reason=fail_reason, detail_artifact_path="file:///detail.jsonl",
+        overall_decision=decision,
+        fail_reason=fail_reason,
+        detail_artifact_path="file:///detail.jsonl",
         created_at=created,
     )
 
 
 def _run(status: RunStatus, run_trace: str, **extra) -> MLPipelineRun:
-    return MLPipelineRun(status=status, trigger_source=TriggerSource.MANUAL, trace_id=run_trace,
-                         baseline_model_version="tiny-base", dataset_version="20261201-aaaaaaaaaaaa", **extra)
+    return MLPipelineRun(
+        status=status,
+        trigger_source=TriggerSource.MANUAL,
+        trace_id=run_trace,
+        baseline_model_version="tiny-base",
+        dataset_version="20261201-aaaaaaaaaaaa",
+        **extra,
+    )
 
 
 def test_empty_db_gives_a_readable_page(ws: Workspace) -> None:
@@ -125,62 +166,171 @@ def test_rows_show_verdicts_metrics_and_relative_links(ws: Workspace) -> None:
     eval_params = {"run_id": 0, "evaluation_dataset_ref": "eval-0123456789abcdef", "bootstrap_samples": 1000}
     with ws.db.transaction() as session:
         passed = _run(RunStatus.READY_FOR_RELEASE, "trace-run-pass", candidate_model_version="cand-r1")
-        failed = _run(RunStatus.FAILED, "trace-run-fail", candidate_model_version="cand-r2",
-                      failed_stage=RunStage.EVALUATION, failure_type=FailureType.FAIL, failure_reason="below")
-        errored = _run(RunStatus.FAILED, "trace-run-err", candidate_model_version="cand-r3",
-                       failed_stage=RunStage.EVALUATION, failure_type=FailureType.ERROR)
+        failed = _run(
+            RunStatus.FAILED,
+            "trace-run-fail",
+            candidate_model_version="cand-r2",
+            failed_stage=RunStage.EVALUATION,
+            failure_type=FailureType.FAIL,
+            failure_reason="below",
+        )
+        errored = _run(
+            RunStatus.FAILED,
+            "trace-run-err",
+            candidate_model_version="cand-r3",
+            failed_stage=RunStage.EVALUATION,
+            failure_type=FailureType.ERROR,
+        )
         session.add_all([passed, failed, errored])
         session.flush()
-        session.add(ModelVersion(model_version="cand-r1", artifact_path="file:///m", base_model_version="tiny-base",
-                                 run_id=passed.id, sha256="0" * 64))
+        session.add(
+            ModelVersion(
+                model_version="cand-r1",
+                artifact_path="file:///m",
+                base_model_version="tiny-base",
+                run_id=passed.id,
+                sha256="0" * 64,
+            )
+        )
         # 20 with an explicit as_of: tied by its window (a dataset built earlier, same content)
-        end = datetime(2026, 11, 30, tzinfo=timezone.utc)
+        end = datetime(2026, 11, 30, tzinfo=UTC)
         session.add(_dataset("20261130-bbbbbbbbbbbb", end - timedelta(days=30), end, T0 - timedelta(days=1), True))
-        ds_explicit = _execution(session, "20_build_dataset", 1, params={"as_of": "2026-11-30", "source_window_days": 30,
-                                                                          "seed": 0}, html=_archive(ws, "a.html"))
+        ds_explicit = _execution(
+            session,
+            "20_build_dataset",
+            1,
+            params={"as_of": "2026-11-30", "source_window_days": 30, "seed": 0},
+            html=_archive(ws, "a.html"),
+        )
         # 20 with as_of=None: the window ended while the execution ran; ineligible with reasons
         now_end = T0 + timedelta(minutes=2, seconds=5)
-        session.add(_dataset("20261201-cccccccccccc", now_end - timedelta(days=7), now_end,
-                             T0 + timedelta(minutes=2, seconds=30), False, ["groups 3 < 10"]))
-        ds_now = _execution(session, "20_build_dataset", 2, params={"as_of": None, "source_window_days": 7, "seed": 0},
-                            html=_archive(ws, "b c.html"))
+        session.add(
+            _dataset(
+                "20261201-cccccccccccc",
+                now_end - timedelta(days=7),
+                now_end,
+                T0 + timedelta(minutes=2, seconds=30),
+                False,
+                ["groups 3 < 10"],
+            )
+        )
+        ds_now = _execution(
+            session,
+            "20_build_dataset",
+            2,
+            params={"as_of": None, "source_window_days": 7, "seed": 0},
+            html=_archive(ws, "b c.html"),
+        )
         # 20 whose window two datasets share (different seeds): ambiguous, and said so
-        end2 = datetime(2026, 10, 1, tzinfo=timezone.utc)
+        end2 = datetime(2026, 10, 1, tzinfo=UTC)
         for v in ("20261001-dddddddddddd", "20261001-eeeeeeeeeeee"):
             session.add(_dataset(v, end2 - timedelta(days=30), end2, T0 - timedelta(days=5), True))
-        ds_ambiguous = _execution(session, "20_build_dataset", 3, params={"as_of": "2026-10-01",
-                                                                           "source_window_days": 30, "seed": 3})
-        train = _execution(session, "30_train_candidate", 4, run_id=passed.id,
-                           params={"run_id": passed.id}, html=_archive(ws, "train.html"))
-        ev_pass = _execution(session, "40_evaluate_candidate", 5, run_id=passed.id,
-                             params={**eval_params, "run_id": passed.id}, html=_archive(ws, "eval-pass.html"))
+        ds_ambiguous = _execution(
+            session, "20_build_dataset", 3, params={"as_of": "2026-10-01", "source_window_days": 30, "seed": 3}
+        )
+        train = _execution(
+            session,
+            "30_train_candidate",
+            4,
+            run_id=passed.id,
+            params={"run_id": passed.id},
+            html=_archive(ws, "train.html"),
+        )
+        ev_pass = _execution(
+            session,
+            "40_evaluate_candidate",
+            5,
+            run_id=passed.id,
+            params={**eval_params, "run_id": passed.id},
+            html=_archive(ws, "eval-pass.html"),
+        )
         session.add(_evaluation(passed.id, Decision.PASS, 0.5, 0.625, T0 + timedelta(minutes=5, seconds=20)))
-        ev_fail = _execution(session, "40_evaluate_candidate", 6, run_id=failed.id,
-                             params={**eval_params, "run_id": failed.id}, html=_archive(ws, "eval-fail.html"))
-        session.add(_evaluation(failed.id, Decision.FAIL, 0.5, 0.375, T0 + timedelta(minutes=6, seconds=20),
-                                fail_reason="recall_at_5 0.3750 < 0.5000"))
-        ev_error = _execution(session, "40_evaluate_candidate", 7, run_id=errored.id,
-                              status=ExecutionStatus.FAILED, params={**eval_params, "run_id": errored.id},
-                              error={"cell_index": 2, "ename": "EvaluationError", "evalue": "no query"},
-                              html=_archive(ws, "eval-error.html"))
-        cutover = _execution(session, "60_cutover", 8, run_id=passed.id, params={"run_id": passed.id},
-                             trace_id="exec-trace", html=_archive(ws, "cutover.html"))
+        ev_fail = _execution(
+            session,
+            "40_evaluate_candidate",
+            6,
+            run_id=failed.id,
+            params={**eval_params, "run_id": failed.id},
+            html=_archive(ws, "eval-fail.html"),
+        )
+        session.add(
+            _evaluation(
+                failed.id,
+                Decision.FAIL,
+                0.5,
+                0.375,
+                T0 + timedelta(minutes=6, seconds=20),
+                fail_reason="recall_at_5 0.3750 < 0.5000",
+            )
+        )
+        ev_error = _execution(
+            session,
+            "40_evaluate_candidate",
+            7,
+            run_id=errored.id,
+            status=ExecutionStatus.FAILED,
+            params={**eval_params, "run_id": errored.id},
+            error={"cell_index": 2, "ename": "EvaluationError", "evalue": "no query"},
+            html=_archive(ws, "eval-error.html"),
+        )
+        cutover = _execution(
+            session,
+            "60_cutover",
+            8,
+            run_id=passed.id,
+            params={"run_id": passed.id},
+            trace_id="exec-trace",
+            html=_archive(ws, "cutover.html"),
+        )
         release = current_release(session)
-        session.add(ReleaseEvent(release_id=release.id, kind="CUTOVER", before={}, actor="op",
-                                 after={"active_model_version": "cand-r1"}, trace_id="trace-run-pass",
-                                 at=T0 + timedelta(minutes=8, seconds=10)))
+        session.add(
+            ReleaseEvent(
+                release_id=release.id,
+                kind="CUTOVER",
+                before={},
+                actor="op",
+                after={"active_model_version": "cand-r1"},
+                trace_id="trace-run-pass",
+                at=T0 + timedelta(minutes=8, seconds=10),
+            )
+        )
         # a transition under the same trace but outside the execution's time is not this execution's
-        session.add(ReleaseEvent(release_id=release.id, kind="ABORT_CANDIDATE", before={}, actor="op",
-                                 after={"active_model_version": "x"}, trace_id="trace-run-pass",
-                                 at=T0 + timedelta(hours=2)))
-        no_html = _execution(session, "10_feedback_health", 9, params={"window_days": 7},
-                             html=str(ws.settings.runs_dir / "20261201" / "never-rendered.html"))
-        running = _execution(session, "10_feedback_health", 10, status=ExecutionStatus.RUNNING,
-                             params={"window_days": 7})
-        ids = {name: row.id for name, row in [
-            ("ds_explicit", ds_explicit), ("ds_now", ds_now), ("ds_ambiguous", ds_ambiguous), ("train", train),
-            ("ev_pass", ev_pass), ("ev_fail", ev_fail), ("ev_error", ev_error), ("cutover", cutover),
-            ("no_html", no_html), ("running", running)]}
+        session.add(
+            ReleaseEvent(
+                release_id=release.id,
+                kind="ABORT_CANDIDATE",
+                before={},
+                actor="op",
+                after={"active_model_version": "x"},
+                trace_id="trace-run-pass",
+                at=T0 + timedelta(hours=2),
+            )
+        )
+        no_html = _execution(
+            session,
+            "10_feedback_health",
+            9,
+            params={"window_days": 7},
+            html=str(ws.settings.runs_dir / "20261201" / "never-rendered.html"),
+        )
+        running = _execution(
+            session, "10_feedback_health", 10, status=ExecutionStatus.RUNNING, params={"window_days": 7}
+        )
+        ids = {
+            name: row.id
+            for name, row in [
+                ("ds_explicit", ds_explicit),
+                ("ds_now", ds_now),
+                ("ds_ambiguous", ds_ambiguous),
+                ("train", train),
+                ("ev_pass", ev_pass),
+                ("ev_fail", ev_fail),
+                ("ev_error", ev_error),
+                ("cutover", cutover),
+                ("no_html", no_html),
+                ("running", running),
+            ]
+        }
 
     rows, summary = collect_run_index(ws, now=T0 + timedelta(minutes=11))
     by_id = {r.execution_id: r for r in rows}
@@ -194,9 +344,11 @@ def test_rows_show_verdicts_metrics_and_relative_links(ws: Workspace) -> None:
     assert "2 datasets share this window" in by_id[ids["ds_ambiguous"]].headline[0]
     assert by_id[ids["train"]].verdict == "TRAINED" and "candidate cand-r1" in by_id[ids["train"]].headline[0]
     assert by_id[ids["ev_pass"]].verdict == "PASS"
-    assert by_id[ids["ev_pass"]].metrics == [("recall@5", "0.5000", "0.6250", "+0.1250"),
-                                             ("MRR@5", "0.5000", "0.6250", "+0.1250"),
-                                             ("nDCG@5", "0.5000", "0.6250", "+0.1250")]
+    assert by_id[ids["ev_pass"]].metrics == [
+        ("recall@5", "0.5000", "0.6250", "+0.1250"),
+        ("MRR@5", "0.5000", "0.6250", "+0.1250"),
+        ("nDCG@5", "0.5000", "0.6250", "+0.1250"),
+    ]
     assert by_id[ids["ev_fail"]].verdict == "FAIL"
     assert any("recall_at_5 0.3750 < 0.5000" in line for line in by_id[ids["ev_fail"]].headline)
     assert by_id[ids["ev_error"]].verdict == "ERROR"  # a system error, distinct from FAIL
@@ -224,7 +376,7 @@ def test_rows_show_verdicts_metrics_and_relative_links(ws: Workspace) -> None:
 
 
 def test_a_recorded_dataset_version_ties_the_row_exactly(ws: Workspace) -> None:
-    end = datetime(2026, 10, 1, tzinfo=timezone.utc)
+    end = datetime(2026, 10, 1, tzinfo=UTC)
     with ws.db.transaction() as session:  # two datasets share the window: only the record can tell
         for v in ("20261001-dddddddddddd", "20261001-eeeeeeeeeeee"):
             session.add(_dataset(v, end - timedelta(days=30), end, T0 - timedelta(days=5), True))
@@ -283,16 +435,27 @@ def test_hostile_text_is_escaped(ws: Workspace) -> None:
         run = _run(RunStatus.FAILED, HOSTILE, candidate_model_version=HOSTILE)
         session.add(run)
         session.flush()
-        ev = _execution(session, "40_evaluate_candidate", 1, run_id=run.id,
-                        params={"run_id": run.id, "evaluation_dataset_ref": HOSTILE},
-                        html=_archive(ws, '"><script>x.html'))
-        evaluation = _evaluation(run.id, Decision.FAIL, 0.5, 0.4, T0 + timedelta(minutes=1, seconds=5),
-                                 fail_reason=HOSTILE)
+        ev = _execution(
+            session,
+            "40_evaluate_candidate",
+            1,
+            run_id=run.id,
+            params={"run_id": run.id, "evaluation_dataset_ref": HOSTILE},
+            html=_archive(ws, '"><script>x.html'),
+        )
+        evaluation = _evaluation(
+            run.id, Decision.FAIL, 0.5, 0.4, T0 + timedelta(minutes=1, seconds=5), fail_reason=HOSTILE
+        )
         evaluation.evaluation_dataset_ref = HOSTILE
         evaluation.quality_metrics = {"candidate": {"recall_at_5": HOSTILE}, "baseline": "not a dict"}
         session.add(evaluation)
-        _execution(session, HOSTILE, 2, status=ExecutionStatus.FAILED,
-                   error={"cell_index": HOSTILE, "ename": "<b>", "evalue": "<img src=x onerror=alert(1)>"})
+        _execution(
+            session,
+            HOSTILE,
+            2,
+            status=ExecutionStatus.FAILED,
+            error={"cell_index": HOSTILE, "ename": "<b>", "evalue": "<img src=x onerror=alert(1)>"},
+        )
         _execution(session, "20_build_dataset", 3, params={"as_of": HOSTILE})
         eval_id = ev.id
     page = build_run_index(ws).read_text()
@@ -320,8 +483,9 @@ def test_a_failed_write_keeps_the_old_page(ws: Workspace, monkeypatch: pytest.Mo
     assert not list(ws.settings.runs_dir.glob(".index-*"))
 
 
-def test_a_failed_rebuild_never_fails_the_stage(ws: Workspace, monkeypatch: pytest.MonkeyPatch,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failed_rebuild_never_fails_the_stage(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     def broken(_ws: Workspace) -> Path:
         raise RuntimeError("index broke")
 
@@ -344,9 +508,14 @@ def test_run_stage_rebuilds_the_index(ws: Workspace) -> None:
 
 def test_cli_report(ws: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     s = ws.settings
-    for key, value in {"OPS_WORKSPACE": s.workspace, "OPS_RUNS_DIR": s.runs_dir, "OPS_DB_URL": s.db_url,
-                       "OPS_BASE_MODEL_PATH": s.base_model_path, "OPS_BASE_MODEL_VERSION": s.base_model_version,
-                       "OPS_LOG_LEVEL": "WARNING"}.items():
+    for key, value in {
+        "OPS_WORKSPACE": s.workspace,
+        "OPS_RUNS_DIR": s.runs_dir,
+        "OPS_DB_URL": s.db_url,
+        "OPS_BASE_MODEL_PATH": s.base_model_path,
+        "OPS_BASE_MODEL_VERSION": s.base_model_version,
+        "OPS_LOG_LEVEL": "WARNING",
+    }.items():
         monkeypatch.setenv(key, str(value))
     with ws.db.transaction() as session:
         _execution(session, "10_feedback_health", 1, html=_archive(ws, "r.html"))
@@ -356,8 +525,9 @@ def test_cli_report(ws: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert 'href="20261201/r.html"' in (s.runs_dir / "index.html").read_text()
 
 
-def test_cli_report_needs_a_migrated_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_report_needs_a_migrated_db(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("OPS_WORKSPACE", str(tmp_path / "ws"))
     monkeypatch.setenv("OPS_RUNS_DIR", str(tmp_path / "runs"))
     assert main(["report"]) == 2

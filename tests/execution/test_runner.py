@@ -32,10 +32,12 @@ def _executions(ws: Workspace) -> list[StageExecution]:
 
 @pytest.mark.parametrize(
     ("params", "message"),
-    [({"window_dayz": 3}, "window_dayz: unknown parameter"),
-     ({"window_days": "3"}, "window_days: Input should be a valid integer"),
-     ({"window_days": 0}, "window_days"),
-     ({EXECUTION_ID_PARAM: 5}, "ops_execution_id: unknown parameter")],
+    [
+        ({"window_dayz": 3}, "window_dayz: unknown parameter"),
+        ({"window_days": "3"}, "window_days: Input should be a valid integer"),
+        ({"window_days": 0}, "window_days"),
+        ({EXECUTION_ID_PARAM: 5}, "ops_execution_id: unknown parameter"),
+    ],
 )
 def test_bad_parameters_fail_before_anything_runs(ws: Workspace, params: dict, message: str) -> None:
     with pytest.raises(StageError, match=message):
@@ -84,8 +86,9 @@ def test_feedback_health_runs_archives_and_records(ws: Workspace) -> None:
 
 
 @pytest.mark.slow
-def test_a_failing_notebook_is_archived_with_its_failing_cell(ws: Workspace, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_notebook_is_archived_with_its_failing_cell(
+    ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     class FailParams(StageParams):
         x: int = 1
 
@@ -93,8 +96,13 @@ def test_a_failing_notebook_is_archived_with_its_failing_cell(ws: Workspace, tmp
     folder.mkdir()
     params = new_code_cell("x = 1\nops_execution_id = None")
     params.metadata["tags"] = ["parameters"]
-    nb = new_notebook(cells=[params, new_code_cell("print('before the failure')"),
-                             new_code_cell("raise ValueError(f'boom with x={x}')")])
+    nb = new_notebook(
+        cells=[
+            params,
+            new_code_cell("print('before the failure')"),
+            new_code_cell("raise ValueError(f'boom with x={x}')"),
+        ]
+    )
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, folder / "99_fail.ipynb")
     monkeypatch.setitem(STAGES, "99_fail", StageSpec("99_fail", "99_fail.ipynb", FailParams, "fails", __name__))
@@ -111,8 +119,9 @@ def test_a_failing_notebook_is_archived_with_its_failing_cell(ws: Workspace, tmp
 
 
 @pytest.mark.slow
-def test_a_failed_html_rendering_still_records_the_execution(ws: Workspace, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_html_rendering_still_records_the_execution(
+    ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import opslib.execution.runner as runner
 
     class OkParams(StageParams):

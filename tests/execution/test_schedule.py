@@ -5,7 +5,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from opslib.ops.bootstrap import init_workspace
 from opslib.ops.cli import main
 from opslib.settings import Settings
 
-UTC = timezone.utc
+UTC = UTC
 SEOUL = "Asia/Seoul"
 # Wednesday 2026-12-02 03:30 KST: the daily 03:00 KST tick is 2026-12-01 18:00 UTC and the last
 # Monday 04:00 KST tick is Monday 2026-11-30 04:00 KST = Sunday 2026-11-29 19:00 UTC.
@@ -107,8 +107,9 @@ def test_ticks_are_computed_in_the_schedule_time_zone() -> None:
 
 
 # Once-only claims ------------------------------------------------------------------------------
-def test_first_invocation_fires_both_and_a_repeat_in_the_same_tick_does_nothing(ws: Workspace,
-                                                                                stages: FakeStages) -> None:
+def test_first_invocation_fires_both_and_a_repeat_in_the_same_tick_does_nothing(
+    ws: Workspace, stages: FakeStages
+) -> None:
     report = run_due(ws, NOW)
     results = _by_schedule(report)
     assert (results[DATASET].status, results[TRAINING].status) == ("DONE", "DONE")
@@ -125,9 +126,17 @@ def test_first_invocation_fires_both_and_a_repeat_in_the_same_tick_does_nothing(
 
     dataset_row, training_row = _ticks(ws)
     assert (dataset_row.schedule, dataset_row.due_at, dataset_row.status, dataset_row.attempt) == (
-        DATASET, DATASET_TICK, TickStatus.DONE, 1)
+        DATASET,
+        DATASET_TICK,
+        TickStatus.DONE,
+        1,
+    )
     assert dataset_row.trace_id == trace_id and "execution 1 SUCCEEDED" in (dataset_row.outcome or "")
-    assert (training_row.schedule, training_row.due_at, training_row.status) == (TRAINING, TRAINING_TICK, TickStatus.DONE)
+    assert (training_row.schedule, training_row.due_at, training_row.status) == (
+        TRAINING,
+        TRAINING_TICK,
+        TickStatus.DONE,
+    )
     assert training_row.trace_id == message.trace_id
     assert f"message {message.id}" in (training_row.outcome or "")
     assert dataset_row.finished_at is not None and training_row.finished_at is not None
@@ -145,8 +154,10 @@ def test_a_missed_tick_fires_once_at_the_next_invocation(ws: Workspace, stages: 
     results = _by_schedule(run_due(ws, later))
     assert results[DATASET].status == "DONE" and results[DATASET].due_at == DATASET_TICK + timedelta(days=6)
     assert results[TRAINING].status == "DONE" and results[TRAINING].due_at == TRAINING_TICK + timedelta(days=7)
-    assert [c[1]["as_of"] for c in stages.calls] == [DATASET_TICK.isoformat(),
-                                                     (DATASET_TICK + timedelta(days=6)).isoformat()]
+    assert [c[1]["as_of"] for c in stages.calls] == [
+        DATASET_TICK.isoformat(),
+        (DATASET_TICK + timedelta(days=6)).isoformat(),
+    ]
     assert len(_messages(ws)) == 2 and len(_ticks(ws)) == 4
     assert [r.status for r in run_due(ws, later + timedelta(minutes=1)).results] == ["SKIPPED", "SKIPPED"]
 
@@ -181,8 +192,17 @@ def test_concurrent_schedulers_fire_each_tick_exactly_once(ws: Workspace, monkey
 def test_a_crashed_started_tick_is_retried_once_its_heartbeat_is_stale(ws: Workspace, stages: FakeStages) -> None:
     stall = timedelta(seconds=ws.settings.run_stall_after_s)
     with ws.db.transaction() as session:  # a scheduler claimed the tick, beat once more, and died
-        session.add(ScheduleTick(schedule=DATASET, due_at=DATASET_TICK, attempt=1, status=TickStatus.STARTED,
-                                 started_at=NOW - stall, heartbeat_at=NOW, trace_id="dead"))
+        session.add(
+            ScheduleTick(
+                schedule=DATASET,
+                due_at=DATASET_TICK,
+                attempt=1,
+                status=TickStatus.STARTED,
+                started_at=NOW - stall,
+                heartbeat_at=NOW,
+                trace_id="dead",
+            )
+        )
     results = _by_schedule(run_due(ws, NOW + stall - timedelta(seconds=1)))
     assert results[DATASET].status == "SKIPPED" and "in progress elsewhere" in results[DATASET].detail
     assert not stages.calls
@@ -197,14 +217,24 @@ def test_a_crashed_started_tick_is_retried_once_its_heartbeat_is_stale(ws: Works
 def test_a_tick_claimed_before_heartbeats_existed_counts_from_its_start(ws: Workspace, stages: FakeStages) -> None:
     stall = timedelta(seconds=ws.settings.run_stall_after_s)
     with ws.db.transaction() as session:  # a row from before migration 0005 filled it in
-        session.add(ScheduleTick(schedule=DATASET, due_at=DATASET_TICK, attempt=1, status=TickStatus.STARTED,
-                                 started_at=NOW, heartbeat_at=None, trace_id="old"))
+        session.add(
+            ScheduleTick(
+                schedule=DATASET,
+                due_at=DATASET_TICK,
+                attempt=1,
+                status=TickStatus.STARTED,
+                started_at=NOW,
+                heartbeat_at=None,
+                trace_id="old",
+            )
+        )
     assert _by_schedule(run_due(ws, NOW + stall - timedelta(seconds=1)))[DATASET].status == "SKIPPED"
     assert _by_schedule(run_due(ws, NOW + stall + timedelta(seconds=1)))[DATASET].attempt == 2
 
 
-def test_a_long_job_whose_scheduler_is_alive_is_not_taken_over(tmp_path: Path, settings: Settings,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_long_job_whose_scheduler_is_alive_is_not_taken_over(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The job outlives the stall limit several times over, but its scheduler keeps beating.
     fast = settings.model_copy(update={"heartbeat_interval_s": 0.1, "run_stall_after_s": 0.5})
     live = Workspace(fast)
@@ -243,8 +273,9 @@ def test_a_scheduler_whose_tick_was_taken_over_publishes_nothing(ws: Workspace) 
 
 
 # Failures ------------------------------------------------------------------------------------
-def test_a_failed_stage_is_recorded_and_not_retried_within_its_tick(ws: Workspace,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_stage_is_recorded_and_not_retried_within_its_tick(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(schedule, "run_stage", FakeStages(fail=True))
     report = run_due(ws, NOW)
     results = _by_schedule(report)
@@ -265,7 +296,9 @@ def test_an_exception_in_a_job_or_its_publish_fails_the_tick(ws: Workspace, monk
 
     monkeypatch.setattr(schedule, "publish", broken_publish)
     results = _by_schedule(run_due(ws, NOW))
-    assert results[DATASET].status == "FAILED" and "FileNotFoundError: notebook 20 is missing" in results[DATASET].detail
+    assert (
+        results[DATASET].status == "FAILED" and "FileNotFoundError: notebook 20 is missing" in results[DATASET].detail
+    )
     assert results[TRAINING].status == "FAILED" and "RuntimeError: queue unavailable" in results[TRAINING].detail
     assert _messages(ws) == []
     assert {t.status for t in _ticks(ws)} == {TickStatus.FAILED}
@@ -274,26 +307,41 @@ def test_an_exception_in_a_job_or_its_publish_fails_the_tick(ws: Workspace, monk
 # Settings --------------------------------------------------------------------------------------
 def test_schedule_settings_defaults_and_overrides(ws: Workspace, stages: FakeStages) -> None:
     defaults = Settings()
-    assert (defaults.schedule_timezone, defaults.dataset_schedule, defaults.training_schedule,
-            defaults.dataset_source_window_days) == ("Asia/Seoul", "0 3 * * *", "0 4 * * 1", 30)
-    custom = Workspace(Settings(**{**ws.settings.model_dump(), "schedule_timezone": "UTC",
-                                   "dataset_schedule": "30 1 * * *", "dataset_source_window_days": 7}))
+    assert (
+        defaults.schedule_timezone,
+        defaults.dataset_schedule,
+        defaults.training_schedule,
+        defaults.dataset_source_window_days,
+    ) == ("Asia/Seoul", "0 3 * * *", "0 4 * * 1", 30)
+    custom = Workspace(
+        Settings(
+            **{
+                **ws.settings.model_dump(),
+                "schedule_timezone": "UTC",
+                "dataset_schedule": "30 1 * * *",
+                "dataset_source_window_days": 7,
+            }
+        )
+    )
     results = _by_schedule(run_due(custom, NOW))
     assert results[DATASET].due_at == datetime(2026, 12, 1, 1, 30, tzinfo=UTC)
     assert results[TRAINING].due_at == datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
     assert stages.calls[0][1]["source_window_days"] == 7
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("dataset_schedule", "61 3 * * *"),
-    ("dataset_schedule", "0 3 * *"),
-    ("training_schedule", "0 4 * * 1 2026"),
-    ("training_schedule", "every monday"),
-    ("training_schedule", "0 0 30 2 *"),  # February 30th never comes
-    ("schedule_timezone", "Asia/Pyongyang-ish"),
-    ("schedule_timezone", ""),
-    ("dataset_source_window_days", 0),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("dataset_schedule", "61 3 * * *"),
+        ("dataset_schedule", "0 3 * *"),
+        ("training_schedule", "0 4 * * 1 2026"),
+        ("training_schedule", "every monday"),
+        ("training_schedule", "0 0 30 2 *"),  # February 30th never comes
+        ("schedule_timezone", "Asia/Pyongyang-ish"),
+        ("schedule_timezone", ""),
+        ("dataset_source_window_days", 0),
+    ],
+)
 def test_bad_schedule_settings_are_refused_naming_the_field(field: str, value: Any) -> None:
     with pytest.raises(ValidationError) as caught:
         Settings(**{field: value})
@@ -319,11 +367,20 @@ def test_run_forever_polls_until_stopped(ws: Workspace, monkeypatch: pytest.Monk
         run_forever(ws, poll_interval_s=0)
 
 
-def test_cli_schedule_once(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                           capsys: pytest.CaptureFixture[str], stages: FakeStages) -> None:
-    for key, value in {"OPS_WORKSPACE": tmp_path / "ws", "OPS_RUNS_DIR": tmp_path / "runs",
-                       "OPS_BASE_MODEL_PATH": tiny_model_dir, "OPS_BASE_MODEL_VERSION": "tiny-base",
-                       "OPS_LOG_LEVEL": "WARNING"}.items():
+def test_cli_schedule_once(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    stages: FakeStages,
+) -> None:
+    for key, value in {
+        "OPS_WORKSPACE": tmp_path / "ws",
+        "OPS_RUNS_DIR": tmp_path / "runs",
+        "OPS_BASE_MODEL_PATH": tiny_model_dir,
+        "OPS_BASE_MODEL_VERSION": "tiny-base",
+        "OPS_LOG_LEVEL": "WARNING",
+    }.items():
         monkeypatch.setenv(key, str(value))
     assert main(["schedule", "--once"]) == 2
     assert "opsbench db upgrade" in capsys.readouterr().err
@@ -342,12 +399,16 @@ def test_cli_schedule_once(tmp_path: Path, tiny_model_dir: Path, monkeypatch: py
     assert "training_schedule" in capsys.readouterr().err
 
 
-def test_cli_schedule_reports_a_failed_tick_with_exit_code_1(tmp_path: Path, tiny_model_dir: Path,
-                                                             monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    for key, value in {"OPS_WORKSPACE": tmp_path / "ws", "OPS_RUNS_DIR": tmp_path / "runs",
-                       "OPS_BASE_MODEL_PATH": tiny_model_dir, "OPS_BASE_MODEL_VERSION": "tiny-base",
-                       "OPS_LOG_LEVEL": "WARNING"}.items():
+def test_cli_schedule_reports_a_failed_tick_with_exit_code_1(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for key, value in {
+        "OPS_WORKSPACE": tmp_path / "ws",
+        "OPS_RUNS_DIR": tmp_path / "runs",
+        "OPS_BASE_MODEL_PATH": tiny_model_dir,
+        "OPS_BASE_MODEL_VERSION": "tiny-base",
+        "OPS_LOG_LEVEL": "WARNING",
+    }.items():
         monkeypatch.setenv(key, str(value))
     monkeypatch.setattr(schedule, "run_stage", FakeStages(fail=True))
     assert main(["init", "--quiet"]) == 0
@@ -357,7 +418,9 @@ def test_cli_schedule_reports_a_failed_tick_with_exit_code_1(tmp_path: Path, tin
 
 
 def test_cli_schedule_help() -> None:
-    done = subprocess.run([sys.executable, "-m", "opslib.ops.cli", "schedule", "--help"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "opslib.ops.cli", "schedule", "--help"], capture_output=True, text=True
+    )
     assert done.returncode == 0 and "usage: opsbench schedule" in done.stdout
     assert "--once" in done.stdout and "--poll-interval" in done.stdout
 

@@ -36,8 +36,16 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def wws(ws: Workspace) -> Workspace:
-    settings = Settings(**{**ws.settings.model_dump(), "heartbeat_interval_s": 1.0, "run_stall_after_s": 30.0,
-                           "training_batch_size": 8, "training_max_seq_length": 32, "bootstrap_samples": 200})
+    settings = Settings(
+        **{
+            **ws.settings.model_dump(),
+            "heartbeat_interval_s": 1.0,
+            "run_stall_after_s": 30.0,
+            "training_batch_size": 8,
+            "training_max_seq_length": 32,
+            "bootstrap_samples": 200,
+        }
+    )
     return Workspace(settings)
 
 
@@ -75,7 +83,8 @@ def test_a_request_is_trained_evaluated_and_judged(wws: Workspace) -> None:
     # A PASS is released at once (auto_cutover, the default): 50 and 60 follow 30 and 40.
     released = [("50_reindex_candidate", ExecutionStatus.SUCCEEDED), ("60_cutover", ExecutionStatus.SUCCEEDED)]
     assert [(e.stage, e.status) for e in executions] == [
-        ("30_train_candidate", ExecutionStatus.SUCCEEDED), ("40_evaluate_candidate", ExecutionStatus.SUCCEEDED),
+        ("30_train_candidate", ExecutionStatus.SUCCEEDED),
+        ("40_evaluate_candidate", ExecutionStatus.SUCCEEDED),
     ] + (released if run.status is RunStatus.READY_FOR_RELEASE else [])
     assert all(e.trace_id == "trace-e2e" for e in executions)
     html = open(executions[1].output_html).read()
@@ -121,11 +130,17 @@ def test_the_reconciler_resumes_a_stalled_run_with_intact_inputs(wws: Workspace,
     _ready_loop(wws)
     run_id = request_run(wws.db, trigger_source="manual", trace_id="t").run_id
     run = get_run(wws.db, run_id)
-    register_model(wws, run.candidate_model_version, tiny_candidate_dir, base_model_version=run.baseline_model_version,
-                   run_id=run_id)  # what 30_train_candidate had published before the worker died
+    register_model(
+        wws,
+        run.candidate_model_version,
+        tiny_candidate_dir,
+        base_model_version=run.baseline_model_version,
+        run_id=run_id,
+    )  # what 30_train_candidate had published before the worker died
     with wws.db.transaction() as session:
-        session.execute(update(MLPipelineRun).where(MLPipelineRun.id == run_id)
-                        .values(heartbeat_at=utcnow() - timedelta(hours=1)))
+        session.execute(
+            update(MLPipelineRun).where(MLPipelineRun.id == run_id).values(heartbeat_at=utcnow() - timedelta(hours=1))
+        )
     report = Worker(wws).run_once()
     assert report.reconciled == [(run_id, "resumed")]
     assert [e.stage for e in _executions(wws, run_id)] == ["40_evaluate_candidate"]
@@ -138,8 +153,9 @@ def test_the_reconciler_fails_a_stalled_run_whose_inputs_are_gone(wws: Workspace
     run_id = request_run(wws.db, trigger_source="manual", trace_id="t").run_id
     wws.objects.local_path(f"datasets/{dataset}/train.jsonl").write_text("tampered\n")
     with wws.db.transaction() as session:
-        session.execute(update(MLPipelineRun).where(MLPipelineRun.id == run_id)
-                        .values(heartbeat_at=utcnow() - timedelta(hours=1)))
+        session.execute(
+            update(MLPipelineRun).where(MLPipelineRun.id == run_id).values(heartbeat_at=utcnow() - timedelta(hours=1))
+        )
     report = Worker(wws).run_once()
     run = get_run(wws.db, run_id)
     assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.TRAINING, FailureType.ERROR)
@@ -166,8 +182,15 @@ def test_an_exception_in_training_fails_the_run_with_error(wws: Workspace) -> No
 
 def test_a_stage_that_cannot_start_fails_the_run_instead_of_leaving_it_running(wws: Workspace, tmp_path) -> None:  # type: ignore[no-untyped-def]
     dataset_row(wws)  # run control only reads the dataset row
-    broken = Workspace(Settings(**{**wws.settings.model_dump(), "notebooks_dir": tmp_path / "no-notebooks",
-                                   "evaluation_dataset_ref": "eval-0123456789abcdef"}))
+    broken = Workspace(
+        Settings(
+            **{
+                **wws.settings.model_dump(),
+                "notebooks_dir": tmp_path / "no-notebooks",
+                "evaluation_dataset_ref": "eval-0123456789abcdef",
+            }
+        )
+    )
     publish(broken.db, new_training_request())
     (run_id,) = Worker(broken).run_once().runs
     run = get_run(broken.db, run_id)
@@ -180,7 +203,11 @@ def test_no_evaluation_set_is_an_error_of_the_evaluation_stage(wws: Workspace) -
     publish(wws.db, new_training_request())
     (run_id,) = Worker(wws).run_once().runs
     run = get_run(wws.db, run_id)
-    assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.EVALUATION, FailureType.ERROR)
+    assert (run.status, run.failed_stage, run.failure_type) == (
+        RunStatus.FAILED,
+        RunStage.EVALUATION,
+        FailureType.ERROR,
+    )
     assert "no evaluation dataset registered" in run.failure_reason and "nothing was trained" in run.failure_reason
     assert _executions(wws, run_id) == []  # failed before a single stage ran
 
@@ -200,12 +227,21 @@ def test_the_report_shows_error_when_evaluation_cannot_run(wws: Workspace, tiny_
     register_model(wws, run.candidate_model_version, tiny_model_dir, base_model_version="tiny-base", run_id=run_id)
     group = next(iter(read_groups(wws, run.dataset_version)))
     monkeypatch.setattr(sets, "traffic_overlap", lambda ws_, records: [])
-    ref = sets.register_evaluation_set(wws, [EvalRecord(group["query_text"], group["project_id"], ("x",))],
-                                       source="leak").evaluation_dataset_ref
-    result = run_stage(wws, "40_evaluate_candidate", {"run_id": run_id, "evaluation_dataset_ref": ref,
-                                                      "bootstrap_samples": 200}, run_id=run_id)
+    ref = sets.register_evaluation_set(
+        wws, [EvalRecord(group["query_text"], group["project_id"], ("x",))], source="leak"
+    ).evaluation_dataset_ref
+    result = run_stage(
+        wws,
+        "40_evaluate_candidate",
+        {"run_id": run_id, "evaluation_dataset_ref": ref, "bootstrap_samples": 200},
+        run_id=run_id,
+    )
     assert not result.ok and result.error["ename"] == "EvaluationError"
     html = result.output_html.read_text()
     assert "ERROR</b> — evaluation did not complete" in html and "shares 1 queries with training" in html
     run = get_run(wws.db, run_id)
-    assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.EVALUATION, FailureType.ERROR)
+    assert (run.status, run.failed_stage, run.failure_type) == (
+        RunStatus.FAILED,
+        RunStage.EVALUATION,
+        FailureType.ERROR,
+    )

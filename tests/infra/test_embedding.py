@@ -108,8 +108,9 @@ def test_a_version_is_never_overwritten(ws: Workspace, tiny_model_dir: Path, tmp
         assert session.get(ModelVersion, "tiny-x") is None
 
 
-def test_interrupted_registration_is_adopted_only_if_identical(ws: Workspace, tiny_model_dir: Path,
-                                                             tmp_path: Path) -> None:
+def test_interrupted_registration_is_adopted_only_if_identical(
+    ws: Workspace, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     register_model(ws, "tiny-two", tiny_model_dir, base_model_version="tiny-base", run_id=None)
     with ws.db.transaction() as session:  # as if the process died after publishing, before recording
         session.delete(session.get(ModelVersion, "tiny-two"))
@@ -136,9 +137,14 @@ def test_remote_model_store_is_copied_to_the_cache(tmp_path: Path, tiny_model_di
 
     from opslib.ops.bootstrap import init_workspace
 
-    settings = Settings(workspace=tmp_path / "w", runs_dir=tmp_path / "r", base_model_path=tiny_model_dir,
-                        base_model_version="tiny-base", model_store_url=f"memory://models-{uuid.uuid4().hex}",
-                        object_store_url=f"memory://objects-{uuid.uuid4().hex}")
+    settings = Settings(
+        workspace=tmp_path / "w",
+        runs_dir=tmp_path / "r",
+        base_model_path=tiny_model_dir,
+        base_model_version="tiny-base",
+        model_store_url=f"memory://models-{uuid.uuid4().hex}",
+        object_store_url=f"memory://objects-{uuid.uuid4().hex}",
+    )
     remote = Workspace(settings)
     init_workspace(remote)
     directory = local_model_dir(remote, "tiny-base")
@@ -155,9 +161,13 @@ def test_real_packaged_model_bootstraps_and_embeds_meaningfully(tmp_path: Path) 
     report = init_workspace(real)
     assert report.created and report.model_version == "all-minilm-l6-v2-base"
     vectors = real.embeddings.embed(
-        ["How do I sort a list in Python?", "Sorting a Python list: use sorted() or list.sort().",
-         "The weather in Seoul is cold in December."],
-        report.model_version, Purpose.SEARCH,
+        [
+            "How do I sort a list in Python?",
+            "Sorting a Python list: use sorted() or list.sort().",
+            "The weather in Seoul is cold in December.",
+        ],
+        report.model_version,
+        Purpose.SEARCH,
     )
     assert vectors.shape == (3, 384)
     assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2]) + 0.2

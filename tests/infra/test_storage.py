@@ -38,8 +38,22 @@ def test_write_once(store: ObjectStore) -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["", "/etc/passwd", "../escape", "a/../../b", "a//b", "./a", "a/.", "C:/x", "s3://bucket/x",
-     "a\\b", "a/b.sha256", ".hidden", "with space", "a/\u00e9"],
+    [
+        "",
+        "/etc/passwd",
+        "../escape",
+        "a/../../b",
+        "a//b",
+        "./a",
+        "a/.",
+        "C:/x",
+        "s3://bucket/x",
+        "a\\b",
+        "a/b.sha256",
+        ".hidden",
+        "with space",
+        "a/\u00e9",
+    ],
 )
 def test_bad_keys_are_refused_before_anything_is_written(store: ObjectStore, key: str) -> None:
     with pytest.raises(InvalidKeyError, match="key"):
@@ -62,8 +76,9 @@ def test_tampering_is_detected(tmp_path: Path) -> None:
     assert not store.verify("models/m/model.bin")
 
 
-def test_a_crash_before_the_checksum_was_written_is_repaired_on_read(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crash_before_the_checksum_was_written_is_repaired_on_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = ObjectStore(str(tmp_path))
     monkeypatch.setattr(store, "_write_checksum", lambda final, digest: None)  # "killed" after the link
     store.put_text("raw_logs/batch.jsonl", "line\n")

@@ -1,5 +1,5 @@
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,25 +21,50 @@ from opslib.lifecycle.dataset.quality import RULES, frames_from_groups, run_suit
 from opslib.lifecycle.feedback.events import RAW_PREFIX, event_line, log_key, make_event
 from opslib.settings import Settings
 
-AS_OF = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
+AS_OF = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
 
 
 def corpus(ws: Workspace, projects: dict[str, int] | None = None) -> None:
     videos = []
     for project, n in (projects or {"p1": 12, "p2": 4}).items():
-        videos.append(VideoIn(video_id=f"{project}-v", user_id="owner", project_id=project, title=project,
-                              chunks=[ChunkIn(text=f"{project} chunk {i} text", start_ms=i, end_ms=i + 1,
-                                              chunk_id=f"{project}-c{i}") for i in range(n)]))
+        videos.append(
+            VideoIn(
+                video_id=f"{project}-v",
+                user_id="owner",
+                project_id=project,
+                title=project,
+                chunks=[
+                    ChunkIn(text=f"{project} chunk {i} text", start_ms=i, end_ms=i + 1, chunk_id=f"{project}-c{i}")
+                    for i in range(n)
+                ],
+            )
+        )
     ingest_videos(ws, videos)
 
 
-def event(req: str, rating: str = "LIKE", topk: list[str] | None = None, used: list[str] | None = None,
-          project: str = "p1", created: datetime | None = None, user: str = "u1", query: str | None = None):  # type: ignore[no-untyped-def]
+def event(
+    req: str,
+    rating: str = "LIKE",
+    topk: list[str] | None = None,
+    used: list[str] | None = None,
+    project: str = "p1",
+    created: datetime | None = None,
+    user: str = "u1",
+    query: str | None = None,
+):  # type: ignore[no-untyped-def]
     topk = topk if topk is not None else [f"{project}-c{i}" for i in range(5)]
     return make_event(
-        user_id=user, project_id=project, req_id=req, query_text=query or f"query for {req}", rating=rating,
-        topk_ids=topk, used_ids=used if used is not None else topk[:1], active_model_version="m",
-        active_index_name="idx-m", created_at=created or AS_OF - timedelta(days=1), trace_id="t",
+        user_id=user,
+        project_id=project,
+        req_id=req,
+        query_text=query or f"query for {req}",
+        rating=rating,
+        topk_ids=topk,
+        used_ids=used if used is not None else topk[:1],
+        active_model_version="m",
+        active_index_name="idx-m",
+        created_at=created or AS_OF - timedelta(days=1),
+        trace_id="t",
     )
 
 
@@ -70,7 +95,8 @@ def test_group_shape_sources_and_confidences(ws: Workspace) -> None:
     (group,) = groups(ws, build.dataset_version)
     assert group["query_text"] == "query for r1" and group["project_id"] == "p1"
     assert [(p["chunk_id"], p["source"], p["confidence"], p["text"]) for p in group["positives"]] == [
-        ("p1-c0", "liked_response_used_chunk", 0.8, "p1 chunk 0 text")]
+        ("p1-c0", "liked_response_used_chunk", 0.8, "p1 chunk 0 text")
+    ]
     exposed = [n for n in group["negatives"] if n["source"] == "exposed_unused"]
     randoms = [n for n in group["negatives"] if n["source"] == "random_same_project"]
     assert [n["chunk_id"] for n in exposed] == ["p1-c1", "p1-c2", "p1-c3"]
@@ -85,8 +111,11 @@ def test_group_shape_sources_and_confidences(ws: Workspace) -> None:
 
 def test_no_random_negative_when_the_project_has_none_left(ws: Workspace) -> None:
     corpus(ws, {"p1": 12, "p2": 4})
-    write_log(ws, [event("r1", project="p2", topk=["p2-c0", "p2-c1", "p2-c2", "p2-c3"], used=["p2-c0"])],
-              AS_OF - timedelta(hours=1))
+    write_log(
+        ws,
+        [event("r1", project="p2", topk=["p2-c0", "p2-c1", "p2-c2", "p2-c3"], used=["p2-c0"])],
+        AS_OF - timedelta(hours=1),
+    )
     (group,) = groups(ws, build_dataset(ws, as_of=AS_OF).dataset_version)
     assert [n["source"] for n in group["negatives"]] == ["exposed_unused"] * 3
 
@@ -123,18 +152,24 @@ def test_window_edges_are_by_file_timestamp(ws: Workspace) -> None:
     write_log(ws, [event("inside")], end - timedelta(microseconds=1))
     build = build_dataset(ws, as_of=AS_OF, source_window_days=30)
     assert sorted(g["query_text"] for g in groups(ws, build.dataset_version)) == [
-        "query for at-start", "query for inside"]
+        "query for at-start",
+        "query for inside",
+    ]
     assert build.counts["raw_files"] == 2
     assert len(build.manifest["lineage"]["raw_files"]) == 2
 
 
 def test_deleted_chunks_and_videos_are_dropped_and_counted(ws: Workspace) -> None:
     corpus(ws, {"p1": 12, "p2": 4, "p3": 6})
-    write_log(ws, [
-        event("keeps", topk=["p1-c0", "p1-c1", "p1-c2"], used=["p1-c0"]),
-        event("loses-positive", topk=["p1-c3", "p1-c4"], used=["p1-c3"]),
-        event("video-going", project="p3", topk=["p3-c0", "p3-c1"], used=["p3-c0"]),
-    ], AS_OF - timedelta(hours=2))
+    write_log(
+        ws,
+        [
+            event("keeps", topk=["p1-c0", "p1-c1", "p1-c2"], used=["p1-c0"]),
+            event("loses-positive", topk=["p1-c3", "p1-c4"], used=["p1-c3"]),
+            event("video-going", project="p3", topk=["p3-c0", "p3-c1"], used=["p3-c0"]),
+        ],
+        AS_OF - timedelta(hours=2),
+    )
     with ws.db.transaction() as session:
         session.delete(session.get(Chunk, "p1-c1"))  # an exposed chunk of "keeps"
         session.delete(session.get(Chunk, "p1-c3"))  # the only positive of "loses-positive"
@@ -151,18 +186,35 @@ def test_deleted_chunks_and_videos_are_dropped_and_counted(ws: Workspace) -> Non
 
 
 def test_same_inputs_same_seed_give_byte_identical_datasets(tmp_path: Path, tiny_model_dir: Path) -> None:
-    events = [event(f"r{i}", user=f"u{i % 3}", topk=[f"p1-c{(i + j) % 12}" for j in range(5)],
-                    used=[f"p1-c{i % 12}"], created=AS_OF - timedelta(hours=i)) for i in range(30)]
+    events = [
+        event(
+            f"r{i}",
+            user=f"u{i % 3}",
+            topk=[f"p1-c{(i + j) % 12}" for j in range(5)],
+            used=[f"p1-c{i % 12}"],
+            created=AS_OF - timedelta(hours=i),
+        )
+        for i in range(30)
+    ]
     outputs = []
     for name in ("a", "b"):
-        ws = Workspace(Settings(workspace=tmp_path / name, runs_dir=tmp_path / f"runs-{name}",
-                                base_model_path=tiny_model_dir, base_model_version="tiny-base", log_level="WARNING"))
+        ws = Workspace(
+            Settings(
+                workspace=tmp_path / name,
+                runs_dir=tmp_path / f"runs-{name}",
+                base_model_path=tiny_model_dir,
+                base_model_version="tiny-base",
+                log_level="WARNING",
+            )
+        )
         from opslib.ops.bootstrap import init_workspace
 
         init_workspace(ws)
         corpus(ws)
-        ws.objects.put_bytes("raw_logs/20261130T000000000000Z-00000000000000000000000000000001.jsonl",
-                             b"".join(event_line(e) for e in events))
+        ws.objects.put_bytes(
+            "raw_logs/20261130T000000000000Z-00000000000000000000000000000001.jsonl",
+            b"".join(event_line(e) for e in events),
+        )
         build = build_dataset(ws, as_of=AS_OF, seed=7)
         outputs.append((build.dataset_version, ws.objects.get_bytes(build.train_key)))
         again = build_dataset(ws, as_of=AS_OF, seed=7)
@@ -180,16 +232,32 @@ def test_manifest_record_and_eligibility(ws: Workspace) -> None:
     assert not small.eligible
     assert small.ineligible_reasons == ["groups 0 < 10", "negatives 0 < 20"]
     assert ws.objects.exists(small.train_key) and ws.objects.exists(small.manifest_key)  # kept
-    key = write_log(ws, [event(f"r{i}", topk=[f"p1-c{(i + j) % 12}" for j in range(4)], used=[f"p1-c{i % 12}"])
-                         for i in range(12)], AS_OF - timedelta(days=2))
+    key = write_log(
+        ws,
+        [event(f"r{i}", topk=[f"p1-c{(i + j) % 12}" for j in range(4)], used=[f"p1-c{i % 12}"]) for i in range(12)],
+        AS_OF - timedelta(days=2),
+    )
     big = build_dataset(ws, as_of=AS_OF)
     assert big.eligible and big.ineligible_reasons == []
     manifest = json.loads(ws.objects.get_text(big.manifest_key))
-    for field in ("dataset_version", "generation_rule_version", "source_window", "counts", "lineage",
-                  "data_quality", "eligible", "ineligible_reasons"):
+    for field in (
+        "dataset_version",
+        "generation_rule_version",
+        "source_window",
+        "counts",
+        "lineage",
+        "data_quality",
+        "eligible",
+        "ineligible_reasons",
+    ):
         assert field in manifest
     assert manifest["lineage"]["raw_files"] == [
-        {"key": key, "sha256": ws.objects.recorded_sha256(key), "file_timestamp": (AS_OF - timedelta(days=2)).isoformat()}]
+        {
+            "key": key,
+            "sha256": ws.objects.recorded_sha256(key),
+            "file_timestamp": (AS_OF - timedelta(days=2)).isoformat(),
+        }
+    ]
     assert manifest["counts"]["trainable_groups"] == 12 and manifest["counts"]["negatives"] >= 20
     assert manifest["data_quality"]["success"] is True
     with ws.db.read() as session:
@@ -202,8 +270,11 @@ def test_manifest_record_and_eligibility(ws: Workspace) -> None:
 
 def test_a_backfill_built_later_does_not_displace_the_newest_window(ws: Workspace) -> None:
     corpus(ws)
-    write_log(ws, [event(f"r{i}", topk=[f"p1-c{(i + j) % 12}" for j in range(4)], used=[f"p1-c{i % 12}"])
-                   for i in range(12)], AS_OF - timedelta(days=2))
+    write_log(
+        ws,
+        [event(f"r{i}", topk=[f"p1-c{(i + j) % 12}" for j in range(4)], used=[f"p1-c{i % 12}"]) for i in range(12)],
+        AS_OF - timedelta(days=2),
+    )
     current = build_dataset(ws, as_of=AS_OF)
     backfill = build_dataset(ws, as_of=AS_OF - timedelta(days=1))  # built after, over an older window
     assert current.eligible and backfill.eligible and current.dataset_version != backfill.dataset_version
@@ -215,8 +286,11 @@ def test_a_failed_quality_suite_makes_the_dataset_ineligible(ws: Workspace, monk
     import opslib.lifecycle.dataset.quality as dq
 
     corpus(ws)
-    write_log(ws, [event(f"r{i}", topk=[f"p1-c{(i + j) % 12}" for j in range(4)], used=[f"p1-c{i % 12}"])
-                   for i in range(12)], AS_OF - timedelta(days=2))
+    write_log(
+        ws,
+        [event(f"r{i}", topk=[f"p1-c{(i + j) % 12}" for j in range(4)], used=[f"p1-c{i % 12}"]) for i in range(12)],
+        AS_OF - timedelta(days=2),
+    )
     real = dq.run_suite
     monkeypatch.setattr(dq, "run_suite", lambda frames: {**real(frames), "success": False})
     build = build_dataset(ws, as_of=AS_OF)
@@ -232,9 +306,13 @@ def test_bad_arguments() -> None:
         source_window(AS_OF, 0)
 
 
-GOOD = {"query_text": "q", "project_id": "p", "source_event_ids": ["e1"],
-        "positives": [{"chunk_id": "a", "source": "liked_response_used_chunk", "confidence": 0.8}],
-        "negatives": [{"chunk_id": "b", "source": "exposed_unused", "confidence": 0.4}]}
+GOOD = {
+    "query_text": "q",
+    "project_id": "p",
+    "source_event_ids": ["e1"],
+    "positives": [{"chunk_id": "a", "source": "liked_response_used_chunk", "confidence": 0.8}],
+    "negatives": [{"chunk_id": "b", "source": "exposed_unused", "confidence": 0.4}],
+}
 OTHER = {**GOOD, "source_event_ids": ["e2"]}
 BAD = {  # each breaks exactly one rule when validated next to GOOD
     "query_nonempty": {**OTHER, "query_text": "  "},
@@ -242,8 +320,10 @@ BAD = {  # each breaks exactly one rule when validated next to GOOD
     "has_positive": {**OTHER, "positives": []},
     "confidence_allowed": {**OTHER, "negatives": [{"chunk_id": "b", "source": "exposed_unused", "confidence": 0.5}]},
     "source_allowed": {**OTHER, "negatives": [{"chunk_id": "b", "source": "guessed", "confidence": 0.4}]},
-    "no_positive_negative_overlap": {**OTHER, "negatives": [{"chunk_id": "a", "source": "exposed_unused",
-                                                             "confidence": 0.4}]},
+    "no_positive_negative_overlap": {
+        **OTHER,
+        "negatives": [{"chunk_id": "a", "source": "exposed_unused", "confidence": 0.4}],
+    },
     "chunk_exists": {**OTHER, "negatives": [{"chunk_id": "zz", "source": "exposed_unused", "confidence": 0.4}]},
     "event_used_once": {**GOOD},
 }

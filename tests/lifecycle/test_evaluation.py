@@ -65,13 +65,22 @@ def test_metrics_equal_sentence_transformers_information_retrieval_evaluator(run
     records = [r for r in records_from_corpus(ws, "mini") if r.project_id == "mini-alpha"]
     corpora = _project_corpora(ws, {"mini-alpha"})
     ranked = rank(ws, "tiny-base", records, corpora)
-    ours = {m: np.mean([query_metrics([d for d, _ in ranking], set(r.expected_results))[m]
-                        for r, ranking in zip(records, ranked)]) for m in ("recall_at_5", "mrr_at_5", "ndcg_at_5")}
+    ours = {
+        m: np.mean(
+            [query_metrics([d for d, _ in ranking], set(r.expected_results))[m] for r, ranking in zip(records, ranked)]
+        )
+        for m in ("recall_at_5", "mrr_at_5", "ndcg_at_5")
+    }
     corpus = dict(zip(corpora["mini-alpha"].chunk_ids, corpora["mini-alpha"].texts))
     evaluator = InformationRetrievalEvaluator(
-        queries={str(i): r.query_text for i, r in enumerate(records)}, corpus=corpus,
+        queries={str(i): r.query_text for i, r in enumerate(records)},
+        corpus=corpus,
         relevant_docs={str(i): set(r.expected_results) for i, r in enumerate(records)},
-        mrr_at_k=[5], ndcg_at_k=[5], accuracy_at_k=[5], precision_recall_at_k=[5], map_at_k=[5],
+        mrr_at_k=[5],
+        ndcg_at_k=[5],
+        accuracy_at_k=[5],
+        precision_recall_at_k=[5],
+        map_at_k=[5],
         write_csv=False,
     )
     theirs = evaluator(SentenceTransformer(str(ws.embeddings.load("tiny-base").path), device="cpu"))
@@ -129,8 +138,10 @@ def test_a_broken_candidate_fails_with_fail(run_ws, tiny_model_dir: Path, tmp_pa
 
 
 def test_decide_uses_only_the_stored_summary() -> None:
-    q = {"baseline": {"recall_at_5": 0.5, "mrr_at_5": 0.4, "ndcg_at_5": 0.45},
-         "candidate": {"recall_at_5": 0.5, "mrr_at_5": 0.41, "ndcg_at_5": 0.44}}
+    q = {
+        "baseline": {"recall_at_5": 0.5, "mrr_at_5": 0.4, "ndcg_at_5": 0.45},
+        "candidate": {"recall_at_5": 0.5, "mrr_at_5": 0.41, "ndcg_at_5": 0.44},
+    }
     decision, reason = decide(q, PASS_CRITERIA)
     assert decision is Decision.FAIL and reason == "candidate below baseline: ndcg_at_5 0.4400 < 0.4500"
     q["candidate"]["ndcg_at_5"] = 0.45

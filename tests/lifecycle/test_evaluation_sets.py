@@ -23,14 +23,16 @@ def test_reserved_queries_register_once_by_content(ws: Workspace) -> None:
     assert first.evaluation_dataset_ref == again.evaluation_dataset_ref and first.sample_count == len(records)
     assert first.evaluation_dataset_ref.startswith("eval-")
     assert sorted(r.query_text for r in read_evaluation_set(ws, first.evaluation_dataset_ref)) == sorted(
-        r.query_text for r in records)
+        r.query_text for r in records
+    )
 
 
 def test_a_set_overlapping_the_training_traffic_is_refused(ws: Workspace) -> None:
     loop_ready(ws)
     traffic = list(read_queries(ws, "mini", "traffic"))[:2]
-    records = records_from_corpus(ws, "mini") + [EvalRecord(q.query_text.upper(), q.project_id, q.expected_results)
-                                                 for q in traffic]
+    records = records_from_corpus(ws, "mini") + [
+        EvalRecord(q.query_text.upper(), q.project_id, q.expected_results) for q in traffic
+    ]
     with pytest.raises(EvaluationSetError, match="appear in the feedback traffic"):
         register_evaluation_set(ws, records, source="leaky")
 
@@ -40,8 +42,10 @@ def test_files_csv_and_jsonl(tmp_path: Path, ws: Workspace) -> None:
     csv_file = tmp_path / "eval.csv"
     csv_file.write_text('query_text,project_id,expected_results\n"how, exactly?",p1,c1|c2\nsecond,p1,c3\n')
     jsonl = tmp_path / "eval.jsonl"
-    jsonl.write_text('{"query_text": "how, exactly?", "project_id": "p1", "expected_results": ["c2", "c1"]}\n'
-                     '{"query_text": "second", "project_id": "p1", "expected_results": ["c3"]}\n')
+    jsonl.write_text(
+        '{"query_text": "how, exactly?", "project_id": "p1", "expected_results": ["c2", "c1"]}\n'
+        '{"query_text": "second", "project_id": "p1", "expected_results": ["c3"]}\n'
+    )
     a = register_evaluation_set(ws, records_from_file(csv_file), source="csv")
     b = register_evaluation_set(ws, records_from_file(jsonl), source="jsonl")
     assert a.evaluation_dataset_ref == b.evaluation_dataset_ref  # same content, same ref
@@ -49,9 +53,13 @@ def test_files_csv_and_jsonl(tmp_path: Path, ws: Workspace) -> None:
 
 @pytest.mark.parametrize(
     ("records", "message"),
-    [([], "at least one record"), ([EvalRecord(" ", "p", ("c",))], "query_text"),
-     ([EvalRecord("q", "", ("c",))], "project_id"), ([EvalRecord("q", "p", ())], "expected_results"),
-     ([EvalRecord("q", "p", ("c",)), EvalRecord("Q ", "p", ("d",))], "appears twice")],
+    [
+        ([], "at least one record"),
+        ([EvalRecord(" ", "p", ("c",))], "query_text"),
+        ([EvalRecord("q", "", ("c",))], "project_id"),
+        ([EvalRecord("q", "p", ())], "expected_results"),
+        ([EvalRecord("q", "p", ("c",)), EvalRecord("Q ", "p", ("d",))], "appears twice"),
+    ],
 )
 def test_bad_sets_are_refused(ws: Workspace, records: list, message: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(EvaluationSetError, match=message):

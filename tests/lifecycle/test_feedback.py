@@ -1,6 +1,6 @@
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -46,8 +46,9 @@ def test_invalid_events_name_their_reason(change: dict, reason: str) -> None:
     assert event is None and reason in (why or "")
 
 
-@pytest.mark.parametrize("field", ["user_id", "req_id", "query_text", "trace_id", "active_index_name",
-                                   "response_snapshot_ref", "topk_ids"])
+@pytest.mark.parametrize(
+    "field", ["user_id", "req_id", "query_text", "trace_id", "active_index_name", "response_snapshot_ref", "topk_ids"]
+)
 def test_missing_fields_are_rejected(field: str) -> None:
     data = feedback_event()
     del data[field]
@@ -55,8 +56,16 @@ def test_missing_fields_are_rejected(field: str) -> None:
     assert event is None and why == f"{field}: missing field"
 
 
-@pytest.mark.parametrize(("line", "reason"), [(b"\xff\xfe", "not UTF-8"), (b"{", "not JSON"), (b"[1]", "not a JSON object"),
-                                              (b"   ", "empty line"), (b"x" * (1 << 20 + 1), "line too long")])
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"\xff\xfe", "not UTF-8"),
+        (b"{", "not JSON"),
+        (b"[1]", "not a JSON object"),
+        (b"   ", "empty line"),
+        (b"x" * (1 << 20 + 1), "line too long"),
+    ],
+)
 def test_malformed_lines(line: bytes, reason: str) -> None:
     assert parse_event_line(line) == (None, parse_event_line(line)[1]) and reason in parse_event_line(line)[1]
 
@@ -64,7 +73,11 @@ def test_malformed_lines(line: bytes, reason: str) -> None:
 def test_ingest_splits_valid_and_invalid_and_keeps_invalid_unchanged(tmp_path: Path) -> None:
     store = ObjectStore(str(tmp_path))
     bad = b'{"schema_version": 1, "nonsense": \xff}'
-    lines = [feedback_line(feedback_event()), bad, feedback_line(feedback_event(req_id="r2", event_id=feedback_event_id("u1", "r2", "LIKE")))]
+    lines = [
+        feedback_line(feedback_event()),
+        bad,
+        feedback_line(feedback_event(req_id="r2", event_id=feedback_event_id("u1", "r2", "LIKE"))),
+    ]
     report = ingest_feedback(store, [b"\n".join(lines) + b"\n"], batch_size=10)
     assert (report.lines, report.accepted, report.rejected) == (3, 2, 1)
     raw = log_files(store, RAW_PREFIX)
@@ -78,13 +91,16 @@ def test_ingest_splits_valid_and_invalid_and_keeps_invalid_unchanged(tmp_path: P
 
 def test_batches_become_separate_files_named_by_utc_timestamp(tmp_path: Path) -> None:
     store = ObjectStore(str(tmp_path))
-    events = [feedback_line(feedback_event(req_id=f"r{i}", event_id=feedback_event_id("u1", f"r{i}", "LIKE"))) for i in range(7)]
-    before = datetime.now(timezone.utc)
+    events = [
+        feedback_line(feedback_event(req_id=f"r{i}", event_id=feedback_event_id("u1", f"r{i}", "LIKE")))
+        for i in range(7)
+    ]
+    before = datetime.now(UTC)
     report = ingest_feedback(store, events, batch_size=3)
     assert len(report.raw_files) == 3
     for key in report.raw_files:
         assert key.startswith("raw_logs/") and key.endswith(".jsonl")
-        assert before <= batch_timestamp(key) <= datetime.now(timezone.utc)
+        assert before <= batch_timestamp(key) <= datetime.now(UTC)
     assert sum(len(store.get_bytes(k).splitlines()) for k in report.raw_files) == 7
     with pytest.raises(ValueError, match="batch_size"):
         ingest_feedback(store, events, batch_size=0)
@@ -98,7 +114,10 @@ def test_duplicates_are_stored(tmp_path: Path) -> None:
 
 def test_crash_mid_batch_loses_nothing_already_published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = ObjectStore(str(tmp_path))
-    lines = [feedback_line(feedback_event(req_id=f"r{i}", event_id=feedback_event_id("u1", f"r{i}", "LIKE"))) for i in range(10)]
+    lines = [
+        feedback_line(feedback_event(req_id=f"r{i}", event_id=feedback_event_id("u1", f"r{i}", "LIKE")))
+        for i in range(10)
+    ]
 
     def stream():  # type: ignore[no-untyped-def]
         for i, line in enumerate(lines):
@@ -125,8 +144,9 @@ LINES = st.one_of(
 )
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                    HealthCheck.too_slow])
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(st.lists(LINES, max_size=30), st.integers(min_value=1, max_value=7))
 def test_lines_in_equal_lines_out(tmp_path_factory: pytest.TempPathFactory, raw_lines: list[bytes], batch: int) -> None:
     store = ObjectStore(str(tmp_path_factory.mktemp("fb")))
@@ -137,13 +157,16 @@ def test_lines_in_equal_lines_out(tmp_path_factory: pytest.TempPathFactory, raw_
     assert report.lines == len(lines) == len(raw) + len(errors)
     assert report.accepted == len(raw) == lines.count(VALID)  # every valid copy kept, duplicates too
     assert sorted(raw + errors) == sorted(lines)  # nothing lost, nothing changed
-    reasons = sum(len(store.get_text(k.removesuffix(".jsonl") + ".reasons.jsonl").splitlines())
-                  for k in log_files(store, ERROR_PREFIX))
+    reasons = sum(
+        len(store.get_text(k.removesuffix(".jsonl") + ".reasons.jsonl").splitlines())
+        for k in log_files(store, ERROR_PREFIX)
+    )
     assert reasons == len(errors)  # every rejected line has its reason beside it
 
 
-def test_cli_reads_standard_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reads_standard_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import io
     import sys
 

@@ -54,8 +54,13 @@ def _events(ws: Workspace) -> list[str]:
 
 
 def _video(video_id: str, project: str = "mini-alpha", words: str = "brand new topic zebra crossing") -> VideoIn:
-    return VideoIn(video_id=video_id, user_id="owner", project_id=project, title=video_id,
-                   chunks=[ChunkIn(text=f"{words} part {i}", start_ms=i, end_ms=i + 1) for i in range(2)])
+    return VideoIn(
+        video_id=video_id,
+        user_id="owner",
+        project_id=project,
+        title=video_id,
+        chunks=[ChunkIn(text=f"{words} part {i}", start_ms=i, end_ms=i + 1) for i in range(2)],
+    )
 
 
 @pytest.fixture
@@ -69,15 +74,12 @@ def test_every_transition_from_the_wrong_state_is_refused_and_changes_nothing(ws
     for kind, move in TRANSITIONS.items():
         if move.source is ReleaseStatus.STABLE:
             continue
-        with pytest.raises(ReleaseError, match=f"{kind} needs"):
-            with ws.db.transaction() as session:
-                apply(session, kind, actor="t", trace_id="t")
-    with pytest.raises(ReleaseError, match="unknown"):
-        with ws.db.transaction() as session:
-            apply(session, "TELEPORT", actor="t", trace_id="t")
-    with pytest.raises(ReleaseError, match="row version"):
-        with ws.db.transaction() as session:
-            apply(session, "PREPARE_ROLLBACK", actor="t", trace_id="t", expected_row_version=before + 7)
+        with pytest.raises(ReleaseError, match=f"{kind} needs"), ws.db.transaction() as session:
+            apply(session, kind, actor="t", trace_id="t")
+    with pytest.raises(ReleaseError, match="unknown"), ws.db.transaction() as session:
+        apply(session, "TELEPORT", actor="t", trace_id="t")
+    with pytest.raises(ReleaseError, match="row version"), ws.db.transaction() as session:
+        apply(session, "PREPARE_ROLLBACK", actor="t", trace_id="t", expected_row_version=before + 7)
     assert _release(ws).row_version == before and _events(ws) == ["BOOTSTRAP"]
 
 
@@ -85,10 +87,10 @@ def test_a_guard_refusal_rolls_everything_back(ws: Workspace) -> None:
     def refuse(_release: object) -> None:
         raise ReleaseError("guard says no")
 
-    with pytest.raises(ReleaseError, match="guard says no"):
-        with ws.db.transaction() as session:
-            apply(session, "OPEN_CANDIDATE", actor="t", trace_id="t", guard=refuse,
-                  changes={"candidate_model_version": "x"})
+    with pytest.raises(ReleaseError, match="guard says no"), ws.db.transaction() as session:
+        apply(
+            session, "OPEN_CANDIDATE", actor="t", trace_id="t", guard=refuse, changes={"candidate_model_version": "x"}
+        )
     release = _release(ws)
     assert release.release_status is ReleaseStatus.STABLE and release.candidate_model_version is None
     assert _events(ws) == ["BOOTSTRAP"]
@@ -102,7 +104,10 @@ def test_reindex_builds_the_candidate_and_dual_write_follows_the_state(rel) -> N
     release = _release(ws)
     assert release.release_status is ReleaseStatus.CANDIDATE_REINDEXING
     assert (release.candidate_model_version, release.candidate_index_name, release.candidate_run_id) == (
-        run.candidate_model_version, run.candidate_index_name, run_id)
+        run.candidate_model_version,
+        run.candidate_index_name,
+        run_id,
+    )
     assert release.candidate_ready_at is not None
     assert missing_from_index(ws, run.candidate_index_name) == []
     assert _events(ws)[-2:] == ["OPEN_CANDIDATE", "CANDIDATE_READY"]
@@ -126,15 +131,24 @@ def test_the_dual_write_guard_stops_the_moment_the_state_changes(rel) -> None:  
     index = get_run(ws.db, run_id).candidate_index_name
     ingest_videos(ws, [_video("late-1")])
     with ws.db.transaction() as session:  # remove what dual-write wrote, as if not written yet
-        session.execute(VectorIndexEntry.__table__.delete().where(VectorIndexEntry.index_name == index,
-                                                                  VectorIndexEntry.chunk_id.like("late-1%")))
+        session.execute(
+            VectorIndexEntry.__table__.delete().where(
+                VectorIndexEntry.index_name == index, VectorIndexEntry.chunk_id.like("late-1%")
+            )
+        )
     from opslib.lifecycle.reindex import abort_candidate
 
     abort_candidate(ws, run_id, "operator stopped it", actor="t")
     from opslib.infra.embedding import Purpose
 
-    report = index_chunks(ws, ["late-1#0000"], index_name=index, model_version=get_run(ws.db, run_id).candidate_model_version,
-                          purpose=Purpose.REINDEX, guard=still_reindexing(index))
+    report = index_chunks(
+        ws,
+        ["late-1#0000"],
+        index_name=index,
+        model_version=get_run(ws.db, run_id).candidate_model_version,
+        purpose=Purpose.REINDEX,
+        guard=still_reindexing(index),
+    )
     assert report.refused == 1 and "late-1#0000" not in indexed_chunk_ids(ws, index)
 
 
@@ -181,8 +195,11 @@ def test_cutover_gate_snapshot_and_switch(rel, monkeypatch) -> None:  # type: ig
     reindex_candidate(ws, run_id)
     # A READY chunk the candidate index lacks (it slipped past the build and dual-write).
     with ws.db.transaction() as session:
-        session.execute(VectorIndexEntry.__table__.delete().where(
-            VectorIndexEntry.index_name == run.candidate_index_name, VectorIndexEntry.chunk_id == "mini:q000-a0"))
+        session.execute(
+            VectorIndexEntry.__table__.delete().where(
+                VectorIndexEntry.index_name == run.candidate_index_name, VectorIndexEntry.chunk_id == "mini:q000-a0"
+            )
+        )
     import opslib.lifecycle.cutover as cutover_module
 
     monkeypatch.setattr(cutover_module, "index_chunks", lambda *a, **k: None)  # catch-up cannot help
@@ -198,7 +215,9 @@ def test_cutover_gate_snapshot_and_switch(rel, monkeypatch) -> None:  # type: ig
     assert (new.active_model_version, new.active_index_name) == (run.candidate_model_version, run.candidate_index_name)
     assert (new.previous_model_version, new.previous_index_name) == (old.active_model_version, old.active_index_name)
     assert (new.rollback_snapshot_active_model_version, new.rollback_snapshot_active_index_name) == (
-        old.active_model_version, old.active_index_name)
+        old.active_model_version,
+        old.active_index_name,
+    )
     assert new.candidate_model_version is None and new.candidate_run_id is None and new.switched_at is not None
     assert get_run(ws.db, run_id).cutover_time == report.cutover_time
     manifest = latest_snapshot(ws, old.active_index_name)
@@ -295,7 +314,9 @@ def test_rollback_excludes_restores_and_re_includes(rel) -> None:  # type: ignor
     release = _release(ws)
     assert release.release_status is ReleaseStatus.STABLE
     assert (release.active_model_version, release.active_index_name) == (
-        problem.previous_model_version, problem.previous_index_name)
+        problem.previous_model_version,
+        problem.previous_index_name,
+    )
     assert release.previous_model_version == problem.active_model_version  # not restored from the snapshot
     assert release.rollback_snapshot_active_model_version is None and release.candidate_model_version is None
     with ws.db.read() as session:

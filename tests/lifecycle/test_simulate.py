@@ -60,8 +60,9 @@ def test_answers_cite_relevant_chunks_first() -> None:
     assert choose_used(hits, {"z"}) == ["a", "b"]
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"requests": 0}, "requests"), ({"noise": 1.5}, "noise"),
-                                                 ({"users": 0}, "users")])
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [({"requests": 0}, "requests"), ({"noise": 1.5}, "noise"), ({"users": 0}, "users")]
+)
 def test_bad_arguments(loaded: Workspace, kwargs: dict, message: str) -> None:
     with pytest.raises(SimulationError, match=message):
         simulate_traffic(loaded, "mini", **{"requests": 5, **kwargs})

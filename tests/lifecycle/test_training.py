@@ -12,11 +12,20 @@ from opslib.lifecycle.training import TrainingParams, train_candidate, training_
 
 
 def test_rows_pair_each_positive_with_the_highest_confidence_negatives() -> None:
-    group = {"query_text": "q", "positives": [{"text": "p1", "confidence": 0.8}, {"text": "p2", "confidence": 0.8}],
-             "negatives": [{"text": "r1", "confidence": 0.2}, {"text": "e1", "confidence": 0.4},
-                           {"text": "e2", "confidence": 0.4}]}
+    group = {
+        "query_text": "q",
+        "positives": [{"text": "p1", "confidence": 0.8}, {"text": "p2", "confidence": 0.8}],
+        "negatives": [
+            {"text": "r1", "confidence": 0.2},
+            {"text": "e1", "confidence": 0.4},
+            {"text": "e2", "confidence": 0.4},
+        ],
+    }
     rows, used, skipped = training_rows([group, {"query_text": "q2", "positives": [{"text": "x"}], "negatives": []}])
-    assert rows == [{"anchor": "q", "positive": "p1", "negative": "e1"}, {"anchor": "q", "positive": "p2", "negative": "e2"}]
+    assert rows == [
+        {"anchor": "q", "positive": "p1", "negative": "e1"},
+        {"anchor": "q", "positive": "p2", "negative": "e2"},
+    ]
     assert (used, skipped) == (1, 1)
 
 
@@ -32,8 +41,15 @@ def test_training_is_deterministic_and_writes_a_manifest(ws: Workspace) -> None:
         assert report.steps > 0 and report.rows > 0 and report.loss_history
         run = get_run(ws.db, run_id)
         manifest = read_manifest(ws, run.candidate_model_version)
-        assert (manifest.base_model_version, manifest.dataset_version, manifest.run_id) == ("tiny-base", dataset, run_id)
-        assert manifest.training_parameters["seed"] == 3 and manifest.training_parameters["loss"] == "MultipleNegativesRankingLoss"
+        assert (manifest.base_model_version, manifest.dataset_version, manifest.run_id) == (
+            "tiny-base",
+            dataset,
+            run_id,
+        )
+        assert (
+            manifest.training_parameters["seed"] == 3
+            and manifest.training_parameters["loss"] == "MultipleNegativesRankingLoss"
+        )
         hashes.append(manifest.files["model.safetensors"])
         # A trained version is never trained again: a resumed run keeps it.
         assert train_candidate(ws, run_id, params, progress=False).already_trained

@@ -45,19 +45,26 @@ def test_retrigger_training_queues_the_request_with_its_audit_row(ws: Workspace)
     (message,) = _messages(admin)
     request = parse_control_message(message.payload, 1)
     assert message.id == result.message_id and request.trigger_source == "manual"
-    assert (request.requested_by, request.reason, request.trace_id) == ("ana", "new feedback since Monday", result.trace_id)
+    assert (request.requested_by, request.reason, request.trace_id) == (
+        "ana",
+        "new feedback since Monday",
+        result.trace_id,
+    )
     (row,) = _audit(admin)
     assert (row.operator, row.role, row.action, row.target) == ("ana", "admin", "retrigger-training", DATASET)
     assert row.reason == "new feedback since Monday" and f"message {message.id}" in row.result
     assert row.trace_id == result.trace_id == message.trace_id
 
 
-@pytest.mark.parametrize(("role", "confirm", "reason", "why"), [
-    ("operator", DATASET, "a reason", "needs 'admin'"),
-    ("viewer", DATASET, "a reason", "needs 'admin'"),
-    ("admin", DATASET, "", "a reason is required"),
-    ("admin", "20261130-bbbbbbbbbbbb", "a reason", "does not match"),
-])
+@pytest.mark.parametrize(
+    ("role", "confirm", "reason", "why"),
+    [
+        ("operator", DATASET, "a reason", "needs 'admin'"),
+        ("viewer", DATASET, "a reason", "needs 'admin'"),
+        ("admin", DATASET, "", "a reason is required"),
+        ("admin", "20261130-bbbbbbbbbbbb", "a reason", "does not match"),
+    ],
+)
 def test_refusals_change_nothing_and_are_audited(ws: Workspace, role: str, confirm: str, reason: str, why: str) -> None:
     _eligible_dataset(ws)
     who = _as(ws, role=role)
@@ -90,8 +97,9 @@ def test_the_effect_and_its_audit_row_commit_together(ws: Workspace, monkeypatch
     assert _messages(admin) == []  # the message was rolled back with the failed audit row
 
 
-def test_rollback_needs_a_snapshot_then_queues_a_request_expecting_the_active(ws: Workspace,
-                                                                            tiny_candidate_dir: Path) -> None:
+def test_rollback_needs_a_snapshot_then_queues_a_request_expecting_the_active(
+    ws: Workspace, tiny_candidate_dir: Path
+) -> None:
     from opslib.lifecycle.cutover import cutover
     from opslib.lifecycle.reindex import reindex_candidate
 
@@ -113,7 +121,11 @@ def test_rollback_needs_a_snapshot_then_queues_a_request_expecting_the_active(ws
     message = _messages(admin)[-1]
     request = parse_control_message(message.payload, 1)
     assert message.id == result.message_id and request.expected_active_model_version == candidate
-    assert [r.result.split(":")[0] for r in _audit(admin)] == ["refused", "refused", "queued ROLLBACK_REQUEST message 1"]
+    assert [r.result.split(":")[0] for r in _audit(admin)] == [
+        "refused",
+        "refused",
+        "queued ROLLBACK_REQUEST message 1",
+    ]
 
 
 def test_promote_approves_a_ready_run_once(ws: Workspace, tiny_candidate_dir: Path) -> None:
@@ -145,8 +157,9 @@ def test_generate_dataset_runs_the_stage_and_audits_it_with_the_execution(ws: Wo
     admin = _as(ws)
     preview = actions.preview_dataset(admin)
     started = []
-    result = actions.generate_dataset(admin, confirm=preview.target or "", reason="backfill after outage",
-                                      on_started=started.append)
+    result = actions.generate_dataset(
+        admin, confirm=preview.target or "", reason="backfill after outage", on_started=started.append
+    )
     (row,) = _audit(admin)
     with admin.db.read() as session:
         execution = session.get(StageExecution, result.execution_id)

@@ -8,8 +8,25 @@ from helpers import feedback_event, feedback_line, write_beir
 
 from opslib.ops.cli import build_parser, main, parse_param
 
-COMMANDS = ["init", "db", "import-beir", "import-builtin", "simulate-traffic", "ingest-feedback", "run", "worker",
-            "schedule", "request-training", "request-rollback", "generate-dataset", "promote", "register-eval", "report", "status", "demo"]
+COMMANDS = [
+    "init",
+    "db",
+    "import-beir",
+    "import-builtin",
+    "simulate-traffic",
+    "ingest-feedback",
+    "run",
+    "worker",
+    "schedule",
+    "request-training",
+    "request-rollback",
+    "generate-dataset",
+    "promote",
+    "register-eval",
+    "report",
+    "status",
+    "demo",
+]
 
 
 def _env(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,8 +59,9 @@ def test_parse_param() -> None:
     assert parse_param('name="x=y"') == ("name", "x=y")
 
 
-def test_cli_flow_and_clear_errors(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_flow_and_clear_errors(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     _env(tmp_path, tiny_model_dir, monkeypatch)
     assert main(["status"]) == 0
     assert "opsbench init" in capsys.readouterr().out
@@ -85,8 +103,9 @@ def test_parser_requires_a_command() -> None:
         build_parser().parse_args([])
 
 
-def test_guarded_actions_from_the_cli(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_guarded_actions_from_the_cli(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from helpers import dataset_row
 
     from opslib.db.models import AuditLog, OpsMessage
@@ -114,5 +133,10 @@ def test_guarded_actions_from_the_cli(tmp_path: Path, tiny_model_dir: Path, monk
     assert "run 7: no such run" in capsys.readouterr().err
     with ws.db.read() as session:
         assert [a.result.split(":")[0] for a in session.query(AuditLog).order_by(AuditLog.id)] == [
-            "refused", "queued TRAINING_REQUEST message 1", "refused", "refused", "refused"]
+            "refused",
+            "queued TRAINING_REQUEST message 1",
+            "refused",
+            "refused",
+            "refused",
+        ]
         assert session.query(OpsMessage).count() == 1

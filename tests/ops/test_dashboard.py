@@ -83,13 +83,32 @@ def test_runs_panel_tells_fail_error_and_stalled_apart_and_links_reports(ws: Wor
     report.parent.mkdir(parents=True)
     report.write_text("<html>report</html>")
     with ws.db.transaction() as session:
-        quality = _run(session, RunStatus.FAILED, failed_stage=RunStage.EVALUATION, failure_type=FailureType.FAIL,
-                       failure_reason="recall_at_5 0.5 < 0.6")
-        system = _run(session, RunStatus.FAILED, failed_stage=RunStage.TRAINING, failure_type=FailureType.ERROR,
-                      failure_reason="30_train_candidate failed at cell 3: OSError")
+        quality = _run(
+            session,
+            RunStatus.FAILED,
+            failed_stage=RunStage.EVALUATION,
+            failure_type=FailureType.FAIL,
+            failure_reason="recall_at_5 0.5 < 0.6",
+        )
+        system = _run(
+            session,
+            RunStatus.FAILED,
+            failed_stage=RunStage.TRAINING,
+            failure_type=FailureType.ERROR,
+            failure_reason="30_train_candidate failed at cell 3: OSError",
+        )
         _run(session, RunStatus.RUNNING, heartbeat_at=utcnow() - timedelta(hours=2), dataset_version=DATASET)
-        session.add(StageExecution(run_id=quality.id, stage="40_evaluate_candidate", notebook="40.ipynb", parameters={},
-                                   status=ExecutionStatus.SUCCEEDED, trace_id="t", output_html=str(report)))
+        session.add(
+            StageExecution(
+                run_id=quality.id,
+                stage="40_evaluate_candidate",
+                notebook="40.ipynb",
+                parameters={},
+                status=ExecutionStatus.SUCCEEDED,
+                trace_id="t",
+                output_html=str(report),
+            )
+        )
     view = monitor.runs_view(ws)
     outcomes = {r.id: r.outcome for r in view.recent}
     assert outcomes[quality.id] == "FAIL" and outcomes[system.id] == "ERROR"
@@ -116,21 +135,50 @@ def test_datasets_panel_shows_eligibility_and_the_lag(ws: Workspace) -> None:
 
 
 def test_evaluations_and_queue_panels(ws: Workspace) -> None:
-    quality = {"baseline": {m: 0.5 for m in ("recall_at_5", "mrr_at_5", "ndcg_at_5")},
-               "candidate": {m: 0.6 for m in ("recall_at_5", "mrr_at_5", "ndcg_at_5")},
-               "delta": {m: 0.1 for m in ("recall_at_5", "mrr_at_5", "ndcg_at_5")},
-               "ci95": {m: [0.02, 0.18] for m in ("recall_at_5", "mrr_at_5", "ndcg_at_5")}}
+    quality = {
+        "baseline": {m: 0.5 for m in ("recall_at_5", "mrr_at_5", "ndcg_at_5")},
+        "candidate": {m: 0.6 for m in ("recall_at_5", "mrr_at_5", "ndcg_at_5")},
+        "delta": {m: 0.1 for m in ("recall_at_5", "mrr_at_5", "ndcg_at_5")},
+        "ci95": {m: [0.02, 0.18] for m in ("recall_at_5", "mrr_at_5", "ndcg_at_5")},
+    }
     with ws.db.transaction() as session:
         run = _run(session, RunStatus.READY_FOR_RELEASE)
-        session.add(ModelEvaluation(run_id=run.id, candidate_model_version="cand", baseline_model_version="tiny-base",
-                                    evaluation_dataset_ref="eval-0123456789abcdef", sample_count=40,
-                                    quality_metrics=quality, pass_criteria=PASS_CRITERIA, overall_decision=Decision.PASS,
-                                    detail_artifact_path="x"))
-        session.add(OpsMessage(message_type="TRAINING_REQUEST", payload={}, trace_id="a", attempt=2,
-                               issued_at=utcnow() - timedelta(minutes=30), visible_at=utcnow()))
-        session.add(OpsMessage(message_type="TRAINING_REQUEST", payload={}, trace_id="b", attempt=1,
-                               issued_at=utcnow(), visible_at=utcnow(), acked_at=utcnow(),
-                               outcome=MessageOutcome.REFUSED, outcome_reason="unsupported payload_version 'v9'"))
+        session.add(
+            ModelEvaluation(
+                run_id=run.id,
+                candidate_model_version="cand",
+                baseline_model_version="tiny-base",
+                evaluation_dataset_ref="eval-0123456789abcdef",
+                sample_count=40,
+                quality_metrics=quality,
+                pass_criteria=PASS_CRITERIA,
+                overall_decision=Decision.PASS,
+                detail_artifact_path="x",
+            )
+        )
+        session.add(
+            OpsMessage(
+                message_type="TRAINING_REQUEST",
+                payload={},
+                trace_id="a",
+                attempt=2,
+                issued_at=utcnow() - timedelta(minutes=30),
+                visible_at=utcnow(),
+            )
+        )
+        session.add(
+            OpsMessage(
+                message_type="TRAINING_REQUEST",
+                payload={},
+                trace_id="b",
+                attempt=1,
+                issued_at=utcnow(),
+                visible_at=utcnow(),
+                acked_at=utcnow(),
+                outcome=MessageOutcome.REFUSED,
+                outcome_reason="unsupported payload_version 'v9'",
+            )
+        )
     dashboard = Dashboard(ws, background=False)
     dashboard.refresh()
     evaluations = shown_html(dashboard.outputs["Evaluations"])

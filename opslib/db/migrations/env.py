@@ -19,7 +19,8 @@ def run_migrations() -> None:
             context.run_migrations()
         return
     engine = engine_from_config(
-        {"sqlalchemy.url": config.get_main_option("sqlalchemy.url")}, prefix="sqlalchemy.",
+        {"sqlalchemy.url": config.get_main_option("sqlalchemy.url")},
+        prefix="sqlalchemy.",
         poolclass=pool.NullPool,
     )
     with engine.connect() as conn:

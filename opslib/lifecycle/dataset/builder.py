@@ -24,7 +24,7 @@ import tempfile
 from array import array
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +132,7 @@ def _winning_like_positions(scan: _Scan, counts: DatasetCounts) -> np.ndarray:
     last_of_hash = np.ones(len(order), dtype=bool)
     last_of_hash[:-1] = hashes[order][1:] != hashes[order][:-1]
     winners = order[last_of_hash]
-    counts.deduplicated_events = int(len(winners))
+    counts.deduplicated_events = len(winners)
     counts.duplicate_events = counts.input_events - counts.deduplicated_events
     counts.like_events = int(likes[winners].sum())
     counts.dislike_events = counts.deduplicated_events - counts.like_events
@@ -159,11 +159,13 @@ class _ChunkResolver:
         unknown = sorted(c for c in chunk_ids if c not in self._text)
         for start in range(0, len(unknown), 500):
             part = unknown[start : start + 500]
-            rows = dict(self.session.execute(
-                select(Chunk.id, Chunk.text)
-                .join(Video, Video.id == Chunk.video_id)
-                .where(Chunk.id.in_(part), Video.status != VideoStatus.DELETING)
-            ).all())
+            rows = dict(
+                self.session.execute(
+                    select(Chunk.id, Chunk.text)
+                    .join(Video, Video.id == Chunk.video_id)
+                    .where(Chunk.id.in_(part), Video.status != VideoStatus.DELETING)
+                ).all()
+            )
             self._text.update({cid: rows.get(cid) for cid in part})
         return self._text
 
@@ -172,7 +174,8 @@ class _ChunkResolver:
         if project_id not in self._pools:
             ids = list(
                 self.session.scalars(
-                    select(Chunk.id).join(Video, Video.id == Chunk.video_id)
+                    select(Chunk.id)
+                    .join(Video, Video.id == Chunk.video_id)
                     .where(Video.project_id == project_id, Video.status == VideoStatus.READY)
                     .order_by(Chunk.id)
                 )
@@ -226,8 +229,12 @@ class _Items:
         for chunk_id in chunk_ids:
             item = cache.get(chunk_id)
             if item is None:
-                item = cache[chunk_id] = {"chunk_id": chunk_id, "text": texts[chunk_id], "source": source,
-                                          "confidence": CONFIDENCE[source]}
+                item = cache[chunk_id] = {
+                    "chunk_id": chunk_id,
+                    "text": texts[chunk_id],
+                    "source": source,
+                    "confidence": CONFIDENCE[source],
+                }
             found.append(item)
         return found
 
@@ -235,7 +242,7 @@ class _Items:
 def _utc_day(created_at: str) -> str:
     if created_at.endswith("+00:00"):  # how ingestion writes it: skip the parse
         return created_at[:10]
-    return datetime.fromisoformat(created_at).astimezone(timezone.utc).date().isoformat()
+    return datetime.fromisoformat(created_at).astimezone(UTC).date().isoformat()
 
 
 def _groups_for(
@@ -253,9 +260,12 @@ def _groups_for(
             counts.dropped_groups += 1
             continue
         # The count follows the event (topk − used), before deleted chunks are dropped.
-        randoms = _draw_random(resolver.pool(event["project_id"]), set(used) | set(exposed),
-                               random_negative_count(len(exposed)),
-                               f"{GENERATION_RULE_VERSION}:{seed}:{event['event_id']}")
+        randoms = _draw_random(
+            resolver.pool(event["project_id"]),
+            set(used) | set(exposed),
+            random_negative_count(len(exposed)),
+            f"{GENERATION_RULE_VERSION}:{seed}:{event['event_id']}",
+        )
         plans.append((event, positives, exposed_alive, randoms))
     texts = resolver.texts({c for *_, randoms in plans for c in randoms})
     for event, positives, exposed_alive, randoms in plans:
@@ -289,7 +299,7 @@ def source_window(as_of: datetime, days: int) -> tuple[datetime, datetime]:
         raise DatasetError("as_of: must carry a UTC offset")
     if days < 1:
         raise DatasetError(f"source_window_days {days}: must be >= 1")
-    end = as_of.astimezone(timezone.utc)
+    end = as_of.astimezone(UTC)
     return end - timedelta(days=days), end
 
 
@@ -305,8 +315,10 @@ def build_dataset(
     start, end = source_window(as_of or utcnow(), source_window_days)
     keys = log_files(ws.objects, RAW_PREFIX, start, end)
     counts = DatasetCounts(raw_files=len(keys))
-    lineage = [{"key": k, "sha256": ws.objects.recorded_sha256(k),
-                "file_timestamp": batch_timestamp(k).isoformat()} for k in keys]
+    lineage = [
+        {"key": k, "sha256": ws.objects.recorded_sha256(k), "file_timestamp": batch_timestamp(k).isoformat()}
+        for k in keys
+    ]
 
     scan = _Scan()
     for position, line in tqdm(_iter_lines(ws, keys), desc="scan raw logs", unit="line", disable=not progress):
@@ -340,22 +352,32 @@ def build_dataset(
             existing = session.get(TrainingDataset, dataset_version)
         if existing is not None:
             manifest = json.loads(ws.objects.get_text(f"{prefix}/manifest.json"))
-            return DatasetBuild(dataset_version, False, existing.eligible, list(existing.ineligible_reasons),
-                                manifest, f"{prefix}/train.jsonl", f"{prefix}/manifest.json")
+            return DatasetBuild(
+                dataset_version,
+                False,
+                existing.eligible,
+                list(existing.ineligible_reasons),
+                manifest,
+                f"{prefix}/train.jsonl",
+                f"{prefix}/manifest.json",
+            )
         reasons = ineligible_reasons(counts.trainable_groups, counts.negatives, quality["success"])
         manifest = {
             "dataset_version": dataset_version,
             "generation_rule_version": GENERATION_RULE_VERSION,
-            "source_window": {"start": start.isoformat(), "end": end.isoformat(), "days": source_window_days,
-                              "by": "raw log file timestamp"},
+            "source_window": {
+                "start": start.isoformat(),
+                "end": end.isoformat(),
+                "days": source_window_days,
+                "by": "raw log file timestamp",
+            },
             "seed": seed,
             "counts": asdict(counts),
             "lineage": {"raw_files": lineage, "train_sha256": train_sha},
             "data_quality": quality,
             "eligible": not reasons,
             "ineligible_reasons": reasons,
-            "eligibility_rule": {"min_groups": MIN_GROUPS, "min_negatives": MIN_NEGATIVES,
-                                 "data_quality": "must pass"},
+            "eligibility_rule": {"min_groups": MIN_GROUPS, "min_negatives": MIN_NEGATIVES, "data_quality": "must pass"},
             "created_at": utcnow().isoformat(),
         }
         if not ws.objects.exists(f"{prefix}/train.jsonl"):  # a crashed earlier build may have published it
@@ -367,20 +389,41 @@ def build_dataset(
     with ws.db.transaction() as session:
         session.add(
             TrainingDataset(
-                dataset_version=dataset_version, storage_path=ws.objects.uri(prefix),
-                generation_rule_version=GENERATION_RULE_VERSION, source_window_start=start,
-                source_window_end=end, counts=manifest["counts"], eligible=manifest["eligible"],
+                dataset_version=dataset_version,
+                storage_path=ws.objects.uri(prefix),
+                generation_rule_version=GENERATION_RULE_VERSION,
+                source_window_start=start,
+                source_window_end=end,
+                counts=manifest["counts"],
+                eligible=manifest["eligible"],
                 ineligible_reasons=manifest["ineligible_reasons"],
             )
         )
-    log.info("dataset built", extra={"dataset_version": dataset_version, "eligible": manifest["eligible"],
-                                     "groups": counts.trainable_groups})
-    return DatasetBuild(dataset_version, True, manifest["eligible"], manifest["ineligible_reasons"], manifest,
-                        f"{prefix}/train.jsonl", f"{prefix}/manifest.json")
+    log.info(
+        "dataset built",
+        extra={"dataset_version": dataset_version, "eligible": manifest["eligible"], "groups": counts.trainable_groups},
+    )
+    return DatasetBuild(
+        dataset_version,
+        True,
+        manifest["eligible"],
+        manifest["ineligible_reasons"],
+        manifest,
+        f"{prefix}/train.jsonl",
+        f"{prefix}/manifest.json",
+    )
 
 
-def _emit(ws: Workspace, keys: list[str], winners: np.ndarray, seed: int, counts: DatasetCounts,
-          train_path: Path, written: GroupFrames, progress: bool) -> None:
+def _emit(
+    ws: Workspace,
+    keys: list[str],
+    winners: np.ndarray,
+    seed: int,
+    counts: DatasetCounts,
+    train_path: Path,
+    written: GroupFrames,
+    progress: bool,
+) -> None:
     wanted = iter(winners.tolist())
     next_wanted = next(wanted, None)
     batch: list[dict[str, Any]] = []

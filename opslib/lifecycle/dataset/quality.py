@@ -71,7 +71,7 @@ class GroupFrames:
         items = pos + (group.get("negatives") or [])
         ids = [i.get("chunk_id") for i in items]
         self.positives.append(len(pos))
-        self.overlaps.append(len(set(ids[: len(pos)]) & set(ids[len(pos):])))
+        self.overlaps.append(len(set(ids[: len(pos)]) & set(ids[len(pos) :])))
         self.confidence.extend([float(i.get("confidence", "nan")) for i in items])
         self.source_ok.extend([i.get("source") in ALLOWED_SOURCES for i in items])
         codes = self._codes
@@ -86,19 +86,26 @@ class GroupFrames:
         existing_codes = np.array([code for c, code in self._codes.items() if c in existing_chunk_ids], dtype=np.int32)
         codes = np.frombuffer(self.chunk_codes, dtype=np.int32)
         return {
-            "groups": pd.DataFrame({
-                "query_chars": np.frombuffer(self.query_chars, dtype=np.int32),
-                "project_present": np.frombuffer(self.project_ok, dtype=np.int8),
-                "positive_count": np.frombuffer(self.positives, dtype=np.int32),
-                "overlap_count": np.frombuffer(self.overlaps, dtype=np.int32),
-            }, copy=False),
-            "items": pd.DataFrame({
-                "confidence": np.frombuffer(self.confidence, dtype=np.float64),
-                "source_allowed": np.frombuffer(self.source_ok, dtype=np.int8),
-                "chunk_exists": np.isin(codes, existing_codes).astype(np.int8),
-            }, copy=False),
-            "events": pd.DataFrame({"event_id_hash": np.frombuffer(self.event_hashes, dtype=np.uint64).astype(np.int64)},
-                                   copy=False),
+            "groups": pd.DataFrame(
+                {
+                    "query_chars": np.frombuffer(self.query_chars, dtype=np.int32),
+                    "project_present": np.frombuffer(self.project_ok, dtype=np.int8),
+                    "positive_count": np.frombuffer(self.positives, dtype=np.int32),
+                    "overlap_count": np.frombuffer(self.overlaps, dtype=np.int32),
+                },
+                copy=False,
+            ),
+            "items": pd.DataFrame(
+                {
+                    "confidence": np.frombuffer(self.confidence, dtype=np.float64),
+                    "source_allowed": np.frombuffer(self.source_ok, dtype=np.int8),
+                    "chunk_exists": np.isin(codes, existing_codes).astype(np.int8),
+                },
+                copy=False,
+            ),
+            "events": pd.DataFrame(
+                {"event_id_hash": np.frombuffer(self.event_hashes, dtype=np.uint64).astype(np.int64)}, copy=False
+            ),
         }
 
 
@@ -119,8 +126,10 @@ def _expectations(gx: Any) -> dict[str, list[tuple[str, Any]]]:
             ("no_positive_negative_overlap", e.ExpectColumnValuesToBeInSet(column="overlap_count", value_set=[0])),
         ],
         "items": [
-            ("confidence_allowed", e.ExpectColumnValuesToBeInSet(column="confidence",
-                                                                 value_set=sorted(ALLOWED_CONFIDENCE))),
+            (
+                "confidence_allowed",
+                e.ExpectColumnValuesToBeInSet(column="confidence", value_set=sorted(ALLOWED_CONFIDENCE)),
+            ),
             ("source_allowed", e.ExpectColumnValuesToBeInSet(column="source_allowed", value_set=[1])),
             ("chunk_exists", e.ExpectColumnValuesToBeInSet(column="chunk_exists", value_set=[1])),
         ],
@@ -155,18 +164,30 @@ def run_suite(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
         # Row-wise rules are checked slice by slice (bounded memory, counts summed); a
         # uniqueness rule needs the whole column at once.
         whole = frame_name in WHOLE_FRAME
-        slices = [frame] if whole or len(frame) <= SLICE_ROWS else [
-            frame.iloc[i : i + SLICE_ROWS] for i in range(0, len(frame), SLICE_ROWS)]
+        slices = (
+            [frame]
+            if whole or len(frame) <= SLICE_ROWS
+            else [frame.iloc[i : i + SLICE_ROWS] for i in range(0, len(frame), SLICE_ROWS)]
+        )
         outcomes = [definition.run(batch_parameters={"dataframe": part}).results for part in slices]
         for position, (rule, _expectation) in enumerate(expectations):
             results = [outcome[position] for outcome in outcomes]
-            checks.append({
-                "rule": rule, "description": RULES[rule], "frame": frame_name, "rows": int(len(frame)),
-                "success": all(bool(r.success) for r in results),
-                "unexpected_count": sum(int((r.result or {}).get("unexpected_count") or 0) for r in results),
-            })
-    return {"suite": "retrieval-group-v1", "engine": f"great_expectations {gx.__version__}",
-            "success": all(c["success"] for c in checks), "checks": checks}
+            checks.append(
+                {
+                    "rule": rule,
+                    "description": RULES[rule],
+                    "frame": frame_name,
+                    "rows": len(frame),
+                    "success": all(bool(r.success) for r in results),
+                    "unexpected_count": sum(int((r.result or {}).get("unexpected_count") or 0) for r in results),
+                }
+            )
+    return {
+        "suite": "retrieval-group-v1",
+        "engine": f"great_expectations {gx.__version__}",
+        "success": all(c["success"] for c in checks),
+        "checks": checks,
+    }
 
 
 def existing_chunk_ids(ws: Workspace, chunk_ids: list[str]) -> set[str]:

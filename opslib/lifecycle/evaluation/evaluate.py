@@ -88,11 +88,11 @@ PASS_CRITERIA: dict[str, Any] = {
 
 def decide(quality_metrics: dict[str, Any], pass_criteria: dict[str, Any]) -> tuple[Decision, str | None]:
     """The verdict from the stored summary alone (so anyone can re-check it)."""
-    failing = [m for m in pass_criteria["metrics"]
-               if quality_metrics["candidate"][m] < quality_metrics["baseline"][m]]
+    failing = [m for m in pass_criteria["metrics"] if quality_metrics["candidate"][m] < quality_metrics["baseline"][m]]
     if failing:
-        detail = ", ".join(f"{m} {quality_metrics['candidate'][m]:.4f} < {quality_metrics['baseline'][m]:.4f}"
-                           for m in failing)
+        detail = ", ".join(
+            f"{m} {quality_metrics['candidate'][m]:.4f} < {quality_metrics['baseline'][m]:.4f}" for m in failing
+        )
         return Decision.FAIL, f"candidate below baseline: {detail}"
     return Decision.PASS, None
 
@@ -109,8 +109,10 @@ def _project_corpora(ws: Workspace, projects: set[str]) -> dict[str, _Project]:
     with ws.db.read() as session:
         for project in sorted(projects):
             rows = session.execute(
-                select(Chunk.id, Chunk.enriched_text).join(Video, Video.id == Chunk.video_id)
-                .where(Video.project_id == project, Video.status == VideoStatus.READY).order_by(Chunk.id)
+                select(Chunk.id, Chunk.enriched_text)
+                .join(Video, Video.id == Chunk.video_id)
+                .where(Video.project_id == project, Video.status == VideoStatus.READY)
+                .order_by(Chunk.id)
             ).all()
             corpora[project] = _Project([r[0] for r in rows], [r[1] for r in rows])
     return corpora
@@ -120,15 +122,17 @@ def _corpus_vectors(ws: Workspace, model_version: str, corpus: _Project, progres
     """The project's chunk vectors: reused from an index of this model when present, else embedded."""
     stored = stored_vectors(ws, model_version, corpus.chunk_ids)
     missing = [i for i, c in enumerate(corpus.chunk_ids) if c not in stored]
-    fresh = ws.embeddings.embed([corpus.texts[i] for i in missing], model_version, Purpose.EVALUATION,
-                                show_progress=progress)
+    fresh = ws.embeddings.embed(
+        [corpus.texts[i] for i in missing], model_version, Purpose.EVALUATION, show_progress=progress
+    )
     vectors = dict(zip((corpus.chunk_ids[i] for i in missing), fresh))
     vectors.update(stored)
     return np.stack([vectors[c] for c in corpus.chunk_ids]).astype(np.float32)
 
 
-def rank(ws: Workspace, model_version: str, records: list[EvalRecord], corpora: dict[str, _Project],
-         progress: bool = False) -> list[list[tuple[str, float]]]:
+def rank(
+    ws: Workspace, model_version: str, records: list[EvalRecord], corpora: dict[str, _Project], progress: bool = False
+) -> list[list[tuple[str, float]]]:
     """Top-K (chunk id, cosine) per record, exact search over its project's chunks."""
     results: list[list[tuple[str, float]]] = [[] for _ in records]
     by_project: dict[str, list[int]] = defaultdict(list)
@@ -165,12 +169,16 @@ class EvaluationOutcome:
 
         q = self.quality_metrics
         return pd.DataFrame(
-            {"baseline": [q["baseline"][m] for m in METRICS], "candidate": [q["candidate"][m] for m in METRICS],
-             "delta": [q["delta"][m] for m in METRICS],
-             "ci95_low": [q["ci95"][m][0] for m in METRICS], "ci95_high": [q["ci95"][m][1] for m in METRICS],
-             "wins": [q["win_tie_loss"][m]["win"] for m in METRICS],
-             "ties": [q["win_tie_loss"][m]["tie"] for m in METRICS],
-             "losses": [q["win_tie_loss"][m]["loss"] for m in METRICS]},
+            {
+                "baseline": [q["baseline"][m] for m in METRICS],
+                "candidate": [q["candidate"][m] for m in METRICS],
+                "delta": [q["delta"][m] for m in METRICS],
+                "ci95_low": [q["ci95"][m][0] for m in METRICS],
+                "ci95_high": [q["ci95"][m][1] for m in METRICS],
+                "wins": [q["win_tie_loss"][m]["win"] for m in METRICS],
+                "ties": [q["win_tie_loss"][m]["tie"] for m in METRICS],
+                "losses": [q["win_tie_loss"][m]["loss"] for m in METRICS],
+            },
             index=list(METRICS),
         ).round(4)
 
@@ -181,8 +189,14 @@ def training_overlap(ws: Workspace, dataset_version: str, records: list[EvalReco
     return len(wanted & {(g["project_id"], normalise_query(g["query_text"])) for g in read_groups(ws, dataset_version)})
 
 
-def evaluate_run(ws: Workspace, run_id: int, evaluation_dataset_ref: str, *, bootstrap_samples: int = DEFAULT_BOOTSTRAP,
-                 progress: bool = False) -> EvaluationOutcome:
+def evaluate_run(
+    ws: Workspace,
+    run_id: int,
+    evaluation_dataset_ref: str,
+    *,
+    bootstrap_samples: int = DEFAULT_BOOTSTRAP,
+    progress: bool = False,
+) -> EvaluationOutcome:
     """Evaluate RUNNING run ``run_id``; PASS → READY_FOR_RELEASE, below criteria → FAILED/FAIL.
 
     The detail artifact is published first, then the ModelEvaluation row and the run's
@@ -200,8 +214,10 @@ def evaluate_run(ws: Workspace, run_id: int, evaluation_dataset_ref: str, *, boo
     records = list(read_evaluation_set(ws, evaluation_dataset_ref))
     overlap = training_overlap(ws, run.dataset_version, records)
     if overlap:
-        raise EvaluationError(f"evaluation set {evaluation_dataset_ref} shares {overlap} queries with training "
-                              f"dataset {run.dataset_version}: the comparison would not be fair")
+        raise EvaluationError(
+            f"evaluation set {evaluation_dataset_ref} shares {overlap} queries with training "
+            f"dataset {run.dataset_version}: the comparison would not be fair"
+        )
     corpora = _project_corpora(ws, {r.project_id for r in records})
     baseline = rank(ws, run.baseline_model_version, records, corpora, progress)
     candidate = rank(ws, run.candidate_model_version, records, corpora, progress)
@@ -215,8 +231,11 @@ def evaluate_run(ws: Workspace, run_id: int, evaluation_dataset_ref: str, *, boo
             skipped += 1  # its expected chunks are gone: the query cannot be judged
             continue
         evaluated += 1
-        row: dict[str, Any] = {"query_text": record.query_text, "project_id": record.project_id,
-                               "expected_results": sorted(relevant)}
+        row: dict[str, Any] = {
+            "query_text": record.query_text,
+            "project_id": record.project_id,
+            "expected_results": sorted(relevant),
+        }
         for name, ranked in (("baseline", base), ("candidate", cand)):
             ids = [doc for doc, _ in ranked]
             metrics = query_metrics(ids, relevant)
@@ -226,11 +245,15 @@ def evaluate_run(ws: Workspace, run_id: int, evaluation_dataset_ref: str, *, boo
             row[name] = {"returned": [{"chunk_id": d, "score": round(s, 6)} for d, s in ranked], **metrics}
         details.append(row)
     if not evaluated:
-        raise EvaluationError(f"evaluation set {evaluation_dataset_ref}: no query has its expected chunks in the corpus")
+        raise EvaluationError(
+            f"evaluation set {evaluation_dataset_ref}: no query has its expected chunks in the corpus"
+        )
 
     quality = _summarise(per_query, bootstrap_samples)
     quality["coverage"] = {
-        "queries": len(records), "evaluated": evaluated, "skipped_missing_expected": skipped,
+        "queries": len(records),
+        "evaluated": evaluated,
+        "skipped_missing_expected": skipped,
         "unjudged_share_baseline": round(unjudged["baseline"] / (evaluated * K), 4),
         "unjudged_share_candidate": round(unjudged["candidate"] / (evaluated * K), 4),
     }
@@ -242,26 +265,45 @@ def evaluate_run(ws: Workspace, run_id: int, evaluation_dataset_ref: str, *, boo
         ws.objects.put_bytes(detail_key, payload)
     with ws.db.transaction() as session:
         evaluation = ModelEvaluation(
-            run_id=run_id, candidate_model_version=run.candidate_model_version,
-            baseline_model_version=run.baseline_model_version, evaluation_dataset_ref=evaluation_dataset_ref,
-            sample_count=evaluated, quality_metrics=quality, pass_criteria=PASS_CRITERIA,
-            overall_decision=decision, fail_reason=fail_reason, detail_artifact_path=ws.objects.uri(detail_key),
+            run_id=run_id,
+            candidate_model_version=run.candidate_model_version,
+            baseline_model_version=run.baseline_model_version,
+            evaluation_dataset_ref=evaluation_dataset_ref,
+            sample_count=evaluated,
+            quality_metrics=quality,
+            pass_criteria=PASS_CRITERIA,
+            overall_decision=decision,
+            fail_reason=fail_reason,
+            detail_artifact_path=ws.objects.uri(detail_key),
         )
         session.add(evaluation)
         session.flush()
         if decision is Decision.PASS:
             mark_ready(session, run_id, evaluation_id=evaluation.id)
         else:
-            mark_failed(session, run_id, stage=RunStage.EVALUATION, failure_type=FailureType.FAIL,
-                        reason=fail_reason or "below criteria", evaluation_id=evaluation.id)
+            mark_failed(
+                session,
+                run_id,
+                stage=RunStage.EVALUATION,
+                failure_type=FailureType.FAIL,
+                reason=fail_reason or "below criteria",
+                evaluation_id=evaluation.id,
+            )
         evaluation_id = evaluation.id
     log.info("run evaluated", extra={"run_id": run_id, "decision": decision.value, "evaluation_id": evaluation_id})
     return EvaluationOutcome(run_id, evaluation_id, decision, fail_reason, quality, PASS_CRITERIA, detail_key, details)
 
 
 def _summarise(per_query: dict[str, dict[str, list[float]]], samples: int) -> dict[str, Any]:
-    summary: dict[str, Any] = {"baseline": {}, "candidate": {}, "delta": {}, "ci95": {}, "win_tie_loss": {},
-                               "bootstrap_samples": samples, "bootstrap_seed": BOOTSTRAP_SEED}
+    summary: dict[str, Any] = {
+        "baseline": {},
+        "candidate": {},
+        "delta": {},
+        "ci95": {},
+        "win_tie_loss": {},
+        "bootstrap_samples": samples,
+        "bootstrap_seed": BOOTSTRAP_SEED,
+    }
     for m in METRICS:
         base = np.asarray(per_query["baseline"][m])
         cand = np.asarray(per_query["candidate"][m])
@@ -270,8 +312,11 @@ def _summarise(per_query: dict[str, dict[str, list[float]]], samples: int) -> di
         summary["candidate"][m] = float(cand.mean())
         summary["delta"][m] = float(deltas.mean())
         summary["ci95"][m] = list(paired_bootstrap(deltas, samples))
-        summary["win_tie_loss"][m] = {"win": int((deltas > 1e-12).sum()), "tie": int((np.abs(deltas) <= 1e-12).sum()),
-                                      "loss": int((deltas < -1e-12).sum())}
+        summary["win_tie_loss"][m] = {
+            "win": int((deltas > 1e-12).sum()),
+            "tie": int((np.abs(deltas) <= 1e-12).sum()),
+            "loss": int((deltas < -1e-12).sum()),
+        }
     return summary
 
 

@@ -38,8 +38,15 @@ class EvalRecord:
     expected_results: tuple[str, ...]
 
     def to_json(self) -> str:
-        return json.dumps({"query_text": self.query_text, "project_id": self.project_id,
-                           "expected_results": list(self.expected_results)}, ensure_ascii=False, sort_keys=True)
+        return json.dumps(
+            {
+                "query_text": self.query_text,
+                "project_id": self.project_id,
+                "expected_results": list(self.expected_results),
+            },
+            ensure_ascii=False,
+            sort_keys=True,
+        )
 
 
 def normalise_query(text: str) -> str:
@@ -58,7 +65,9 @@ def _validated(records: Iterable[EvalRecord]) -> list[EvalRecord]:
             raise EvaluationSetError(f"record {i}: expected_results must be a non-empty list of chunk ids")
         key = (record.project_id, normalise_query(record.query_text))
         if key in seen:
-            raise EvaluationSetError(f"record {i}: the query {record.query_text!r} appears twice in {record.project_id}")
+            raise EvaluationSetError(
+                f"record {i}: the query {record.query_text!r} appears twice in {record.project_id}"
+            )
         seen.add(key)
         out.append(EvalRecord(record.query_text.strip(), record.project_id.strip(), expected))
     if not out:
@@ -101,8 +110,12 @@ def register_evaluation_set(ws: Workspace, records: Iterable[EvalRecord], *, sou
     if not ws.objects.exists(key):
         ws.objects.put_bytes(key, data)
     with ws.db.transaction() as session:
-        row = EvaluationDataset(evaluation_dataset_ref=ref, storage_path=ws.objects.uri(key),
-                                sample_count=len(canonical), source=source[:512])
+        row = EvaluationDataset(
+            evaluation_dataset_ref=ref,
+            storage_path=ws.objects.uri(key),
+            sample_count=len(canonical),
+            source=source[:512],
+        )
         session.add(row)
     log.info("evaluation set registered", extra={"evaluation_dataset_ref": ref, "samples": len(canonical)})
     return row
@@ -133,7 +146,9 @@ def records_from_file(path: Path) -> list[EvalRecord]:
         try:
             records.append(EvalRecord(data["query_text"], data["project_id"], tuple(data["expected_results"])))
         except (KeyError, TypeError) as exc:
-            raise EvaluationSetError(f"{path}:{number}: needs query_text, project_id, expected_results ({exc})") from None
+            raise EvaluationSetError(
+                f"{path}:{number}: needs query_text, project_id, expected_results ({exc})"
+            ) from None
     return records
 
 

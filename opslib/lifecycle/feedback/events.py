@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -57,12 +57,26 @@ def _is_event_id(event_id: str, user_id: str, req_id: str, rating: str) -> bool:
         value = int(event_id.replace("-", ""), 16)
     except ValueError:
         return False
-    return (value == _event_id_int(user_id, req_id, rating) and len(event_id) == 36
-            and event_id == event_id.lower() and event_id[8] == event_id[13] == event_id[18] == event_id[23] == "-")
+    return (
+        value == _event_id_int(user_id, req_id, rating)
+        and len(event_id) == 36
+        and event_id == event_id.lower()
+        and event_id[8] == event_id[13] == event_id[18] == event_id[23] == "-"
+    )
 
 
-_TEXT_FIELDS = ("event_id", "user_id", "project_id", "req_id", "query_text", "active_model_version",
-                "active_index_name", "response_snapshot_ref", "created_at", "trace_id")
+_TEXT_FIELDS = (
+    "event_id",
+    "user_id",
+    "project_id",
+    "req_id",
+    "query_text",
+    "active_model_version",
+    "active_index_name",
+    "response_snapshot_ref",
+    "created_at",
+    "trace_id",
+)
 _LIST_FIELDS = ("topk_ids", "used_ids")
 FIELDS = ("schema_version", *_TEXT_FIELDS[:5], "rating", *_LIST_FIELDS, *_TEXT_FIELDS[5:])
 _FIELD_SET = frozenset(FIELDS)
@@ -99,8 +113,7 @@ def check_event(data: dict[str, Any]) -> None:
         raise InvalidEvent("created_at: must carry a UTC offset")
     if not _is_event_id(data["event_id"], data["user_id"], data["req_id"], data["rating"]):
         expected = feedback_event_id(data["user_id"], data["req_id"], data["rating"])
-        raise InvalidEvent(
-            f"event_id: must be the UUIDv5 of feedback:{{user_id}}:{{req_id}}:{{rating}} ({expected})")
+        raise InvalidEvent(f"event_id: must be the UUIDv5 of feedback:{{user_id}}:{{req_id}}:{{rating}} ({expected})")
     stray = [u for u in data["used_ids"] if u not in data["topk_ids"]]
     if stray:
         raise InvalidEvent(f"used_ids: {stray} are not in topk_ids")
@@ -138,7 +151,7 @@ class FeedbackEvent:
 
     @property
     def created(self) -> datetime:
-        return datetime.fromisoformat(self.created_at).astimezone(timezone.utc)
+        return datetime.fromisoformat(self.created_at).astimezone(UTC)
 
 
 def parse_event_dict(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
@@ -186,14 +199,24 @@ def make_event(
     created_at: datetime,
     trace_id: str,
 ) -> FeedbackEvent:
-    return FeedbackEvent.from_dict({
-        "schema_version": 1, "event_id": feedback_event_id(user_id, req_id, rating),
-        "user_id": user_id, "project_id": project_id, "req_id": req_id, "query_text": query_text,
-        "rating": rating, "topk_ids": list(topk_ids), "used_ids": list(used_ids),
-        "active_model_version": active_model_version, "active_index_name": active_index_name,
-        "response_snapshot_ref": req_id, "created_at": created_at.astimezone(timezone.utc).isoformat(),
-        "trace_id": trace_id,
-    })
+    return FeedbackEvent.from_dict(
+        {
+            "schema_version": 1,
+            "event_id": feedback_event_id(user_id, req_id, rating),
+            "user_id": user_id,
+            "project_id": project_id,
+            "req_id": req_id,
+            "query_text": query_text,
+            "rating": rating,
+            "topk_ids": list(topk_ids),
+            "used_ids": list(used_ids),
+            "active_model_version": active_model_version,
+            "active_index_name": active_index_name,
+            "response_snapshot_ref": req_id,
+            "created_at": created_at.astimezone(UTC).isoformat(),
+            "trace_id": trace_id,
+        }
+    )
 
 
 def event_line(event: FeedbackEvent) -> bytes:
@@ -215,7 +238,7 @@ _STAMP = "%Y%m%dT%H%M%S%fZ"
 
 def log_key(prefix: str, at: datetime | None = None) -> str:
     """``<prefix>/<UTC timestamp>-<uuid>.jsonl`` for a new log file written at ``at`` (now)."""
-    stamp = (at or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime(_STAMP)
+    stamp = (at or datetime.now(UTC)).astimezone(UTC).strftime(_STAMP)
     return f"{prefix}/{stamp}-{uuid.uuid4().hex}.jsonl"
 
 
@@ -223,17 +246,19 @@ def batch_timestamp(key: str) -> datetime:
     """The UTC timestamp a raw/error log file is named by (``<prefix>/<stamp>-<uuid>.jsonl``)."""
     name = key.rsplit("/", 1)[-1]
     try:
-        return datetime.strptime(name.split("-", 1)[0], _STAMP).replace(tzinfo=timezone.utc)
+        return datetime.strptime(name.split("-", 1)[0], _STAMP).replace(tzinfo=UTC)
     except ValueError:
         raise ValueError(f"key {key!r}: not named <UTC timestamp>-<uuid>.jsonl") from None
 
 
-def log_files(store: ObjectStore, prefix: str, since: datetime | None = None,
-              until: datetime | None = None) -> list[str]:
+def log_files(
+    store: ObjectStore, prefix: str, since: datetime | None = None, until: datetime | None = None
+) -> list[str]:
     """Log files under ``prefix`` whose file timestamp is in [since, until), oldest first."""
     keys = [k for k in store.list(prefix) if k.endswith(".jsonl") and not k.endswith(".reasons.jsonl")]
     return [
-        k for k in keys
+        k
+        for k in keys
         if (since is None or batch_timestamp(k) >= since) and (until is None or batch_timestamp(k) < until)
     ]
 
@@ -266,8 +291,9 @@ def ingest_feedback(
         if bad:
             key = log_key(ERROR_PREFIX)
             # Reasons first: an error file is never published without its reasons beside it.
-            store.put_bytes(key.removesuffix(".jsonl") + ".reasons.jsonl",
-                            b"".join(json.dumps(r).encode() + b"\n" for r in reasons))
+            store.put_bytes(
+                key.removesuffix(".jsonl") + ".reasons.jsonl", b"".join(json.dumps(r).encode() + b"\n" for r in reasons)
+            )
             store.put_bytes(key, b"".join(line + b"\n" for line in bad))
             report.error_files.append(key)
         good.clear()
@@ -296,8 +322,10 @@ def ingest_feedback(
         if len(good) + len(bad) >= batch_size:
             flush()
     flush()
-    log.info("feedback ingested", extra={"accepted": report.accepted, "rejected": report.rejected,
-                                          "raw_files": len(report.raw_files)})
+    log.info(
+        "feedback ingested",
+        extra={"accepted": report.accepted, "rejected": report.rejected, "raw_files": len(report.raw_files)},
+    )
     return report
 
 

@@ -40,16 +40,16 @@ class FeedbackHealth:
     def volume_by_day(self) -> pd.DataFrame:
         if self.events.empty:
             return pd.DataFrame(columns=["LIKE", "DISLIKE"])
-        table = self.events.pivot_table(index="day", columns="rating", values="event_id",
-                                        aggfunc="count", fill_value=0)
+        table = self.events.pivot_table(index="day", columns="rating", values="event_id", aggfunc="count", fill_value=0)
         return table.reindex(columns=["LIKE", "DISLIKE"], fill_value=0)
 
     def rating_mix_by_model(self) -> pd.DataFrame:
         """Per active model version: events, likes, dislikes and like rate."""
         if self.events.empty:
             return pd.DataFrame(columns=["events", "LIKE", "DISLIKE", "like_rate"])
-        table = self.events.pivot_table(index="active_model_version", columns="rating",
-                                        values="event_id", aggfunc="count", fill_value=0)
+        table = self.events.pivot_table(
+            index="active_model_version", columns="rating", values="event_id", aggfunc="count", fill_value=0
+        )
         table = table.reindex(columns=["LIKE", "DISLIKE"], fill_value=0)
         table.insert(0, "events", table["LIKE"] + table["DISLIKE"])
         table["like_rate"] = (table["LIKE"] / table["events"]).round(3)
@@ -75,9 +75,13 @@ def feedback_health(store: ObjectStore, window_days: int, now: datetime | None =
     start = end - timedelta(days=window_days)
     rows = [
         {
-            "file": key, "event_id": e.event_id, "rating": e.rating,
-            "active_model_version": e.active_model_version, "project_id": e.project_id,
-            "created_at": e.created, "day": e.created.date().isoformat(),
+            "file": key,
+            "event_id": e.event_id,
+            "rating": e.rating,
+            "active_model_version": e.active_model_version,
+            "project_id": e.project_id,
+            "created_at": e.created,
+            "day": e.created.date().isoformat(),
         }
         for key, e in read_raw_events(store, start, end + timedelta(microseconds=1))
     ]
@@ -89,9 +93,11 @@ def feedback_health(store: ObjectStore, window_days: int, now: datetime | None =
             reason = json.loads(line)["reason"]
             rejects.append({"file": key, "reason": reason.split(":")[0] if ":" in reason else reason})
     return FeedbackHealth(
-        window_start=start, window_end=end,
-        events=pd.DataFrame(rows, columns=["file", "event_id", "rating", "active_model_version",
-                                           "project_id", "created_at", "day"]),
+        window_start=start,
+        window_end=end,
+        events=pd.DataFrame(
+            rows, columns=["file", "event_id", "rating", "active_model_version", "project_id", "created_at", "day"]
+        ),
         rejects=pd.DataFrame(rejects, columns=["file", "reason"]),
         raw_files=len(log_files(store, RAW_PREFIX, start, end + timedelta(microseconds=1))),
         error_files=len(error_keys),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from tqdm.auto import tqdm
 
@@ -78,7 +78,7 @@ def simulate_traffic(
     if not queries:
         raise SimulationError(f"corpus {corpus!r}: has no traffic queries")
     rng = random.Random(seed)
-    begin = start or datetime.now(timezone.utc)
+    begin = start or datetime.now(UTC)
     step = spread / max(requests - 1, 1)
     report = SimulationReport()
     events: list[FeedbackEvent] = []
@@ -88,7 +88,10 @@ def simulate_traffic(
         user = f"user-{rng.randrange(users):03d}"
         expected = set(query.expected_results)
         response = search(
-            ws, query.query_text, project_id=query.project_id, user_id=user,
+            ws,
+            query.query_text,
+            project_id=query.project_id,
+            user_id=user,
             choose_used=lambda hits, expected=expected: choose_used(hits, expected),
         )
         relevant_shown = any(ref in expected for ref in response.used_ids)
@@ -99,18 +102,25 @@ def simulate_traffic(
         report.dislikes += not liked
         events.append(
             make_event(
-                user_id=user, project_id=query.project_id, req_id=response.req_id,
-                query_text=query.query_text, rating=rating, topk_ids=response.refs,
-                used_ids=response.used_ids, active_model_version=response.active_model_version,
-                active_index_name=response.active_index_name, created_at=begin + step * i,
+                user_id=user,
+                project_id=query.project_id,
+                req_id=response.req_id,
+                query_text=query.query_text,
+                rating=rating,
+                topk_ids=response.refs,
+                used_ids=response.used_ids,
+                active_model_version=response.active_model_version,
+                active_index_name=response.active_index_name,
+                created_at=begin + step * i,
                 trace_id=current_trace_id(),
             )
         )
     report.requests = requests
     report.hit_rate = hits_with_relevant / requests
     report.ingest = ingest_feedback(ws.objects, events, batch_size=ws.settings.feedback_batch_size)
-    log.info("traffic simulated", extra={"requests": requests, "likes": report.likes,
-                                         "hit_rate": round(report.hit_rate, 3)})
+    log.info(
+        "traffic simulated", extra={"requests": requests, "likes": report.likes, "hit_rate": round(report.hit_rate, 3)}
+    )
     return report
 
 

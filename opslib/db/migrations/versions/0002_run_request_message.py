@@ -4,6 +4,7 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-12-01
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -20,8 +21,10 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("request_message_id", sa.Integer(), nullable=True))
         batch_op.create_unique_constraint(op.f("uq_ml_pipeline_runs_request_message_id"), ["request_message_id"])
         batch_op.create_foreign_key(
-            op.f("fk_ml_pipeline_runs_request_message_id_ops_messages"), "ops_messages",
-            ["request_message_id"], ["id"],
+            op.f("fk_ml_pipeline_runs_request_message_id_ops_messages"),
+            "ops_messages",
+            ["request_message_id"],
+            ["id"],
         )
 
 

@@ -4,6 +4,7 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-08
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -22,8 +23,19 @@ def upgrade() -> None:
         sa.Column("schedule", sa.String(length=64), nullable=False),
         sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
-        sa.Column("status", sa.Enum("STARTED", "DONE", "FAILED", name="schedule_tick_status", native_enum=False,
-                                    create_constraint=True, length=32), nullable=False),
+        sa.Column(
+            "status",
+            sa.Enum(
+                "STARTED",
+                "DONE",
+                "FAILED",
+                name="schedule_tick_status",
+                native_enum=False,
+                create_constraint=True,
+                length=32,
+            ),
+            nullable=False,
+        ),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("outcome", sa.Text(), nullable=True),
