@@ -1,10 +1,10 @@
-# Two commands for a fresh machine: `make demo` (the main job) and `make test` (the suite).
+# For a fresh machine: `make demo` (the main job), `make test` (the suite), `make lint` (ruff, mypy, import layers).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install lab clean-workspace
+.PHONY: demo test lint install lab clean-workspace
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ demo: $(STAMP)
 PYTEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+# Lint, types, import layers (config in pyproject.toml); stops at the first failure. Notebooks are
+# not linted. mypy's first run analyses torch & co. for their types (minutes); later runs use .mypy_cache.
+LINT_PATHS := opslib tests bench .ci
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 # Rooted at the repository so report links under runs/ open in JupyterLab; the kernels find the
 # demo's workspace and runs/ whatever folder a notebook runs in.

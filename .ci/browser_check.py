@@ -22,6 +22,7 @@ system Chromium (Debian ``chromium``); Playwright never downloads a browser. Pri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -317,16 +318,12 @@ class JupyterLab:
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait(timeout=15)
         for pid in started[1:]:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         self.log.close()
 
 

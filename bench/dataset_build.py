@@ -108,7 +108,7 @@ def prepare(workspace: Path, events: int, projects: int, chunks_per_project: int
                     "created_at": (AS_OF - timedelta(seconds=rng.randrange(29 * 86400))).isoformat(),
                     "trace_id": f"{rng.getrandbits(64):016x}",
                 }
-                recent = (recent + [data])[-1000:]
+                recent = [*recent, data][-1000:]
             lines.append(orjson.dumps(data))
             written += 1
         with tempfile.NamedTemporaryFile(delete=False) as handle:

@@ -48,7 +48,7 @@ def shuffled_control(ws: Workspace, version: str, seed: int) -> str:
     order = list(range(len(groups)))
     random.Random(seed).shuffle(order)
     rotated = order[1:] + order[:1]  # a derangement: no group keeps its own positives
-    for target, source in zip(order, rotated):
+    for target, source in zip(order, rotated, strict=True):
         groups[target] = {**groups[target], "positives": positives[source]}
     control = f"{version}-shuffled"
     prefix = f"datasets/{control}"

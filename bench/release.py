@@ -101,7 +101,7 @@ def bench_reindex(root: Path, dataset: Path | None, repeat: int) -> None:
     raw, pipeline = _median(raw_s), _median(pipeline_s)
     # Paired: each repeat's pipeline against the raw encode run just before it, so the machine's
     # drift between repeats cancels; the median of those ratios is quoted.
-    ratio_a = _median([r / p for r, p in zip(raw_s, pipeline_s)])
+    ratio_a = _median([r / p for r, p in zip(raw_s, pipeline_s, strict=True)])
     print(
         f"(a) raw {len(texts) / raw:.1f} chunks/s, pipeline {len(texts) / pipeline:.1f} chunks/s (medians) → "
         f"throughput ratio {ratio_a:.3f}, median of the paired repeats (target ≥ {TARGET_THROUGHPUT})"

@@ -1,10 +1,9 @@
-"""opslib — the Biblio Ops Workbench package: every lifecycle stage's logic lives here."""
+"""opslib — the Biblio Ops Workbench package: every lifecycle stage's logic lives here.
 
-import os
+Importing it changes nothing in the process (no environment variables): the offline switches for
+the Hugging Face libraries are set where a model is loaded (``opslib.infra.offline``).
+"""
 
-# Nothing may download at run time: keep Hugging Face libraries offline in every process.
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from importlib.metadata import version
 
-__version__ = "0.1.0"
+__version__ = version("opslib")  # the one version number is pyproject.toml's

@@ -8,9 +8,12 @@ kernels) receive ``Settings.as_env()``.
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
+from croniter import croniter
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -41,7 +44,9 @@ class Settings(BaseSettings):
     chroma_port: int = Field(default=8000, ge=1, le=65535)
     runs_dir: Path = Field(default=Path("runs"), description="Archive of executed stage notebooks (.ipynb + .html).")
     notebooks_dir: Path | None = Field(
-        default=None, description="Stage notebooks; default: the repository's notebooks/ folder"
+        default=None,
+        description="Stage notebooks; default: the ones shipped in the package (opslib.notebooks, i.e. the "
+        "repository's notebooks/ folder)",
     )
     model_cache_dir: Path | None = Field(
         default=None,
@@ -129,8 +134,6 @@ class Settings(BaseSettings):
     @field_validator("schedule_timezone")
     @classmethod
     def _timezone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo
-
         try:
             ZoneInfo(value)
         except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
@@ -140,8 +143,6 @@ class Settings(BaseSettings):
     @field_validator("dataset_schedule", "training_schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
-        from croniter import croniter
-
         value = " ".join(value.split())
         if len(value.split(" ")) != 5 or not croniter.is_valid(value):
             raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour day-of-month month day-of-week)")
@@ -182,7 +183,14 @@ class Settings(BaseSettings):
 
     @property
     def resolved_notebooks_dir(self) -> Path:
-        return self.notebooks_dir or Path(__file__).resolve().parent.parent / "notebooks"
+        if self.notebooks_dir is not None:
+            return self.notebooks_dir
+        # The package's copy: the wheel carries them; an editable install maps the repository's
+        # top-level notebooks/ folder (pyproject.toml [tool.setuptools.package-dir]).
+        folder = files("opslib.notebooks")
+        if not isinstance(folder, Path):  # e.g. imported from a zip: Papermill needs files on disk
+            raise RuntimeError(f"the packaged notebooks are not a folder on disk ({folder}): set OPS_NOTEBOOKS_DIR")
+        return folder
 
     def as_env(self) -> dict[str, str]:
         """Environment for a child process (a notebook kernel) so it sees these exact settings."""

@@ -80,3 +80,17 @@ def test_as_env_round_trips(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     for key, value in original.as_env().items():
         monkeypatch.setenv(key, value)
     assert Settings() == original
+
+
+def test_notebooks_come_from_the_package_unless_ops_notebooks_dir_is_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from importlib.resources import files
+
+    from opslib.execution.registry import STAGES
+
+    packaged = Settings().resolved_notebooks_dir
+    assert packaged == files("opslib.notebooks")
+    assert all((packaged / spec.notebook).is_file() for spec in STAGES.values())
+    monkeypatch.setenv("OPS_NOTEBOOKS_DIR", str(tmp_path))
+    assert Settings().resolved_notebooks_dir == tmp_path

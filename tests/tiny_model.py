@@ -8,6 +8,9 @@ from pathlib import Path
 
 
 def build_tiny_model(target: Path, seed: int = 0) -> Path:
+    from opslib.infra.offline import use_offline_environment
+
+    use_offline_environment()  # before transformers is first imported: it reads the flags then
     import torch
     from sentence_transformers import SentenceTransformer, models
     from transformers import BertConfig, BertModel
@@ -40,6 +43,9 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
 def build_constant_model(source: Path, target: Path) -> Path:
     """A copy of ``source`` whose word embeddings are all the same vector: every text embeds
     alike, so it ranks nothing — a candidate that must FAIL evaluation."""
+    from opslib.infra.offline import use_offline_environment
+
+    use_offline_environment()
     import torch
     from sentence_transformers import SentenceTransformer
 

@@ -9,8 +9,8 @@ Use these *instead of* `opsbench schedule`, not next to it, or each job runs twi
   Training stages need a run id that only the worker creates, so they are not PapermillOperator
   tasks of their own.
 
-Requirements on the Airflow workers: ``opslib`` installed (``pip install -e /opt/biblio-ops``) so the
-notebooks' kernel can import it, the ``apache-airflow-providers-papermill`` package, and the same
+Requirements on the Airflow workers: ``opslib`` installed from its wheel (``pip install
+opslib-<version>-py3-none-any.whl``, torch 2.13.0 first) so the notebooks' kernel can import it, the ``apache-airflow-providers-papermill`` package, and the same
 ``OPS_*`` settings as everywhere else (``OPS_DB_URL`` pointing at the shared PostgreSQL,
 ``OPS_OBJECT_STORE_URL`` / ``OPS_MODEL_STORE_URL`` on object storage, ``OPS_CHROMA_HOST``...): the
 kernel Papermill starts inherits the task's environment and the notebooks read their settings
@@ -24,6 +24,8 @@ the notebooks behave the same either way.
 
 from __future__ import annotations
 
+from importlib import resources
+
 import pendulum
 from airflow import DAG
 from airflow.providers.papermill.operators.papermill import PapermillOperator
@@ -35,9 +37,10 @@ except ImportError:  # Airflow 2
     from airflow.operators.bash import BashOperator
     from airflow.operators.python import PythonOperator
 
-NOTEBOOKS = "/opt/biblio-ops/notebooks"  # the repository's notebooks/ folder on the Airflow worker
+# The stage notebooks ship inside the installed package (opslib.notebooks).
+NOTEBOOKS = str(resources.files("opslib.notebooks"))
 ARCHIVE = "/srv/biblio-ops/runs/airflow"  # or an s3:// / gs:// prefix (Papermill writes through its I/O handlers)
-OPSBENCH = "/opt/biblio-ops/.venv/bin/opsbench"
+OPSBENCH = "opsbench"  # the console script of the installed wheel
 SEOUL = pendulum.timezone("Asia/Seoul")
 
 def queue_training_request(airflow_run_id: str) -> int:

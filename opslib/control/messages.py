@@ -8,7 +8,7 @@ external producers (schedulers, other services) also write to. An unsupported
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -20,15 +20,16 @@ from pydantic import (
 )
 
 from opslib.db.models import utcnow
+from opslib.errors import Refused
 from opslib.infra.logs import current_trace_id
 
-TRAINING_REQUEST = "TRAINING_REQUEST"
-ROLLBACK_REQUEST = "ROLLBACK_REQUEST"
+TRAINING_REQUEST: Final = "TRAINING_REQUEST"
+ROLLBACK_REQUEST: Final = "ROLLBACK_REQUEST"
 MESSAGE_TYPES = (TRAINING_REQUEST, ROLLBACK_REQUEST)
 SUPPORTED_PAYLOAD_VERSIONS = ("v1",)
 
 
-class MessageRefused(ValueError):
+class MessageRefused(Refused, ValueError):
     """The message cannot be executed; ``reason`` is what gets recorded."""
 
     def __init__(self, reason: str) -> None:

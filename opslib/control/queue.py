@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from opslib.control.messages import (
@@ -24,12 +24,13 @@ from opslib.control.messages import (
 )
 from opslib.db.engine import Database
 from opslib.db.models import MessageOutcome, OpsMessage, utcnow
+from opslib.errors import Invalid
 from opslib.infra.logs import get_logger
 
 log = get_logger(__name__)
 
 
-class QueueError(Exception):
+class QueueError(Invalid):
     pass
 
 
@@ -115,10 +116,13 @@ def claim(
 
 def _finish(db: Database, delivery: Delivery, outcome: MessageOutcome, reason: str | None) -> bool:
     with db.transaction() as session:
-        done = session.execute(
-            update(OpsMessage)
-            .where(OpsMessage.id == delivery.message_id, OpsMessage.acked_at.is_(None))
-            .values(acked_at=utcnow(), outcome=outcome, outcome_reason=reason)
+        done = cast(  # DML: Session.execute is typed Result, returns a CursorResult
+            CursorResult[Any],
+            session.execute(
+                update(OpsMessage)
+                .where(OpsMessage.id == delivery.message_id, OpsMessage.acked_at.is_(None))
+                .values(acked_at=utcnow(), outcome=outcome, outcome_reason=reason)
+            ),
         ).rowcount
     return bool(done)
 
@@ -139,15 +143,18 @@ def refuse(db: Database, delivery: Delivery, reason: str) -> bool:
 def extend(db: Database, delivery: Delivery, visibility_timeout_s: float) -> bool:
     """Keep a long-running claim: push its visibility out (only while we still hold it)."""
     with db.transaction() as session:
-        changed = session.execute(
-            update(OpsMessage)
-            .where(
-                OpsMessage.id == delivery.message_id,
-                OpsMessage.acked_at.is_(None),
-                OpsMessage.claimed_by == delivery.claimed_by,
-                OpsMessage.attempt == delivery.attempt,
-            )
-            .values(visible_at=utcnow() + timedelta(seconds=visibility_timeout_s))
+        changed = cast(
+            CursorResult[Any],
+            session.execute(
+                update(OpsMessage)
+                .where(
+                    OpsMessage.id == delivery.message_id,
+                    OpsMessage.acked_at.is_(None),
+                    OpsMessage.claimed_by == delivery.claimed_by,
+                    OpsMessage.attempt == delivery.attempt,
+                )
+                .values(visible_at=utcnow() + timedelta(seconds=visibility_timeout_s))
+            ),
         ).rowcount
     return bool(changed)
 

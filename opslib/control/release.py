@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from opslib.db.models import ModelRelease, ReleaseEvent, ReleaseStatus, utcnow
+from opslib.errors import Conflict, Refused
 
 SERVING_KEY = "default"
 S = ReleaseStatus
@@ -64,8 +66,13 @@ _STATE_FIELDS = (
 CANDIDATE_FIELDS = ("candidate_model_version", "candidate_index_name", "candidate_run_id", "candidate_ready_at")
 
 
-class ReleaseError(Exception):
+class ReleaseError(Refused):
     """A refused release transition; nothing was changed."""
+
+
+class ReleaseConflict(ReleaseError, Conflict):
+    """The release changed since the caller read it (its ``expected_row_version``): refused,
+    like every ``ReleaseError``; re-read the release before asking again."""
 
 
 def current_release(session: Session, *, for_update: bool = False, for_share: bool = False) -> ModelRelease | None:
@@ -113,7 +120,7 @@ def apply(
             f"the release is {status.value if status else 'not created'}"
         )
     if release is not None and expected_row_version is not None and release.row_version != expected_row_version:
-        raise ReleaseError(
+        raise ReleaseConflict(
             f"release transition {kind}: the release changed (row version {release.row_version}, "
             f"expected {expected_row_version})"
         )
@@ -172,8 +179,6 @@ def cleared_candidate() -> dict[str, Any]:
 
 def history_frame(session: Session) -> Any:
     """The release history as a table: when, what, who, and what served after it."""
-    import pandas as pd
-
     rows = [
         {
             "at": e.at,
@@ -191,8 +196,6 @@ def history_frame(session: Session) -> Any:
 
 def compare_states(before: dict[str, Any] | None, after: dict[str, Any] | None) -> Any:
     """Release fields before and after a stage, changed ones marked."""
-    import pandas as pd
-
     names = list((after or before or {}).keys())
     rows = []
     for name in names:

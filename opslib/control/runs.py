@@ -26,6 +26,7 @@ from opslib.db.models import (
     TriggerSource,
     utcnow,
 )
+from opslib.errors import NotFound, Refused
 from opslib.infra.logs import get_logger
 from opslib.infra.vector_store import index_name_for
 
@@ -45,8 +46,12 @@ ACTIVE = (RunStatus.RUNNING, RunStatus.PENDING)
 _SLOT_RETRIES = 20
 
 
-class RunError(Exception):
+class RunError(Refused):
     """A refused run transition; nothing was changed."""
+
+
+class RunNotFound(RunError, NotFound):
+    """The run named does not exist."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ def check_transition(current: RunStatus | None, target: RunStatus) -> str:
 def _lock_run(session: Session, run_id: int) -> MLPipelineRun:
     run = session.scalars(select(MLPipelineRun).where(MLPipelineRun.id == run_id).with_for_update()).one_or_none()
     if run is None:
-        raise RunError(f"run {run_id}: no such run")
+        raise RunNotFound(f"run {run_id}: no such run")
     return run
 
 
@@ -277,7 +282,7 @@ def get_run(db: Database, run_id: int) -> MLPipelineRun:
     with db.read() as session:
         run = session.get(MLPipelineRun, run_id)
         if run is None:
-            raise RunError(f"run {run_id}: no such run")
+            raise RunNotFound(f"run {run_id}: no such run")
         return run
 
 

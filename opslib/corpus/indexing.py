@@ -11,9 +11,10 @@ import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import Select, delete, func, insert, select
+from sqlalchemy import CursorResult, Select, delete, func, insert, select
 from sqlalchemy.orm import Session
 from tqdm.auto import tqdm
 
@@ -165,7 +166,7 @@ def _index_batch(
     if fresh:
         unique_texts = list(dict.fromkeys(r.text for r in fresh))
         embedded = ws.embeddings.embed(unique_texts, model_version, purpose)
-        by_text = dict(zip(unique_texts, embedded))
+        by_text = dict(zip(unique_texts, embedded, strict=True))  # embed returns one row per text
         for r in fresh:
             vectors[r.hash] = by_text[r.text]
 
@@ -244,10 +245,13 @@ def remove_chunks(ws: Workspace, chunk_ids: Iterable[str], *, index_name: str) -
     """Take chunks out of an index: the SOT entry goes first, so search never trusts a stale one."""
     ids = list(chunk_ids)
     with ws.db.transaction() as session:
-        removed = session.execute(
-            delete(VectorIndexEntry).where(
-                VectorIndexEntry.index_name == index_name, VectorIndexEntry.chunk_id.in_(ids)
-            )
+        removed = cast(  # DML: Session.execute is typed Result, returns a CursorResult
+            CursorResult[Any],
+            session.execute(
+                delete(VectorIndexEntry).where(
+                    VectorIndexEntry.index_name == index_name, VectorIndexEntry.chunk_id.in_(ids)
+                )
+            ),
         ).rowcount
     ws.vectors.delete(index_name, ids)
     return int(removed or 0)
@@ -302,7 +306,7 @@ def build_index(
     )
 
 
-def missing_chunks_query(index_name: str, ready_before: datetime | None = None) -> Select[tuple[str]]:
+def missing_chunks_query(index_name: str, ready_before: datetime | None = None) -> Select[str]:
     """READY chunks (created before ``ready_before``) without an entry in ``index_name``."""
     query = (
         select(Chunk.id)

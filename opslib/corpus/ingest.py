@@ -3,29 +3,29 @@
 A video is PROCESSING while its chunks are embedded and becomes READY only once every chunk is
 in each index the release currently writes to (the active one; also the candidate while the
 release is CANDIDATE_REINDEXING — dual-write, DESIGN §5). A failure leaves it FAILED, never READY.
+Every status change goes through ``opslib.control.serving`` and its transition tables.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from opslib.control.release import current_release
+from opslib.control.serving import mark_failed, mark_ready, new_video
 from opslib.corpus.indexing import index_chunks
 from opslib.db.models import (
     Chunk,
     ModelRelease,
     ReleaseStatus,
-    ServingState,
     VectorIndexEntry,
     Video,
-    VideoStatus,
-    utcnow,
 )
+from opslib.errors import Invalid
 from opslib.infra.embedding import Purpose
 from opslib.infra.logs import get_logger
 from opslib.infra.workspace import Workspace
@@ -34,7 +34,7 @@ log = get_logger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:#@/-]{0,127}$")
 
 
-class IngestError(ValueError):
+class IngestError(Invalid, ValueError):
     pass
 
 
@@ -121,7 +121,7 @@ def write_targets(ws: Workspace) -> list[WriteTarget]:
         return _targets_of(release)
 
 
-def still_reindexing(index_name: str):  # type: ignore[no-untyped-def]
+def still_reindexing(index_name: str) -> Callable[[Session], bool]:
     """Guard for a candidate write: asked inside the transaction that records the entries."""
 
     def guard(session: Session) -> bool:
@@ -152,14 +152,12 @@ def ingest_videos(
             raise IngestError(f"video_id {sorted(existing)[0]!r}: already exists")
         for video in videos:
             session.add(
-                Video(
+                new_video(
                     id=video.video_id,
                     user_id=video.user_id,
                     project_id=video.project_id,
                     title=video.title,
                     category=video.category,
-                    status=VideoStatus.PROCESSING,
-                    search_serving_state=ServingState.SERVABLE,
                 )
             )
         session.flush()  # videos before their chunks (the FK needs them)
@@ -203,7 +201,8 @@ def ingest_videos(
         else:
             raise IngestError("the serving combination kept changing while indexing; retry the ingest")
     except Exception:
-        _mark(ws, video_ids, VideoStatus.FAILED, failed_stage="INDEXING")
+        with ws.db.transaction() as session:
+            mark_failed(session, video_ids, stage="INDEXING")
         raise
     log.info("videos ingested", extra={"videos": len(videos), "chunks": len(chunk_ids)})
     return IngestReport(videos=len(videos), chunks=len(chunk_ids), indexes=sorted(written))
@@ -231,18 +230,5 @@ def _mark_ready_if_targets(ws: Workspace, video_ids: list[str], written_active: 
             total = session.scalar(select(func.count()).select_from(Chunk).where(Chunk.video_id.in_(video_ids)))
             if candidate_written != total:
                 return False
-        session.execute(
-            update(Video)
-            .where(Video.id.in_(video_ids))
-            .values(status=VideoStatus.READY, failed_stage=None, updated_at=utcnow())
-        )
+        mark_ready(session, video_ids)
         return True
-
-
-def _mark(ws: Workspace, video_ids: list[str], status: VideoStatus, failed_stage: str | None = None) -> None:
-    with ws.db.transaction() as session:
-        session.execute(
-            update(Video)
-            .where(Video.id.in_(video_ids))
-            .values(status=status, failed_stage=failed_stage, updated_at=utcnow())
-        )

@@ -22,6 +22,7 @@ from opslib.control.release import current_release
 from opslib.corpus.indexing import remove_chunks
 from opslib.corpus.ingest import ChunkIn, VideoIn, ingest_videos, validate_video
 from opslib.db.models import Chunk, CorpusImport, Video, VideoStatus
+from opslib.errors import Invalid
 from opslib.infra.logs import get_logger
 from opslib.infra.workspace import Workspace
 
@@ -31,7 +32,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,30}[a-z0-9]$")
 _SLUG_MAX = 64
 
 
-class CorpusError(ValueError):
+class CorpusError(Invalid, ValueError):
     pass
 
 

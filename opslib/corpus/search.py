@@ -25,6 +25,7 @@ from opslib.db.models import (
     VideoStatus,
     utcnow,
 )
+from opslib.errors import Invalid
 from opslib.infra.embedding import EmbeddingRefused, Purpose
 from opslib.infra.workspace import Workspace
 
@@ -36,7 +37,7 @@ MAX_QUERY_CHARS = 2000
 _TERM = re.compile(r"\w+", re.UNICODE)
 
 
-class SearchError(ValueError):
+class SearchError(Invalid, ValueError):
     pass
 
 

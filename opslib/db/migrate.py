@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from importlib.resources import as_file, files
 from pathlib import Path
 
 from alembic import command
@@ -11,28 +13,31 @@ from alembic.script import ScriptDirectory
 
 from opslib.db.engine import Database
 
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+def migrations_dir() -> AbstractContextManager[Path]:
+    """The Alembic scripts shipped in the package (``opslib/db/migrations``), as a folder on disk."""
+    return as_file(files("opslib.db").joinpath("migrations"))
 
 
-def alembic_config(db: Database) -> Config:
+def alembic_config(db: Database, script_location: Path) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("script_location", str(script_location))
     cfg.set_main_option("sqlalchemy.url", db.url.replace("%", "%%"))
     return cfg
 
 
 def upgrade(db: Database, revision: str = "head") -> str:
     """Bring the schema to ``revision``; returns the revision now current."""
-    cfg = alembic_config(db)
-    with db.engine.begin() as conn:
+    with migrations_dir() as location, db.engine.begin() as conn:
+        cfg = alembic_config(db, location)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
     return current_revision(db) or ""
 
 
 def downgrade(db: Database, revision: str) -> None:
-    cfg = alembic_config(db)
-    with db.engine.begin() as conn:
+    with migrations_dir() as location, db.engine.begin() as conn:
+        cfg = alembic_config(db, location)
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
 
@@ -44,8 +49,9 @@ def current_revision(db: Database) -> str | None:
 
 def head_revision() -> str:
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    head = ScriptDirectory.from_config(cfg).get_current_head()
+    with migrations_dir() as location:
+        cfg.set_main_option("script_location", str(location))
+        head = ScriptDirectory.from_config(cfg).get_current_head()
     assert head is not None
     return head
 

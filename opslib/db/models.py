@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -63,7 +63,7 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
@@ -349,7 +349,8 @@ class ModelRelease(Base):
     switched_at: Mapped[datetime | None] = mapped_column()
     row_version: Mapped[int] = mapped_column(Integer, nullable=False)
 
-    __mapper_args__ = {"version_id_col": row_version}
+    # RUF012 silenced: SQLAlchemy types __mapper_args__ as an instance attribute (a ClassVar fails mypy).
+    __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012
 
 
 class ReleaseEvent(Base):

@@ -5,12 +5,14 @@ Notebooks stay thin — a parameters cell, ``open_stage(...)``, calls into opsli
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from opslib.db.migrate import require_current
 from opslib.db.models import ExecutionStatus, StageExecution
+from opslib.errors import Invalid, OpsError, class_path
 from opslib.execution.registry import StageParams, validate_params
 from opslib.infra.logs import bind_trace_id, configure_logging, new_trace_id
 from opslib.infra.workspace import Workspace, open_workspace
@@ -34,7 +36,7 @@ class StageContext:
         return record_outputs(self.ws, self.execution_id, outputs)
 
 
-class OutputsError(ValueError):
+class OutputsError(Invalid, ValueError):
     pass
 
 
@@ -63,8 +65,39 @@ def recorded_outputs(ws: Workspace, execution_id: int) -> dict[str, Any]:
         return dict(row.outputs or {}) if row is not None else {}
 
 
+# The display output a stage kernel adds when an OpsError ends a cell: {"eclass": class_path}.
+ERROR_CLASS_MIME = "application/vnd.opslib.error-class+json"
+
+
+def record_error_classes() -> bool:
+    """In a notebook kernel: every ``OpsError`` that ends a cell also publishes its class
+    (``ERROR_CLASS_MIME``), which the runner records as the error's ``eclass`` — the kernel's own
+    error output names only ``__name__``, and callers decide by class (``opslib.errors``). The
+    traceback shows as always. False (nothing done) outside IPython."""
+    try:
+        from IPython import get_ipython  # deferred: only a notebook kernel needs IPython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "set_custom_exc"):
+        return False
+
+    def handler(shell: Any, etype: type[BaseException], value: BaseException, tb: Any, tb_offset: Any = None) -> None:
+        with contextlib.suppress(Exception):  # a missing record only loses the class, never the error
+            from IPython.display import publish_display_data  # deferred: as above
+
+            eclass = class_path(etype)
+            # Shown as an HTML comment: invisible in Jupyter and in the archived report.
+            publish_display_data({ERROR_CLASS_MIME: {"eclass": eclass}, "text/html": f"<!-- {eclass} -->"})
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)  # the error output, as always
+
+    shell.set_custom_exc((OpsError,), handler)
+    return True
+
+
 def open_stage(stage: str, params: dict[str, Any], execution_id: int | None = None) -> StageContext:
     """Validate ``params`` and open the workspace the runner (or the operator's env) points at."""
+    record_error_classes()
     settings = Settings()
     # The report shows results, not log lines: under the runner the kernel's JSON logs go to the
     # archive's .log file beside the report; run by hand, only warnings reach the notebook.

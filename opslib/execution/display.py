@@ -12,11 +12,20 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as _Figure
 
-_COLOURS = {"PASS": "#1b7f3b", "OK": "#1b7f3b", "FAIL": "#b3261e", "ERROR": "#7a1fa2", "INFO": "#1f4e8c"}
+from opslib.errors import Refused
+
+_COLOURS = {
+    "PASS": "#1b7f3b",
+    "OK": "#1b7f3b",
+    "FAIL": "#b3261e",
+    "ERROR": "#7a1fa2",
+    "REFUSED": "#b35c00",
+    "INFO": "#1f4e8c",
+}
 
 
 def banner(verdict: str, text: str) -> Any:
-    from IPython.display import HTML
+    from IPython.display import HTML  # deferred: IPython (≈0.5 s) is needed only in a notebook
 
     colour = _COLOURS.get(verdict, "#444")
     return HTML(
@@ -34,14 +43,18 @@ def facts(title: str, values: dict[str, Any]) -> pd.DataFrame:
 
 @contextmanager
 def error_banner_on_failure(what: str) -> Iterator[None]:
-    """Show an ERROR banner in the report if the block raises, then let the error propagate
-    (the runner records the failing cell and fails the run with ERROR)."""
+    """Show a banner in the report if the block raises, then let the error propagate (the runner
+    records the failing cell and fails the run): REFUSED for a ``Refused`` (a guard said no;
+    nothing was changed), else ERROR."""
     try:
         yield
     except Exception as exc:
-        from IPython.display import display
+        from IPython.display import display  # deferred: IPython is needed only in a notebook
 
-        display(banner("ERROR", f"{what} did not complete — {type(exc).__name__}: {exc}"))
+        if isinstance(exc, Refused):
+            display(banner("REFUSED", f"{what} was refused — {type(exc).__name__}: {exc}"))
+        else:
+            display(banner("ERROR", f"{what} did not complete — {type(exc).__name__}: {exc}"))
         raise
 
 
@@ -91,7 +104,7 @@ def like_rate(table: pd.DataFrame, title: str) -> Figure:
     ax = fig.subplots()
     labels = [str(i) for i in table.index]
     bars = ax.bar(labels, table["like_rate"], color="#1f4e8c")
-    for bar, count in zip(bars, table["events"]):
+    for bar, count in zip(bars, table["events"], strict=True):
         ax.annotate(
             f"n={count}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8
         )
@@ -108,7 +121,7 @@ def funnel(steps: dict[str, int], title: str) -> Figure:
     labels = list(steps)[::-1]
     values = [steps[label] for label in labels]
     bars = ax.barh(labels, values, color="#1f4e8c")
-    for bar, value in zip(bars, values):
+    for bar, value in zip(bars, values, strict=True):
         ax.annotate(
             f"{value:,}",
             (bar.get_width(), bar.get_y() + bar.get_height() / 2),
@@ -118,7 +131,7 @@ def funnel(steps: dict[str, int], title: str) -> Figure:
             fontsize=9,
         )
     ax.set_title(title)
-    ax.set_xlim(0, max(values + [1]) * 1.15)
+    ax.set_xlim(0, max([*values, 1]) * 1.15)
     return fig
 
 
@@ -155,7 +168,7 @@ def loss_curve(history: list[tuple[int, float]], title: str) -> Figure:
     if not history:
         return _empty(fig, title)
     ax = fig.subplots()
-    steps, losses = zip(*history)
+    steps, losses = zip(*history, strict=True)
     ax.plot(steps, losses, marker=".", color="#1f4e8c")
     ax.set_title(title)
     ax.set_xlabel("step")
@@ -200,7 +213,7 @@ def release_timeline(history: pd.DataFrame, title: str = "release history") -> F
         "PREPARE_ROLLBACK": "#7a1fa2",
         "COMPLETE_ROLLBACK": "#7a1fa2",
     }
-    for t, y, kind in zip(times, level, history["kind"]):
+    for t, y, kind in zip(times, level, history["kind"], strict=True):
         ax.scatter([t], [y], color=colours.get(kind, "#333"), zorder=3, s=40)
         ax.annotate(kind, (t, y), xytext=(3, 6), textcoords="offset points", fontsize=7, rotation=20)
     ax.set_yticks(range(len(models)), models)

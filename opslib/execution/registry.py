@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from opslib.control.runs import fail_run
 from opslib.db.models import FailureType, RunStage
+from opslib.errors import Invalid
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.reindex import abort_candidate
 
@@ -179,7 +180,7 @@ STAGES: dict[str, StageSpec] = {
 EXECUTION_ID_PARAM = "ops_execution_id"
 
 
-class StageError(ValueError):
+class StageError(Invalid, ValueError):
     pass
 
 

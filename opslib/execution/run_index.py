@@ -18,7 +18,8 @@ How each stage's row is filled (see ``docs/architecture.md`` § Run index):
   PASS / FAIL and candidate vs baseline ``recall_at_5``, ``mrr_at_5``, ``ndcg_at_5``.
 - ``50`` / ``60`` / ``70``: the ``ReleaseEvent`` rows written while the execution ran under its
   trace (or its run's / rollback message's trace).
-- Any failed execution's verdict is ``ERROR`` (a system error, distinct from a quality ``FAIL``).
+- Any failed execution's verdict is ``ERROR`` (a system error, distinct from a quality ``FAIL``),
+  or ``REFUSED`` when it failed with a ``Refused`` (a guard said no; ``opslib.errors``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from sqlalchemy import select
@@ -47,6 +48,7 @@ from opslib.db.models import (
     TrainingDataset,
     utcnow,
 )
+from opslib.errors import Refused, recorded_as
 from opslib.execution.registry import parse_instant
 from opslib.infra.logs import get_logger
 from opslib.infra.workspace import Workspace
@@ -122,7 +124,10 @@ def _num(value: Any, signed: bool = False) -> str:
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
-def _close(a: datetime, b: datetime) -> bool:
+_Moment = TypeVar("_Moment", datetime, timedelta)  # two instants, or two durations
+
+
+def _close(a: _Moment, b: _Moment) -> bool:
     return abs(a - b) <= _SLACK
 
 
@@ -234,7 +239,9 @@ def _evaluation_rows(
         return "—", ["no evaluation recorded" + (f" for {ref}" if ref else "")], []
     evaluation = max(candidates, key=lambda e: (e.created_at, e.id))
     quality = evaluation.quality_metrics if isinstance(evaluation.quality_metrics, dict) else {}
-    parts = {k: quality.get(k) if isinstance(quality.get(k), dict) else {} for k in ("baseline", "candidate", "delta")}
+    parts: dict[str, Any] = {  # each a dict (non-dicts read as {})
+        k: quality.get(k) if isinstance(quality.get(k), dict) else {} for k in ("baseline", "candidate", "delta")
+    }
     metrics = []
     for key, label in EVAL_METRICS:
         base, cand = parts["baseline"].get(key), parts["candidate"].get(key)
@@ -304,7 +311,9 @@ def _row(ex: StageExecution, facts: _Facts, runs_dir: Path, now: datetime) -> In
     run_id = ex.run_id if ex.run_id is not None else _param_int(ex.parameters, "run_id")
     run = facts.runs.get(run_id) if run_id is not None else None
     status = getattr(ex.status, "value", str(ex.status))
-    verdict, lines, metrics = "—", [], []
+    verdict = "—"
+    lines: list[str] = []
+    metrics: list[tuple[str, str, str, str]] = []
     if ex.stage == "20_build_dataset":
         verdict, lines = _dataset_rows(ex, facts, until)
     elif ex.stage == "30_train_candidate":
@@ -317,7 +326,7 @@ def _row(ex: StageExecution, facts: _Facts, runs_dir: Path, now: datetime) -> In
         days = _param_int(ex.parameters, "window_days")
         lines = [f"window {days if days is not None else '?'} days (volume, rejects, rating mix in the report)"]
     if ex.status is ExecutionStatus.FAILED:
-        verdict = "ERROR"
+        verdict = "REFUSED" if recorded_as(ex.error, Refused) else "ERROR"
         lines = [_error_line(ex.error), *lines]
     elif ex.status is ExecutionStatus.RUNNING:
         verdict = "RUNNING"
@@ -400,7 +409,7 @@ table.m{border-collapse:collapse;margin-top:4px;font-variant-numeric:tabular-num
 table.m th,table.m td{border:1px solid #e3e3e3;padding:2px 6px;text-align:right}
 table.m td:first-child,table.m th:first-child{text-align:left}
 .v{display:inline-block;padding:2px 8px;border-radius:4px;color:#fff;font-weight:600;white-space:nowrap}
-.v-good{background:#1b7f3b}.v-bad{background:#b3261e}.v-error{background:#7a1fa2}
+.v-good{background:#1b7f3b}.v-bad{background:#b3261e}.v-error{background:#7a1fa2}.v-refused{background:#b35c00}
 .v-running{background:#1f4e8c}.v-info{background:#666}
 .s-FAILED{color:#7a1fa2;font-weight:600}.s-RUNNING{color:#1f4e8c;font-weight:600}
 .missing{color:#b3261e}.muted{color:#777}
@@ -415,6 +424,8 @@ def _e(value: Any) -> str:
 def _verdict_class(verdict: str) -> str:
     if verdict == "ERROR":
         return "v-error"
+    if verdict == "REFUSED":
+        return "v-refused"
     if verdict == "RUNNING":
         return "v-running"
     if verdict in _GOOD:

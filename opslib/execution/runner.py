@@ -6,26 +6,30 @@ Every execution, failed or not, is archived under ``runs/<YYYYMMDD>/`` and recor
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from opslib.db.models import ExecutionStatus, StageExecution, utcnow
+from opslib.errors import Refused, class_path, recorded_as
 from opslib.execution import run_index
+from opslib.execution.context import ERROR_CLASS_MIME
 from opslib.execution.registry import EXECUTION_ID_PARAM, stage_spec, validate_params
 from opslib.infra.logs import current_trace_id, get_logger, trace
+from opslib.infra.offline import OFFLINE_ENVIRONMENT
 from opslib.infra.vector_store import forget_local_clients
 from opslib.infra.workspace import Workspace
 
 log = get_logger(__name__)
-TEMPLATES = Path(__file__).resolve().parent / "templates"
 _environ_lock = threading.Lock()
 
 
@@ -42,6 +46,11 @@ class StageResult:
     def ok(self) -> bool:
         return self.status is ExecutionStatus.SUCCEEDED
 
+    @property
+    def refused(self) -> bool:
+        """Failed with a ``Refused`` (a guard said no): never retried, shown as REFUSED."""
+        return recorded_as(self.error, Refused)
+
 
 def render_html(ipynb_path: Path, html_path: Path) -> Path:
     """Render an executed notebook to HTML that needs no network (no CDN scripts)."""
@@ -49,11 +58,13 @@ def render_html(ipynb_path: Path, html_path: Path) -> Path:
     import nbformat
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(TEMPLATES)])
-    exporter.log.setLevel(logging.ERROR)  # not "alternative text is missing" for every plot
-    exporter.exclude_input_prompt = True
-    exporter.exclude_output_prompt = True
-    body, _ = exporter.from_notebook_node(nbformat.read(ipynb_path, as_version=4))
+    # The nbconvert template shipped in the package: opslib/execution/templates/offline
+    with as_file(files("opslib.execution").joinpath("templates")) as templates:
+        exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(templates)])
+        exporter.log.setLevel(logging.ERROR)  # not "alternative text is missing" for every plot
+        exporter.exclude_input_prompt = True
+        exporter.exclude_output_prompt = True
+        body, _ = exporter.from_notebook_node(nbformat.read(ipynb_path, as_version=4))
     tmp = html_path.with_suffix(".html.part")
     tmp.write_text(body, encoding="utf-8")
     os.replace(tmp, html_path)
@@ -65,23 +76,46 @@ def _kernel_environment(settings_env: dict[str, str]) -> Iterator[None]:
     """The kernel Papermill starts inherits this process's environment: swap in our OPS_ values.
 
     Only OPS_ variables change (nothing else in the process reads them: settings are passed as
-    objects), and the lock keeps two stage runs in one process from interleaving.
+    objects), plus the offline flags (``opslib.infra.offline``) where this process has none: the
+    kernel loads models and must not download. The lock keeps two stage runs in one process from
+    interleaving; everything is restored afterwards.
     """
     with _environ_lock:
         saved = {k: v for k, v in os.environ.items() if k.startswith("OPS_")}
+        unset_offline = [k for k in OFFLINE_ENVIRONMENT if k not in os.environ]
         for key in saved:
             del os.environ[key]
         os.environ.update(settings_env)
+        os.environ.update({k: OFFLINE_ENVIRONMENT[k] for k in unset_offline})
         try:
             yield
         finally:
-            for key in [k for k in os.environ if k.startswith("OPS_")]:
-                del os.environ[key]
+            for key in [k for k in os.environ if k.startswith("OPS_")] + unset_offline:
+                os.environ.pop(key, None)
             os.environ.update(saved)
 
 
-def _error_from(exc: BaseException) -> dict[str, Any]:
-    from papermill.exceptions import PapermillExecutionError
+def recorded_error_class(output_ipynb: Path, ename: str) -> str | None:
+    """The ``class_path`` a failed notebook's kernel published for the OpsError ``ename`` that
+    ended it (``opslib.execution.context.record_error_classes``), or None."""
+    try:
+        cells = json.loads(output_ipynb.read_text(encoding="utf-8")).get("cells", [])
+    except (OSError, ValueError, AttributeError):
+        return None
+    found = None
+    for cell in cells:
+        for output in cell.get("outputs", ()) if isinstance(cell, dict) else ():
+            record = output.get("data", {}).get(ERROR_CLASS_MIME) if isinstance(output, dict) else None
+            eclass = record.get("eclass") if isinstance(record, dict) else None
+            if isinstance(eclass, str) and eclass.rpartition(".")[2].rpartition(":")[2] == ename:
+                found = eclass
+    return found
+
+
+def _error_from(exc: BaseException, output_ipynb: Path) -> dict[str, Any]:
+    """The recorded error: failing cell, class name and message, and ``eclass``, the class's
+    ``class_path`` when known (what callers decide on: ``opslib.errors.recorded_as``)."""
+    from papermill.exceptions import PapermillExecutionError  # deferred: papermill takes seconds
 
     if isinstance(exc, PapermillExecutionError):
         return {
@@ -89,8 +123,15 @@ def _error_from(exc: BaseException) -> dict[str, Any]:
             "execution_count": exc.exec_count,
             "ename": exc.ename,
             "evalue": exc.evalue,
+            "eclass": recorded_error_class(output_ipynb, exc.ename),
         }
-    return {"cell_index": None, "execution_count": None, "ename": type(exc).__name__, "evalue": str(exc)}
+    return {
+        "cell_index": None,
+        "execution_count": None,
+        "ename": type(exc).__name__,
+        "evalue": str(exc),
+        "eclass": class_path(type(exc)),
+    }
 
 
 def _rebuild_run_index(ws: Workspace) -> None:
@@ -162,7 +203,7 @@ def run_stage(
                     extra_arguments=["--log-level=ERROR"],
                 )
         except Exception as exc:  # the notebook's failure is recorded, not raised
-            error = _error_from(exc)
+            error = _error_from(exc, output_ipynb)
             log.error("stage failed", extra={"stage": name, "execution_id": execution_id, **error})
         # The kernel may have written the embedded vector store: re-read it from disk next time.
         forget_local_clients()

@@ -34,17 +34,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from opslib.control.messages import new_training_request
 from opslib.control.queue import publish
 from opslib.db.models import ScheduleTick, TickStatus, utcnow
+from opslib.errors import Invalid
 from opslib.execution.context import recorded_outputs
 from opslib.execution.runner import run_stage
 from opslib.infra.heartbeat import heartbeating
@@ -58,7 +59,7 @@ TRAINING = "training"
 DATASET_STAGE = "20_build_dataset"
 
 
-class ScheduleError(ValueError):
+class ScheduleError(Invalid, ValueError):
     pass
 
 
@@ -249,14 +250,17 @@ def _claim(ws: Workspace, name: str, due_at: datetime, now: datetime) -> Claimed
             )
         # No heartbeat for run_stall_after_s: its scheduler crashed. Take it over, once.
         attempt = existing.attempt + 1
-        taken = session.execute(
-            update(ScheduleTick)
-            .where(
-                ScheduleTick.id == existing.id,
-                ScheduleTick.attempt == existing.attempt,
-                ScheduleTick.status == TickStatus.STARTED,
-            )
-            .values(attempt=attempt, started_at=now, heartbeat_at=now, trace_id=trace_id)
+        taken = cast(  # DML: Session.execute is typed Result, returns a CursorResult
+            CursorResult[Any],
+            session.execute(
+                update(ScheduleTick)
+                .where(
+                    ScheduleTick.id == existing.id,
+                    ScheduleTick.attempt == existing.attempt,
+                    ScheduleTick.status == TickStatus.STARTED,
+                )
+                .values(attempt=attempt, started_at=now, heartbeat_at=now, trace_id=trace_id)
+            ),
         ).rowcount
         if not taken:
             return "taken over by another scheduler"
@@ -277,18 +281,22 @@ def _beat(ws: Workspace, tick: ClaimedTick, clock: Callable[[], datetime]) -> bo
     """Stamp the tick's heartbeat; False once it is no longer this attempt's (finished, taken over)."""
     with ws.db.transaction() as session:
         return bool(
-            session.execute(
-                update(ScheduleTick)
-                .where(
-                    ScheduleTick.id == tick.row_id,
-                    ScheduleTick.attempt == tick.attempt,
-                    ScheduleTick.status == TickStatus.STARTED,
-                )
-                .values(heartbeat_at=clock())
+            cast(
+                CursorResult[Any],
+                session.execute(
+                    update(ScheduleTick)
+                    .where(
+                        ScheduleTick.id == tick.row_id,
+                        ScheduleTick.attempt == tick.attempt,
+                        ScheduleTick.status == TickStatus.STARTED,
+                    )
+                    .values(heartbeat_at=clock())
+                ),
             ).rowcount
         )
 
 
+# Private control flow: never escapes (``_finish`` turns it into a SKIPPED tick).
 class _Superseded(Exception):
     pass
 
@@ -300,14 +308,17 @@ def _finish(ws: Workspace, tick: ClaimedTick, result: JobOutcome) -> TickResult:
         with ws.db.transaction() as session:
             if commit is not None:
                 outcome = "; ".join(t for t in (outcome, commit(session)) if t)
-            changed = session.execute(
-                update(ScheduleTick)
-                .where(
-                    ScheduleTick.id == tick.row_id,
-                    ScheduleTick.attempt == tick.attempt,
-                    ScheduleTick.status == TickStatus.STARTED,
-                )
-                .values(status=status, finished_at=utcnow(), outcome=outcome)
+            changed = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(ScheduleTick)
+                    .where(
+                        ScheduleTick.id == tick.row_id,
+                        ScheduleTick.attempt == tick.attempt,
+                        ScheduleTick.status == TickStatus.STARTED,
+                    )
+                    .values(status=status, finished_at=utcnow(), outcome=outcome)
+                ),
             ).rowcount
             if not changed:
                 raise _Superseded  # rolls back the commit's changes too

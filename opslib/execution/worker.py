@@ -116,7 +116,7 @@ class Worker:
                     trace_id=message.trace_id,
                     request_message_id=delivery.message_id,
                 )
-                if outcome.run_id is None:
+                if outcome.run_id is None or outcome.status is None:  # refused: no run (neither is set)
                     refuse(self.ws.db, delivery, outcome.reason)
                 else:
                     ack(self.ws.db, delivery, note=f"run {outcome.run_id} {outcome.status.value}: {outcome.reason}")
@@ -125,7 +125,9 @@ class Worker:
                 report.messages.append(
                     (
                         delivery.message_id,
-                        outcome.reason if outcome.run_id is None else f"run {outcome.run_id} {outcome.status.value}",
+                        outcome.reason
+                        if outcome.run_id is None or outcome.status is None
+                        else f"run {outcome.run_id} {outcome.status.value}",
                     )
                 )
         next_run = start_next_pending(self.ws.db)
@@ -281,10 +283,12 @@ class Worker:
                     self.ws, "50_reindex_candidate", {"run_id": run_id}, run_id=run_id, trace_id=run.trace_id
                 )
                 if not result.ok:
-                    return f"reindex failed: {result.error['ename']}: {result.error['evalue']}"
+                    assert result.error is not None  # a FAILED stage always records its error
+                    return f"reindex {_failed(result)}: {result.error['ename']}: {result.error['evalue']}"
             result = run_stage(self.ws, "60_cutover", {"run_id": run_id}, run_id=run_id, trace_id=run.trace_id)
             if not result.ok:
-                return f"cutover failed: {result.error['ename']}: {result.error['evalue']}"
+                assert result.error is not None  # a FAILED stage always records its error
+                return f"cutover {_failed(result)}: {result.error['ename']}: {result.error['evalue']}"
             with self.ws.db.read() as session:
                 release = current_release(session)
                 switched = release is not None and release.active_model_version == run.candidate_model_version
@@ -344,7 +348,7 @@ class Worker:
                 return
             error = result.error or {}
             reason = f"{error.get('ename')}: {error.get('evalue')}"
-            if error.get("ename") in ("RollbackRefused", "ReleaseError", "MessageRefused"):
+            if result.refused:  # decided by class (opslib.errors.Refused): a refusal is never retried
                 refuse(self.ws.db, delivery, reason)
                 report.rollbacks.append((delivery.message_id, f"refused: {reason}"))
             elif delivery.attempt >= MAX_ROLLBACK_ATTEMPTS:
@@ -355,3 +359,7 @@ class Worker:
 
 
 MAX_ROLLBACK_ATTEMPTS = 5
+
+
+def _failed(result: StageResult) -> str:
+    return "refused" if result.refused else "failed"

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from opslib.db.models import ModelRelease, ModelVersion, ReleaseStatus, utcnow
+from opslib.errors import OpsError, Refused
 from opslib.infra.logs import get_logger
 from opslib.infra.model_artifacts import (
     ModelStores,
     local_model_dir,
     validate_model_version,
 )
+from opslib.infra.offline import use_offline_environment
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -41,11 +43,11 @@ class Purpose(enum.StrEnum):
     TRAINING = "training"
 
 
-class EmbeddingError(Exception):
+class EmbeddingError(OpsError):
     pass
 
 
-class EmbeddingRefused(EmbeddingError):
+class EmbeddingRefused(EmbeddingError, Refused):
     """The model version may not be used for this purpose (per the Metadata DB)."""
 
 
@@ -66,7 +68,8 @@ _weights_lock = threading.Lock()
 def load_sentence_transformer(path: Path) -> SentenceTransformer:
     with _weights_lock:
         if path not in _weights:
-            from sentence_transformers import SentenceTransformer
+            use_offline_environment()
+            from sentence_transformers import SentenceTransformer  # deferred: loads torch (seconds)
 
             _weights[path] = SentenceTransformer(str(path), device="cpu")
         return _weights[path]

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from opslib.db.engine import Database
 from opslib.db.models import ModelVersion, utcnow
+from opslib.errors import OpsError
 from opslib.infra.storage import (
     ObjectExistsError,
     ObjectStore,
@@ -46,7 +47,7 @@ class ModelStores(Protocol):
     def models(self) -> ObjectStore: ...
 
 
-class ModelArtifactError(Exception):
+class ModelArtifactError(OpsError):
     pass
 
 

@@ -16,29 +16,31 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from opslib.errors import Conflict, Invalid, NotFound, OpsError
 
 SHA_SUFFIX = ".sha256"
 _TMP_DIR = ".tmp"
 _KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@=+-]*$")
 
 
-class StorageError(Exception):
+class StorageError(OpsError):
     """A refused storage operation; the message names the key and the reason."""
 
 
-class ObjectExistsError(StorageError):
+class ObjectExistsError(StorageError, Conflict):
     pass
 
 
-class ObjectNotFoundError(StorageError):
+class ObjectNotFoundError(StorageError, NotFound):
     pass
 
 
-class InvalidKeyError(StorageError, ValueError):
+class InvalidKeyError(StorageError, Invalid, ValueError):
     pass
 
 
@@ -198,7 +200,7 @@ class ObjectStore:
     def open(self, key: str) -> IO[bytes]:
         if not self.exists(key):
             raise ObjectNotFoundError(f"key {key!r}: not found in {self.url}")
-        return self.fs.open(self._path(key), "rb")
+        return cast(IO[bytes], self.fs.open(self._path(key), "rb"))  # fsspec is untyped
 
     def recorded_sha256(self, key: str) -> str:
         try:

@@ -8,6 +8,7 @@ is recorded in the Metadata DB by ``opslib.corpus.indexing``.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from opslib.errors import OpsError
 from opslib.settings import Settings
 
 if TYPE_CHECKING:  # chromadb takes seconds to import: only stages that move vectors pay for it
@@ -28,7 +30,7 @@ _clients: dict[str, ClientAPI] = {}
 _clients_lock = threading.Lock()
 
 
-class VectorStoreError(Exception):
+class VectorStoreError(OpsError):
     pass
 
 
@@ -41,17 +43,15 @@ def forget_local_clients() -> None:
     and nothing needs forgetting.)"""
     if all(k.startswith("http") for k in _clients):
         return  # nothing opened here (and no need to import chromadb to say so)
-    from chromadb.api.shared_system_client import SharedSystemClient
+    from chromadb.api.shared_system_client import SharedSystemClient  # deferred: chromadb takes seconds
 
     with _clients_lock:
         for key in [k for k in _clients if not k.startswith("http")]:
             client = _clients.pop(key)
             system = SharedSystemClient._identifier_to_system.pop(key, None)
             SharedSystemClient._identifier_to_refcount.pop(key, None)
-            try:
+            with contextlib.suppress(Exception):  # already stopped or never started: nothing to release
                 (system or client._system).stop()  # type: ignore[attr-defined]
-            except Exception:  # already stopped or never started: nothing to release
-                pass
 
 
 def index_name_for(model_version: str) -> str:
@@ -94,7 +94,7 @@ class VectorStore:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> VectorStore:
-        import chromadb
+        import chromadb  # deferred: chromadb takes seconds to import
         from chromadb.config import Settings as ChromaSettings
 
         chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
@@ -152,7 +152,9 @@ class VectorStore:
         if not ids or not self.exists(index_name):
             return {}
         got = self.collection(index_name).get(ids=list(ids), include=["embeddings"])
-        return {i: np.asarray(e, dtype=np.float32) for i, e in zip(got["ids"], got["embeddings"])}
+        embeddings = got["embeddings"]
+        assert embeddings is not None  # included above; Chroma types every included field optional
+        return {i: np.asarray(e, dtype=np.float32) for i, e in zip(got["ids"], embeddings, strict=True)}
 
     def query(
         self, index_name: str, embedding: np.ndarray, n_results: int, where: dict[str, Any] | None = None
@@ -168,4 +170,6 @@ class VectorStore:
             where=where,
             include=["distances"],
         )
-        return [VectorHit(i, float(d)) for i, d in zip(result["ids"][0], result["distances"][0])]
+        distances = result["distances"]
+        assert distances is not None  # included above; Chroma types every included field optional
+        return [VectorHit(i, float(d)) for i, d in zip(result["ids"][0], distances[0], strict=True)]

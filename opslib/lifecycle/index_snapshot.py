@@ -19,6 +19,7 @@ import numpy as np
 from sqlalchemy import delete, select
 
 from opslib.db.models import Chunk, VectorIndexEntry, utcnow
+from opslib.errors import OpsError
 from opslib.infra.logs import get_logger
 from opslib.infra.storage import sha256_bytes
 from opslib.infra.workspace import Workspace
@@ -28,7 +29,7 @@ PREFIX = "index_snapshots"
 _BATCH = 2000
 
 
-class SnapshotError(Exception):
+class SnapshotError(OpsError):
     pass
 
 
@@ -66,16 +67,20 @@ def _entries(ws: Workspace, index_name: str) -> dict[str, str]:
         )
 
 
-def _collection_contents(ws: Workspace, index_name: str, ids: list[str]) -> tuple[list[str], np.ndarray, list[dict]]:
+def _collection_contents(
+    ws: Workspace, index_name: str, ids: list[str]
+) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
     collection = ws.vectors.collection(index_name)
     got_ids: list[str] = []
     vectors: list[np.ndarray] = []
     metadatas: list[dict[str, Any]] = []
     for start in range(0, len(ids), _BATCH):
         got = collection.get(ids=ids[start : start + _BATCH], include=["embeddings", "metadatas"])
+        embeddings, metas = got["embeddings"], got["metadatas"]
+        assert embeddings is not None and metas is not None  # included above; Chroma types them optional
         got_ids.extend(got["ids"])
-        vectors.extend(np.asarray(v, dtype=np.float32) for v in got["embeddings"])
-        metadatas.extend(dict(m or {}) for m in got["metadatas"])
+        vectors.extend(np.asarray(v, dtype=np.float32) for v in embeddings)
+        metadatas.extend(dict(m or {}) for m in metas)
     matrix = np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
     return got_ids, matrix, metadatas
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete
+from sqlalchemy.orm import Session
 
 from opslib.control.release import (
     ReleaseError,
@@ -22,7 +23,7 @@ from opslib.control.release import (
     current_release,
     release_state,
 )
-from opslib.control.runs import RunError, mark_failed
+from opslib.control.runs import RunError, RunNotFound, mark_failed
 from opslib.corpus.indexing import build_index, index_chunks, missing_from_index
 from opslib.corpus.ingest import still_reindexing
 from opslib.db.models import (
@@ -34,6 +35,7 @@ from opslib.db.models import (
     VectorIndexEntry,
     utcnow,
 )
+from opslib.errors import Conflict
 from opslib.infra.embedding import Purpose
 from opslib.infra.faults import checkpoint
 from opslib.infra.logs import current_trace_id, get_logger
@@ -42,8 +44,8 @@ from opslib.infra.workspace import Workspace
 log = get_logger(__name__)
 
 
-class ReindexError(Exception):
-    pass
+class ReindexError(Conflict):
+    """The release moved on while the candidate index was being built (lost the race)."""
 
 
 @dataclass
@@ -62,11 +64,11 @@ class ReindexReport:
     notes: list[str] = field(default_factory=list)
 
 
-def released_run(session: Any, run_id: int) -> MLPipelineRun:
+def released_run(session: Session, run_id: int) -> MLPipelineRun:
     """The READY_FOR_RELEASE run a release stage acts on; refused once it has been cut over."""
     run = session.get(MLPipelineRun, run_id)
     if run is None:
-        raise RunError(f"run {run_id}: no such run")
+        raise RunNotFound(f"run {run_id}: no such run")
     if run.status is not RunStatus.READY_FOR_RELEASE:
         raise RunError(f"run {run_id}: is {run.status.value}; only a READY_FOR_RELEASE run is released")
     if run.cutover_time is not None:

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, select
 
 from opslib.control.messages import RollbackRequest, parse_control_message
 from opslib.control.release import (
@@ -29,6 +29,7 @@ from opslib.control.release import (
     current_release,
     release_state,
 )
+from opslib.control.serving import exclude_for_rollback, make_servable_again
 from opslib.corpus.indexing import index_chunks
 from opslib.db.models import (
     Chunk,
@@ -137,13 +138,8 @@ def prepare(ws: Workspace, request: RollbackRequest, report: RollbackReport) -> 
 
 def _exclude(session: Any, snapshot_index: str) -> int:
     """Hide (ROLLBACK_EXCLUDED) every SERVABLE READY video with a chunk missing from the index."""
-    excluded = [v for v in _excluded_video_ids(session, snapshot_index)]
-    if excluded:
-        session.execute(
-            update(Video)
-            .where(Video.id.in_(excluded), Video.search_serving_state == ServingState.SERVABLE)
-            .values(search_serving_state=ServingState.ROLLBACK_EXCLUDED, updated_at=utcnow())
-        )
+    excluded = _excluded_video_ids(session, snapshot_index)
+    exclude_for_rollback(session, excluded)
     return len(excluded)
 
 
@@ -239,11 +235,7 @@ def reinclude_excluded(ws: Workspace, *, progress: bool = False) -> tuple[int, i
                 )
             )
             if release is not None and release.active_index_name == index and held >= set(chunk_ids):
-                session.execute(
-                    update(Video)
-                    .where(Video.id == video_id)
-                    .values(search_serving_state=ServingState.SERVABLE, updated_at=utcnow())
-                )
+                make_servable_again(session, [video_id])
                 servable += 1
         if servable == 1:
             checkpoint(ws.settings, "rollback.reembedded_one")

@@ -21,15 +21,17 @@ from typing import Any
 
 from opslib.control.runs import RunError, get_run
 from opslib.db.models import ModelVersion, RunStatus
+from opslib.errors import Invalid
 from opslib.infra.logs import get_logger
 from opslib.infra.model_artifacts import local_model_dir, register_model
+from opslib.infra.offline import use_offline_environment
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.dataset.builder import read_groups
 
 log = get_logger(__name__)
 
 
-class TrainingError(Exception):
+class TrainingError(Invalid):
     pass
 
 
@@ -79,7 +81,8 @@ def training_rows(groups: Any) -> tuple[list[dict[str, str]], int, int]:
 
 
 def _deterministic(seed: int) -> None:
-    import torch
+    use_offline_environment()  # before the first transformers import: nothing may download
+    import torch  # deferred: torch and transformers take seconds to import
     from transformers import set_seed
 
     set_seed(seed)
@@ -105,6 +108,7 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
     report.rows = len(rows)
 
     _deterministic(params.seed)
+    # Deferred: datasets, sentence_transformers and transformers take seconds; only training needs them.
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -122,7 +126,7 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
     model.max_seq_length = params.max_seq_length
     loss_history = report.loss_history
 
-    class _RecordLoss(TrainerCallback):  # type: ignore[misc]
+    class _RecordLoss(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
             if logs and "loss" in logs:
                 loss_history.append((int(state.global_step), float(logs["loss"])))

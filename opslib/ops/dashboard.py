@@ -12,12 +12,15 @@ from __future__ import annotations
 import html
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import ipywidgets as w
 import pandas as pd
 
+from opslib.errors import Refused
 from opslib.infra.logs import get_logger
 from opslib.infra.workspace import Workspace
 from opslib.ops import actions, monitor
@@ -30,6 +33,7 @@ _OUTCOME_COLOURS = {
     "FAILED": "#b3261e",
     "DONE": "#1b7f3b",
     "ERROR": "#7a1fa2",
+    "REFUSED": "#b35c00",
     "STALLED": "#d35400",
     "PASS": "#1b7f3b",
     "RELEASED": "#1b7f3b",
@@ -42,7 +46,8 @@ _STYLE = (
     ".ops-panel th,.ops-panel td{border:1px solid #ddd;padding:3px 6px;text-align:left!important;"
     "vertical-align:top}"
     ".ops-badge{color:white;border-radius:4px;padding:1px 6px;font-weight:bold}"
-    ".ops-note{color:#555}.ops-warn{color:#a35200}.ops-error{color:#b3261e;font-weight:bold}</style>"
+    ".ops-note{color:#555}.ops-warn{color:#a35200}.ops-error{color:#b3261e;font-weight:bold}"
+    ".ops-refused{color:#b35c00;font-weight:bold}</style>"
 )
 
 
@@ -52,9 +57,6 @@ def _e(value: Any) -> str:
 
 def _local(iso: str, tz_name: str) -> str:
     """An ISO UTC time in the schedule's time zone, as operators read their cron lines."""
-    from datetime import datetime
-    from zoneinfo import ZoneInfo
-
     return datetime.fromisoformat(iso).astimezone(ZoneInfo(tz_name)).strftime("%Y-%m-%d %H:%M %Z")
 
 
@@ -303,8 +305,8 @@ class ActionForm:
                 f"<p><b>done</b>: {_e(result.result)} (audit {result.audit_id}, trace {_e(result.trace_id)})</p>",
             )
             self.confirm.value = ""
-        except actions.ActionRefused as refused:
-            _show(self.result, f'<p class="ops-error">refused: {_e(refused)}</p>')
+        except Refused as refused:  # a guard said no (ActionRefused is audited): not an error
+            _show(self.result, f'<p class="ops-refused">refused: {_e(refused)}</p>')
         except Exception as exc:  # shown, not swallowed by ipywidgets
             log.exception("dashboard action failed")
             _show(self.result, f'<p class="ops-error">error: {_e(type(exc).__name__)}: {_e(exc)}</p>')
@@ -316,6 +318,7 @@ class ActionForm:
 
 class Dashboard:
     PANELS = ("Runs", "Release", "Datasets", "Evaluations", "Queue", "Embedding endpoint", "Audit", "Actions")
+    promote: ActionForm  # set in __init__ after the run chooser whose callback refreshes it
 
     def __init__(self, ws: Workspace, *, background: bool = True, link_base: Path | None = None) -> None:
         self.ws = ws

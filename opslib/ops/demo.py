@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -57,7 +58,9 @@ class DemoReport:
         )
 
 
-def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, rollback: bool = False, say=print) -> DemoReport:
+def run_demo(
+    ws: Workspace, *, requests: int = 300, seed: int = 7, rollback: bool = False, say: Callable[[str], None] = print
+) -> DemoReport:
     """Initialise, bootstrap, load the built-in corpus, simulate traffic, run 10 and 20, then
     train and evaluate a candidate through the worker (which releases it on a PASS), show a
     search, and with ``rollback`` roll the release back and search again."""
@@ -151,6 +154,7 @@ def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, rollback: boo
     if rollback:
         with ws.db.read() as session:
             release = current_release(session)
+            assert release is not None  # init_workspace bootstrapped it
             active, snapshot = release.active_model_version, release.rollback_snapshot_active_model_version
         if snapshot is None:
             say("      rollback: no cutover happened, so there is no snapshot to roll back to")
@@ -164,7 +168,7 @@ def run_demo(ws: Workspace, *, requests: int = 300, seed: int = 7, rollback: boo
     return report
 
 
-def _show_search(ws: Workspace, say) -> str:  # type: ignore[no-untyped-def]
+def _show_search(ws: Workspace, say: Callable[[str], None]) -> str:
     query = next(iter(read_queries(ws, DEMO_CORPUS, "reserved")))
     response = search(ws, query.query_text, project_id=query.project_id, user_id="demo-user")
     say(

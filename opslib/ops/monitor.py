@@ -6,6 +6,7 @@ tests check. Nothing here changes state.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -253,7 +254,7 @@ def datasets_view(ws: Workspace, limit: int = 10) -> DatasetsView:
 @dataclass
 class EvaluationRow:
     id: int
-    run_id: int
+    run_id: int | None  # model_evaluations.run_id is nullable
     verdict: str
     candidate: str
     baseline: str
@@ -457,8 +458,6 @@ def link_path(html: str | None, base: Path | None = None) -> str | None:
     """A report's path relative to the notebook's folder (JupyterLab opens relative links)."""
     if not html:
         return None
-    import os
-
     try:
         return os.path.relpath(html, base or Path.cwd())
     except ValueError:  # another drive (Windows)

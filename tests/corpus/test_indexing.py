@@ -135,7 +135,7 @@ def test_entries_match_the_collection_and_carry_metadata(iws: Workspace) -> None
     assert len(entries) == 24
     got = iws.vectors.collection(index).get(include=["metadatas"])
     assert set(got["ids"]) == entries
-    meta = dict(zip(got["ids"], got["metadatas"]))["proj-b-v1#0002"]
+    meta = dict(zip(got["ids"], got["metadatas"], strict=True))["proj-b-v1#0002"]
     assert meta == {"chunk_id": "proj-b-v1#0002", "video_id": "proj-b-v1", "user_id": "owner", "project_id": "proj-b"}
     with iws.db.read() as session:
         entry = session.query(VectorIndexEntry).filter_by(index_name=index, chunk_id="proj-b-v1#0002").one()

@@ -78,7 +78,7 @@ def test_a_bad_video_late_in_the_corpus_writes_nothing(ws: Workspace) -> None:
 
 def test_bad_arguments_are_named(ws: Workspace, tmp_path: Path) -> None:
     spec = read_beir(write_beir(tmp_path / "mini"), "mini")
-    with pytest.raises(CorpusError, match="reserve_fraction 1.5: must be in"):
+    with pytest.raises(CorpusError, match=r"reserve_fraction 1\.5: must be in"):
         load_corpus(ws, spec, reserve_fraction=1.5)
     with pytest.raises(CorpusError, match="kind 'all': must be 'traffic' or 'reserved'"):
         list(read_queries(ws, "mini", "all"))

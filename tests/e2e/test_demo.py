@@ -1,5 +1,7 @@
 """The README's main command, end to end, on the built-in corpus (tiny model for speed)."""
 
+from pathlib import Path
+
 import pytest
 
 from opslib.db.models import (
@@ -29,7 +31,7 @@ def test_demo_path(empty_ws: Workspace) -> None:
     assert any("ELIGIBLE for training" in line for line in lines)
     assert "ELIGIBLE for training" in report.build_dataset.output_html.read_text()
     assert report.evaluation is not None and report.evaluation_report
-    assert report.evaluation.overall_decision.value in open(report.evaluation_report).read()
+    assert report.evaluation.overall_decision.value in Path(report.evaluation_report).read_text()
     assert any(line.strip().startswith("evaluation report:") for line in lines)
     assert report.served_by == "tiny-base"  # after the rollback (or if nothing was cut over)
     if report.evaluation.overall_decision.value == "PASS":

@@ -51,7 +51,7 @@ def test_a_ready_run_is_reindexed_and_cut_over_then_rolled_back(ws: Workspace, t
     ]
     assert _release(ws).active_model_version == candidate
     with ws.db.read() as session:
-        html = {e.stage: open(e.output_html).read() for e in session.query(StageExecution)}
+        html = {e.stage: Path(e.output_html).read_text() for e in session.query(StageExecution)}
     assert "Release history" in html["60_cutover"] and "data:image/png" in html["60_cutover"]
     assert "switched" in html["60_cutover"] and "cutover_time" in html["60_cutover"]
     assert Worker(ws).run_once().released == {}  # nothing more to release

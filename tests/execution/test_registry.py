@@ -1,4 +1,7 @@
+import importlib
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -26,3 +29,30 @@ def test_build_dataset_parameters() -> None:
 def test_registry_names_match_notebooks() -> None:
     for name, spec in STAGES.items():
         assert spec.notebook == f"{name}.ipynb"
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_each_stage_names_the_module_its_notebook_calls(name: str) -> None:
+    """The registry's ``module`` is real and is what the notebook imports its stage logic from."""
+    spec = STAGES[name]
+    module = importlib.import_module(spec.module)
+    assert module.__name__.startswith("opslib.lifecycle.")
+    notebook = json.loads((ROOT / "notebooks" / spec.notebook).read_text())
+    sources = "\n".join("".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code")
+    assert f"from {spec.module} import" in sources
+
+
+def test_failures_of_run_stages_are_handled_and_others_are_not() -> None:
+    for spec in STAGES.values():
+        assert (spec.on_failure is None) == (spec.run_stage is None), spec.name
+
+
+def test_the_architecture_table_lists_every_stage_with_its_module() -> None:
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    for spec in STAGES.values():
+        row = next((line for line in doc.splitlines() if line.startswith(f"| `{spec.name}`")), None)
+        assert row is not None, f"{spec.name} missing from the stage table"
+        assert f"`{spec.module}`" in row and f"notebooks/{spec.notebook}" in row

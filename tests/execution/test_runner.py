@@ -7,7 +7,9 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from opslib.db.models import ExecutionStatus, StageExecution
+from opslib.errors import Refused, class_path, recorded_as
 from opslib.execution import registry as stages
+from opslib.execution.context import ERROR_CLASS_MIME, record_error_classes
 from opslib.execution.registry import (
     EXECUTION_ID_PARAM,
     STAGES,
@@ -19,6 +21,7 @@ from opslib.execution.registry import (
 from opslib.execution.runner import run_stage
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.feedback.events import ingest_feedback
+from opslib.lifecycle.rollback import RollbackRefused
 from opslib.settings import Settings
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
@@ -119,6 +122,76 @@ def test_a_failing_notebook_is_archived_with_its_failing_cell(
 
 
 @pytest.mark.slow
+def test_a_refusal_in_a_notebook_is_recorded_with_its_class(
+    ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel names the class only by ``__name__``; open_stage's hook records its class
+    path, so callers decide by class (a REFUSED banner in the report, ``result.refused``)."""
+
+    class RefuseParams(StageParams):
+        x: int = 1
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    params = new_code_cell("x = 1\nops_execution_id = None")
+    params.metadata["tags"] = ["parameters"]
+    nb = new_notebook(
+        cells=[
+            params,
+            new_code_cell("from opslib.execution.context import record_error_classes\nrecord_error_classes()"),
+            new_code_cell(
+                "from opslib.execution import display\n"
+                "from opslib.lifecycle.rollback import RollbackRefused\n"
+                "with display.error_banner_on_failure('rollback'):\n"
+                "    raise RollbackRefused(f'stale request with x={x}')"
+            ),
+        ]
+    )
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / "97_refuse.ipynb")
+    monkeypatch.setitem(
+        STAGES, "97_refuse", StageSpec("97_refuse", "97_refuse.ipynb", RefuseParams, "refuses", __name__)
+    )
+    settings = Settings(**{**ws.settings.model_dump(), "notebooks_dir": folder})
+    result = run_stage(Workspace(settings), "97_refuse", {"x": 4})
+    assert result.status is ExecutionStatus.FAILED and result.error is not None
+    assert (result.error["ename"], result.error["evalue"]) == ("RollbackRefused", "stale request with x=4")
+    assert result.error["cell_index"] == 3 and result.error["eclass"] == class_path(RollbackRefused)
+    assert result.refused
+    html = result.output_html.read_text()
+    assert "REFUSED</b> — rollback was refused" in html and "stale request with x=4" in html
+    assert ERROR_CLASS_MIME not in html
+    (row,) = _executions(ws)
+    assert row.error == result.error
+
+
+def test_the_recorded_error_class_is_read_from_the_failed_notebook(tmp_path: Path) -> None:
+    from papermill.exceptions import PapermillExecutionError
+
+    from opslib.execution.runner import _error_from
+
+    record = {"output_type": "display_data", "metadata": {}, "data": {ERROR_CLASS_MIME: {"eclass": "m:Other"}}}
+    nb = new_notebook(cells=[new_code_cell("raise X")])
+    nb.cells[0].outputs = [nbformat.from_dict(record)]
+    path = tmp_path / "out.ipynb"
+    nbformat.write(nb, path)
+    failure = PapermillExecutionError(0, 1, "raise X", "RollbackRefused", "no", [])
+    # A record for another class (here "Other") is not this failure's: no class is recorded.
+    assert _error_from(failure, path)["eclass"] is None
+    nb.cells[0].outputs[0]["data"][ERROR_CLASS_MIME]["eclass"] = class_path(RollbackRefused)
+    nbformat.write(nb, path)
+    error = _error_from(failure, path)
+    assert error["eclass"] == class_path(RollbackRefused) and recorded_as(error, Refused)
+    assert _error_from(failure, tmp_path / "missing.ipynb")["eclass"] is None
+    # Raised in this process (no notebook involved): the class is known directly.
+    assert _error_from(RollbackRefused("no"), path)["eclass"] == class_path(RollbackRefused)
+
+
+def test_the_error_class_hook_does_nothing_outside_a_kernel() -> None:
+    assert record_error_classes() is False
+
+
+@pytest.mark.slow
 def test_a_failed_html_rendering_still_records_the_execution(
     ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,3 +235,22 @@ def test_committed_notebooks_have_no_outputs() -> None:
         for cell in nb["cells"]:
             if cell["cell_type"] == "code":
                 assert not cell["outputs"] and cell["execution_count"] is None, path.name
+
+
+def test_the_kernel_gets_the_offline_flags_and_this_process_keeps_its_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    from opslib.execution.runner import _kernel_environment
+    from opslib.infra.offline import OFFLINE_ENVIRONMENT
+
+    for key in OFFLINE_ENVIRONMENT:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")  # set by the caller: left as it is
+    before = dict(os.environ)
+    with _kernel_environment({"OPS_WORKSPACE": "/somewhere"}):
+        assert os.environ["OPS_WORKSPACE"] == "/somewhere"
+        assert (os.environ["HF_HUB_OFFLINE"], os.environ["TRANSFORMERS_OFFLINE"]) == ("1", "1")
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
+    assert dict(os.environ) == before

@@ -87,14 +87,14 @@ def test_a_request_is_trained_evaluated_and_judged(wws: Workspace) -> None:
         ("40_evaluate_candidate", ExecutionStatus.SUCCEEDED),
     ] + (released if run.status is RunStatus.READY_FOR_RELEASE else [])
     assert all(e.trace_id == "trace-e2e" for e in executions)
-    html = open(executions[1].output_html).read()
+    html = Path(executions[1].output_html).read_text()
     assert evaluation.overall_decision.value in html and "recall_at_5" in html and "Provenance" in html
     assert '"level": ' not in html  # the kernel's JSON logs go to the .log beside the report, not into it
     kernel_log = Path(executions[1].output_html).with_suffix(".log")
     assert kernel_log.is_file()
     if run.status is RunStatus.FAILED:  # "run failed" is a WARNING: it is in the log, with the trace
         assert '"trace_id": "trace-e2e"' in kernel_log.read_text()
-    assert "data:image/png;base64" in open(executions[0].output_html).read()  # the loss curve
+    assert "data:image/png;base64" in Path(executions[0].output_html).read_text()  # the loss curve
     message = _message(wws, message_id)
     assert message.outcome is MessageOutcome.DONE and f"run {run_id}" in message.outcome_reason
     assert Worker(wws).run_once().runs == {}  # nothing left to do
@@ -177,7 +177,7 @@ def test_an_exception_in_training_fails_the_run_with_error(wws: Workspace) -> No
     assert "30_train_candidate failed at cell" in run.failure_reason
     (execution,) = _executions(wws, run_id)
     assert execution.status is ExecutionStatus.FAILED and execution.error["cell_index"] is not None
-    assert open(execution.output_html).read()  # archived, failing cell and all
+    assert Path(execution.output_html).read_text()  # archived, failing cell and all
 
 
 def test_a_stage_that_cannot_start_fails_the_run_instead_of_leaving_it_running(wws: Workspace, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -102,7 +102,7 @@ def test_a_version_is_never_overwritten(ws: Workspace, tiny_model_dir: Path, tmp
         register_model(ws, "tiny-base", tiny_model_dir, base_model_version=None)
     not_a_model = tmp_path / "empty"
     not_a_model.mkdir()
-    with pytest.raises(ModelArtifactError, match="modules.json"):
+    with pytest.raises(ModelArtifactError, match=r"modules\.json"):
         register_model(ws, "tiny-x", not_a_model, base_model_version=None)
     with ws.db.read() as session:
         assert session.get(ModelVersion, "tiny-x") is None
@@ -128,7 +128,7 @@ def test_tampered_artifact_is_refused_at_load(ws: Workspace, tiny_model_dir: Pat
     register_model(ws, "tiny-tamper", tiny_model_dir, base_model_version="tiny-base")
     path = ws.models.local_path("tiny-tamper/config.json")
     path.write_text(json.dumps({"evil": True}))
-    with pytest.raises(ModelArtifactError, match="config.json"):
+    with pytest.raises(ModelArtifactError, match=r"config\.json"):
         local_model_dir(ws, "tiny-tamper")
 
 

@@ -17,11 +17,11 @@ def test_every_line_is_json_with_a_trace_id() -> None:
             log.exception("failed")
     log.warning("outside")
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [l["message"] for l in lines] == ["inside", "failed", "outside"]
+    assert [line["message"] for line in lines] == ["inside", "failed", "outside"]
     assert lines[0]["trace_id"] == lines[1]["trace_id"] == "trace-abc"
     assert lines[0]["run_id"] == 7 and "ValueError: bad" in lines[1]["exception"]
     assert lines[2]["trace_id"] and lines[2]["trace_id"] != "trace-abc"
-    assert all({"ts", "level", "logger", "trace_id", "message"} <= set(l) for l in lines)
+    assert all({"ts", "level", "logger", "trace_id", "message"} <= set(line) for line in lines)
     logging.getLogger("other.library").warning("third-party")
     logging.getLogger("other.library").info("too chatty")
     last = json.loads(stream.getvalue().splitlines()[-1])
@@ -55,8 +55,8 @@ def test_a_log_file_takes_every_line_and_the_console_keeps_warnings(tmp_path) ->
         log.warning("look at this")
     _drop_json_handlers()
     in_file = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [l["message"] for l in in_file] == ["step done", "look at this"]
-    assert {l["trace_id"] for l in in_file} == {"trace-file"}
+    assert [line["message"] for line in in_file] == ["step done", "look at this"]
+    assert {line["trace_id"] for line in in_file} == {"trace-file"}
     assert [json.loads(line)["message"] for line in console.getvalue().splitlines()] == ["look at this"]
 
     quiet = io.StringIO()  # a kernel: the file only, nothing on the stream

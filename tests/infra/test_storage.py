@@ -30,7 +30,7 @@ def test_put_get_and_recorded_sha256(store: ObjectStore) -> None:
 
 def test_write_once(store: ObjectStore) -> None:
     store.put_text("raw_logs/a.jsonl", "first")
-    with pytest.raises(ObjectExistsError, match="raw_logs/a.jsonl"):
+    with pytest.raises(ObjectExistsError, match=r"raw_logs/a\.jsonl"):
         store.put_text("raw_logs/a.jsonl", "second")
     assert store.get_text("raw_logs/a.jsonl") == "first"
     assert store.verify("raw_logs/a.jsonl")
@@ -90,7 +90,7 @@ def test_a_crash_before_the_checksum_was_written_is_repaired_on_read(
 
 
 def test_missing_objects_are_clear_errors(store: ObjectStore) -> None:
-    with pytest.raises(ObjectNotFoundError, match="nope.txt"):
+    with pytest.raises(ObjectNotFoundError, match=r"nope\.txt"):
         store.get_bytes("nope.txt")
     with pytest.raises(ObjectNotFoundError):
         store.open("nope.txt")

@@ -67,11 +67,14 @@ def test_metrics_equal_sentence_transformers_information_retrieval_evaluator(run
     ranked = rank(ws, "tiny-base", records, corpora)
     ours = {
         m: np.mean(
-            [query_metrics([d for d, _ in ranking], set(r.expected_results))[m] for r, ranking in zip(records, ranked)]
+            [
+                query_metrics([d for d, _ in ranking], set(r.expected_results))[m]
+                for r, ranking in zip(records, ranked, strict=True)
+            ]
         )
         for m in ("recall_at_5", "mrr_at_5", "ndcg_at_5")
     }
-    corpus = dict(zip(corpora["mini-alpha"].chunk_ids, corpora["mini-alpha"].texts))
+    corpus = dict(zip(corpora["mini-alpha"].chunk_ids, corpora["mini-alpha"].texts, strict=True))
     evaluator = InformationRetrievalEvaluator(
         queries={str(i): r.query_text for i, r in enumerate(records)},
         corpus=corpus,

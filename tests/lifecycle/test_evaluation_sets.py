@@ -75,7 +75,7 @@ def test_bad_files(tmp_path: Path) -> None:
         records_from_file(missing)
     broken = tmp_path / "x.jsonl"
     broken.write_text('{"query_text": "q"}\n')
-    with pytest.raises(EvaluationSetError, match="x.jsonl:1"):
+    with pytest.raises(EvaluationSetError, match=r"x\.jsonl:1"):
         records_from_file(broken)
     with pytest.raises(EvaluationSetError, match="not found"):
         records_from_file(tmp_path / "nope.jsonl")

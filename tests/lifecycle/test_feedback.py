@@ -151,9 +151,9 @@ LINES = st.one_of(
 def test_lines_in_equal_lines_out(tmp_path_factory: pytest.TempPathFactory, raw_lines: list[bytes], batch: int) -> None:
     store = ObjectStore(str(tmp_path_factory.mktemp("fb")))
     lines = [line.replace(b"\n", b" ") for line in raw_lines]
-    report = ingest_feedback(store, [b"".join(l + b"\n" for l in lines)], batch_size=batch)
-    raw = [l for k in log_files(store, RAW_PREFIX) for l in store.get_bytes(k).split(b"\n")[:-1]]
-    errors = [l for k in log_files(store, ERROR_PREFIX) for l in store.get_bytes(k).split(b"\n")[:-1]]
+    report = ingest_feedback(store, [b"".join(line + b"\n" for line in lines)], batch_size=batch)
+    raw = [line for k in log_files(store, RAW_PREFIX) for line in store.get_bytes(k).split(b"\n")[:-1]]
+    errors = [line for k in log_files(store, ERROR_PREFIX) for line in store.get_bytes(k).split(b"\n")[:-1]]
     assert report.lines == len(lines) == len(raw) + len(errors)
     assert report.accepted == len(raw) == lines.count(VALID)  # every valid copy kept, duplicates too
     assert sorted(raw + errors) == sorted(lines)  # nothing lost, nothing changed

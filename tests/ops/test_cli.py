@@ -117,19 +117,20 @@ def test_guarded_actions_from_the_cli(
     ws = Workspace(Settings())
     dataset_row(ws)
     capsys.readouterr()
-    # The default role is viewer: refused, and the refusal is audited.
-    assert main(["request-training", "--reason", "try", "--confirm", "20261201-aaaaaaaaaaaa"]) == 2
-    assert "needs 'admin'" in capsys.readouterr().err
+    # The default role is viewer: refused (exit 3, shown as a refusal), and the refusal is audited.
+    assert main(["request-training", "--reason", "try", "--confirm", "20261201-aaaaaaaaaaaa"]) == 3
+    err = capsys.readouterr().err
+    assert "\nrefused: operator" in err and "needs 'admin'" in err and "(audited)" in err and "error:" not in err
     monkeypatch.setenv("OPS_OPERATOR_ROLE", "admin")
     assert main(["request-training", "--reason", "weekly"]) == 2  # no terminal to ask on
     assert "--confirm 20261201-aaaaaaaaaaaa is required" in capsys.readouterr().err
     assert main(["request-training", "--reason", "weekly", "--confirm", "20261201-aaaaaaaaaaaa"]) == 0
     assert "done: queued TRAINING_REQUEST" in capsys.readouterr().out
-    assert main(["request-rollback", "--reason", "bad", "--expected-active", "tiny-base"]) == 2
+    assert main(["request-rollback", "--reason", "bad", "--expected-active", "tiny-base"]) == 3
     assert "no rollback snapshot" in capsys.readouterr().err
-    assert main(["generate-dataset", "--reason", "outage fixed", "--confirm", "1999-01-01"]) == 2
+    assert main(["generate-dataset", "--reason", "outage fixed", "--confirm", "1999-01-01"]) == 3
     assert "does not match" in capsys.readouterr().err
-    assert main(["promote", "7", "--reason", "report read", "--confirm", "x"]) == 2
+    assert main(["promote", "7", "--reason", "report read", "--confirm", "x"]) == 3
     assert "run 7: no such run" in capsys.readouterr().err
     with ws.db.read() as session:
         assert [a.result.split(":")[0] for a in session.query(AuditLog).order_by(AuditLog.id)] == [
@@ -140,3 +141,61 @@ def test_guarded_actions_from_the_cli(
             "refused",
         ]
         assert session.query(OpsMessage).count() == 1
+
+
+def test_each_marker_has_its_own_exit_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Commands that hit each marker for real; Conflict (no cheap command loses a race) through
+    a command whose work raises one."""
+    from opslib.control.release import ReleaseConflict
+    from opslib.ops import cli
+
+    monkeypatch.setenv("OPS_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.setenv("OPS_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("OPS_LOG_LEVEL", "WARNING")
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["run", "99_no_such_stage"]) == 2  # Invalid (StageError)
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: stage '99_no_such_stage': unknown")
+    assert main(["request-training", "--reason", "try", "--confirm", "x"]) == 3  # Refused: the role guard
+    assert capsys.readouterr().err.splitlines()[-1].startswith("refused: operator")
+    assert main(["run", "10_feedback_health", "--run-id", "999"]) == 4  # NotFound, before anything runs
+    assert capsys.readouterr().err.splitlines()[-1] == "error: run 999: no such run"
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.ipynb"))
+
+    def lose_the_race(ws: object) -> None:
+        raise ReleaseConflict("release transition CUTOVER: the release changed (row version 3, expected 2)")
+
+    monkeypatch.setattr(cli, "build_run_index", lose_the_race)
+    assert main(["report"]) == 5  # Conflict (the narrower marker of a refused release transition)
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: release transition CUTOVER: the release")
+
+    def bug(ws: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(cli, "build_run_index", bug)
+    with pytest.raises(ZeroDivisionError):  # not ours: a traceback, as before
+        main(["report"])
+
+
+def test_exit_codes_by_marker() -> None:
+    from opslib.control.release import ReleaseConflict, ReleaseError
+    from opslib.control.runs import RunNotFound
+    from opslib.errors import Conflict, Invalid, NotFound, OpsError, Refused
+    from opslib.infra.storage import ObjectExistsError, ObjectNotFoundError, StorageError
+    from opslib.ops.cli import EXIT_CODES_HELP, CliError, exit_code
+
+    assert [exit_code(cls("x")) for cls in (OpsError, Invalid, Refused, NotFound, Conflict)] == [1, 2, 3, 4, 5]
+    assert [exit_code(cls("x")) for cls in (StorageError, CliError, ReleaseError)] == [1, 2, 3]
+    assert [exit_code(cls("x")) for cls in (ObjectNotFoundError, RunNotFound)] == [4, 4]
+    assert [exit_code(cls("x")) for cls in (ObjectExistsError, ReleaseConflict)] == [5, 5]
+    for code in range(6):
+        assert f"\n  {code}  " in "\n" + EXIT_CODES_HELP
+
+
+def test_the_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "exit codes:" in out and "3  refused" in out and "5  conflict" in out

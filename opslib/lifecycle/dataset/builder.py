@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from tqdm.auto import tqdm
 
 from opslib.db.models import Chunk, TrainingDataset, Video, VideoStatus, utcnow
+from opslib.errors import Invalid
 from opslib.infra.logs import get_logger
 from opslib.infra.storage import sha256_file
 from opslib.infra.workspace import Workspace
@@ -59,7 +60,7 @@ DEFAULT_WINDOW_DAYS = 30
 _RESOLVE_BATCH = 1000
 
 
-class DatasetError(ValueError):
+class DatasetError(Invalid, ValueError):
     pass
 
 
@@ -107,10 +108,10 @@ class DatasetBuild:
 # Pass 1: scan ------------------------------------------------------------------------------
 @dataclass
 class _Scan:
-    hashes: array = field(default_factory=lambda: array("Q"))  # type: ignore[type-arg]
-    created: array = field(default_factory=lambda: array("d"))  # type: ignore[type-arg]
-    positions: array = field(default_factory=lambda: array("q"))  # type: ignore[type-arg]
-    likes: array = field(default_factory=lambda: array("b"))  # type: ignore[type-arg]
+    hashes: array[int] = field(default_factory=lambda: array("Q"))
+    created: array[float] = field(default_factory=lambda: array("d"))
+    positions: array[int] = field(default_factory=lambda: array("q"))
+    likes: array[int] = field(default_factory=lambda: array("b"))
 
 
 def _iter_lines(ws: Workspace, keys: list[str]) -> Iterator[tuple[int, bytes]]:

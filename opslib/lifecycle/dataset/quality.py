@@ -140,7 +140,7 @@ def _expectations(gx: Any) -> dict[str, list[tuple[str, Any]]]:
 def run_suite(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
     """Validate the frames; returns a JSON-able summary (overall success + one row per rule)."""
     os.environ["GX_ANALYTICS_ENABLED"] = "False"  # nothing may phone home
-    import great_expectations as gx
+    import great_expectations as gx  # deferred: takes seconds to import (and reads the env var above)
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     # GX pins some of its module loggers to INFO; the report wants results, not chatter.

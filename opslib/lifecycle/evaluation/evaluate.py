@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pandas as pd
 from sqlalchemy import select
 
 from opslib.control.runs import RunError, get_run, mark_failed, mark_ready
@@ -32,6 +33,7 @@ from opslib.db.models import (
     Video,
     VideoStatus,
 )
+from opslib.errors import Invalid
 from opslib.infra.embedding import Purpose
 from opslib.infra.logs import get_logger
 from opslib.infra.workspace import Workspace
@@ -49,7 +51,7 @@ DEFAULT_BOOTSTRAP = 1000
 BOOTSTRAP_SEED = 20261201
 
 
-class EvaluationError(Exception):
+class EvaluationError(Invalid):
     pass
 
 
@@ -125,7 +127,7 @@ def _corpus_vectors(ws: Workspace, model_version: str, corpus: _Project, progres
     fresh = ws.embeddings.embed(
         [corpus.texts[i] for i in missing], model_version, Purpose.EVALUATION, show_progress=progress
     )
-    vectors = dict(zip((corpus.chunk_ids[i] for i in missing), fresh))
+    vectors = dict(zip((corpus.chunk_ids[i] for i in missing), fresh, strict=True))  # one row per text
     vectors.update(stored)
     return np.stack([vectors[c] for c in corpus.chunk_ids]).astype(np.float32)
 
@@ -165,8 +167,6 @@ class EvaluationOutcome:
 
     def frame(self) -> Any:
         """Headline table: baseline, candidate, delta and its CI per metric."""
-        import pandas as pd
-
         q = self.quality_metrics
         return pd.DataFrame(
             {
@@ -222,10 +222,14 @@ def evaluate_run(
     baseline = rank(ws, run.baseline_model_version, records, corpora, progress)
     candidate = rank(ws, run.candidate_model_version, records, corpora, progress)
 
-    details, per_query = [], {"baseline": {m: [] for m in METRICS}, "candidate": {m: [] for m in METRICS}}
+    details: list[dict[str, Any]] = []
+    per_query: dict[str, dict[str, list[float]]] = {
+        "baseline": {m: [] for m in METRICS},
+        "candidate": {m: [] for m in METRICS},
+    }
     unjudged = {"baseline": 0, "candidate": 0}
     evaluated = skipped = 0
-    for record, base, cand in zip(records, baseline, candidate):
+    for record, base, cand in zip(records, baseline, candidate, strict=True):  # rank: one list per record
         relevant = set(record.expected_results) & set(corpora[record.project_id].chunk_ids)
         if not relevant:
             skipped += 1  # its expected chunks are gone: the query cannot be judged
@@ -320,7 +324,9 @@ def _summarise(per_query: dict[str, dict[str, list[float]]], samples: int) -> di
     return summary
 
 
-def top_changes(details: list[dict[str, Any]], metric: str = "ndcg_at_5", n: int = 5) -> tuple[list[dict], list[dict]]:
+def top_changes(
+    details: list[dict[str, Any]], metric: str = "ndcg_at_5", n: int = 5
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(top regressions, top wins) by the per-query change of ``metric``."""
     scored = sorted(details, key=lambda d: d["candidate"][metric] - d["baseline"][metric])
     regressions = [d for d in scored if d["candidate"][metric] < d["baseline"][metric]][:n]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -11,29 +12,50 @@ import pandas as pd
 import opslib
 from opslib.control.runs import get_run
 
-_REPO = Path(__file__).resolve().parents[3]
+
+def _source_checkout() -> Path | None:
+    """The git checkout this code runs from (an editable install), or None (an installed wheel).
+
+    The candidate is the folder holding the ``opslib`` package; it counts only if it has ``.git``
+    and a ``pyproject.toml`` naming project ``opslib`` — never some other repository that merely
+    contains a virtualenv with opslib installed in it.
+    """
+    root = Path(opslib.__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        with (root / "pyproject.toml").open("rb") as file:
+            name = tomllib.load(file).get("project", {}).get("name")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return root if name == "opslib" else None
 
 
 def code_version() -> str:
-    """The git commit the code runs from (with ``+dirty`` if modified), else the package version."""
+    """The package version (from its metadata); run from a git checkout, the commit first (with
+    ``+dirty`` if modified). git is optional: without it, or outside a checkout, the version alone."""
+    package = f"opslib {opslib.__version__}"
+    root = _source_checkout()
+    if root is None:
+        return package
     try:
         commit = subprocess.run(
-            ["git", "-C", str(_REPO), "rev-parse", "--short=12", "HEAD"],
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
             capture_output=True,
             text=True,
             timeout=5,
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(_REPO), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,
             timeout=5,
             check=True,
         ).stdout.strip()
-        return f"{commit}{'+dirty' if dirty else ''} (opslib {opslib.__version__})"
     except (OSError, subprocess.SubprocessError):
-        return f"opslib {opslib.__version__}"
+        return package
+    return f"{commit}{'+dirty' if dirty else ''} ({package})"
 
 
 def provenance(ctx: Any, outcome: Any) -> dict[str, Any]:

@@ -16,8 +16,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select
+
 from opslib.corpus.loader import read_queries
 from opslib.db.models import EvaluationDataset
+from opslib.errors import Invalid
 from opslib.infra.logs import get_logger
 from opslib.infra.storage import read_objects
 from opslib.infra.workspace import Workspace
@@ -27,7 +30,7 @@ log = get_logger(__name__)
 PREFIX = "evaluation_sets"
 
 
-class EvaluationSetError(ValueError):
+class EvaluationSetError(Invalid, ValueError):
     pass
 
 
@@ -166,7 +169,5 @@ def read_evaluation_set(ws: Workspace, ref: str) -> Iterator[EvalRecord]:
 
 
 def latest_evaluation_set(ws: Workspace) -> EvaluationDataset | None:
-    from sqlalchemy import select
-
     with ws.db.read() as session:
         return session.scalars(select(EvaluationDataset).order_by(EvaluationDataset.created_at.desc()).limit(1)).first()

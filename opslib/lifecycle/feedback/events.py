@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from opslib.errors import Invalid
 from opslib.infra.logs import get_logger
 from opslib.infra.storage import ObjectStore
 
@@ -47,7 +48,7 @@ def _event_id_int(user_id: str, req_id: str, rating: str) -> int:
 def feedback_event_id(user_id: str, req_id: str, rating: str) -> str:
     """UUIDv5 of ``feedback:{user_id}:{req_id}:{rating}`` (RFC 4122 §4.3), equal to
     ``uuid.uuid5`` but computed directly: dataset builds check millions of these."""
-    h = "%032x" % _event_id_int(user_id, req_id, rating)
+    h = f"{_event_id_int(user_id, req_id, rating):032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -82,7 +83,7 @@ FIELDS = ("schema_version", *_TEXT_FIELDS[:5], "rating", *_LIST_FIELDS, *_TEXT_F
 _FIELD_SET = frozenset(FIELDS)
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(Invalid, ValueError):
     pass
 
 

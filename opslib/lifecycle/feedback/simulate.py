@@ -14,11 +14,13 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from tqdm.auto import tqdm
 
 from opslib.corpus.loader import read_queries
 from opslib.corpus.search import SearchHit, search
+from opslib.errors import Invalid
 from opslib.infra.logs import current_trace_id, get_logger
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.feedback.events import (
@@ -32,7 +34,7 @@ log = get_logger(__name__)
 MAX_USED = 2
 
 
-class SimulationError(ValueError):
+class SimulationError(Invalid, ValueError):
     pass
 
 
@@ -92,7 +94,7 @@ def simulate_traffic(
             query.query_text,
             project_id=query.project_id,
             user_id=user,
-            choose_used=lambda hits, expected=expected: choose_used(hits, expected),
+            choose_used=partial(choose_used, expected=expected),
         )
         relevant_shown = any(ref in expected for ref in response.used_ids)
         hits_with_relevant += relevant_shown
