@@ -298,6 +298,14 @@ def evaluate_run(
     return EvaluationOutcome(run_id, evaluation_id, decision, fail_reason, quality, PASS_CRITERIA, detail_key, details)
 
 
+def _mean(values: np.ndarray) -> float:
+    """The mean over an exactly rounded sum (``math.fsum``): it does not depend on the order of
+    the queries, so a candidate whose per-query values are the baseline's reshuffled (as many
+    wins as losses, of the same sizes) ties it exactly and passes (≥). ``ndarray.mean`` could put
+    it an ulp below and fail it as "0.4750 < 0.4750"."""
+    return math.fsum(values.tolist()) / len(values)
+
+
 def _summarise(per_query: dict[str, dict[str, list[float]]], samples: int) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "baseline": {},
@@ -312,9 +320,9 @@ def _summarise(per_query: dict[str, dict[str, list[float]]], samples: int) -> di
         base = np.asarray(per_query["baseline"][m])
         cand = np.asarray(per_query["candidate"][m])
         deltas = cand - base
-        summary["baseline"][m] = float(base.mean())
-        summary["candidate"][m] = float(cand.mean())
-        summary["delta"][m] = float(deltas.mean())
+        summary["baseline"][m] = _mean(base)
+        summary["candidate"][m] = _mean(cand)
+        summary["delta"][m] = _mean(deltas)
         summary["ci95"][m] = list(paired_bootstrap(deltas, samples))
         summary["win_tie_loss"][m] = {
             "win": int((deltas > 1e-12).sum()),
