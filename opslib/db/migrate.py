@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from importlib.resources import as_file, files
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
 
 from opslib.db.engine import Database
 
@@ -26,9 +28,34 @@ def alembic_config(db: Database, script_location: Path) -> Config:
     return cfg
 
 
+@contextmanager
+def _migration_transaction(db: Database) -> Iterator[Connection]:
+    """One transaction for a migration. On SQLite, foreign keys are not enforced during it:
+    ``batch_alter_table`` rebuilds a table (copy, DROP the old, rename the copy), and with
+    enforcement on, DROP TABLE fails when other rows reference the table (a stage execution of a
+    run) — or, with ON DELETE CASCADE, deletes them. ``PRAGMA foreign_keys`` is a no-op inside a
+    transaction, so it is switched before BEGIN, on the driver's connection; the result is
+    checked with ``PRAGMA foreign_key_check`` before the commit, and enforcement is back on
+    before the connection returns to the pool."""
+    with db.engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:  # the pysqlite connection is in autocommit mode (opslib.db.engine), no BEGIN yet
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+        try:
+            with conn.begin():
+                yield conn
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise RuntimeError(f"migration left rows with broken foreign keys: {broken[:5]}")
+        finally:
+            if sqlite:
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
+
+
 def upgrade(db: Database, revision: str = "head") -> str:
     """Bring the schema to ``revision``; returns the revision now current."""
-    with migrations_dir() as location, db.engine.begin() as conn:
+    with migrations_dir() as location, _migration_transaction(db) as conn:
         cfg = alembic_config(db, location)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
@@ -36,7 +63,7 @@ def upgrade(db: Database, revision: str = "head") -> str:
 
 
 def downgrade(db: Database, revision: str) -> None:
-    with migrations_dir() as location, db.engine.begin() as conn:
+    with migrations_dir() as location, _migration_transaction(db) as conn:
         cfg = alembic_config(db, location)
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)

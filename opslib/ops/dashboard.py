@@ -439,6 +439,8 @@ class Dashboard:
                     )
             runs = actions.promotable_runs(self.ws)
             self.run_choice.options = [(f"run {r}", r) for r in runs]
+            if runs and self.run_choice.value is None:  # options given to an empty Dropdown select nothing
+                self.run_choice.value = runs[0]  # the newest: else the form says no run waits
             for form in self.forms:
                 try:
                     form.refresh()

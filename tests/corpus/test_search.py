@@ -1,9 +1,14 @@
+from typing import Any
+
 import pytest
 from sqlalchemy import text, update
 
+from opslib.corpus import search as search_module
 from opslib.corpus.ingest import ChunkIn, IngestError, VideoIn, ingest_videos
 from opslib.corpus.search import (
     KEYWORD_K,
+    TOP_K,
+    VECTOR_K,
     SearchError,
     keyword_search,
     query_terms,
@@ -19,6 +24,8 @@ from opslib.db.models import (
     Video,
     VideoStatus,
 )
+from opslib.infra.embedding import Purpose
+from opslib.infra.vector_store import VectorHit
 from opslib.infra.workspace import Workspace
 
 TEXTS = {
@@ -240,3 +247,126 @@ def test_failed_indexing_leaves_the_video_failed_not_ready(ws: Workspace, monkey
     with ws.db.read() as session:
         video = session.get(Video, "v-f")
         assert video.status is VideoStatus.FAILED and video.failed_stage == "INDEXING"
+
+
+# Limits on a project with many more matches than the candidate lists hold ----------------------
+BIG_CHUNKS = 60
+TOPICS = ["gears", "springs", "levers", "pulleys", "bolts", "hinges"]
+
+
+def _big(i: int) -> str:
+    return f"big-v{i:02d}#0000"
+
+
+def _load_big(ws: Workspace) -> None:
+    """60 one-chunk videos of project ``big``, every chunk containing the word "widget"."""
+    ingest_videos(
+        ws,
+        [
+            VideoIn(
+                video_id=f"big-v{i:02d}",
+                user_id="owner",
+                project_id="big",
+                title=f"part {i}",
+                chunks=[
+                    ChunkIn(
+                        text=f"{' '.join(['widget'] * (1 + i % 3))} with {TOPICS[i % len(TOPICS)]}, note {i}",
+                        start_ms=0,
+                        end_ms=1000,
+                    )
+                ],
+            )
+            for i in range(BIG_CHUNKS)
+        ],
+    )
+
+
+class _Spy:
+    """What ``search`` passed between its steps: the keyword and vector candidate lists (and the
+    ``n_results`` asked of the vector store) and the fused ranking before the SOT gate."""
+
+    def __init__(self, ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.keyword: list[str] = []
+        self.vector: list[str] = []
+        self.vector_k: int | None = None
+        self.fused: list[tuple[str, float]] = []
+        real_keyword, real_query, real_fusion = search_module.keyword_search, ws.vectors.query, reciprocal_rank_fusion
+
+        def keyword(*args: Any, **kwargs: Any) -> list[str]:
+            self.keyword = real_keyword(*args, **kwargs)
+            return self.keyword
+
+        def query(index_name: str, embedding: Any, n_results: int, where: Any = None) -> list[VectorHit]:
+            hits = real_query(index_name, embedding, n_results, where=where)
+            self.vector, self.vector_k = [h.chunk_id for h in hits], n_results
+            return hits
+
+        def fusion(*args: Any, **kwargs: Any) -> list[tuple[str, float]]:
+            self.fused = real_fusion(*args, **kwargs)
+            return self.fused
+
+        monkeypatch.setattr(search_module, "keyword_search", keyword)
+        monkeypatch.setattr(ws.vectors, "query", query)
+        monkeypatch.setattr(search_module, "reciprocal_rank_fusion", fusion)
+
+
+def test_candidate_lists_are_capped_at_20_and_the_response_at_5(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    _load_big(ws)
+    # Without the caps there would be 60 of each: every chunk matches the word and the project.
+    with ws.db.read() as session:
+        assert len(keyword_search(session, "widget", "big", k=100)) == BIG_CHUNKS
+    vector = ws.embeddings.embed(["widget"], "tiny-base", Purpose.SEARCH)[0]
+    assert len(ws.vectors.query("idx-tiny-base", vector, 100, where={"project_id": "big"})) == BIG_CHUNKS
+    spy = _Spy(ws, monkeypatch)
+    response = search(ws, "widget", project_id="big", user_id="u")
+    assert len(spy.keyword) == KEYWORD_K == 20
+    assert spy.vector_k == VECTOR_K == 20 and len(spy.vector) == 20
+    assert len(response.chunks) == TOP_K == 5
+    # The fused list is RRF (k=60) over exactly those two capped lists, and the response its head.
+    expected = {
+        doc: sum(1 / (60 + ranking.index(doc) + 1) for ranking in (spy.keyword, spy.vector) if doc in ranking)
+        for doc in set(spy.keyword) | set(spy.vector)
+    }
+    assert dict(spy.fused) == pytest.approx(expected)
+    assert response.refs == [doc for doc, _ in spy.fused[:5]]
+    assert [c.score for c in response.chunks] == pytest.approx([expected[r] for r in response.refs])
+    with ws.db.read() as session:
+        assert session.get(SearchResponseSnapshot, response.req_id).topk_ids == response.refs
+
+
+def test_rrf_with_k_60_orders_a_hand_checked_case(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """keyword [A B C D E F], vector [G D C H] (A..H = chunks 1..8):
+    D = 1/64 + 1/62 = 0.031754 > C = 2/63 = 0.031746 > A = G = 1/61 (tie: by id, A first)
+    > B = 1/62 > H = 1/64 > E > F. (With k=0, A and G — first in one list only — would lead.)"""
+    _load_big(ws)
+    a, b, c, d, e, f, g, h = (_big(i) for i in range(1, 9))
+    monkeypatch.setattr(search_module, "keyword_search", lambda *args, **kwargs: [a, b, c, d, e, f])
+    monkeypatch.setattr(ws.vectors, "query", lambda *args, **kwargs: [VectorHit(x, 0.1) for x in (g, d, c, h)])
+    response = search(ws, "widget", project_id="big", user_id="u")
+    assert response.refs == [d, c, a, g, b]
+    assert [hit.score for hit in response.chunks] == pytest.approx([1 / 64 + 1 / 62, 2 / 63, 1 / 61, 1 / 61, 1 / 62])
+    assert 1 / 64 + 1 / 62 > 2 / 63  # D before C is real, not a tie
+
+
+def test_the_sot_gate_runs_before_the_top5_cut(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/architecture.md, "SOT gate before the top-5 cut": chunks of a ROLLBACK_EXCLUDED or a
+    not-READY video ranked inside the top 5 are dropped, and the 6th and 7th candidates move up."""
+    _load_big(ws)
+    spy = _Spy(ws, monkeypatch)
+    before = search(ws, "widget", project_id="big", user_id="u").refs
+    fused = [doc for doc, _ in spy.fused]
+    assert before == fused[:5]
+    excluded, unready = fused[1], fused[3]  # both inside the top 5 before the gate
+    with ws.db.transaction() as session:
+        session.execute(
+            update(Video)
+            .where(Video.id == excluded.split("#")[0])
+            .values(search_serving_state=ServingState.ROLLBACK_EXCLUDED)
+        )
+        session.execute(update(Video).where(Video.id == unready.split("#")[0]).values(status=VideoStatus.PROCESSING))
+    response = search(ws, "widget", project_id="big", user_id="u")
+    assert [doc for doc, _ in spy.fused] == fused  # the same candidates, ranked the same
+    assert response.refs == [fused[0], fused[2], fused[4], fused[5], fused[6]]
+    assert len(response.chunks) == 5
+    with ws.db.read() as session:
+        assert session.get(SearchResponseSnapshot, response.req_id).topk_ids == response.refs

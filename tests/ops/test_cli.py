@@ -199,3 +199,125 @@ def test_the_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -
         build_parser().parse_args(["--help"])
     out = capsys.readouterr().out
     assert "exit codes:" in out and "3  refused" in out and "5  conflict" in out
+
+
+def _notebook(path: Path, parameters: str, *sources: str) -> Path:
+    """A stage notebook: a cell tagged ``parameters`` (Papermill injects after it), then ``sources``."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    tagged = new_code_cell(parameters)
+    tagged.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[tagged, *(new_code_cell(s) for s in sources)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def _executions(tmp_path: Path) -> list[tuple[str, str]]:
+    from opslib.db.models import StageExecution
+    from opslib.infra.workspace import Workspace
+    from opslib.settings import Settings
+
+    with Workspace(Settings(workspace=tmp_path / "ws")).db.read() as session:
+        return [(e.stage, e.status.value) for e in session.query(StageExecution).order_by(StageExecution.id)]
+
+
+@pytest.mark.slow
+def test_run_exits_1_when_the_stage_notebook_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stage whose parameters pass validation but whose notebook raises: exit 1 (failed), the
+    execution archived and recorded FAILED; the same stage succeeding exits 0."""
+    from opslib.execution.registry import STAGES, StageParams, StageSpec
+
+    class ScratchParams(StageParams):
+        x: int = 1
+
+    notebooks = tmp_path / "notebooks"
+    _notebook(
+        notebooks / "99_scratch.ipynb",
+        "x = 1\nops_execution_id = None",
+        "if x == 4:\n    raise ValueError(f'boom with x={x}')",
+    )
+    monkeypatch.setitem(STAGES, "99_scratch", StageSpec("99_scratch", "99_scratch.ipynb", ScratchParams, "", __name__))
+    monkeypatch.setenv("OPS_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.setenv("OPS_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("OPS_NOTEBOOKS_DIR", str(notebooks))
+    monkeypatch.setenv("OPS_LOG_LEVEL", "WARNING")
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["run", "99_scratch", "-p", "x=4", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "99_scratch FAILED (execution 1)" in out
+    assert "failed at cell 2: ValueError: boom with x=4" in out  # 0 parameters, 1 injected by Papermill
+    assert main(["run", "99_scratch", "-p", "x=1", "--quiet"]) == 0
+    assert "99_scratch SUCCEEDED (execution 2)" in capsys.readouterr().out
+    assert _executions(tmp_path) == [("99_scratch", "FAILED"), ("99_scratch", "SUCCEEDED")]
+    assert len(list((tmp_path / "runs").rglob("*-99_scratch.html"))) == 2  # both archived
+
+
+# The demo's stages as cheap stand-ins: each prints, or raises when it is the failing one; 20 can
+# record an eligible dataset (as a real 20 would) so that the demo goes on to train.
+_DEMO_PARAMETERS = {
+    "10_feedback_health": "window_days = 7\nops_execution_id = None",
+    "20_build_dataset": "as_of = None\nsource_window_days = 30\nseed = 0\nops_execution_id = None",
+    "30_train_candidate": "run_id = 0\nepochs = 1\nbatch_size = 16\nlearning_rate = 2e-5\n"
+    "max_seq_length = 128\nseed = 0\nops_execution_id = None",
+}
+_ELIGIBLE_DATASET = """
+from datetime import timedelta
+from opslib.db.models import TrainingDataset, utcnow
+from opslib.infra.workspace import open_workspace
+end = utcnow()
+with open_workspace().db.transaction() as session:
+    session.add(TrainingDataset(dataset_version="20261201-aaaaaaaaaaaa", storage_path="x",
+        generation_rule_version="retrieval-group-v1", source_window_start=end - timedelta(days=30),
+        source_window_end=end, counts={"trainable_groups": 12, "negatives": 30}, eligible=True,
+        ineligible_reasons=[]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failing", [None, "10_feedback_health", "20_build_dataset", "30_train_candidate"])
+def test_demo_exits_1_when_a_step_fails(
+    failing: str | None,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The real demo code path (``opsbench demo``) with cheap stand-ins for its slow parts: the
+    mini corpus for the built-in one, stage notebooks that print or raise. A failed 10 or 20, or
+    a training run that fails after an eligible dataset, exits 1; all steps passing exits 0."""
+    import dataclasses
+
+    from helpers import mini_corpus_spec
+
+    from opslib.ops import demo
+
+    notebooks = tmp_path / "notebooks"
+    for stage, parameters in _DEMO_PARAMETERS.items():
+        if stage == failing:
+            work = f"raise RuntimeError('{stage} broke')"
+        elif stage == "20_build_dataset" and failing == "30_train_candidate":
+            work = _ELIGIBLE_DATASET
+        else:
+            work = "print('ok')"
+        _notebook(notebooks / f"{stage}.ipynb", parameters, work)
+    _env(tmp_path, tiny_model_dir, monkeypatch)
+    monkeypatch.setenv("OPS_NOTEBOOKS_DIR", str(notebooks))
+    monkeypatch.setattr(demo, "build_demo_corpus", lambda name: dataclasses.replace(mini_corpus_spec(), name=name))
+    code = main(["demo", "--requests", "10"])
+    out = capsys.readouterr().out
+    assert code == (0 if failing is None else 1)
+    # Every step ran (a failed 10 does not stop the demo); the failing one is recorded FAILED.
+    ran = ["10_feedback_health", "20_build_dataset"] + (
+        ["30_train_candidate"] if failing == "30_train_candidate" else []
+    )
+    assert _executions(tmp_path) == [(stage, "FAILED" if stage == failing else "SUCCEEDED") for stage in ran]
+    if failing == "30_train_candidate":
+        assert "run 1: FAILED — TRAINING ERROR: 30_train_candidate failed at cell 2: RuntimeError" in out
+    else:
+        assert "no eligible dataset: nothing to train" in out

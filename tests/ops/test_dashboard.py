@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,12 @@ from opslib.db.models import (
     MessageOutcome,
     MLPipelineRun,
     ModelEvaluation,
+    ModelRelease,
     OpsMessage,
     RunStage,
     RunStatus,
     StageExecution,
+    TrainingDataset,
     TriggerSource,
     utcnow,
 )
@@ -269,3 +272,77 @@ def test_open_dashboard_uses_the_settings(ws: Workspace, monkeypatch: pytest.Mon
     dashboard = open_dashboard(background=False)
     assert dashboard.ws.settings.workspace == ws.settings.workspace
     assert "STABLE" in shown_html(dashboard.outputs["Release"])
+
+
+# Every form, clicked by someone it must refuse ------------------------------------------------
+def _make_possible(ws: Workspace, form: str) -> None:
+    """A state in which the form's action is possible, so only the guard can say no."""
+    if form == "training":
+        _dataset(ws)
+    elif form == "rollback":
+        with ws.db.transaction() as session:
+            release = session.query(ModelRelease).one()
+            release.rollback_snapshot_active_model_version = "tiny-old"
+            release.rollback_snapshot_active_index_name = "idx-tiny-old"
+            release.rollback_snapshot_captured_at = utcnow()
+    elif form == "promote":
+        with ws.db.transaction() as session:
+            _run(
+                session,
+                RunStatus.READY_FOR_RELEASE,
+                dataset_version=DATASET,
+                baseline_model_version="tiny-base",
+                candidate_model_version="cand-1",
+                candidate_index_name="idx-cand-1",
+            )
+    # "dataset": generating a dataset is always possible
+
+
+def _state(ws: Workspace) -> dict[str, object]:
+    """What any of the four actions would change."""
+    with ws.db.read() as session:
+        release = session.query(ModelRelease).one()
+        return {
+            "messages": session.query(OpsMessage).count(),
+            "executions": session.query(StageExecution).count(),
+            "datasets": sorted(session.scalars(select(TrainingDataset.dataset_version))),
+            "runs": [(r.id, r.status, r.promoted_at, r.promoted_by) for r in session.query(MLPipelineRun)],
+            "release": {c.key: getattr(release, c.key) for c in ModelRelease.__table__.columns},
+        }
+
+
+@pytest.mark.parametrize("form_name", ["training", "dataset", "rollback", "promote"])
+@pytest.mark.parametrize("who", ["viewer", "admin with a wrong confirmation"])
+def test_every_action_form_refuses_and_changes_nothing(ws: Workspace, form_name: str, who: str) -> None:
+    _make_possible(ws, form_name)
+    operator = _as(ws, role="viewer" if who == "viewer" else "admin")
+    dashboard = Dashboard(operator, background=False)
+    dashboard.refresh()
+    form = getattr(dashboard, form_name)
+    target = form.preview_fn().target
+    assert target is not None and form.confirm.placeholder == f"type {target}"  # possible now
+    assert not form.button.disabled  # the button can be clicked
+    before = _state(operator)
+    if who == "viewer":
+        why = "operator 'ana' has role 'viewer'; this action needs 'admin'"
+        assert "your role is viewer" in shown_html(form.preview)
+        form.confirm.value = target  # even the right confirmation does not help
+    else:
+        why = f"confirmation 'not-{target}' does not match '{target}'"
+        form.confirm.value = f"not-{target}"
+    form.reason.value = "checking the guard"
+    form.button.click()
+    shown = shown_html(form.result)
+    assert f'<p class="ops-refused">refused: {escape(why)}</p>' == shown
+    assert not form.button.disabled and form.confirm.value  # usable again; what was typed stays
+    (row,) = _audit(operator)  # the refusal is audited, nothing else
+    assert (row.operator, row.role, row.action, row.target) == (
+        "ana",
+        operator.settings.operator_role,
+        form.preview_fn().action.value,
+        target,
+    )
+    assert (row.reason, row.result) == ("checking the guard", f"refused: {why}")
+    assert _state(operator) == before  # no message, execution, dataset, approval or release change
+    assert not operator.settings.runs_dir.exists() or not any(operator.settings.runs_dir.rglob("*.ipynb"))
+    assert "refused: " in shown_html(dashboard.outputs["Audit"])  # refreshed after the click
