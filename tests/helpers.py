@@ -167,3 +167,18 @@ def feedback_event(**overrides: object) -> dict:
 
 def feedback_line(event: dict) -> bytes:
     return json.dumps(event).encode()
+
+
+def write_stage_notebook(path: Path, parameters: str, *sources: str) -> Path:
+    """A stage notebook: a code cell tagged ``parameters`` (Papermill injects after it), then one
+    code cell per source."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    tagged = new_code_cell(parameters)
+    tagged.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[tagged, *(new_code_cell(s) for s in sources)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path

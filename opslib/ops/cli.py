@@ -51,7 +51,7 @@ EXIT_CODES_HELP = """exit codes:
   0  done
   1  failed: a stage, tick or the demo failed, or an operation failed (an error without a marker)
   2  invalid: usage, bad input or settings (Invalid), or the workspace is not ready
-  3  refused: a guard said no (Refused); printed as "refused: …", nothing was changed
+  3  refused: a guard said no (Refused), also inside a stage notebook; nothing was changed
   4  not found: what you named does not exist (NotFound)
   5  conflict: lost a race or something changed meanwhile (Conflict); look again, then retry"""
 
@@ -196,8 +196,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"  notebook: {result.output_ipynb}")
     print(f"  report:   {result.output_html}")
     if result.error:
-        print(f"  failed at cell {result.error['cell_index']}: {result.error['ename']}: {result.error['evalue']}")
-        return 1
+        verb = "refused" if result.refused else "failed"  # decided by class (opslib.errors.Refused)
+        print(f"  {verb} at cell {result.error['cell_index']}: {result.error['ename']}: {result.error['evalue']}")
+        return EXIT_REFUSED if result.refused else EXIT_FAILED
     return 0
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import write_stage_notebook
 from nbformat.v4 import new_code_cell, new_notebook
 
 from opslib.db.models import ExecutionStatus, StageExecution
@@ -26,6 +27,23 @@ from opslib.settings import Settings
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 CDN = re.compile(r"""<(script|link)[^>]+(src|href)=["']https?://""", re.I)
+
+
+def _scratch_stage(
+    ws: Workspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    params: type[StageParams],
+    parameters_source: str,
+    *sources: str,
+) -> Workspace:
+    """Register a throwaway stage ``name`` whose notebook is a tagged parameters cell followed by
+    ``sources``; returns a workspace whose settings find it."""
+    folder = tmp_path / "notebooks"
+    write_stage_notebook(folder / f"{name}.ipynb", parameters_source, *sources)
+    monkeypatch.setitem(STAGES, name, StageSpec(name, f"{name}.ipynb", params, name, __name__))
+    return Workspace(Settings(**{**ws.settings.model_dump(), "notebooks_dir": folder}))
 
 
 def _executions(ws: Workspace) -> list[StageExecution]:
@@ -95,22 +113,17 @@ def test_a_failing_notebook_is_archived_with_its_failing_cell(
     class FailParams(StageParams):
         x: int = 1
 
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    params = new_code_cell("x = 1\nops_execution_id = None")
-    params.metadata["tags"] = ["parameters"]
-    nb = new_notebook(
-        cells=[
-            params,
-            new_code_cell("print('before the failure')"),
-            new_code_cell("raise ValueError(f'boom with x={x}')"),
-        ]
+    scratch = _scratch_stage(
+        ws,
+        tmp_path,
+        monkeypatch,
+        "99_fail",
+        FailParams,
+        "x = 1\nops_execution_id = None",
+        "print('before the failure')",
+        "raise ValueError(f'boom with x={x}')",
     )
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, folder / "99_fail.ipynb")
-    monkeypatch.setitem(STAGES, "99_fail", StageSpec("99_fail", "99_fail.ipynb", FailParams, "fails", __name__))
-    settings = Settings(**{**ws.settings.model_dump(), "notebooks_dir": folder})
-    result = run_stage(Workspace(settings), "99_fail", {"x": 4})
+    result = run_stage(scratch, "99_fail", {"x": 4})
     assert result.status is ExecutionStatus.FAILED
     assert result.error is not None
     assert (result.error["ename"], result.error["evalue"]) == ("ValueError", "boom with x=4")
@@ -131,29 +144,20 @@ def test_a_refusal_in_a_notebook_is_recorded_with_its_class(
     class RefuseParams(StageParams):
         x: int = 1
 
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    params = new_code_cell("x = 1\nops_execution_id = None")
-    params.metadata["tags"] = ["parameters"]
-    nb = new_notebook(
-        cells=[
-            params,
-            new_code_cell("from opslib.execution.context import record_error_classes\nrecord_error_classes()"),
-            new_code_cell(
-                "from opslib.execution import display\n"
-                "from opslib.lifecycle.rollback import RollbackRefused\n"
-                "with display.error_banner_on_failure('rollback'):\n"
-                "    raise RollbackRefused(f'stale request with x={x}')"
-            ),
-        ]
+    scratch = _scratch_stage(
+        ws,
+        tmp_path,
+        monkeypatch,
+        "97_refuse",
+        RefuseParams,
+        "x = 1\nops_execution_id = None",
+        "from opslib.execution.context import record_error_classes\nrecord_error_classes()",
+        "from opslib.execution import display\n"
+        "from opslib.lifecycle.rollback import RollbackRefused\n"
+        "with display.error_banner_on_failure('rollback'):\n"
+        "    raise RollbackRefused(f'stale request with x={x}')",
     )
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, folder / "97_refuse.ipynb")
-    monkeypatch.setitem(
-        STAGES, "97_refuse", StageSpec("97_refuse", "97_refuse.ipynb", RefuseParams, "refuses", __name__)
-    )
-    settings = Settings(**{**ws.settings.model_dump(), "notebooks_dir": folder})
-    result = run_stage(Workspace(settings), "97_refuse", {"x": 4})
+    result = run_stage(scratch, "97_refuse", {"x": 4})
     assert result.status is ExecutionStatus.FAILED and result.error is not None
     assert (result.error["ename"], result.error["evalue"]) == ("RollbackRefused", "stale request with x=4")
     assert result.error["cell_index"] == 3 and result.error["eclass"] == class_path(RollbackRefused)
@@ -200,20 +204,13 @@ def test_a_failed_html_rendering_still_records_the_execution(
     class OkParams(StageParams):
         pass
 
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    params = new_code_cell("ops_execution_id = None")
-    params.metadata["tags"] = ["parameters"]
-    nb = new_notebook(cells=[params, new_code_cell("print('fine')")])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, folder / "98_ok.ipynb")
-    monkeypatch.setitem(STAGES, "98_ok", StageSpec("98_ok", "98_ok.ipynb", OkParams, "succeeds", __name__))
+    scratch = _scratch_stage(ws, tmp_path, monkeypatch, "98_ok", OkParams, "ops_execution_id = None", "print('fine')")
 
     def broken(*args: object) -> None:
         raise RuntimeError("template missing")
 
     monkeypatch.setattr(runner, "render_html", broken)
-    result = run_stage(Workspace(Settings(**{**ws.settings.model_dump(), "notebooks_dir": folder})), "98_ok", {})
+    result = run_stage(scratch, "98_ok", {})
     assert result.status is ExecutionStatus.SUCCEEDED and result.output_ipynb.is_file()
     (row,) = _executions(ws)
     assert row.status is ExecutionStatus.SUCCEEDED and row.finished_at and row.output_html is None

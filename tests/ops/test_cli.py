@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import feedback_event, feedback_line, write_beir
+from helpers import feedback_event, feedback_line, write_beir, write_stage_notebook
 
 from opslib.ops.cli import build_parser, main, parse_param
 
@@ -201,20 +201,6 @@ def test_the_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -
     assert "exit codes:" in out and "3  refused" in out and "5  conflict" in out
 
 
-def _notebook(path: Path, parameters: str, *sources: str) -> Path:
-    """A stage notebook: a cell tagged ``parameters`` (Papermill injects after it), then ``sources``."""
-    import nbformat
-    from nbformat.v4 import new_code_cell, new_notebook
-
-    tagged = new_code_cell(parameters)
-    tagged.metadata["tags"] = ["parameters"]
-    nb = new_notebook(cells=[tagged, *(new_code_cell(s) for s in sources)])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
-    return path
-
-
 def _executions(tmp_path: Path) -> list[tuple[str, str]]:
     from opslib.db.models import StageExecution
     from opslib.infra.workspace import Workspace
@@ -225,20 +211,24 @@ def _executions(tmp_path: Path) -> list[tuple[str, str]]:
 
 
 @pytest.mark.slow
-def test_run_exits_1_when_the_stage_notebook_fails(
+def test_run_exits_1_when_the_stage_notebook_fails_and_3_when_it_refuses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A stage whose parameters pass validation but whose notebook raises: exit 1 (failed), the
-    execution archived and recorded FAILED; the same stage succeeding exits 0."""
+    """A stage whose parameters pass validation but whose notebook raises: exit 1 (failed), or 3
+    when what it raises is a ``Refused``; the execution archived and recorded FAILED either way;
+    the same stage succeeding exits 0."""
     from opslib.execution.registry import STAGES, StageParams, StageSpec
 
     class ScratchParams(StageParams):
         x: int = 1
 
     notebooks = tmp_path / "notebooks"
-    _notebook(
+    write_stage_notebook(
         notebooks / "99_scratch.ipynb",
         "x = 1\nops_execution_id = None",
+        "from opslib.execution.context import record_error_classes\nrecord_error_classes()",
+        "from opslib.errors import Refused\n"
+        "if x == 3:\n    raise Refused(f'not now with x={x}')\n"
         "if x == 4:\n    raise ValueError(f'boom with x={x}')",
     )
     monkeypatch.setitem(STAGES, "99_scratch", StageSpec("99_scratch", "99_scratch.ipynb", ScratchParams, "", __name__))
@@ -251,11 +241,13 @@ def test_run_exits_1_when_the_stage_notebook_fails(
     assert main(["run", "99_scratch", "-p", "x=4", "--quiet"]) == 1
     out = capsys.readouterr().out
     assert "99_scratch FAILED (execution 1)" in out
-    assert "failed at cell 2: ValueError: boom with x=4" in out  # 0 parameters, 1 injected by Papermill
+    assert "failed at cell 3: ValueError: boom with x=4" in out  # 0 parameters, 1 injected by Papermill
+    assert main(["run", "99_scratch", "-p", "x=3", "--quiet"]) == 3  # a guard in the notebook said no
+    assert "refused at cell 3: Refused: not now with x=3" in capsys.readouterr().out
     assert main(["run", "99_scratch", "-p", "x=1", "--quiet"]) == 0
-    assert "99_scratch SUCCEEDED (execution 2)" in capsys.readouterr().out
-    assert _executions(tmp_path) == [("99_scratch", "FAILED"), ("99_scratch", "SUCCEEDED")]
-    assert len(list((tmp_path / "runs").rglob("*-99_scratch.html"))) == 2  # both archived
+    assert "99_scratch SUCCEEDED (execution 3)" in capsys.readouterr().out
+    assert _executions(tmp_path) == [("99_scratch", "FAILED"), ("99_scratch", "FAILED"), ("99_scratch", "SUCCEEDED")]
+    assert len(list((tmp_path / "runs").rglob("*-99_scratch.html"))) == 3  # all archived
 
 
 # The demo's stages as cheap stand-ins: each prints, or raises when it is the failing one; 20 can
@@ -305,7 +297,7 @@ def test_demo_exits_1_when_a_step_fails(
             work = _ELIGIBLE_DATASET
         else:
             work = "print('ok')"
-        _notebook(notebooks / f"{stage}.ipynb", parameters, work)
+        write_stage_notebook(notebooks / f"{stage}.ipynb", parameters, work)
     _env(tmp_path, tiny_model_dir, monkeypatch)
     monkeypatch.setenv("OPS_NOTEBOOKS_DIR", str(notebooks))
     monkeypatch.setattr(demo, "build_demo_corpus", lambda name: dataclasses.replace(mini_corpus_spec(), name=name))
