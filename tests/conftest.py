@@ -23,16 +23,24 @@ from opslib.settings import Settings
 POSTGRES_URL = os.environ.get("OPS_TEST_POSTGRES_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
 
+pytest_plugins = ["backend_coverage", "pytester"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``@pytest.mark.sqlite_only``: notebook-heavy end-to-end tests whose point is not the
-    database run on SQLite only (the modules and stages they use are covered on PostgreSQL by
-    their own tests, and one end-to-end worker test runs on both)."""
+    """``@pytest.mark.sqlite_only(reason=...)``: a test whose point is not the database backend runs
+    on SQLite only; the reason, written next to the marker, says where its DB side is covered on
+    PostgreSQL. Tests parametrised onto PostgreSQL get the ``on_postgresql`` marker (counted by
+    ``backend_coverage``)."""
     keep, dropped = [], []
     for item in items:
+        marker = item.get_closest_marker("sqlite_only")
+        if marker is not None and not marker.kwargs.get("reason"):
+            raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.sqlite_only needs reason='why not PostgreSQL'")
         callspec = getattr(item, "callspec", None)
         on_postgres = callspec is not None and callspec.params.get("db_url") == "postgresql"
-        (dropped if on_postgres and item.get_closest_marker("sqlite_only") else keep).append(item)
+        if on_postgres:
+            item.add_marker("on_postgresql")
+        (dropped if on_postgres and marker is not None else keep).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep

@@ -16,7 +16,10 @@ from opslib.lifecycle.feedback.events import RAW_PREFIX, log_files
 from opslib.ops.demo import run_demo
 
 
-@pytest.mark.sqlite_only
+@pytest.mark.sqlite_only(
+    reason="the demo is the embedded default (a SQLite workspace) by definition; the stages it drives run "
+    "on PostgreSQL in tests/execution/test_worker.py and tests/e2e/test_worker_release.py"
+)
 @pytest.mark.slow
 def test_demo_path(empty_ws: Workspace) -> None:
     lines: list[str] = []

@@ -72,7 +72,6 @@ def test_a_ready_run_is_reindexed_and_cut_over_then_rolled_back(ws: Workspace, t
     )
 
 
-@pytest.mark.sqlite_only
 def test_without_auto_cutover_a_ready_run_waits_for_promote(ws: Workspace, tiny_candidate_dir: Path) -> None:
     manual = _with(ws, auto_cutover=False)
     corpus_ready(manual)

@@ -29,7 +29,10 @@ def test_rows_pair_each_positive_with_the_highest_confidence_negatives() -> None
     assert (used, skipped) == (1, 1)
 
 
-@pytest.mark.sqlite_only
+@pytest.mark.sqlite_only(
+    reason="determinism is the model's property; the run and model rows training writes are checked on "
+    "PostgreSQL by tests/execution/test_worker.py"
+)
 @pytest.mark.slow
 def test_training_is_deterministic_and_writes_a_manifest(ws: Workspace) -> None:
     dataset = loop_ready(ws)
