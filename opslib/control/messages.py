@@ -1,4 +1,4 @@
-"""Control messages (DESIGN §4): ``TRAINING_REQUEST`` and ``ROLLBACK_REQUEST``, payload ``v1``.
+"""Control messages: ``TRAINING_REQUEST`` and ``ROLLBACK_REQUEST``, payload ``v1``.
 
 A message is parsed strictly at the consumer — the trust boundary of an at-least-once queue that
 external producers (schedulers, other services) also write to. An unsupported

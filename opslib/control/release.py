@@ -1,4 +1,4 @@
-"""ModelRelease: the serving combination and its history (DESIGN §3, §5).
+"""ModelRelease: the serving combination and its history (state machine described in docs/release.md).
 
 Every change to the release row goes through ``apply``: it checks the move against
 ``TRANSITIONS``, runs the move's guard, updates the row by compare-and-swap on ``row_version``
@@ -32,7 +32,7 @@ class Transition:
     when: str
 
 
-# The release state machine of DESIGN §5, by event kind.
+# The release state machine (docs/release.md), by event kind.
 TRANSITIONS: dict[str, Transition] = {
     "BOOTSTRAP": Transition(None, S.STABLE, "empty workspace: the packaged model serves"),
     "OPEN_CANDIDATE": Transition(S.STABLE, S.CANDIDATE_REINDEXING, "a READY_FOR_RELEASE run: build its index"),

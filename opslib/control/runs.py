@@ -1,4 +1,4 @@
-"""MLPipelineRun control (DESIGN §5): the one module that creates runs and moves them.
+"""MLPipelineRun control: the one module that creates runs and moves them.
 
 Every move is checked against ``TRANSITIONS`` inside a write transaction. The run slots (at most
 one RUNNING, at most one PENDING) are enforced by partial unique indexes; when an insert loses a

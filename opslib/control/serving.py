@@ -4,7 +4,7 @@ Two columns of ``Video`` carry state, each with its own transition table:
 
 * ``search_serving_state`` (``SERVING_TRANSITIONS``): whether search may show the video. A
   rollback hides the videos the snapshot index does not fully hold and shows them again once the
-  restored model has re-embedded them (DESIGN §5, ``opslib.lifecycle.rollback``).
+  restored model has re-embedded them (``opslib.lifecycle.rollback``).
 * ``status`` (``STATUS_TRANSITIONS``): the ingest lifecycle (``opslib.corpus.ingest``). A video
   is PROCESSING while its chunks are embedded, READY once they are in every index the release
   writes to, FAILED if that failed. PENDING, UPLOADED and DELETING have no transition here: the

@@ -2,7 +2,7 @@
 
 A video is PROCESSING while its chunks are embedded and becomes READY only once every chunk is
 in each index the release currently writes to (the active one; also the candidate while the
-release is CANDIDATE_REINDEXING — dual-write, DESIGN §5). A failure leaves it FAILED, never READY.
+release is CANDIDATE_REINDEXING — dual-write). A failure leaves it FAILED, never READY.
 Every status change goes through ``opslib.control.serving`` and its transition tables.
 """
 

@@ -1,4 +1,4 @@
-"""The serving path (DESIGN §6): keyword top-20 + vector top-20 on the active index → RRF (k=60)
+"""The serving path: keyword top-20 + vector top-20 on the active index → RRF (k=60)
 → SOT gate → top-5 → response + ``SearchResponseSnapshot``.
 
 The serving combination (active model + active index) is read once from the Metadata DB at the

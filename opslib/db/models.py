@@ -1,4 +1,4 @@
-"""SQLAlchemy 2.0 typed models for every table of DESIGN §3.
+"""SQLAlchemy 2.0 typed models for every table of the Metadata DB.
 
 Tables are created only by Alembic migrations (``opsbench db upgrade``); ``metadata`` here is the
 target the migrations are checked against in the test suite.
@@ -178,7 +178,7 @@ class Chunk(Base):
 
 
 class VectorIndexEntry(Base):
-    """SOT record of which chunk is in which index (DESIGN §3)."""
+    """SOT record of which chunk is in which index."""
 
     __tablename__ = "vector_index_entries"
     __table_args__ = (
@@ -212,7 +212,7 @@ class SearchResponseSnapshot(Base):
 class MLPipelineRun(Base):
     __tablename__ = "ml_pipeline_runs"
     __table_args__ = (
-        # DESIGN §5: at most one RUNNING and one PENDING run, enforced by the database.
+        # At most one RUNNING and one PENDING run, enforced by the database.
         Index(
             "uq_ml_pipeline_runs_one_running",
             "status",
@@ -243,11 +243,11 @@ class MLPipelineRun(Base):
     superseded_by_run_id: Mapped[int | None] = mapped_column(ForeignKey("ml_pipeline_runs.id"))
     trigger_source: Mapped[TriggerSource] = mapped_column(_enum(TriggerSource, "trigger_source"))
     trace_id: Mapped[str] = mapped_column(String(64))
-    # Not in DESIGN §3's list: an operator's approval to release this READY run when automatic
+    # Not in the base data model: an operator's approval to release this READY run when automatic
     # cutover is off (written with its AuditLog row; the worker then runs 50 → 60).
     promoted_at: Mapped[datetime | None] = mapped_column()
     promoted_by: Mapped[str | None] = mapped_column(String(128))
-    # Not in DESIGN §3's list: the TRAINING_REQUEST that created the run, unique, so a
+    # Not in the base data model: the TRAINING_REQUEST that created the run, unique, so a
     # redelivered message can never create a second run.
     request_message_id: Mapped[int | None] = mapped_column(ForeignKey("ops_messages.id"), unique=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column()
@@ -369,7 +369,7 @@ class ReleaseEvent(Base):
 
 
 class OpsMessage(Base):
-    """The control-message queue (DESIGN §2: a table in the Metadata DB)."""
+    """The control-message queue (a table in the Metadata DB)."""
 
     __tablename__ = "ops_messages"
     __table_args__ = (Index("ix_ops_messages_ready", "acked_at", "visible_at"),)
@@ -383,7 +383,7 @@ class OpsMessage(Base):
     visible_at: Mapped[datetime] = mapped_column(default=utcnow)
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     acked_at: Mapped[datetime | None] = mapped_column()
-    # Not in DESIGN §3's field list; needed so a refusal is recorded with its reason.
+    # Not in the base data model; needed so a refusal is recorded with its reason.
     outcome: Mapped[MessageOutcome | None] = mapped_column(_enum(MessageOutcome, "message_outcome"))
     outcome_reason: Mapped[str | None] = mapped_column(Text)
 

@@ -1,5 +1,5 @@
 """Model Artifact Files: ``models/<model_version>/`` = a sentence-transformers folder plus
-``model_manifest.json`` (DESIGN §4). Written once; a version is never overwritten.
+``model_manifest.json``. Written once; a version is never overwritten.
 
 The manifest is written last and is the commit point: a folder without one is an unfinished
 upload, which a retry completes (files already there with the right hash are kept).

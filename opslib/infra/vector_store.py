@@ -1,4 +1,4 @@
-"""Chroma access: one collection per model version (DESIGN §2 Vector Store).
+"""Chroma access: one collection per model version (the Vector Store row of docs/architecture.md's stores table).
 
 A local ``PersistentClient`` by default, a Chroma server (``HttpClient``) when ``chroma_host`` is
 set. Embeddings are always passed in (``embedding_function=None``): Chroma never embeds, so it

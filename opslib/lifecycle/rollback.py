@@ -1,4 +1,4 @@
-"""Stage 70: roll serving back to the rollback snapshot (DESIGN §5).
+"""Stage 70: roll serving back to the rollback snapshot.
 
 Steps: PREPARE_ROLLBACK (guards: STABLE, a snapshot exists, the request's expected active is
 the active) — in the same transaction every video with a chunk missing from the snapshot index

@@ -346,7 +346,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"JSON logs (every line with its trace_id): {ws.settings.log_file}")
     report = run_demo(ws, requests=args.requests, rollback=args.rollback)
     print()
-    print("Demo finished.")
+    # The exit code says it too, but an operator reads this line first.
+    print("Demo finished." if report.ok else "Demo finished with a failed step (exit 1): see its report below.")
     print(f"  feedback-health report: {report.feedback_health.output_html}")
     print(f"  dataset report:         {report.build_dataset.output_html}")
     if report.dataset is not None:

@@ -304,6 +304,7 @@ def test_demo_exits_1_when_a_step_fails(
     code = main(["demo", "--requests", "10"])
     out = capsys.readouterr().out
     assert code == (0 if failing is None else 1)
+    assert ("Demo finished with a failed step (exit 1)" in out) is (failing is not None)
     # Every step ran (a failed 10 does not stop the demo); the failing one is recorded FAILED.
     ran = ["10_feedback_health", "20_build_dataset"] + (
         ["30_train_candidate"] if failing == "30_train_candidate" else []

@@ -1,4 +1,4 @@
-"""Training datasets, rule ``retrieval-group-v1`` (DESIGN §4): raw feedback logs → retrieval
+"""Training datasets, rule ``retrieval-group-v1``: raw feedback logs → retrieval
 groups (query, positives, negatives) + manifest, validated, immutable, versioned by content.
 
 The builder streams the raw logs twice and keeps no event in memory:

@@ -1,4 +1,4 @@
-"""Evaluation datasets (DESIGN §4): operator-managed, immutable, disjoint from training traffic.
+"""Evaluation datasets: operator-managed, immutable, disjoint from training traffic.
 
 A set is a list of ``{query_text, project_id, expected_results}`` records stored canonically
 (sorted, sorted expected ids) in ``evaluation_sets/<ref>.jsonl``; ``ref`` is derived from the

@@ -1,4 +1,4 @@
-"""Feedback events (DESIGN §4) and their ingestion into the append-only raw log.
+"""Feedback events and their ingestion into the append-only raw log.
 
 Valid events go to ``raw_logs/<UTC timestamp>-<uuid>.jsonl`` (one new file per batch), invalid
 lines go unchanged to ``error_logs/<UTC timestamp>-<uuid>.jsonl`` with their reasons beside them
@@ -24,7 +24,7 @@ from opslib.infra.storage import ObjectStore
 
 log = get_logger(__name__)
 
-# One fixed namespace for every event id (DESIGN §4).
+# One fixed namespace for every event id (the feedback-event contract).
 FEEDBACK_NAMESPACE = uuid.UUID("0c6b3c57-5e0f-4d55-9a1e-6b1f6f0e2a11")
 RAW_PREFIX = "raw_logs"
 ERROR_PREFIX = "error_logs"
@@ -88,7 +88,7 @@ class InvalidEvent(Invalid, ValueError):
 
 
 def check_event(data: dict[str, Any]) -> None:
-    """Raise ``InvalidEvent`` naming the first field of ``data`` that breaks DESIGN §4."""
+    """Raise ``InvalidEvent`` naming the first field of ``data`` that breaks the feedback-event contract."""
     if data.get("schema_version") != 1 or type(data.get("schema_version")) is not int:
         raise InvalidEvent(f"unsupported schema_version {data.get('schema_version')!r} (only 1)")
     if data.keys() != _FIELD_SET:
@@ -122,7 +122,7 @@ def check_event(data: dict[str, Any]) -> None:
 
 @dataclass(slots=True)  # not frozen: frozen construction costs more than the checks
 class FeedbackEvent:
-    """One feedback event, exactly the fields of DESIGN §4 (validated on construction)."""
+    """One feedback event, exactly the fields of the feedback-event contract (validated on construction)."""
 
     schema_version: int
     event_id: str

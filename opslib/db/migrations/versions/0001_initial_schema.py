@@ -26,7 +26,7 @@ def downgrade() -> None:
     _drop_tables()
 
 
-# Keyword search over chunks.enriched_text (DESIGN §3). A trigram index finds a word anywhere
+# Keyword search over chunks.enriched_text. A trigram index finds a word anywhere
 # inside a longer token, which Korean needs (a noun inside an eojeol with its particles).
 _SQLITE_FTS = [
     """CREATE VIRTUAL TABLE chunk_fts USING fts5(
