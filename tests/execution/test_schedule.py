@@ -50,17 +50,30 @@ TRAINING_TICK = datetime(2026, 11, 29, 19, 0, tzinfo=UTC)
 
 
 class FakeStages:
-    """Stands in for opslib.execution.runner.run_stage: records calls, optionally slow or failing."""
+    """Stands in for opslib.execution.runner.run_stage: records calls, optionally slow, held or failing.
 
-    def __init__(self, delay: float = 0.0, fail: bool = False, raises: Exception | None = None) -> None:
+    ``entered`` is set once a call has started; with a ``gate`` each call runs until the test sets it.
+    """
+
+    def __init__(
+        self,
+        delay: float = 0.0,
+        fail: bool = False,
+        raises: Exception | None = None,
+        gate: threading.Event | None = None,
+    ) -> None:
         self.calls: list[tuple[str, dict[str, Any], str | None]] = []
-        self.delay, self.fail, self.raises = delay, fail, raises
+        self.delay, self.fail, self.raises, self.gate = delay, fail, raises, gate
+        self.entered = threading.Event()
         self._lock = threading.Lock()
 
     def __call__(self, ws: Workspace, name: str, params: dict[str, Any], *, trace_id: str | None = None) -> StageResult:
         with self._lock:
             self.calls.append((name, params, trace_id))
             n = len(self.calls)
+        self.entered.set()
+        if self.gate is not None and not self.gate.wait(60):
+            raise TimeoutError("the test never released the stage")
         time.sleep(self.delay)
         if self.raises is not None:
             raise self.raises
@@ -232,29 +245,75 @@ def test_a_tick_claimed_before_heartbeats_existed_counts_from_its_start(ws: Work
     assert _by_schedule(run_due(ws, NOW + stall + timedelta(seconds=1)))[DATASET].attempt == 2
 
 
+class PretendClock:
+    """A UTC clock that moves only when the test moves it (stands in for ``schedule._clock_from``)."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
 def test_a_long_job_whose_scheduler_is_alive_is_not_taken_over(
-    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The job outlives the stall limit several times over, but its scheduler keeps beating.
-    fast = settings.model_copy(update={"heartbeat_interval_s": 0.1, "run_stall_after_s": 0.5})
-    live = Workspace(fast)
+    # The job outlives the stall limit several times over, but its scheduler keeps beating. Time is
+    # pretended and moved only by the test, so scheduling jitter cannot age a heartbeat: the stall
+    # limit counts pretended time, the heartbeat thread runs for real (every 20 ms of real time),
+    # and each takeover attempt waits for a heartbeat stamped at the moved time to have landed.
+    live = Workspace(settings.model_copy(update={"heartbeat_interval_s": 0.02, "run_stall_after_s": 60.0}))
     init_workspace(live)
-    slow = FakeStages(delay=2.0)
+    stall = timedelta(seconds=live.settings.run_stall_after_s)
+    clock = PretendClock(NOW)
+    monkeypatch.setattr(schedule, "_clock_from", lambda now: clock)
+
+    beats: list[tuple[str, int, datetime, bool]] = []  # (schedule, attempt, stamped time, landed)
+    beat_seen = threading.Condition()
+    real_beat = schedule._beat
+
+    def recording_beat(ws: Workspace, tick: schedule.ClaimedTick, clk: Any) -> bool:
+        stamp = clk()
+        landed = real_beat(ws, tick, lambda: stamp)
+        with beat_seen:
+            beats.append((tick.schedule, tick.attempt, stamp, landed))
+            beat_seen.notify_all()
+        return landed
+
+    monkeypatch.setattr(schedule, "_beat", recording_beat)
+    release = threading.Event()
+    slow = FakeStages(gate=release)
     monkeypatch.setattr(schedule, "run_stage", slow)
     first: list[schedule.ScheduleReport] = []
-    runner = threading.Thread(target=lambda: first.append(run_due(live, NOW)))
+    runner = threading.Thread(target=lambda: first.append(run_due(live, NOW)), daemon=True)
     runner.start()
-    deadline = time.monotonic() + 10
-    while not slow.calls and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.2)  # well past run_stall_after_s since the claim
-    second = _by_schedule(run_due(live, NOW + timedelta(seconds=1.2)))
-    runner.join(30)
-    assert second[DATASET].status == "SKIPPED" and "in progress elsewhere" in second[DATASET].detail
-    assert len(slow.calls) == 1
+    try:
+        assert slow.entered.wait(60), "the dataset job never started"
+        for stalls in (1, 2, 3):  # the job runs three stall limits long
+            clock.now = NOW + stalls * stall + timedelta(seconds=1)  # past the limit since the claim
+            with beat_seen:
+                landed_now = beat_seen.wait_for(
+                    lambda: any(s == DATASET and ok and at == clock.now for s, _, at, ok in beats), timeout=60
+                )
+            assert landed_now, f"no dataset heartbeat landed at {clock.now}"
+            second = _by_schedule(run_due(live, NOW))  # NOW is ignored: the pretended clock rules
+            assert second[DATASET].status == "SKIPPED", (stalls, second[DATASET])
+            assert "in progress elsewhere" in second[DATASET].detail
+    finally:
+        release.set()
+        runner.join(60)
+    assert not runner.is_alive() and len(slow.calls) == 1
     assert _by_schedule(first[0])[DATASET].status == "DONE" and _by_schedule(first[0])[DATASET].attempt == 1
+    assert {attempt for s, attempt, _, _ in beats if s == DATASET} == {1}  # never taken over
     row = next(t for t in _ticks(live) if t.schedule == DATASET)
-    assert row.heartbeat_at is not None and row.heartbeat_at > row.started_at + timedelta(seconds=1)
+    assert (row.status, row.attempt, row.started_at) == (TickStatus.DONE, 1, NOW)
+    assert row.heartbeat_at == NOW + 3 * stall + timedelta(seconds=1)
+
+
+def test_a_pretended_now_runs_on_in_real_time() -> None:
+    clock = schedule._clock_from(NOW)  # what run_due(ws, NOW) stamps claims and heartbeats with
+    first, later = clock(), clock()
+    assert NOW <= first <= later < NOW + timedelta(minutes=5)
 
 
 def test_a_scheduler_whose_tick_was_taken_over_publishes_nothing(ws: Workspace) -> None:

@@ -234,36 +234,54 @@ def test_search_sees_old_or_new_never_a_mix_never_the_candidate(rel) -> None:  #
     run = get_run(ws.db, run_id)
     old = (_release(ws).active_model_version, _release(ws).active_index_name)
     new = (run.candidate_model_version, run.candidate_index_name)
-    seen: list[tuple[str, str, bool]] = []
-    stop = threading.Event()
+    # A searcher in the background, ordered against the switch by events rather than by timing:
+    # its first search ends before the reindex starts, it keeps searching while the candidate is
+    # built and the release switches, and it searches `after_switch` more times once cutover returned.
+    after_switch = 3
+    first_search_done, cutover_returned = threading.Event(), threading.Event()
+    # (model, index, cutover had returned, release switched before the search, switched after it)
+    seen: list[tuple[str, str, bool, bool, bool]] = []
     errors: list[str] = []
 
-    def searching() -> None:
-        while not stop.is_set():
-            try:
-                r = search(ws, "how do I go about sorting lists", project_id="mini-alpha", user_id="watcher")
-                with ws.db.read() as session:
-                    switched = current_release(session).switched_at is not None
-                seen.append((r.active_model_version, r.active_index_name, switched))
-            except Exception as exc:  # pragma: no cover
-                errors.append(repr(exc))
+    def switched() -> bool:
+        with ws.db.read() as session:
+            return current_release(session).switched_at is not None
 
-    thread = threading.Thread(target=searching)
+    def searching() -> None:
+        searched_after_switch = 0
+        try:
+            while searched_after_switch < after_switch:
+                returned, before = cutover_returned.is_set(), switched()
+                r = search(ws, "how do I go about sorting lists", project_id="mini-alpha", user_id="watcher")
+                seen.append((r.active_model_version, r.active_index_name, returned, before, switched()))
+                first_search_done.set()
+                searched_after_switch += returned
+        except Exception as exc:
+            errors.append(repr(exc))
+        finally:
+            first_search_done.set()  # never leave the test waiting on a searcher that stopped
+
+    thread = threading.Thread(target=searching, daemon=True)
     thread.start()
     try:
+        assert first_search_done.wait(120), "the searcher never finished a search"
         reindex_candidate(ws, run_id)
         cutover(ws, run_id)
+        cutover_returned.set()
         for _ in range(5):
             search(ws, "warm", project_id="mini-alpha", user_id="u")
     finally:
-        stop.set()
-        thread.join()
-    assert errors == [] and seen
-    combos = {(m, i) for m, i, _ in seen}
-    assert combos <= {old, new}
-    assert new in combos and old in combos
-    first_new = next(i for i, (m, _, _) in enumerate(seen) if (m, _) == new or m == new[0])
-    assert all((m, i) == new for m, i, _ in seen[first_new:])  # once switched, never back
+        cutover_returned.set()  # on a failure too: the searcher finishes its last searches and stops
+        thread.join(120)
+    assert not thread.is_alive() and errors == []
+    assert seen[0][:2] == old  # searched before the reindex started
+    assert [(m, i) for m, i, returned, _, _ in seen if returned] == [new] * after_switch  # searched after it
+    for m, i, _, switched_before, switched_after in seen:
+        assert (m, i) in {old, new}  # never a mix
+        assert (m, i) == new or not switched_before, "old served after the switch was committed"
+        assert (m, i) == old or switched_after, "the candidate served before the switch was committed"
+    first_new = next(n for n, (m, i, *_) in enumerate(seen) if (m, i) == new)
+    assert all((m, i) == new for m, i, *_ in seen[first_new:])  # once switched, never back
     with ws.db.read() as session:
         from opslib.db.models import SearchResponseSnapshot
 
