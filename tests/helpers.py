@@ -14,8 +14,9 @@ from opslib.lifecycle.feedback.events import make_event
 from opslib.lifecycle.feedback.simulate import simulate_traffic
 
 
-def mini_corpus_spec(n_queries: int = 24):  # type: ignore[no-untyped-def]
-    """A small honest corpus: each query has two answer passages sharing its words."""
+def mini_corpus_spec(n_queries: int = 24, *, title: str = ""):  # type: ignore[no-untyped-def]
+    """A small honest corpus: each query has two answer passages sharing its words. ``title``
+    heads every passage (the embedded text is ``title + "\\n" + text``)."""
     from opslib.corpus.loader import CorpusSpec, Document, Query
 
     topics = [
@@ -44,6 +45,7 @@ def mini_corpus_spec(n_queries: int = 24):  # type: ignore[no-untyped-def]
                     f"answer part {p} about {topic} for case {q}: the usual way to handle {topic} is explained here",
                     project_key=project,
                     video_key=f"{project}-{q // 6}",
+                    title=title,
                 )
             )
     return CorpusSpec(name="mini", source="tests", documents=documents, queries=queries)
@@ -83,9 +85,10 @@ def corpus_ready(ws: Workspace) -> str:
     return dataset_row(ws)
 
 
-def loop_ready(ws: Workspace, requests: int = 80) -> str:
-    """Corpus + traffic + an eligible dataset; returns the dataset version."""
-    load_corpus(ws, mini_corpus_spec(), reserve_fraction=0.25, seed=2)
+def loop_ready(ws: Workspace, requests: int = 80, *, title: str = "") -> str:
+    """Corpus (``mini_corpus_spec(title=title)``) + traffic + an eligible dataset; returns the
+    dataset version."""
+    load_corpus(ws, mini_corpus_spec(title=title), reserve_fraction=0.25, seed=2)
     simulate_traffic(ws, "mini", requests=requests, seed=4, noise=0.0, start=utcnow() - timedelta(days=1))
     build = build_dataset(ws, as_of=utcnow() + timedelta(seconds=1))
     assert build.eligible, build.ineligible_reasons

@@ -3,6 +3,7 @@ is not the point: a 2-layer, 32-wide BERT with all-MiniLM-L6-v2's tokenizer, see
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -55,4 +56,15 @@ def build_constant_model(source: Path, target: Path) -> Path:
         embeddings.word_embeddings.weight[:] = embeddings.word_embeddings.weight[0]
         embeddings.position_embeddings.weight.zero_()
     model.save(str(target))
+    return target
+
+
+def build_blind_model(source: Path, target: Path) -> Path:
+    """A copy of ``source`` that reads no text: ``max_seq_length`` 2 truncates every text to the
+    same two tokens, ``[CLS] [SEP]``, so all embed alike and evaluation ranks chunks in its tie order
+    (chunk id). The weights are ``source``'s, and a candidate trained from it reads text again
+    (training saves its own ``max_seq_length``): as a base it makes the candidate PASS."""
+    shutil.copytree(source, target)
+    config = target / "sentence_bert_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "max_seq_length": 2}))
     return target
