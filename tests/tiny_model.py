@@ -41,24 +41,6 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
     return target
 
 
-def build_constant_model(source: Path, target: Path) -> Path:
-    """A copy of ``source`` whose word embeddings are all the same vector: every text embeds
-    alike, so it ranks nothing — a candidate that must FAIL evaluation."""
-    from opslib.infra.offline import use_offline_environment
-
-    use_offline_environment()
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(source), device="cpu")
-    embeddings = model[0].auto_model.embeddings
-    with torch.no_grad():
-        embeddings.word_embeddings.weight[:] = embeddings.word_embeddings.weight[0]
-        embeddings.position_embeddings.weight.zero_()
-    model.save(str(target))
-    return target
-
-
 def build_blind_model(source: Path, target: Path) -> Path:
     """A copy of ``source`` that reads no text: ``max_seq_length`` 2 truncates every text to the
     same two tokens, ``[CLS] [SEP]``, so all embed alike and evaluation ranks chunks in its tie order

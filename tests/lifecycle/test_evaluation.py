@@ -14,7 +14,7 @@ import scipy.stats
 import torch
 from helpers import loop_ready
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
-from tiny_model import build_constant_model
+from tiny_model import build_blind_model
 
 from opslib.control.runs import get_run, request_run
 from opslib.db.models import (
@@ -485,10 +485,14 @@ def test_identical_candidate_passes_and_the_run_becomes_ready(run_ws, tiny_model
 def test_a_broken_candidate_fails_with_fail(run_ws, tiny_model_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ws, run_id, ref = run_ws
     run = get_run(ws.db, run_id)
-    broken = build_constant_model(tiny_model_dir, tmp_path / "broken")
+    # Reads no text (every chunk embeds alike, ranked in tie order): it finds none of the answers
+    # the reading baseline finds — a FAIL by construction, not by the luck of a random model.
+    broken = build_blind_model(tiny_model_dir, tmp_path / "broken")
     register_model(ws, run.candidate_model_version, broken, base_model_version="tiny-base", run_id=run_id)
     outcome = evaluate_run(ws, run_id, ref, bootstrap_samples=200)
     assert outcome.decision is Decision.FAIL and "candidate below baseline" in (outcome.fail_reason or "")
+    q = outcome.quality_metrics
+    assert all(q["candidate"][m] == 0.0 < q["baseline"][m] for m in METRICS)
     run = get_run(ws.db, run_id)
     assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.EVALUATION, FailureType.FAIL)
     assert run.evaluation_id == outcome.evaluation_id
