@@ -77,6 +77,14 @@ class PrecisionChoice:
         }
 
 
+def validate_precision(precision: str) -> Precision:
+    """``precision`` as a ``Precision``, or ``PrecisionInvalid`` naming it."""
+    for known in PRECISIONS:
+        if precision == known:
+            return known
+    raise PrecisionInvalid(f"precision {precision!r}: must be one of {list(PRECISIONS)}")
+
+
 def torch_dtype(precision: Precision) -> torch.dtype:
     import torch  # deferred: seconds to import
 
