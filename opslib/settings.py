@@ -57,6 +57,14 @@ class Settings(BaseSettings):
         description="Sentence-transformers folder registered at bootstrap; default: packaged all-MiniLM-L6-v2",
     )
     base_model_version: str = Field(default="all-minilm-l6-v2-base")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        default="auto", description="where models run: auto = cuda, else mps, else cpu"
+    )
+    encode_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description="precision recorded for a model version when it is registered (its indexes and queries use "
+        "it): auto = bf16/fp16 on an accelerator or a CPU with native bf16 that passes a start-up check, else fp32",
+    )
     operator: str = Field(default="local-operator", min_length=1)
     operator_role: OperatorRole = "viewer"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

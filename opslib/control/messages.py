@@ -60,6 +60,9 @@ class TrainingRequest(_Envelope):
     trigger_source: Literal["schedule", "manual"] = "manual"
     requested_by: str | None = None
     reason: str | None = None
+    # Optional: a registered model to evaluate and release instead of training one (e.g. the
+    # serving weights at another precision). Absent in every message from before it existed.
+    candidate_model_version: str | None = Field(default=None, min_length=3, max_length=56)
 
 
 class RollbackRequest(_Envelope):

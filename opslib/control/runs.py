@@ -20,6 +20,7 @@ from opslib.db.engine import Database
 from opslib.db.models import (
     FailureType,
     MLPipelineRun,
+    ModelVersion,
     RunStage,
     RunStatus,
     TrainingDataset,
@@ -119,7 +120,8 @@ def _fix_start(session: Session, run: MLPipelineRun) -> None:
         raise RunError("no ModelRelease: bootstrap the workspace")
     run.dataset_version = dataset.dataset_version
     run.baseline_model_version = release.active_model_version
-    run.candidate_model_version = candidate_version_for(run.id, dataset.dataset_version)
+    if run.candidate_model_version is None:  # else: a registered model was named by the request
+        run.candidate_model_version = candidate_version_for(run.id, dataset.dataset_version)
     run.candidate_index_name = index_name_for(run.candidate_model_version)
     run.heartbeat_at = utcnow()
 
@@ -130,8 +132,12 @@ def request_run(
     trigger_source: TriggerSource | str,
     trace_id: str,
     request_message_id: int | None = None,
+    candidate_model_version: str | None = None,
 ) -> RunRequestOutcome:
-    """Handle one TRAINING_REQUEST: start a run, queue it, or refuse — never two for one message."""
+    """Handle one TRAINING_REQUEST: start a run, queue it, or refuse — never two for one message.
+
+    ``candidate_model_version`` names a registered model to evaluate and release instead of
+    training one (e.g. the serving weights at another precision): stage 30 finds it trained."""
     source = TriggerSource(trigger_source)
     for _attempt in range(_SLOT_RETRIES):
         try:
@@ -144,12 +150,17 @@ def request_run(
                         return RunRequestOutcome(existing.id, existing.status, False, "redelivered: run exists")
                 if latest_eligible_dataset(session) is None:
                     return RunRequestOutcome(None, None, False, "no eligible training dataset: no run started")
+                if candidate_model_version is not None:
+                    refusal = _candidate_refusal(session, candidate_model_version)
+                    if refusal:
+                        return RunRequestOutcome(None, None, False, refusal)
                 running = _slot(session, RunStatus.RUNNING)
                 run = MLPipelineRun(
                     status=RunStatus.RUNNING if running is None else RunStatus.PENDING,
                     trigger_source=source,
                     trace_id=trace_id,
                     request_message_id=request_message_id,
+                    candidate_model_version=candidate_model_version,
                 )
                 check_transition(None, run.status)
                 # The newest request wins over an older pending one — also when the active slot
@@ -174,6 +185,16 @@ def request_run(
                 raise
             continue
     raise RunError(f"could not settle the run slots after {_SLOT_RETRIES} attempts")
+
+
+def _candidate_refusal(session: Session, model_version: str) -> str | None:
+    """Why a named candidate cannot be a run's candidate, or None."""
+    if session.get(ModelVersion, model_version) is None:
+        return f"candidate_model_version {model_version!r}: not registered"
+    release = current_release(session)
+    if release is not None and release.active_model_version == model_version:
+        return f"candidate_model_version {model_version!r}: already serving"
+    return None
 
 
 def start_next_pending(db: Database) -> int | None:

@@ -18,10 +18,10 @@ from sqlalchemy import CursorResult, Select, delete, func, insert, select
 from sqlalchemy.orm import Session
 from tqdm.auto import tqdm
 
-from opslib.db.models import Chunk, VectorIndexEntry, Video, VideoStatus, utcnow
+from opslib.db.models import Chunk, ModelVersion, VectorIndexEntry, Video, VideoStatus, utcnow
 from opslib.infra.embedding import Purpose
 from opslib.infra.logs import get_logger
-from opslib.infra.model_artifacts import validate_model_version
+from opslib.infra.model_artifacts import ModelNotRegistered, validate_model_version
 from opslib.infra.vector_store import validate_index_name
 from opslib.infra.workspace import Workspace
 
@@ -151,9 +151,16 @@ def _index_batch(
         }
         todo = [r for r in rows if (r.chunk_id, r.hash, model_version) not in present]
         report.unchanged += len(rows) - len(todo)
+        precision = session.scalar(
+            select(ModelVersion.encode_precision).where(ModelVersion.model_version == model_version)
+        )
+        if precision is None:
+            raise ModelNotRegistered(f"model_version {model_version!r}: not registered")
+        # A vector is reused only from the same model at the same precision (one precision per index).
         donors = session.execute(
             select(VectorIndexEntry.content_hash, VectorIndexEntry.index_name, VectorIndexEntry.chunk_id).where(
                 VectorIndexEntry.embedding_model_version == model_version,
+                VectorIndexEntry.encode_precision == precision,
                 VectorIndexEntry.content_hash.in_({r.hash for r in todo}),
             )
         ).all()
@@ -195,6 +202,7 @@ def _index_batch(
                     "chunk_id": r.chunk_id,
                     "embedding_model_version": model_version,
                     "content_hash": r.hash,
+                    "encode_precision": precision,
                     "created_at": now,
                 }
                 for r in todo
@@ -220,7 +228,8 @@ def _donor_vectors(ws: Workspace, donors: Iterable[tuple[str, str, str]]) -> dic
 
 
 def stored_vectors(ws: Workspace, model_version: str, chunk_ids: Sequence[str]) -> dict[str, np.ndarray]:
-    """Vectors ``model_version`` already computed for these chunks' current content, from any index."""
+    """Vectors ``model_version`` already computed (at its precision) for these chunks' current
+    content, from any index."""
     ids = list(chunk_ids)
     found: dict[str, np.ndarray] = {}
     for start in range(0, len(ids), 500):
@@ -229,7 +238,12 @@ def stored_vectors(ws: Workspace, model_version: str, chunk_ids: Sequence[str]) 
             current = dict(session.execute(select(Chunk.id, Chunk.enriched_text).where(Chunk.id.in_(part))).all())
             entries = session.execute(
                 select(VectorIndexEntry.index_name, VectorIndexEntry.chunk_id, VectorIndexEntry.content_hash).where(
-                    VectorIndexEntry.embedding_model_version == model_version, VectorIndexEntry.chunk_id.in_(part)
+                    VectorIndexEntry.embedding_model_version == model_version,
+                    VectorIndexEntry.encode_precision
+                    == select(ModelVersion.encode_precision)
+                    .where(ModelVersion.model_version == model_version)
+                    .scalar_subquery(),
+                    VectorIndexEntry.chunk_id.in_(part),
                 )
             ).all()
         by_index: dict[str, list[str]] = {}

@@ -191,6 +191,8 @@ class VectorIndexEntry(Base):
     chunk_id: Mapped[str] = mapped_column(String(160), index=True)
     embedding_model_version: Mapped[str] = mapped_column(String(128))
     content_hash: Mapped[str] = mapped_column(String(64))
+    # The precision the vector was computed at: the model version's (one precision per index).
+    encode_precision: Mapped[str] = mapped_column(String(8), default="fp32", server_default="fp32")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -307,6 +309,9 @@ class ModelVersion(Base):
     base_model_version: Mapped[str | None] = mapped_column(String(128))
     run_id: Mapped[int | None] = mapped_column(ForeignKey("ml_pipeline_runs.id"))
     sha256: Mapped[str] = mapped_column(String(64))
+    # Not in the base data model: the precision this version encodes at, wherever it runs (chosen at
+    # registration, opslib.infra.precision); its indexes and queries all use it.
+    encode_precision: Mapped[str] = mapped_column(String(8), default="fp32", server_default="fp32")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -115,6 +115,7 @@ class Worker:
                     trigger_source=TriggerSource(message.trigger_source),
                     trace_id=message.trace_id,
                     request_message_id=delivery.message_id,
+                    candidate_model_version=message.candidate_model_version,
                 )
                 if outcome.run_id is None or outcome.status is None:  # refused: no run (neither is set)
                     refuse(self.ws.db, delivery, outcome.reason)

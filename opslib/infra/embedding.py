@@ -26,6 +26,7 @@ from opslib.infra.model_artifacts import (
     validate_model_version,
 )
 from opslib.infra.offline import use_offline_environment
+from opslib.infra.precision import PRECISIONS, Precision, resolve_device, torch_dtype
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -58,21 +59,27 @@ class LoadedModel:
     dimension: int
     loaded_at: datetime
     ready: bool
+    device: str = "cpu"
+    precision: Precision = "fp32"
 
 
-# Weights are shared by every endpoint in the process, keyed by the verified local folder.
-_weights: dict[Path, SentenceTransformer] = {}
+# Weights are shared by every endpoint in the process, keyed by the verified local folder, the
+# device and the precision they were loaded at.
+_weights: dict[tuple[Path, str, Precision], SentenceTransformer] = {}
 _weights_lock = threading.Lock()
 
 
-def load_sentence_transformer(path: Path) -> SentenceTransformer:
+def load_sentence_transformer(path: Path, device: str = "cpu", precision: Precision = "fp32") -> SentenceTransformer:
+    key = (path, device, precision)
     with _weights_lock:
-        if path not in _weights:
+        if key not in _weights:
             use_offline_environment()
             from sentence_transformers import SentenceTransformer  # deferred: loads torch (seconds)
 
-            _weights[path] = SentenceTransformer(str(path), device="cpu")
-        return _weights[path]
+            _weights[key] = SentenceTransformer(
+                str(path), device=device, model_kwargs={"torch_dtype": torch_dtype(precision)}
+            )
+        return _weights[key]
 
 
 class EmbeddingEndpoint:
@@ -80,6 +87,14 @@ class EmbeddingEndpoint:
         self.ws = ws
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
+        self._device: str | None = None
+
+    @property
+    def device(self) -> str:
+        """The device this process runs models on (``OPS_DEVICE``, resolved once)."""
+        if self._device is None:
+            self._device = resolve_device(self.ws.settings.device)
+        return self._device
 
     # Loading and readiness ------------------------------------------------------------------
     def load(self, model_version: str) -> LoadedModel:
@@ -89,18 +104,34 @@ class EmbeddingEndpoint:
             if model_version in self._loaded:
                 return self._loaded[model_version]
         with self.ws.db.read() as session:
-            if session.get(ModelVersion, model_version) is None:
+            row = session.get(ModelVersion, model_version)
+            if row is None:
                 raise EmbeddingError(f"model_version {model_version!r}: not registered")
+            precision = row.encode_precision
+        if precision not in PRECISIONS:
+            raise EmbeddingError(f"model_version {model_version!r}: unknown encode_precision {precision!r}")
         path = local_model_dir(self.ws, model_version)
-        model = load_sentence_transformer(path)
+        model = load_sentence_transformer(path, self.device, precision)
         vectors = model.encode(SMOKE_TEXTS, convert_to_numpy=True, normalize_embeddings=True)
         if vectors.ndim != 2 or vectors.shape[0] != len(SMOKE_TEXTS) or not np.isfinite(vectors).all():
             raise EmbeddingError(f"model_version {model_version!r}: smoke encode failed")
-        record = LoadedModel(model_version, path, int(vectors.shape[1]), utcnow(), True)
+        record = LoadedModel(model_version, path, int(vectors.shape[1]), utcnow(), True, self.device, precision)
         with self._lock:
             self._loaded[model_version] = record
-        log.info("model loaded", extra={"model_version": model_version, "dimension": record.dimension})
+        log.info(
+            "model loaded",
+            extra={
+                "model_version": model_version,
+                "dimension": record.dimension,
+                "device": record.device,
+                "encode_precision": precision,
+            },
+        )
         return record
+
+    def precision(self, model_version: str) -> Precision:
+        """The precision ``model_version`` encodes at (recorded when it was registered)."""
+        return self.load(model_version).precision
 
     def is_ready(self, model_version: str) -> bool:
         record = self._loaded.get(model_version)
@@ -114,7 +145,8 @@ class EmbeddingEndpoint:
             self._loaded.pop(model_version, None)
 
     def model(self, model_version: str) -> SentenceTransformer:
-        return load_sentence_transformer(self.load(model_version).path)
+        record = self.load(model_version)
+        return load_sentence_transformer(record.path, record.device, record.precision)
 
     # Encoding -------------------------------------------------------------------------------
     def embed(
@@ -137,14 +169,20 @@ class EmbeddingEndpoint:
         record = self.load(model_version)
         if not texts:
             return np.zeros((0, record.dimension), dtype=np.float32)
-        vectors = load_sentence_transformer(record.path).encode(
+        # At the version's recorded precision, always: its indexes were built at it.
+        vectors = load_sentence_transformer(record.path, record.device, record.precision).encode(
             texts,
             batch_size=batch_size,
             convert_to_numpy=True,
             normalize_embeddings=True,
             show_progress_bar=show_progress,
         )
-        return np.asarray(vectors, dtype=np.float32)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if record.precision != "fp32":
+            # The model's own Normalize ran in half precision (norms off by ~1e-3): renormalise in
+            # fp32 so cosine = dot product holds for every caller.
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+        return vectors
 
     def _check_purpose(self, model_version: str, purpose: Purpose) -> None:
         if purpose not in (Purpose.SEARCH, Purpose.INGEST):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +19,8 @@ from sqlalchemy import select
 
 from opslib.db.engine import Database
 from opslib.db.models import ModelVersion, utcnow
-from opslib.errors import OpsError
+from opslib.errors import NotFound, OpsError
+from opslib.infra.precision import PrecisionChoice, choose_precision, resolve_device
 from opslib.infra.storage import (
     ObjectExistsError,
     ObjectStore,
@@ -51,6 +52,10 @@ class ModelArtifactError(OpsError):
     pass
 
 
+class ModelNotRegistered(ModelArtifactError, NotFound):
+    """No ModelVersion row for that version."""
+
+
 def validate_model_version(model_version: str) -> str:
     """3–56 chars of ``a-z0-9._-``, alphanumeric at both ends: it also names the Chroma index."""
     if not isinstance(model_version, str) or not _VERSION.match(model_version):
@@ -70,6 +75,9 @@ class ModelManifest:
     training_parameters: dict[str, Any]
     files: dict[str, str]  # relative path -> sha256
     created_at: str
+    # Manifests from before precisions were recorded encode in fp32 (the only precision then).
+    encode_precision: str = "fp32"
+    precision_choice: dict[str, Any] = field(default_factory=dict)  # why, and the start-up check's result
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, sort_keys=True)
@@ -84,8 +92,10 @@ def register_model(
     dataset_version: str | None = None,
     run_id: int | None = None,
     training_parameters: dict[str, Any] | None = None,
+    precision: PrecisionChoice | None = None,
 ) -> ModelVersion:
-    """Publish ``source_dir`` as ``model_version`` and record it in the Metadata DB."""
+    """Publish ``source_dir`` as ``model_version`` and record it in the Metadata DB, with the
+    precision it will encode at (default: chosen for this machine by the settings)."""
     validate_model_version(model_version)
     source_dir = Path(source_dir)
     if not (source_dir / "modules.json").is_file():
@@ -111,6 +121,8 @@ def register_model(
             )
         stored_sha = ws.models.recorded_sha256(manifest_key)
     else:
+        if precision is None:
+            precision = choose_precision(ws.settings.encode_precision, resolve_device(ws.settings.device), source_dir)
         for relative, digest in files.items():
             key = f"{model_version}/{relative}"
             try:
@@ -128,6 +140,8 @@ def register_model(
             training_parameters=training_parameters or {},
             files=files,
             created_at=utcnow().isoformat(),
+            encode_precision=precision.precision,
+            precision_choice=precision.as_record(),
         )
         stored_sha = ws.models.put_text(manifest_key, manifest.to_json()).sha256
     with ws.db.transaction() as session:
@@ -137,6 +151,7 @@ def register_model(
             base_model_version=base_model_version,
             run_id=run_id,
             sha256=stored_sha,
+            encode_precision=manifest.encode_precision,
             created_at=datetime.fromisoformat(manifest.created_at),
         )
         session.add(row)

@@ -43,6 +43,7 @@ class SnapshotManifest:
     file_sha256: str
     vectors_checksum: str
     created_at: str
+    encode_precision: str = "fp32"  # snapshots from before precisions were recorded are fp32
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, sort_keys=True)
@@ -56,15 +57,18 @@ def vectors_checksum(ids: list[str], vectors: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _entries(ws: Workspace, index_name: str) -> dict[str, str]:
+def _entries(ws: Workspace, index_name: str) -> tuple[dict[str, str], str]:
+    """The index's chunk → content hash, and its precision (one per index)."""
     with ws.db.read() as session:
-        return dict(
-            session.execute(
-                select(VectorIndexEntry.chunk_id, VectorIndexEntry.content_hash).where(
-                    VectorIndexEntry.index_name == index_name
-                )
-            ).all()
-        )
+        rows = session.execute(
+            select(VectorIndexEntry.chunk_id, VectorIndexEntry.content_hash, VectorIndexEntry.encode_precision).where(
+                VectorIndexEntry.index_name == index_name
+            )
+        ).all()
+    precisions = {precision for _, _, precision in rows}
+    if len(precisions) > 1:
+        raise SnapshotError(f"index {index_name}: entries at several precisions {sorted(precisions)}")
+    return {chunk: digest for chunk, digest, _ in rows}, precisions.pop() if precisions else "fp32"
 
 
 def _collection_contents(
@@ -90,7 +94,7 @@ def export_index(ws: Workspace, index_name: str, model_version: str, tag: str) -
     manifest_key = f"{PREFIX}/{index_name}/{tag}.json"
     if ws.objects.exists(manifest_key):  # a resumed cutover: the export is already there
         return SnapshotManifest(**json.loads(ws.objects.get_text(manifest_key)))
-    entries = _entries(ws, index_name)
+    entries, precision = _entries(ws, index_name)
     ids, vectors, metadatas = _collection_contents(ws, index_name, sorted(entries))
     if len(ids) != len(entries):
         missing = sorted(set(entries) - set(ids))[:3]
@@ -120,6 +124,7 @@ def export_index(ws: Workspace, index_name: str, model_version: str, tag: str) -
         file_sha256=sha256_bytes(data),
         vectors_checksum=_file_checksum(data),
         created_at=utcnow().isoformat(),
+        encode_precision=precision,
     )
     ws.objects.put_text(manifest_key, manifest.to_json())
     log.info("index exported", extra={"index_name": index_name, "count": manifest.count, "key": file_key})
@@ -194,6 +199,7 @@ def restore_index(ws: Workspace, manifest: SnapshotManifest) -> int:
                 chunk_id=ids[i],
                 embedding_model_version=manifest.model_version,
                 content_hash=str(arrays["content_hashes"][i]),
+                encode_precision=manifest.encode_precision,
             )
             for i in keep
         )

@@ -8,7 +8,9 @@ hard ones — before ``random_same_project`` 0.2), cycling when a group has more
 negatives. All positives of rule v1 share one confidence (0.8), so it does not weight rows.
 Groups without any negative are counted and left out (the loss needs one per row).
 
-Deterministic for a seed: seeded shuffling, seeded initialisation, deterministic torch kernels.
+Deterministic for a seed on one device at one precision (both recorded in the manifest): seeded
+shuffling, seeded initialisation, deterministic torch kernels. Training runs on ``OPS_DEVICE`` with
+mixed precision where the device computes it natively (``opslib.infra.precision``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from opslib.errors import Invalid
 from opslib.infra.logs import get_logger
 from opslib.infra.model_artifacts import local_model_dir, register_model
 from opslib.infra.offline import use_offline_environment
+from opslib.infra.precision import resolve_device, training_mixed_precision
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.dataset.builder import read_groups
 
@@ -121,8 +124,11 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
     from transformers import TrainerCallback
 
-    # A private copy of the weights: the endpoint's shared (serving) instance must not change.
-    model = SentenceTransformer(str(local_model_dir(ws, run.baseline_model_version)), device="cpu")
+    device = resolve_device(ws.settings.device)
+    mixed_precision = training_mixed_precision(ws.settings.encode_precision, device)
+    # A private copy of the weights (fp32 master weights; the Trainer autocasts): the endpoint's
+    # shared (serving) instance must not change.
+    model = SentenceTransformer(str(local_model_dir(ws, run.baseline_model_version)), device=device)
     model.max_seq_length = params.max_seq_length
     loss_history = report.loss_history
 
@@ -145,7 +151,9 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
             logging_steps=max(1, steps_per_epoch // 10),
             save_strategy="no",
             report_to=[],
-            use_cpu=True,
+            use_cpu=device == "cpu",
+            bf16=mixed_precision == "bf16",
+            fp16=mixed_precision == "fp16",
             disable_tqdm=not progress,
             dataloader_num_workers=0,
         )
@@ -175,6 +183,8 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
                 "groups": report.groups,
                 "groups_without_negatives": report.groups_without_negatives,
                 "steps": report.steps,
+                "device": device,  # determinism holds per device and precision
+                "mixed_precision": mixed_precision,
                 "final_loss": loss_history[-1][1] if loss_history else None,
             },
         )

@@ -16,9 +16,12 @@ execution), so there is never an effect without its audit row or the other way r
 from __future__ import annotations
 
 import enum
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -31,6 +34,7 @@ from opslib.control.runs import latest_eligible_dataset
 from opslib.db.models import (
     AuditLog,
     MLPipelineRun,
+    ModelVersion,
     ReleaseStatus,
     RunStatus,
     StageExecution,
@@ -39,6 +43,14 @@ from opslib.db.models import (
 from opslib.errors import Refused
 from opslib.execution.runner import run_stage
 from opslib.infra.logs import get_logger, new_trace_id, trace
+from opslib.infra.model_artifacts import (
+    ModelArtifactError,
+    local_model_dir,
+    read_manifest,
+    register_model,
+    validate_model_version,
+)
+from opslib.infra.precision import PRECISIONS, choose_precision, validate_precision
 from opslib.infra.workspace import Workspace
 
 log = get_logger(__name__)
@@ -52,6 +64,7 @@ class Action(enum.StrEnum):
     GENERATE_DATASET = "generate-dataset"
     REQUEST_ROLLBACK = "request-rollback"
     PROMOTE_RUN = "promote-run"
+    CHANGE_PRECISION = "change-precision"
 
 
 class ActionRefused(Refused):
@@ -194,6 +207,40 @@ def preview_promote(ws: Workspace, run_id: int) -> Preview:
     )
 
 
+def precision_version_for(model_version: str, precision: str) -> str:
+    """The version name of ``model_version``'s weights recorded at ``precision`` (≤ 56 characters)."""
+    suffix = f"-{precision}"
+    return model_version[: 56 - len(suffix)].rstrip("-._") + suffix
+
+
+def preview_precision_change(ws: Workspace, precision: str) -> Preview:
+    action = Action.CHANGE_PRECISION
+    if precision not in PRECISIONS:
+        return Preview(action, None, "—", f"precision {precision!r}: must be one of {list(PRECISIONS)}")
+    with ws.db.read() as session:
+        release = current_release(session)
+        dataset = latest_eligible_dataset(session)
+        active = session.get(ModelVersion, release.active_model_version) if release else None
+        derived_name = precision_version_for(release.active_model_version, precision) if release else ""
+        derived = session.get(ModelVersion, derived_name) if release else None
+    if release is None or active is None:
+        return Preview(action, None, "—", "no ModelRelease: initialise the workspace")
+    if active.encode_precision == precision:
+        return Preview(action, None, "—", f"{active.model_version} already serves at {precision}")
+    if derived is not None and derived.encode_precision != precision:
+        return Preview(action, None, "—", f"{derived_name} exists at {derived.encode_precision}, not {precision}")
+    if dataset is None:
+        return Preview(action, None, "—", "no eligible training dataset: a run needs one (generate a dataset first)")
+    return Preview(
+        action,
+        derived_name,
+        f"registers {derived_name}: the weights of {active.model_version} (serving at {active.encode_precision}) "
+        f"recorded at {precision}, and queues a TRAINING_REQUEST naming it: the run skips training, evaluates it "
+        f"against {active.model_version} (the report shows the metric change), and on a PASS builds its own "
+        f"index (50) and switches serving to it (60) like any candidate. Type {derived_name} to confirm.",
+    )
+
+
 def promotable_runs(ws: Workspace) -> list[int]:
     """READY_FOR_RELEASE runs an operator could promote now (newest first)."""
     with ws.db.read() as session:
@@ -324,6 +371,59 @@ def promote_run(ws: Workspace, run_id: int, *, confirm: str, reason: str) -> Act
 
     audit_id, result = _effect_with_audit(ws, action, target, reason, trace_id, approve)
     return ActionResult(action, f"run {run_id}: {target}", audit_id, result, trace_id)
+
+
+def change_precision(ws: Workspace, precision: str, *, confirm: str, reason: str) -> ActionResult:
+    """Release the serving weights at another precision: a new model version (recorded at
+    ``precision``) through the gate, 50 and 60 — never a change in place of an index's precision."""
+    action = Action.CHANGE_PRECISION
+    trace_id = new_trace_id()
+    preview = preview_precision_change(ws, precision)
+    target = _check(ws, action, preview, confirm, reason, trace_id)
+    with ws.db.read() as session:
+        release = current_release(session)
+        assert release is not None  # the preview checked
+        source = release.active_model_version
+        registered = session.get(ModelVersion, target) is not None
+    if not registered:  # files first (write-once, idempotent); the audited effect below queues the run
+        chosen = validate_precision(precision)
+        with tempfile.TemporaryDirectory(prefix="precision-") as tmp:
+            # The model's own files only (the store keeps checksum sidecars and the manifest beside them).
+            path = Path(tmp)
+            stored = local_model_dir(ws, source)
+            for relative in read_manifest(ws, source).files:
+                (path / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(stored / relative, path / relative)
+            try:
+                register_model(
+                    ws,
+                    validate_model_version(target),
+                    path,
+                    base_model_version=source,
+                    precision=choose_precision(chosen, ws.embeddings.device, path),
+                )
+            except ModelArtifactError as exc:
+                raise _refuse(ws, action, target, reason, str(exc), trace_id) from None
+    message = new_training_request(
+        trigger_source="manual",
+        requested_by=ws.settings.operator,
+        reason=reason,
+        trace_id=trace_id,
+        candidate_model_version=target,
+    )
+    published: list[int] = []
+
+    def queue(session: Session) -> str:
+        if latest_eligible_dataset(session) is None:
+            raise _GuardFailed("no eligible training dataset any more")
+        current = current_release(session, for_share=True)
+        if current is None or current.active_model_version != source:
+            raise _GuardFailed("serving changed while you confirmed; look again")
+        published.append(publish(ws.db, message, session=session))
+        return f"registered {target}; queued TRAINING_REQUEST message {published[0]} naming it"
+
+    audit_id, result = _effect_with_audit(ws, action, target, reason, trace_id, queue)
+    return ActionResult(action, target, audit_id, result, trace_id, message_id=published[0])
 
 
 def generate_dataset(

@@ -292,6 +292,15 @@ def cmd_promote(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_change_precision(args: argparse.Namespace) -> int:
+    ws = _ready(_workspace(args))
+    return _guarded(
+        args,
+        actions.preview_precision_change(ws, args.precision),
+        lambda confirm, reason: actions.change_precision(ws, args.precision, confirm=confirm, reason=reason),
+    )
+
+
 def cmd_register_eval(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
     if bool(args.corpus) == bool(args.file):
@@ -497,6 +506,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("run_id", type=int)
     sub.add_argument("--reason", required=True, help="why (goes into the audit log)")
     sub.add_argument("--confirm", metavar="MODEL_VERSION", help="the run's candidate model version")
+
+    sub = add(
+        "change-precision",
+        cmd_change_precision,
+        "serve the active model's weights at another precision: registers them as a new version recorded at "
+        "PRECISION and queues a run naming it (no training; evaluated against the serving model, then "
+        "50 reindex, 60 cutover on a PASS). " + guarded + " TARGET: the new version's name.",
+    )
+    sub.add_argument("precision", choices=["fp32", "bf16", "fp16"])
+    sub.add_argument("--reason", required=True, help="why (goes into the audit log and the message)")
+    sub.add_argument("--confirm", metavar="MODEL_VERSION", help="the new version's name, as the preview shows it")
 
     sub = add("register-eval", cmd_register_eval, "register an immutable evaluation set (disjoint from traffic)")
     sub.add_argument("--corpus", help="an imported corpus: use its reserved queries")

@@ -406,12 +406,14 @@ def endpoint_view(ws: Workspace) -> EndpointView:
                 "loaded here": "yes" if v.model_version in loaded else "no",
                 "ready": "yes" if v.model_version in loaded and loaded[v.model_version].ready else "—",
                 "dimension": loaded[v.model_version].dimension if v.model_version in loaded else "",
+                "precision": v.encode_precision,  # recorded with the version: its indexes and queries use it
+                "device": loaded[v.model_version].device if v.model_version in loaded else "",
                 "base": v.base_model_version or "",
                 "run": v.run_id or "",
             }
             for v in versions
         ],
-        columns=["model_version", "role", "loaded here", "ready", "dimension", "base", "run"],
+        columns=["model_version", "role", "loaded here", "ready", "dimension", "precision", "device", "base", "run"],
     )
     return EndpointView(
         serving,
@@ -426,7 +428,9 @@ def check_endpoint(ws: Workspace) -> list[tuple[str, bool, str]]:
     for _role, version in endpoint_view(ws).serving:
         try:
             loaded = ws.embeddings.load(version)
-            results.append((version, loaded.ready, f"dimension {loaded.dimension}"))
+            results.append(
+                (version, loaded.ready, f"dimension {loaded.dimension}, {loaded.precision} on {loaded.device}")
+            )
         except Exception as exc:  # shown in the panel: a model that cannot load is the finding
             results.append((version, False, f"{type(exc).__name__}: {exc}"))
     return results

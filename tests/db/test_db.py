@@ -425,6 +425,8 @@ ADDED_LATER: dict[str, dict[str, Callable[[dict[str, Any]], Any]]] = {
     },
     "schedule_ticks": {"heartbeat_at": lambda row: row["started_at"]},  # 0005: last seen when it started
     "stage_executions": {"outputs": lambda row: None},  # 0006
+    "model_versions": {"encode_precision": lambda row: "fp32"},  # 0007: every older model encoded in fp32
+    "vector_index_entries": {"encode_precision": lambda row: "fp32"},
 }
 
 
@@ -454,7 +456,7 @@ def test_upgrade_from_0001_keeps_every_row_and_backfills_new_columns(empty_ws: W
         for table, rows in ROWS_0001.items():
             for row in rows:
                 _insert_raw(conn, table, row)
-    revisions = ["0002", "0003", "0004", "0005", "0006"]
+    revisions = ["0002", "0003", "0004", "0005", "0006", "0007"]
     for revision in revisions:
         assert upgrade(db, revision) == revision
         with db.engine.begin() as conn:

@@ -482,6 +482,35 @@ def test_identical_candidate_passes_and_the_run_becomes_ready(run_ws, tiny_model
     assert len(details[0]["candidate"]["returned"]) == 5
 
 
+def test_the_same_weights_at_another_precision_are_judged_at_that_precision(run_ws, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """A precision change is a candidate like any other: evaluated at the precision it would serve at."""
+    from opslib.infra.precision import PrecisionChoice
+
+    ws, run_id, ref = run_ws
+    run = get_run(ws.db, run_id)
+    base = ws.embeddings.precision("tiny-base")
+    other = "fp32" if base != "fp32" else "bf16"
+    register_model(
+        ws,
+        run.candidate_model_version,
+        tiny_model_dir,
+        base_model_version="tiny-base",
+        run_id=run_id,
+        precision=PrecisionChoice(other, "cpu", "test: the other precision"),
+    )
+    outcome = evaluate_run(ws, run_id, ref, bootstrap_samples=200)
+    assert outcome.quality_metrics["encoding"] == {
+        "device": "cpu",
+        "baseline_precision": base,
+        "candidate_precision": other,
+    }
+    scores = [
+        (row["baseline"]["returned"][0]["score"], row["candidate"]["returned"][0]["score"])
+        for row in read_details(ws, outcome.detail_key)
+    ]
+    assert any(b != c for b, c in scores)  # same weights, other precision: the scores moved
+
+
 def test_a_broken_candidate_fails_with_fail(run_ws, tiny_model_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ws, run_id, ref = run_ws
     run = get_run(ws.db, run_id)

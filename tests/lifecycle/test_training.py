@@ -6,9 +6,12 @@ from helpers import dataset_row, loop_ready
 from opslib.control.runs import RunError, fail_run, get_run, request_run
 from opslib.db.models import FailureType, ModelVersion, RunStage
 from opslib.infra.model_artifacts import read_manifest
+from opslib.infra.precision import training_mixed_precision
 from opslib.infra.storage import sha256_file
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.training import TrainingParams, train_candidate, training_rows
+from opslib.ops.bootstrap import init_workspace
+from opslib.settings import Settings
 
 
 def test_rows_pair_each_positive_with_the_highest_confidence_negatives() -> None:
@@ -34,8 +37,13 @@ def test_rows_pair_each_positive_with_the_highest_confidence_negatives() -> None
     "PostgreSQL by tests/execution/test_worker.py"
 )
 @pytest.mark.slow
-def test_training_is_deterministic_and_writes_a_manifest(ws: Workspace) -> None:
+@pytest.mark.parametrize("encode_precision", ["fp32", "bf16"])
+def test_training_is_deterministic_and_writes_a_manifest(settings: Settings, encode_precision: str) -> None:
+    """Per device and precision: the same seed gives the same weights, and the manifest says how."""
+    ws = Workspace(settings.model_copy(update={"encode_precision": encode_precision}))
+    init_workspace(ws)
     dataset = loop_ready(ws)
+    expected_mixed = training_mixed_precision(encode_precision, "cpu")  # bf16 only on a CPU that has it
     params = TrainingParams(epochs=1, batch_size=8, learning_rate=5e-4, max_seq_length=32, seed=3)
     hashes = []
     for attempt in range(2):
@@ -53,6 +61,11 @@ def test_training_is_deterministic_and_writes_a_manifest(ws: Workspace) -> None:
             manifest.training_parameters["seed"] == 3
             and manifest.training_parameters["loss"] == "MultipleNegativesRankingLoss"
         )
+        assert (manifest.training_parameters["device"], manifest.training_parameters["mixed_precision"]) == (
+            "cpu",
+            expected_mixed,
+        )
+        assert manifest.encode_precision == encode_precision  # an explicit setting stands
         hashes.append(manifest.files["model.safetensors"])
         # A trained version is never trained again: a resumed run keeps it.
         assert train_candidate(ws, run_id, params, progress=False).already_trained

@@ -346,3 +346,13 @@ def test_every_action_form_refuses_and_changes_nothing(ws: Workspace, form_name:
     assert _state(operator) == before  # no message, execution, dataset, approval or release change
     assert not operator.settings.runs_dir.exists() or not any(operator.settings.runs_dir.rglob("*.ipynb"))
     assert "refused: " in shown_html(dashboard.outputs["Audit"])  # refreshed after the click
+
+
+def test_the_endpoint_panel_shows_each_versions_precision_and_where_it_runs(ws: Workspace) -> None:
+    recorded = ws.embeddings.precision("tiny-base")
+    ws.embeddings.unload("tiny-base")
+    row = monitor.endpoint_view(ws).models.set_index("model_version").loc["tiny-base"]
+    assert (row["loaded here"], row["precision"], row["device"]) == ("no", recorded, "")
+    assert monitor.check_endpoint(ws) == [("tiny-base", True, f"dimension 32, {recorded} on cpu")]
+    row = monitor.endpoint_view(ws).models.set_index("model_version").loc["tiny-base"]
+    assert (row["loaded here"], row["precision"], row["device"]) == ("yes", recorded, "cpu")

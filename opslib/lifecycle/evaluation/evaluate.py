@@ -208,6 +208,8 @@ def evaluate_run(
     if run.status is not RunStatus.RUNNING:
         raise RunError(f"run {run_id}: is {run.status.value}, evaluation needs a RUNNING run")
     assert run.candidate_model_version and run.baseline_model_version and run.dataset_version
+    if run.candidate_model_version == run.baseline_model_version:  # a named candidate that started serving since
+        raise EvaluationError(f"run {run_id}: candidate {run.candidate_model_version} is the model serving now")
     with ws.db.read() as session:
         if session.get(ModelVersion, run.candidate_model_version) is None:
             raise EvaluationError(f"run {run_id}: candidate {run.candidate_model_version} is not trained yet")
@@ -260,6 +262,12 @@ def evaluate_run(
         "skipped_missing_expected": skipped,
         "unjudged_share_baseline": round(unjudged["baseline"] / (evaluated * K), 4),
         "unjudged_share_candidate": round(unjudged["candidate"] / (evaluated * K), 4),
+    }
+    # Each model is judged at the precision it serves at (recorded with the version): what users get.
+    quality["encoding"] = {
+        "device": ws.embeddings.device,
+        "baseline_precision": ws.embeddings.precision(run.baseline_model_version),
+        "candidate_precision": ws.embeddings.precision(run.candidate_model_version),
     }
     decision, fail_reason = decide(quality, PASS_CRITERIA)
 

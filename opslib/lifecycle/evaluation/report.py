@@ -67,6 +67,12 @@ def provenance(ctx: Any, outcome: Any) -> dict[str, Any]:
         "training dataset": run.dataset_version,
         "baseline model": run.baseline_model_version,
         "candidate model": run.candidate_model_version,
+        # Summaries from before precisions were recorded have no "encoding": everything was fp32.
+        "encoded at (baseline / candidate)": "{baseline_precision} / {candidate_precision} on {device}".format_map(
+            outcome.quality_metrics.get(
+                "encoding", {"baseline_precision": "fp32", "candidate_precision": "fp32", "device": "cpu"}
+            )
+        ),
         "evaluation set": ctx.params.evaluation_dataset_ref,
         "evaluation id": outcome.evaluation_id,
         "bootstrap samples": outcome.quality_metrics["bootstrap_samples"],
