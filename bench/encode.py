@@ -211,8 +211,7 @@ def bench_speed(corpora: list[Corpus], choice: Any, repeat: int, sizes: list[flo
                     corpus.times[name].append(variants[name]())
                     bar.update(1)
                 bar.write(
-                    f"    repeat {i + 1}: "
-                    + ", ".join(f"{name} {corpus.times[name][-1]:.1f} s" for name in names)
+                    f"    repeat {i + 1}: " + ", ".join(f"{name} {corpus.times[name][-1]:.1f} s" for name in names)
                 )
         n = len(corpus.texts)
         t = corpus.times
@@ -279,11 +278,15 @@ def bench_queries(root: Path, choice: Any, queries: list[str], repeat: int, per_
                 order = list(spaces) if j % 2 == 0 else list(reversed(spaces))
                 for p in order:
                     ws, active = spaces[p]
-                    elapsed, _ = _timed(lambda ws=ws, active=active, q=q: ws.embeddings.embed([q], active, Purpose.SEARCH))
+                    elapsed, _ = _timed(
+                        lambda ws=ws, active=active, q=q: ws.embeddings.embed([q], active, Purpose.SEARCH)
+                    )
                     samples[p][-1].append(elapsed * 1000)
                 bar.update(1)
     p50 = {p: [float(np.median(s)) for s in runs] for p, runs in samples.items()}
-    line = ", ".join(f"{p} p50 {_median(v):.1f} ms (repeats {', '.join(f'{x:.1f}' for x in v)})" for p, v in p50.items())
+    line = ", ".join(
+        f"{p} p50 {_median(v):.1f} ms (repeats {', '.join(f'{x:.1f}' for x in v)})" for p, v in p50.items()
+    )
     if choice.precision != "fp32":
         ratio = _median([a / b for a, b in zip(p50["fp32"], p50[choice.precision], strict=True)])
         line += f"; fp32 / {choice.precision} = {ratio:.2f}× (median of paired repeats)"
@@ -391,7 +394,9 @@ def bench_training(corpus: Corpus, repeat: int, samples: int) -> None:
     device = resolve_device(s.device)
     spaces = {setting: _workspace(s.workspace, encode_precision=setting) for setting in ("fp32", "auto")}
     mixed = {setting: training_mixed_precision(setting, device) for setting in spaces}
-    print(f"[training] {params}; device {device}; mixed precision: fp32 setting → {mixed['fp32']}, auto → {mixed['auto']}")
+    print(
+        f"[training] {params}; device {device}; mixed precision: fp32 setting → {mixed['fp32']}, auto → {mixed['auto']}"
+    )
     times: dict[str, list[float]] = {setting: [] for setting in spaces}
     candidates: dict[str, str] = {}
     losses: dict[str, float | None] = {}
@@ -438,7 +443,9 @@ def bench_training(corpus: Corpus, repeat: int, samples: int) -> None:
             metrics = query_metrics([doc for doc, _ in hits], rel)
             for m in METRICS:
                 per_query[name][m].append(metrics[m])
-    print(f"[training] evaluation on {len(per_query['base']['recall_at_5'])} reserved queries, {samples} bootstrap samples:")
+    print(
+        f"[training] evaluation on {len(per_query['base']['recall_at_5'])} reserved queries, {samples} bootstrap samples:"
+    )
     precisions = {name: ws.embeddings.precision(v) for name, v in models.items()}
     inside_all = True
     for m in METRICS:
