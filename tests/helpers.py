@@ -97,11 +97,9 @@ def loop_ready(ws: Workspace, requests: int = 80, *, title: str = "") -> str:
 
 def ready_run(ws: Workspace, candidate_dir) -> int:  # type: ignore[no-untyped-def]
     """A READY_FOR_RELEASE run whose candidate (``candidate_dir``) is registered — as if it had
-    trained and passed (the evaluation row is a stand-in: release stages only need the run)."""
-    from opslib.control.runs import get_run, mark_ready, request_run
-    from opslib.db.models import Decision, ModelEvaluation
+    trained and passed (see ``pass_stand_in``)."""
+    from opslib.control.runs import get_run, request_run
     from opslib.infra.model_artifacts import register_model
-    from opslib.lifecycle.evaluation.evaluate import PASS_CRITERIA
 
     run_id = request_run(ws.db, trigger_source="manual", trace_id=f"release-test-{utcnow().timestamp()}").run_id
     assert run_id is not None
@@ -109,6 +107,18 @@ def ready_run(ws: Workspace, candidate_dir) -> int:  # type: ignore[no-untyped-d
     register_model(
         ws, run.candidate_model_version, candidate_dir, base_model_version=run.baseline_model_version, run_id=run_id
     )
+    pass_stand_in(ws, run_id)
+    return run_id
+
+
+def pass_stand_in(ws: Workspace, run_id: int) -> None:
+    """RUNNING run ``run_id`` → READY_FOR_RELEASE with a stand-in PASS evaluation row: the release
+    stages only need the run, not a real evaluation."""
+    from opslib.control.runs import get_run, mark_ready
+    from opslib.db.models import Decision, ModelEvaluation
+    from opslib.lifecycle.evaluation.evaluate import PASS_CRITERIA
+
+    run = get_run(ws.db, run_id)
     with ws.db.transaction() as session:
         evaluation = ModelEvaluation(
             run_id=run_id,
@@ -124,7 +134,6 @@ def ready_run(ws: Workspace, candidate_dir) -> int:  # type: ignore[no-untyped-d
         session.add(evaluation)
         session.flush()
         mark_ready(session, run_id, evaluation_id=evaluation.id)
-    return run_id
 
 
 def write_beir(folder: Path, n_queries: int = 12) -> Path:

@@ -171,11 +171,10 @@ def choose_precision(setting: PrecisionSetting, device: str, model_path: Path) -
     if setting == "fp32":
         return PrecisionChoice("fp32", device, "OPS_ENCODE_PRECISION=fp32")
     if setting != "auto":
-        if setting not in PRECISIONS:
-            raise PrecisionInvalid(f"encode_precision {setting!r}: must be one of {list(get_args(PrecisionSetting))}")
+        explicit = validate_precision(setting)
         # An operator's explicit choice stands; the check is still run and recorded.
-        cosine = check_min_cosine(model_path, device, setting)
-        return PrecisionChoice(setting, device, f"OPS_ENCODE_PRECISION={setting}", cosine)
+        cosine = check_min_cosine(model_path, device, explicit)
+        return PrecisionChoice(explicit, device, f"OPS_ENCODE_PRECISION={explicit}", cosine)
     precision, why = _accelerated_precision(device)
     if precision == "fp32":
         return PrecisionChoice("fp32", device, why)

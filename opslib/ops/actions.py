@@ -319,6 +319,19 @@ def _effect_with_audit(
         raise _refuse(ws, action, target, reason, str(failed), trace_id) from None
 
 
+def _guard_eligible_dataset(session: Session) -> None:
+    """A run needs an eligible dataset at the moment its request is queued."""
+    if latest_eligible_dataset(session) is None:
+        raise _GuardFailed("no eligible training dataset any more")
+
+
+def _guard_serving(session: Session, model_version: str) -> None:
+    """Serving must still be ``model_version`` (read with a share lock: a switch waits for us)."""
+    release = current_release(session, for_share=True)
+    if release is None or release.active_model_version != model_version:
+        raise _GuardFailed("serving changed while you confirmed; look again")
+
+
 def retrigger_training(ws: Workspace, *, confirm: str, reason: str) -> ActionResult:
     action = Action.RETRIGGER_TRAINING
     trace_id = new_trace_id()
@@ -329,8 +342,7 @@ def retrigger_training(ws: Workspace, *, confirm: str, reason: str) -> ActionRes
     published: list[int] = []
 
     def queue(session: Session) -> str:
-        if latest_eligible_dataset(session) is None:
-            raise _GuardFailed("no eligible training dataset any more")
+        _guard_eligible_dataset(session)
         published.append(publish(ws.db, message, session=session))
         return f"queued TRAINING_REQUEST message {published[0]}"
 
@@ -346,9 +358,7 @@ def request_rollback(ws: Workspace, *, confirm: str, reason: str) -> ActionResul
     published: list[int] = []
 
     def queue(session: Session) -> str:
-        release = current_release(session, for_share=True)
-        if release is None or release.active_model_version != target:
-            raise _GuardFailed("serving changed while you confirmed; look again")
+        _guard_serving(session, target)
         published.append(publish(ws.db, message, session=session))
         return f"queued ROLLBACK_REQUEST message {published[0]}"
 
@@ -414,11 +424,8 @@ def change_precision(ws: Workspace, precision: str, *, confirm: str, reason: str
     published: list[int] = []
 
     def queue(session: Session) -> str:
-        if latest_eligible_dataset(session) is None:
-            raise _GuardFailed("no eligible training dataset any more")
-        current = current_release(session, for_share=True)
-        if current is None or current.active_model_version != source:
-            raise _GuardFailed("serving changed while you confirmed; look again")
+        _guard_eligible_dataset(session)
+        _guard_serving(session, source)
         published.append(publish(ws.db, message, session=session))
         return f"registered {target}; queued TRAINING_REQUEST message {published[0]} naming it"
 
