@@ -9,8 +9,9 @@ negatives. All positives of rule v1 share one confidence (0.8), so it does not w
 Groups without any negative are counted and left out (the loss needs one per row).
 
 Deterministic for a seed on one device at one precision (both recorded in the manifest): seeded
-shuffling, seeded initialisation, deterministic torch kernels. Training runs on ``OPS_DEVICE``, with
-mixed precision on GPUs only (``opslib.infra.precision.training_mixed_precision``).
+shuffling, seeded initialisation, deterministic torch kernels. Training runs on ``OPS_DEVICE``,
+autocast to the device's native half precision (bf16 on GPUs and on CPUs with AMX / AVX-512 BF16;
+``opslib.infra.precision.training_mixed_precision``) with fp32 weights and optimizer state.
 """
 
 from __future__ import annotations
