@@ -295,7 +295,7 @@ def bench_queries(root: Path, choice: Any, queries: list[str], repeat: int, per_
 
 # Retrieval quality -----------------------------------------------------------------------------
 def _metrics(query_vectors: np.ndarray, doc_vectors: np.ndarray, chunk_ids: list[str], relevant: list[set[str]]) -> Any:
-    from opslib.lifecycle.evaluation.evaluate import query_metrics
+    from opslib.lifecycle.evaluation.metrics import query_metrics
 
     scores = query_vectors @ doc_vectors.T
     rows = []
@@ -310,7 +310,7 @@ def bench_quality(corpus: Corpus, choice: Any, fp32_choice: Any) -> None:
     from opslib.corpus.loader import chunk_id_for
     from opslib.infra.embedding import Purpose
     from opslib.infra.model_artifacts import register_model
-    from opslib.lifecycle.evaluation.evaluate import paired_bootstrap
+    from opslib.lifecycle.evaluation.metrics import paired_bootstrap
     from opslib.ops.bootstrap import packaged_model_path
 
     ws = corpus.ws
@@ -355,13 +355,8 @@ def bench_training(corpus: Corpus, repeat: int, samples: int) -> None:
     from opslib.db.models import FailureType, RunStage, utcnow
     from opslib.infra.precision import resolve_device, training_mixed_precision
     from opslib.lifecycle.dataset.builder import build_dataset
-    from opslib.lifecycle.evaluation.evaluate import (
-        METRICS,
-        _project_corpora,
-        paired_bootstrap,
-        query_metrics,
-        rank,
-    )
+    from opslib.lifecycle.evaluation.metrics import METRICS, paired_bootstrap, query_metrics
+    from opslib.lifecycle.evaluation.retrieval import project_corpora, rank
     from opslib.lifecycle.evaluation.sets import records_from_corpus
     from opslib.lifecycle.feedback.simulate import simulate_traffic
     from opslib.lifecycle.training import TrainingParams, train_candidate
@@ -387,7 +382,7 @@ def bench_training(corpus: Corpus, repeat: int, samples: int) -> None:
     params = TrainingParams(
         epochs=1,
         batch_size=s.training_batch_size,
-        learning_rate=s.training_learning_rate,
+        learning_rates=tuple(s.training_learning_rates[:1]),
         max_seq_length=s.training_max_seq_length,
         seed=s.training_seed,
     )
@@ -426,7 +421,7 @@ def bench_training(corpus: Corpus, repeat: int, samples: int) -> None:
     # The candidates judged as stage 40 judges them: exact search per project over the demo's
     # reserved queries, each model at the precision recorded for it.
     records = records_from_corpus(ws, corpus.spec.name)
-    corpora = _project_corpora(ws, {r.project_id for r in records})
+    corpora = project_corpora(ws, {r.project_id for r in records})
     with ws.db.read() as session:
         release = current_release(session)
         assert release is not None

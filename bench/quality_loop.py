@@ -18,9 +18,7 @@ fewer requests and shorter sequences (QUICK_DEFAULTS), so CI can run it once.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import random
 import sys
 import tempfile
 import time
@@ -33,11 +31,12 @@ from opslib.control.runs import get_run
 from opslib.corpus.beir import read_beir
 from opslib.corpus.builtin import build_demo_corpus
 from opslib.corpus.loader import CorpusSpec, load_corpus
-from opslib.db.models import ModelEvaluation, TrainingDataset, utcnow
+from opslib.db.models import ModelEvaluation, utcnow
 from opslib.execution.worker import Worker
 from opslib.infra.workspace import Workspace
-from opslib.lifecycle.dataset.builder import build_dataset, read_groups
-from opslib.lifecycle.evaluation.evaluate import METRICS
+from opslib.lifecycle.dataset.builder import build_dataset
+from opslib.lifecycle.dataset.control import register_shuffled_control
+from opslib.lifecycle.evaluation.metrics import METRICS
 from opslib.lifecycle.evaluation.sets import (
     records_from_corpus,
     register_evaluation_set,
@@ -50,48 +49,9 @@ from opslib.settings import Settings
 # chunks of at most 120 words, on two cores). Chosen before looking at any evaluation result; the
 # quick run keeps the full run's training recipe and noise, with fewer requests and the workspace's
 # default max_seq_length (128 tokens: most built-in passages fit).
-FULL_DEFAULTS = {"requests": 1500, "max_seq_length": 256}
+FULL_DEFAULTS = {"requests": 1500, "max_seq_length": 128}
 QUICK_DEFAULTS = {"requests": 800, "max_seq_length": 128}
 BUILTIN_CORPUS = "stdlib"
-
-
-def shuffled_control(ws: Workspace, version: str, seed: int) -> str:
-    """A copy of dataset ``version`` with positives rotated across groups (so every query is paired
-    with another query's answer), registered as the newest eligible dataset."""
-    groups = list(read_groups(ws, version))
-    positives = [g["positives"] for g in groups]
-    order = list(range(len(groups)))
-    random.Random(seed).shuffle(order)
-    rotated = order[1:] + order[:1]  # a derangement: no group keeps its own positives
-    for target, source in zip(order, rotated, strict=True):
-        groups[target] = {**groups[target], "positives": positives[source]}
-    control = f"{version}-shuffled"
-    prefix = f"datasets/{control}"
-    ws.objects.put_bytes(
-        f"{prefix}/train.jsonl", b"".join(json.dumps(g, sort_keys=True).encode() + b"\n" for g in groups)
-    )
-    manifest = json.loads(ws.objects.get_text(f"datasets/{version}/manifest.json"))
-    manifest.update(
-        dataset_version=control,
-        derived_from=version,
-        note="benchmark control: positives shuffled across groups — must FAIL evaluation",
-    )
-    ws.objects.put_text(f"{prefix}/manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
-    with ws.db.transaction() as session:
-        source_row = session.get(TrainingDataset, version)
-        session.add(
-            TrainingDataset(
-                dataset_version=control,
-                storage_path=ws.objects.uri(prefix),
-                generation_rule_version=source_row.generation_rule_version,
-                source_window_start=source_row.source_window_start,
-                source_window_end=source_row.source_window_end,
-                counts=source_row.counts,
-                eligible=True,
-                ineligible_reasons=[],
-            )
-        )
-    return control
 
 
 def run_pipeline(ws: Workspace, label: str) -> dict:
@@ -148,7 +108,7 @@ def main() -> int:
     parser.add_argument("--workspace", type=Path)
     parser.add_argument("--requests", type=int, help="simulated search requests (default 1500; quick 800)")
     parser.add_argument("--noise", type=float, default=0.1)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=3, help="the most per configuration (validation keeps the best)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, help="training max_seq_length (default 256; quick 128)")
     parser.add_argument("--seed", type=int, default=0, help="query split, traffic, dataset and training seed")
@@ -183,7 +143,7 @@ def main() -> int:
     ws = Workspace(settings)
     print(
         f"workspace {root}; {'quick' if args.quick else 'full'} run: {requests} requests, noise {args.noise}, "
-        f"{args.epochs} epoch(s), batch {args.batch_size}, max_seq_length {max_seq_length}, seed {args.seed}"
+        f"up to {args.epochs} epoch(s) per configuration (learning rates {settings.training_learning_rates}), batch {args.batch_size}, max_seq_length {max_seq_length}, seed {args.seed}"
     )
     init_workspace(ws)
     spec: CorpusSpec
@@ -222,7 +182,7 @@ def main() -> int:
 
     honest = run_pipeline(ws, "feedback-trained candidate")
     show(honest)
-    shuffled_control(ws, build.dataset_version, args.seed)
+    register_shuffled_control(ws, build.dataset_version, args.seed)
     broken = run_pipeline(ws, "broken candidate (positives shuffled across groups)")
     show(broken)
     print(f"\nreports: {settings.runs_dir}")

@@ -8,9 +8,10 @@ kernels) receive ``Settings.as_env()``.
 
 from __future__ import annotations
 
+import json
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -91,12 +92,28 @@ class Settings(BaseSettings):
         pattern=r"^eval-[0-9a-f]{16}$",
         description="evaluation set the worker uses; default: the newest registered one",
     )
-    training_epochs: int = Field(default=1, ge=1, le=50)
+    training_epochs: int = Field(
+        default=3, ge=1, le=50, description="the most epochs per configuration; each keeps its best (validation)"
+    )
     training_batch_size: int = Field(default=16, ge=2, le=1024)
-    training_learning_rate: float = Field(default=2e-5, gt=0, le=1e-2)
+    training_learning_rates: list[Annotated[float, Field(gt=0, le=1e-2)]] = Field(
+        default=[2e-5, 5e-5], min_length=1, max_length=8, description="the grid's learning rates (JSON list)"
+    )
+    training_losses: list[Literal["mnrl", "cached_mnrl", "gist"]] = Field(
+        default=["mnrl"], min_length=1, max_length=3, description="the grid's losses (JSON list)"
+    )
     training_max_seq_length: int = Field(default=128, ge=8, le=512)
     training_seed: int = Field(default=0, ge=0)
     bootstrap_samples: int = Field(default=1000, ge=100, le=100_000)
+    release_primary_metric: Literal["recall_at_5", "mrr_at_5", "ndcg_at_5"] = Field(
+        default="ndcg_at_5", description="the metric whose CI decides whether a PASS releases on its own"
+    )
+    release_min_effect: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="a PASS releases on its own only when the primary metric's 95 % CI lower bound is above this",
+    )
     # Release
     auto_cutover: bool = Field(
         default=True,
@@ -205,7 +222,8 @@ class Settings(BaseSettings):
         env: dict[str, str] = {}
         for name, value in self.model_dump(exclude={"config_file"}).items():
             if value is not None:
-                env[f"OPS_{name.upper()}"] = str(value)
+                # Lists and dicts as JSON: how the environment source parses complex fields.
+                env[f"OPS_{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)
         return env
 
 

@@ -59,7 +59,8 @@ def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
         ("queue_visibility_timeout_s", -1),
         ("log_level", "LOUD"),
         # what a stage's schema would refuse is refused up front, not in the middle of a run
-        ("training_learning_rate", 0.05),
+        ("training_learning_rates", [0.05]),
+        ("training_losses", ["triplet"]),
         ("training_epochs", 51),
         ("evaluation_dataset_ref", "my-set"),
     ],
@@ -76,7 +77,15 @@ def test_snapshot_ttl_must_cover_the_feedback_window() -> None:
 
 
 def test_as_env_round_trips(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    original = Settings(workspace=tmp_path, operator="park", chroma_host="h", chroma_port=9000, operator_role="admin")
+    original = Settings(
+        workspace=tmp_path,
+        operator="park",
+        chroma_host="h",
+        chroma_port=9000,
+        operator_role="admin",
+        training_learning_rates=[1e-5, 3e-5],  # lists travel as JSON
+        training_losses=["gist", "mnrl"],
+    )
     for key, value in original.as_env().items():
         monkeypatch.setenv(key, value)
     assert Settings() == original

@@ -224,12 +224,14 @@ def start_next_pending(db: Database) -> int | None:
     raise RunError(f"could not settle the run slots after {_SLOT_RETRIES} attempts")
 
 
-def mark_ready(session: Session, run_id: int, *, evaluation_id: int) -> MLPipelineRun:
-    """RUNNING → READY_FOR_RELEASE, in the caller's transaction (with the evaluation it cites)."""
+def mark_ready(session: Session, run_id: int, *, evaluation_id: int, release_hold: str | None = None) -> MLPipelineRun:
+    """RUNNING → READY_FOR_RELEASE, in the caller's transaction (with the evaluation it cites);
+    ``release_hold`` says why it must wait for an operator's promote (None: it may release itself)."""
     run = _lock_run(session, run_id)
     check_transition(run.status, RunStatus.READY_FOR_RELEASE)
     run.status = RunStatus.READY_FOR_RELEASE
     run.evaluation_id = evaluation_id
+    run.release_hold = release_hold
     run.heartbeat_at = utcnow()
     return run
 

@@ -246,9 +246,12 @@ class MLPipelineRun(Base):
     trigger_source: Mapped[TriggerSource] = mapped_column(_enum(TriggerSource, "trigger_source"))
     trace_id: Mapped[str] = mapped_column(String(64))
     # Not in the base data model: an operator's approval to release this READY run when automatic
-    # cutover is off (written with its AuditLog row; the worker then runs 50 → 60).
+    # cutover is off or the release rule holds it (written with its AuditLog row; the worker then
+    # runs 50 → 60).
     promoted_at: Mapped[datetime | None] = mapped_column()
     promoted_by: Mapped[str | None] = mapped_column(String(128))
+    # Why a READY_FOR_RELEASE run waits for a promote rather than releasing itself (release rule).
+    release_hold: Mapped[str | None] = mapped_column(Text)
     # Not in the base data model: the TRAINING_REQUEST that created the run, unique, so a
     # redelivered message can never create a second run.
     request_message_id: Mapped[int | None] = mapped_column(ForeignKey("ops_messages.id"), unique=True)

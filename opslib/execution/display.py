@@ -147,8 +147,9 @@ def bars(values: dict[str, float], title: str, ylabel: str, colour: str = "#1f4e
     return fig
 
 
-def lines(table: pd.DataFrame, title: str, ylabel: str) -> Figure:
-    """One line per column of ``table`` over its index (e.g. like rate per model per day)."""
+def lines(table: pd.DataFrame, title: str, ylabel: str, full_scale: bool = True) -> Figure:
+    """One line per column of ``table`` over its index (e.g. like rate per model per day);
+    ``full_scale`` draws 0–1, else the axis fits the values (small differences stay visible)."""
     fig = Figure(figsize=(8, 3.2), layout="constrained")
     if table.empty:
         return _empty(fig, title)
@@ -157,7 +158,8 @@ def lines(table: pd.DataFrame, title: str, ylabel: str) -> Figure:
         ax.plot([str(i) for i in table.index], table[column], marker="o", label=str(column))
     ax.set_title(title)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.05)
+    if full_scale:
+        ax.set_ylim(0, 1.05)
     ax.legend(loc="lower left", fontsize=8)
     ax.tick_params(axis="x", labelrotation=30)
     return fig

@@ -9,14 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from opslib.control.runs import fail_run
 from opslib.db.models import FailureType, RunStage
 from opslib.errors import Invalid
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.reindex import abort_candidate
+from opslib.lifecycle.training import MiningParams, TrainingParams
 
 
 class StageParams(BaseModel):
@@ -57,11 +59,46 @@ class BuildDatasetParams(StageParams):
 
 class TrainCandidateParams(StageParams):
     run_id: int = Field(ge=1)
-    epochs: int = Field(default=1, ge=1, le=50)
+    epochs: int = Field(default=3, ge=1, le=50, description="the most per configuration; each keeps its best")
     batch_size: int = Field(default=16, ge=2, le=1024)
-    learning_rate: float = Field(default=2e-5, gt=0, le=1e-2)
+    learning_rates: list[Annotated[float, Field(gt=0, le=1e-2)]] = Field(
+        default=[2e-5, 5e-5], min_length=1, max_length=8
+    )
+    losses: list[Literal["mnrl", "cached_mnrl", "gist"]] = Field(default=["mnrl"], min_length=1, max_length=3)
     max_seq_length: int = Field(default=128, ge=8, le=512)
     seed: int = Field(default=0, ge=0)
+    patience: int = Field(default=1, ge=1, le=50, description="epochs without a better validation score")
+    validation_share: float = Field(default=0.2, gt=0, lt=1)
+    negatives_per_row: int = Field(default=1, ge=1, le=8)
+    mine_rank_from: int = Field(default=3, ge=0, le=1000)
+    mine_rank_to: int = Field(default=30, ge=1, le=1000)
+    mine_margin: float = Field(default=0.05, ge=0, lt=1)
+    mined_per_group: int = Field(default=3, ge=0, le=50)
+
+    @model_validator(mode="after")
+    def _window(self) -> TrainCandidateParams:
+        if self.mine_rank_from >= self.mine_rank_to:
+            raise ValueError(f"mine_rank_from {self.mine_rank_from} must be below mine_rank_to {self.mine_rank_to}")
+        return self
+
+    def training_params(self) -> TrainingParams:
+        return TrainingParams(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rates=tuple(self.learning_rates),
+            losses=tuple(self.losses),
+            max_seq_length=self.max_seq_length,
+            seed=self.seed,
+            patience=self.patience,
+            validation_share=self.validation_share,
+            negatives_per_row=self.negatives_per_row,
+            mining=MiningParams(
+                rank_from=self.mine_rank_from,
+                rank_to=self.mine_rank_to,
+                margin=self.mine_margin,
+                per_group=self.mined_per_group,
+            ),
+        )
 
 
 class EvaluateCandidateParams(StageParams):

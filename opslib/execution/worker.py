@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from opslib.control.messages import (
     ROLLBACK_REQUEST,
@@ -188,7 +188,8 @@ class Worker:
                         "run_id": run_id,
                         "epochs": self.settings.training_epochs,
                         "batch_size": self.settings.training_batch_size,
-                        "learning_rate": self.settings.training_learning_rate,
+                        "learning_rates": list(self.settings.training_learning_rates),
+                        "losses": list(self.settings.training_losses),
                         "max_seq_length": self.settings.training_max_seq_length,
                         "seed": self.settings.training_seed,
                     },
@@ -296,8 +297,9 @@ class Worker:
             return "cut over: now serving" if switched else "waiting at the cutover gate"
 
     def release_ready(self, report: WorkerReport) -> None:
-        """Resume an open candidate; release the newest READY run — with ``auto_cutover`` any,
-        without it only one an operator promoted (``opslib.ops.actions.promote_run``)."""
+        """Resume an open candidate; release the newest READY run — with ``auto_cutover`` any the
+        release rule does not hold, otherwise only one an operator promoted
+        (``opslib.ops.actions.promote_run``)."""
         target, stale = None, []
         with self.ws.db.read() as session:
             release = current_release(session)
@@ -309,8 +311,11 @@ class Worker:
                 query = select(MLPipelineRun).where(
                     MLPipelineRun.status == RunStatus.READY_FOR_RELEASE, MLPipelineRun.cutover_time.is_(None)
                 )
-                if not self.settings.auto_cutover:
-                    query = query.where(MLPipelineRun.promoted_at.is_not(None))
+                promoted = MLPipelineRun.promoted_at.is_not(None)
+                if self.settings.auto_cutover:
+                    query = query.where(or_(promoted, MLPipelineRun.release_hold.is_(None)))
+                else:
+                    query = query.where(promoted)
                 ready = list(session.scalars(query.order_by(MLPipelineRun.id.desc())))
                 current = [r.id for r in ready if r.baseline_model_version == release.active_model_version]
                 stale = [r.id for r in ready if r.baseline_model_version != release.active_model_version]

@@ -37,6 +37,7 @@ _OUTCOME_COLOURS = {
     "STALLED": "#d35400",
     "PASS": "#1b7f3b",
     "RELEASED": "#1b7f3b",
+    "HELD": "#b35c00",
     "RUNNING": "#1f4e8c",
     "PENDING": "#555",
     "SUPERSEDED": "#888",
@@ -95,6 +96,8 @@ def render_runs(view: monitor.RunsView, base: Path | None = None) -> str:
         if r.failed_stage:
             kind = "quality below criteria" if r.outcome == "FAIL" else "system error"
             failure = f"{_e(r.failed_stage)} — {kind}: {_e((r.failure_reason or '')[:200])}"
+        elif r.outcome == "HELD":
+            failure = f"held for a promote — {_e(r.release_hold)}"
         reports = ", ".join(_link(path, stage.split("_", 1)[0], base) for stage, path in r.reports) or "—"
         rows.append(
             f"<tr><td>{r.id}</td><td>{_badge(r.outcome)}</td><td>{_e(r.status)}</td><td>{failure or '—'}</td>"

@@ -147,6 +147,8 @@ def run_demo(
             )
         else:
             say(f"      run {run_id}: {status} — {run.failed_stage} {run.failure_type}: {run.failure_reason}")
+        if run.release_hold and run_id not in report.worker.released:
+            say(f"      held, not released: {run.release_hold} (`opsbench promote {run_id}`)")
         say(f"      evaluation report: {report.evaluation_report}")
     for run_id, what in report.worker.released.items():
         say(f"      release of run {run_id} (50_reindex_candidate → 60_cutover): {what}")

@@ -39,7 +39,7 @@ from opslib.db.models import (
 from opslib.execution.schedule import schedule_status
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.cutover import waiting_on
-from opslib.lifecycle.evaluation.evaluate import METRICS
+from opslib.lifecycle.evaluation.metrics import METRICS
 
 
 def _ago(then: datetime | None, now: datetime) -> str:
@@ -68,6 +68,7 @@ class RunRow:
     stalled: bool
     promoted_by: str | None
     reports: list[tuple[str, str]]  # (stage, archived html path)
+    release_hold: str | None = None  # why a READY run waits for a promote (the release rule)
 
 
 @dataclass
@@ -84,7 +85,9 @@ def _outcome(run: MLPipelineRun, stalled: bool) -> str:
     if run.status is RunStatus.FAILED:
         return run.failure_type.value if run.failure_type else "ERROR"
     if run.status is RunStatus.READY_FOR_RELEASE:
-        return "RELEASED" if run.cutover_time else "PASS"
+        if run.cutover_time:
+            return "RELEASED"
+        return "HELD" if run.release_hold and run.promoted_at is None else "PASS"
     return run.status.value
 
 
@@ -120,8 +123,9 @@ def runs_view(ws: Workspace, limit: int = 15, now: datetime | None = None) -> Ru
             _ago(run.created_at, now),
             _ago(run.heartbeat_at, now),
             stalled,
-            getattr(run, "promoted_by", None),
+            run.promoted_by,
             reports.get(run.id, []),
+            run.release_hold,
         )
 
     by_status = {r.status: r for r in active}

@@ -422,6 +422,7 @@ ADDED_LATER: dict[str, dict[str, Callable[[dict[str, Any]], Any]]] = {
         "request_message_id": lambda row: None,
         "promoted_at": lambda row: None,
         "promoted_by": lambda row: None,
+        "release_hold": lambda row: None,  # 0008: older READY runs were never held
     },
     "schedule_ticks": {"heartbeat_at": lambda row: row["started_at"]},  # 0005: last seen when it started
     "stage_executions": {"outputs": lambda row: None},  # 0006
@@ -456,7 +457,7 @@ def test_upgrade_from_0001_keeps_every_row_and_backfills_new_columns(empty_ws: W
         for table, rows in ROWS_0001.items():
             for row in rows:
                 _insert_raw(conn, table, row)
-    revisions = ["0002", "0003", "0004", "0005", "0006", "0007"]
+    revisions = ["0002", "0003", "0004", "0005", "0006", "0007", "0008"]
     for revision in revisions:
         assert upgrade(db, revision) == revision
         with db.engine.begin() as conn:

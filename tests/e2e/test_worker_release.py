@@ -87,3 +87,34 @@ def test_without_auto_cutover_a_ready_run_waits_for_promote(ws: Workspace, tiny_
     assert Worker(admin).run_once().released == {run_id: "cut over: now serving"}
     assert _release(admin).active_model_version == candidate
     assert Worker(admin).run_once().released == {}  # released once
+
+
+def test_a_pass_that_is_not_significant_is_held_until_promoted(ws: Workspace, tiny_model_dir: Path) -> None:
+    """The release rule: the candidate is the base's own weights under another name, so every
+    delta is 0 — PASS (≥) but not significant. It waits, READY and held, for an operator."""
+    from helpers import loop_ready
+
+    from opslib.control.messages import new_training_request
+    from opslib.db.models import Decision, ModelEvaluation
+    from opslib.infra.model_artifacts import register_model
+    from opslib.lifecycle.evaluation.sets import records_from_corpus, register_evaluation_set
+
+    loop_ready(ws)
+    register_evaluation_set(ws, records_from_corpus(ws, "mini"), source="reserved")
+    register_model(ws, "tiny-same", tiny_model_dir, base_model_version="tiny-base")
+    publish(ws.db, new_training_request(candidate_model_version="tiny-same", reason="same weights"))
+    report = Worker(ws).run_once()
+    ((run_id, status),) = report.runs.items()
+    run = get_run(ws.db, run_id)
+    with ws.db.read() as session:
+        evaluation = session.get(ModelEvaluation, run.evaluation_id)
+    assert status == RunStatus.READY_FOR_RELEASE.value and evaluation.overall_decision is Decision.PASS
+    assert evaluation.quality_metrics["release"] == {"automatic": False, "hold": run.release_hold}
+    assert run.release_hold.startswith("not significant: ndcg_at_5 delta +0.0000, 95 % CI [+0.0000, +0.0000]")
+    assert evaluation.pass_criteria["release"]["primary_metric"] == "ndcg_at_5"
+    assert report.released == {} and _release(ws).active_model_version == "tiny-base"
+    assert Worker(ws).run_once().released == {}  # still held on the next pass
+    admin = _with(ws, operator="ana", operator_role="admin")
+    promote_run(admin, run_id, confirm="tiny-same", reason="same weights, new name: release it")
+    assert Worker(admin).run_once().released == {run_id: "cut over: now serving"}
+    assert _release(admin).active_model_version == "tiny-same"

@@ -1,11 +1,11 @@
 """The worker end to end (real notebooks, tiny model): requests, runs, failures, the reconciler.
 
-Verdicts are fixed by design, not by how a random tiny model happens to rank: one side of each
-comparison cannot read the passages, so it ranks them all alike (evaluation's tie order, chunk id)
-and scores 0 on this corpus, where no reserved query's answer is among the first five chunks of
-its project; the other side reads them and finds answers by their words. A PASS has a blind base
-(``blind_wws``); a FAIL has a candidate trained with an 8-token window on passages headed by
-``SHARED_TITLE``.
+Verdicts are fixed by design, not by how a random tiny model happens to rank. A PASS has a blind
+base (``blind_wws``): it cannot read the passages, so it ranks them all alike (evaluation's tie
+order, chunk id) and scores 0 on this corpus, where no reserved query's answer is among the first
+five chunks of its project, while the candidate trained from it reads them. A FAIL trains the
+tiny base — which finds every answer by its words (1.0 on every metric) — on the shuffled control
+(every query paired with another query's answer), so it can only lose.
 """
 
 from datetime import timedelta
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers import dataset_row, loop_ready
-from sqlalchemy import update
+from sqlalchemy import select, update
 from tiny_model import build_blind_model
 
 from opslib.control.messages import new_training_request
@@ -31,11 +31,13 @@ from opslib.db.models import (
     RunStage,
     RunStatus,
     StageExecution,
+    TrainingDataset,
     utcnow,
 )
 from opslib.execution.worker import Worker
 from opslib.infra.workspace import Workspace
-from opslib.lifecycle.evaluation.evaluate import METRICS
+from opslib.lifecycle.dataset.control import register_shuffled_control
+from opslib.lifecycle.evaluation.metrics import METRICS
 from opslib.lifecycle.evaluation.sets import (
     records_from_corpus,
     register_evaluation_set,
@@ -52,9 +54,6 @@ WORKER_SETTINGS = {
     "training_max_seq_length": 32,  # the whole of a mini-corpus passage
     "bootstrap_samples": 200,
 }
-# 10 word pieces: more than the 6 an 8-token window ([CLS] … [SEP]) leaves for text, so a model
-# reading 8 tokens sees this title and nothing of the passage under it.
-SHARED_TITLE = "recorded lecture transcript from the workbench test corpus"
 
 
 @pytest.fixture
@@ -130,11 +129,14 @@ def test_a_request_is_trained_evaluated_and_judged(blind_wws: Workspace) -> None
     assert Worker(wws).run_once().runs == {}  # nothing left to do
 
 
-def test_a_candidate_that_cannot_read_fails_evaluation(wws: Workspace) -> None:
-    """Must FAIL: trained with an 8-token window, the candidate sees only the title every passage
-    starts with, so it ranks them all alike; its base reads them. Nothing is released."""
-    wws = Workspace(Settings(**{**wws.settings.model_dump(), "training_max_seq_length": 8}))
-    _ready_loop(wws, title=SHARED_TITLE)
+def test_a_candidate_trained_on_wrong_answers_fails_evaluation(wws: Workspace) -> None:
+    """Must FAIL: the base answers every reserved query; the candidate is trained on the shuffled
+    control (each query paired with another's answer) hard enough to learn it. Nothing is released."""
+    wws = Workspace(Settings(**{**wws.settings.model_dump(), "training_learning_rates": [1e-3], "training_epochs": 1}))
+    _ready_loop(wws)
+    with wws.db.read() as session:
+        (dataset,) = session.scalars(select(TrainingDataset.dataset_version))
+    register_shuffled_control(wws, dataset, seed=0)
     message_id = publish(wws.db, new_training_request(trace_id="trace-fail"))
     report = Worker(wws).run_once()
     (run_id,) = report.runs

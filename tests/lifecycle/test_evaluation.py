@@ -27,14 +27,13 @@ from opslib.db.models import (
 )
 from opslib.infra.model_artifacts import register_model
 from opslib.infra.workspace import Workspace
-from opslib.lifecycle.evaluation import evaluate
+from opslib.lifecycle.evaluation import retrieval
 from opslib.lifecycle.evaluation.evaluate import (
     BOOTSTRAP_SEED,
     METRICS,
     PASS_CRITERIA,
     EvaluationError,
     K,
-    _Project,
     _summarise,
     decide,
     evaluate_run,
@@ -43,6 +42,7 @@ from opslib.lifecycle.evaluation.evaluate import (
     rank,
     read_details,
 )
+from opslib.lifecycle.evaluation.retrieval import ProjectCorpus
 from opslib.lifecycle.evaluation.sets import (
     EvalRecord,
     records_from_corpus,
@@ -142,12 +142,12 @@ class _ScoresAsVectors:
 
 def _rank_with(monkeypatch, encoders: dict[str, _ScoresAsVectors], queries: dict[str, str], chunks) -> dict:  # type: ignore[no-untyped-def]
     """The stage's own ``rank`` over the encoders' vectors, per system (no index: all embedded)."""
-    monkeypatch.setattr(evaluate, "stored_vectors", lambda ws, model_version, chunk_ids: {})
+    monkeypatch.setattr(retrieval, "stored_vectors", lambda ws, model_version, chunk_ids: {})
     ws = SimpleNamespace(
         embeddings=SimpleNamespace(embed=lambda texts, version, purpose, **kw: encoders[version].vectors(texts))
     )
     records = [EvalRecord(text, "p", ()) for text in queries.values()]
-    corpora = {"p": _Project(list(chunks), list(chunks))}
+    corpora = {"p": ProjectCorpus(list(chunks), list(chunks), ["v"] * len(chunks), list(range(len(chunks))))}
     return {system: rank(ws, system, records, corpora) for system in encoders}  # type: ignore[arg-type]
 
 
@@ -563,3 +563,43 @@ def test_evaluation_refuses_what_it_cannot_judge_fairly(run_ws, tiny_model_dir: 
     with pytest.raises(EvaluationError, match="bootstrap_samples"):
         evaluate_run(ws, run_id, ref, bootstrap_samples=10)
     assert get_run(ws.db, run_id).status is RunStatus.RUNNING  # refusals change nothing
+
+
+def _summary(delta: float, low: float, high: float) -> dict:
+    metrics = ("recall_at_5", "mrr_at_5", "ndcg_at_5")
+    return {
+        "baseline": dict.fromkeys(metrics, 0.5),
+        "candidate": dict.fromkeys(metrics, 0.5 + delta),
+        "delta": dict.fromkeys(metrics, delta),
+        "ci95": {m: [low, high] for m in metrics},
+    }
+
+
+def test_the_release_rule_holds_a_pass_whose_interval_reaches_the_minimum_effect() -> None:
+    from opslib.lifecycle.evaluation.evaluate import pass_criteria, release_hold
+
+    criteria = pass_criteria("ndcg_at_5", 0.0)
+    assert release_hold(_summary(0.03, 0.004, 0.06), criteria) is None  # the CI excludes 0: releases
+    held = release_hold(_summary(0.012, -0.010, 0.034), criteria)
+    assert held is not None and held.startswith("not significant: ndcg_at_5 delta +0.0120, 95 % CI [-0.0100, +0.0340]")
+    assert "includes 0" in held and "promote" in held
+    stricter = pass_criteria("recall_at_5", 0.01)
+    assert "minimum effect +0.0100" in release_hold(_summary(0.03, 0.004, 0.06), stricter)
+    assert release_hold(_summary(0.012, -0.01, 0.03), PASS_CRITERIA) is None  # stored before the rule: never held
+    with pytest.raises(EvaluationError, match="primary metric"):
+        pass_criteria("map")
+
+
+def test_p_values_are_paired_randomisation_tests_adjusted_by_holm() -> None:
+    from opslib.lifecycle.evaluation.metrics import holm, randomisation_p_value
+
+    consistent = np.array([0.2] * 30 + [0.0] * 10)
+    assert randomisation_p_value(consistent, 2000) < 0.001  # every non-zero change in one direction
+    assert randomisation_p_value(np.zeros(40), 2000) == 1.0
+    balanced = np.array([0.2, -0.2] * 20)
+    assert randomisation_p_value(balanced, 2000) > 0.9
+    assert randomisation_p_value(consistent, 500) == randomisation_p_value(consistent, 500)  # seeded
+    adjusted = holm({"a": 0.01, "b": 0.04, "c": 0.03})
+    # sorted 0.01, 0.03, 0.04 → ×3, ×2, ×1 = 0.03, 0.06, 0.04 → monotone: 0.03, 0.06, 0.06
+    assert adjusted == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
+    assert holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}

@@ -14,22 +14,37 @@ from opslib.ops.bootstrap import init_workspace
 from opslib.settings import Settings
 
 
-def test_rows_pair_each_positive_with_the_highest_confidence_negatives() -> None:
+def test_rows_take_negatives_round_robin_over_sources_hardest_kind_first() -> None:
     group = {
         "query_text": "q",
         "positives": [{"text": "p1", "confidence": 0.8}, {"text": "p2", "confidence": 0.8}],
         "negatives": [
-            {"text": "r1", "confidence": 0.2},
-            {"text": "e1", "confidence": 0.4},
-            {"text": "e2", "confidence": 0.4},
+            {"text": "r1", "confidence": 0.2, "source": "random_same_project"},
+            {"text": "e1", "confidence": 0.4, "source": "exposed_unused"},
+            {"text": "e2", "confidence": 0.4, "source": "exposed_unused"},
         ],
     }
-    rows, used, skipped = training_rows([group, {"query_text": "q2", "positives": [{"text": "x"}], "negatives": []}])
+    mined = [{"text": "m1", "confidence": 0.5, "source": "mined_baseline"}]
+    empty = {"query_text": "q2", "positives": [{"text": "x"}], "negatives": []}
+    rows, report = training_rows([group, empty], [mined, []], negatives_per_row=2)
     assert rows == [
-        {"anchor": "q", "positive": "p1", "negative": "e1"},
-        {"anchor": "q", "positive": "p2", "negative": "e2"},
+        {"anchor": "q", "positive": "p1", "negative_1": "m1", "negative_2": "e1"},
+        {"anchor": "q", "positive": "p2", "negative_1": "m1", "negative_2": "e2"},
     ]
-    assert (used, skipped) == (1, 1)
+    assert (report.groups_used, report.groups_without_negatives) == (1, 1)
+    assert report.as_record()["negatives_in_rows_by_source"] == {"exposed_unused": 2, "mined_baseline": 2}
+    assert report.as_record()["negatives_available_by_source"] == {
+        "exposed_unused": 2,
+        "mined_baseline": 1,
+        "random_same_project": 1,
+    }
+    # one negative per row: the hardest kind first, cycling
+    rows, _ = training_rows([group], None, negatives_per_row=1)
+    assert [r["negative_1"] for r in rows] == ["e1", "e2"]
+    # fewer distinct negatives than columns: repeated, the group is kept
+    single = {**group, "negatives": group["negatives"][:1]}
+    rows, _ = training_rows([single], None, negatives_per_row=2)
+    assert rows[0]["negative_1"] == rows[0]["negative_2"] == "r1"
 
 
 @pytest.mark.sqlite_only(
@@ -44,7 +59,7 @@ def test_training_is_deterministic_and_writes_a_manifest(settings: Settings, enc
     init_workspace(ws)
     dataset = loop_ready(ws)
     expected_mixed = training_mixed_precision(encode_precision, "cpu")  # bf16 only on a CPU that has it
-    params = TrainingParams(epochs=1, batch_size=8, learning_rate=5e-4, max_seq_length=32, seed=3)
+    params = TrainingParams(epochs=2, batch_size=8, learning_rates=(5e-4,), max_seq_length=32, seed=3)
     hashes = []
     for attempt in range(2):
         run_id = request_run(ws.db, trigger_source="manual", trace_id=f"t{attempt}").run_id
@@ -60,6 +75,7 @@ def test_training_is_deterministic_and_writes_a_manifest(settings: Settings, enc
         assert (
             manifest.training_parameters["seed"] == 3
             and manifest.training_parameters["loss"] == "MultipleNegativesRankingLoss"
+            and manifest.training_parameters["selected_epoch"] in (1, 2)
         )
         assert (manifest.training_parameters["device"], manifest.training_parameters["mixed_precision"]) == (
             "cpu",

@@ -255,8 +255,8 @@ def test_run_exits_1_when_the_stage_notebook_fails_and_3_when_it_refuses(
 _DEMO_PARAMETERS = {
     "10_feedback_health": "window_days = 7\nops_execution_id = None",
     "20_build_dataset": "as_of = None\nsource_window_days = 30\nseed = 0\nops_execution_id = None",
-    "30_train_candidate": "run_id = 0\nepochs = 1\nbatch_size = 16\nlearning_rate = 2e-5\n"
-    "max_seq_length = 128\nseed = 0\nops_execution_id = None",
+    "30_train_candidate": "run_id = 0\nepochs = 3\nbatch_size = 16\nlearning_rates = [2e-5]\n"
+    "losses = ['mnrl']\nmax_seq_length = 128\nseed = 0\nops_execution_id = None",
 }
 _ELIGIBLE_DATASET = """
 from datetime import timedelta

@@ -101,6 +101,8 @@ def test_runs_panel_tells_fail_error_and_stalled_apart_and_links_reports(ws: Wor
             failure_reason="30_train_candidate failed at cell 3: OSError",
         )
         _run(session, RunStatus.RUNNING, heartbeat_at=utcnow() - timedelta(hours=2), dataset_version=DATASET)
+        held = _run(session, RunStatus.READY_FOR_RELEASE, release_hold="not significant: ndcg_at_5 delta +0.0100")
+        promoted = _run(session, RunStatus.READY_FOR_RELEASE, release_hold="not significant", promoted_at=utcnow())
         session.add(
             StageExecution(
                 run_id=quality.id,
@@ -115,11 +117,13 @@ def test_runs_panel_tells_fail_error_and_stalled_apart_and_links_reports(ws: Wor
     view = monitor.runs_view(ws)
     outcomes = {r.id: r.outcome for r in view.recent}
     assert outcomes[quality.id] == "FAIL" and outcomes[system.id] == "ERROR"
+    assert (outcomes[held.id], outcomes[promoted.id]) == ("HELD", "PASS")  # a promote lifts the hold
     assert view.running is not None and view.running.stalled and view.running.outcome == "STALLED"
     dashboard = Dashboard(ws, background=False, link_base=tmp_path)
     dashboard.refresh()
     html = shown_html(dashboard.outputs["Runs"])
     assert "quality below criteria" in html and "system error" in html and "STALLED" in html
+    assert "held for a promote — not significant: ndcg_at_5 delta +0.0100" in html
     assert 'href="runs/20261201/x-40_evaluate_candidate.html"' in html
 
 

@@ -3,41 +3,48 @@
 Dense retrieval, exact: each query is embedded by each model and ranked against every chunk of
 its project's READY videos by cosine similarity; the top 5 are scored with ``recall_at_5``,
 ``mrr_at_5`` and ``ndcg_at_5`` (binary relevance: the expected chunk ids). Deltas get paired
-bootstrap 95 % confidence intervals (queries resampled together for both models) and
-win/tie/loss counts. PASS iff every candidate mean ≥ its baseline mean; ``decide`` recomputes
-the verdict from ``quality_metrics`` and ``pass_criteria`` alone.
+bootstrap 95 % confidence intervals (queries resampled together for both models), paired
+randomisation p-values with Holm's correction over the three metrics, and win/tie/loss counts.
+PASS iff every candidate mean ≥ its baseline mean; ``decide`` recomputes the verdict from
+``quality_metrics`` and ``pass_criteria`` alone. The release rule (also in ``pass_criteria``): a
+PASS releases by itself only when the primary metric's CI lower bound is above the minimum effect;
+otherwise the run is READY_FOR_RELEASE but held ("not significant") until an operator promotes it
+(``release_hold`` recomputes that from the stored summary too).
 """
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
-from sqlalchemy import select
 
 from opslib.control.runs import RunError, get_run, mark_failed, mark_ready
-from opslib.corpus.indexing import stored_vectors
 from opslib.db.models import (
-    Chunk,
     Decision,
     FailureType,
     ModelEvaluation,
     ModelVersion,
     RunStage,
     RunStatus,
-    Video,
-    VideoStatus,
 )
 from opslib.errors import Invalid
-from opslib.infra.embedding import Purpose
 from opslib.infra.logs import get_logger
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.dataset.builder import read_groups
+from opslib.lifecycle.evaluation.metrics import (
+    BOOTSTRAP_SEED,
+    METRICS,
+    K,
+    exact_mean,
+    holm,
+    paired_bootstrap,
+    query_metrics,
+    randomisation_p_value,
+)
+from opslib.lifecycle.evaluation.retrieval import project_corpora, rank
 from opslib.lifecycle.evaluation.sets import (
     EvalRecord,
     normalise_query,
@@ -45,40 +52,11 @@ from opslib.lifecycle.evaluation.sets import (
 )
 
 log = get_logger(__name__)
-K = 5
-METRICS = ("recall_at_5", "mrr_at_5", "ndcg_at_5")
 DEFAULT_BOOTSTRAP = 1000
-BOOTSTRAP_SEED = 20261201
 
 
 class EvaluationError(Invalid):
     pass
-
-
-# Metrics ----------------------------------------------------------------------------------
-def query_metrics(ranked: list[str], relevant: set[str], k: int = K) -> dict[str, float]:
-    """recall@k, MRR@k and nDCG@k (binary gains, log2 discount) of one ranked list."""
-    top = ranked[:k]
-    hits = [1.0 if doc in relevant else 0.0 for doc in top]
-    recall = sum(hits) / len(relevant) if relevant else 0.0
-    mrr = next((1.0 / (i + 1) for i, h in enumerate(hits) if h), 0.0)
-    dcg = sum(h / math.log2(i + 2) for i, h in enumerate(hits))
-    idcg = sum(1.0 / math.log2(i + 2) for i in range(min(len(relevant), k)))
-    return {"recall_at_5": recall, "mrr_at_5": mrr, "ndcg_at_5": dcg / idcg if idcg else 0.0}
-
-
-def paired_bootstrap(deltas: np.ndarray, samples: int, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """95 % percentile interval of the mean of ``deltas`` under resampling of queries."""
-    if len(deltas) == 0:
-        return 0.0, 0.0
-    rng = np.random.default_rng(seed)
-    means = np.empty(samples)
-    for start in range(0, samples, 256):  # bounded memory for large query sets
-        block = min(256, samples - start)
-        picks = rng.integers(0, len(deltas), size=(block, len(deltas)))
-        means[start : start + block] = deltas[picks].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
 
 
 PASS_CRITERIA: dict[str, Any] = {
@@ -86,6 +64,20 @@ PASS_CRITERIA: dict[str, Any] = {
     "metrics": list(METRICS),
     "comparison": "candidate_mean >= baseline_mean",
 }
+RELEASE_RULE = (
+    "a PASS releases automatically only when the primary metric's paired-bootstrap 95 % CI lower bound "
+    "is above min_effect; otherwise it is held as not significant until an operator promotes it"
+)
+
+
+def pass_criteria(primary_metric: str = "ndcg_at_5", min_effect: float = 0.0) -> dict[str, Any]:
+    """The verdict rule and the release rule, as stored with every evaluation."""
+    if primary_metric not in METRICS:
+        raise EvaluationError(f"primary metric {primary_metric!r}: must be one of {', '.join(METRICS)}")
+    return {
+        **PASS_CRITERIA,
+        "release": {"primary_metric": primary_metric, "min_effect": min_effect, "rule": RELEASE_RULE},
+    }
 
 
 def decide(quality_metrics: dict[str, Any], pass_criteria: dict[str, Any]) -> tuple[Decision, str | None]:
@@ -99,58 +91,21 @@ def decide(quality_metrics: dict[str, Any], pass_criteria: dict[str, Any]) -> tu
     return Decision.PASS, None
 
 
-# Retrieval --------------------------------------------------------------------------------
-@dataclass
-class _Project:
-    chunk_ids: list[str]
-    texts: list[str]
-
-
-def _project_corpora(ws: Workspace, projects: set[str]) -> dict[str, _Project]:
-    corpora: dict[str, _Project] = {}
-    with ws.db.read() as session:
-        for project in sorted(projects):
-            rows = session.execute(
-                select(Chunk.id, Chunk.enriched_text)
-                .join(Video, Video.id == Chunk.video_id)
-                .where(Video.project_id == project, Video.status == VideoStatus.READY)
-                .order_by(Chunk.id)
-            ).all()
-            corpora[project] = _Project([r[0] for r in rows], [r[1] for r in rows])
-    return corpora
-
-
-def _corpus_vectors(ws: Workspace, model_version: str, corpus: _Project, progress: bool) -> np.ndarray:
-    """The project's chunk vectors: reused from an index of this model when present, else embedded."""
-    stored = stored_vectors(ws, model_version, corpus.chunk_ids)
-    missing = [i for i, c in enumerate(corpus.chunk_ids) if c not in stored]
-    fresh = ws.embeddings.embed(
-        [corpus.texts[i] for i in missing], model_version, Purpose.EVALUATION, show_progress=progress
+def release_hold(quality_metrics: dict[str, Any], pass_criteria: dict[str, Any]) -> str | None:
+    """Why a PASS must wait for an operator (None: it may release itself), from the stored
+    summary alone. Evaluations stored before the release rule existed carry none: never held."""
+    rule = pass_criteria.get("release")
+    if rule is None:
+        return None
+    metric, floor = rule["primary_metric"], float(rule["min_effect"])
+    low, high = quality_metrics["ci95"][metric]
+    if low > floor:
+        return None
+    where = "includes 0" if low <= 0 <= high else f"is not above the minimum effect {floor:+.4f}"
+    return (
+        f"not significant: {metric} delta {quality_metrics['delta'][metric]:+.4f}, 95 % CI "
+        f"[{low:+.4f}, {high:+.4f}] {where} — promote to release it anyway"
     )
-    vectors = dict(zip((corpus.chunk_ids[i] for i in missing), fresh, strict=True))  # one row per text
-    vectors.update(stored)
-    return np.stack([vectors[c] for c in corpus.chunk_ids]).astype(np.float32)
-
-
-def rank(
-    ws: Workspace, model_version: str, records: list[EvalRecord], corpora: dict[str, _Project], progress: bool = False
-) -> list[list[tuple[str, float]]]:
-    """Top-K (chunk id, cosine) per record, exact search over its project's chunks."""
-    results: list[list[tuple[str, float]]] = [[] for _ in records]
-    by_project: dict[str, list[int]] = defaultdict(list)
-    for i, record in enumerate(records):
-        by_project[record.project_id].append(i)
-    for project, indices in by_project.items():
-        corpus = corpora[project]
-        if not corpus.chunk_ids:
-            continue
-        docs = _corpus_vectors(ws, model_version, corpus, progress)
-        queries = ws.embeddings.embed([records[i].query_text for i in indices], model_version, Purpose.EVALUATION)
-        scores = queries @ docs.T  # both L2-normalised: cosine
-        for row, i in enumerate(indices):
-            top = np.argsort(-scores[row], kind="stable")[:K]
-            results[i] = [(corpus.chunk_ids[j], float(scores[row, j])) for j in top]
-    return results
 
 
 # The stage --------------------------------------------------------------------------------
@@ -165,8 +120,21 @@ class EvaluationOutcome:
     detail_key: str
     details: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def headline(self) -> str:
+        """The banner's sentence: the verdict and what happens to the run next."""
+        if self.decision is not Decision.PASS:
+            return f"{self.fail_reason}: run FAILED (FAIL)"
+        hold = self.quality_metrics.get("release", {}).get("hold")
+        if hold:
+            return f"candidate meets every criterion, but {hold}: run READY_FOR_RELEASE, held"
+        metric = self.pass_criteria.get("release", {}).get("primary_metric")
+        low = self.quality_metrics["ci95"][metric][0] if metric else None
+        significant = f" ({metric} 95 % CI lower bound {low:+.4f} > 0)" if low is not None else ""
+        return f"candidate meets every criterion and the lift is significant{significant}: run READY_FOR_RELEASE"
+
     def frame(self) -> Any:
-        """Headline table: baseline, candidate, delta and its CI per metric."""
+        """Headline table: baseline, candidate, delta, its CI and p-values (raw and Holm) per metric."""
         q = self.quality_metrics
         return pd.DataFrame(
             {
@@ -175,6 +143,8 @@ class EvaluationOutcome:
                 "delta": [q["delta"][m] for m in METRICS],
                 "ci95_low": [q["ci95"][m][0] for m in METRICS],
                 "ci95_high": [q["ci95"][m][1] for m in METRICS],
+                "p_value": [q.get("p_value", {}).get(m) for m in METRICS],
+                "p_holm": [q.get("p_value_holm", {}).get(m) for m in METRICS],
                 "wins": [q["win_tie_loss"][m]["win"] for m in METRICS],
                 "ties": [q["win_tie_loss"][m]["tie"] for m in METRICS],
                 "losses": [q["win_tie_loss"][m]["loss"] for m in METRICS],
@@ -220,7 +190,7 @@ def evaluate_run(
             f"evaluation set {evaluation_dataset_ref} shares {overlap} queries with training "
             f"dataset {run.dataset_version}: the comparison would not be fair"
         )
-    corpora = _project_corpora(ws, {r.project_id for r in records})
+    corpora = project_corpora(ws, {r.project_id for r in records})
     baseline = rank(ws, run.baseline_model_version, records, corpora, progress)
     candidate = rank(ws, run.candidate_model_version, records, corpora, progress)
 
@@ -269,7 +239,10 @@ def evaluate_run(
         "baseline_precision": ws.embeddings.precision(run.baseline_model_version),
         "candidate_precision": ws.embeddings.precision(run.candidate_model_version),
     }
-    decision, fail_reason = decide(quality, PASS_CRITERIA)
+    criteria = pass_criteria(ws.settings.release_primary_metric, ws.settings.release_min_effect)
+    decision, fail_reason = decide(quality, criteria)
+    hold = release_hold(quality, criteria) if decision is Decision.PASS else None
+    quality["release"] = {"automatic": decision is Decision.PASS and hold is None, "hold": hold}
 
     detail_key = f"evaluations/run-{run_id:05d}-{evaluation_dataset_ref}/detail.jsonl"
     payload = b"".join(orjson.dumps(d, option=orjson.OPT_SORT_KEYS) + b"\n" for d in details)
@@ -283,7 +256,7 @@ def evaluate_run(
             evaluation_dataset_ref=evaluation_dataset_ref,
             sample_count=evaluated,
             quality_metrics=quality,
-            pass_criteria=PASS_CRITERIA,
+            pass_criteria=criteria,
             overall_decision=decision,
             fail_reason=fail_reason,
             detail_artifact_path=ws.objects.uri(detail_key),
@@ -291,7 +264,7 @@ def evaluate_run(
         session.add(evaluation)
         session.flush()
         if decision is Decision.PASS:
-            mark_ready(session, run_id, evaluation_id=evaluation.id)
+            mark_ready(session, run_id, evaluation_id=evaluation.id, release_hold=hold)
         else:
             mark_failed(
                 session,
@@ -303,15 +276,7 @@ def evaluate_run(
             )
         evaluation_id = evaluation.id
     log.info("run evaluated", extra={"run_id": run_id, "decision": decision.value, "evaluation_id": evaluation_id})
-    return EvaluationOutcome(run_id, evaluation_id, decision, fail_reason, quality, PASS_CRITERIA, detail_key, details)
-
-
-def _mean(values: np.ndarray) -> float:
-    """The mean over an exactly rounded sum (``math.fsum``): it does not depend on the order of
-    the queries, so a candidate whose per-query values are the baseline's reshuffled (as many
-    wins as losses, of the same sizes) ties it exactly and passes (≥). ``ndarray.mean`` could put
-    it an ulp below and fail it as "0.4750 < 0.4750"."""
-    return math.fsum(values.tolist()) / len(values)
+    return EvaluationOutcome(run_id, evaluation_id, decision, fail_reason, quality, criteria, detail_key, details)
 
 
 def _summarise(per_query: dict[str, dict[str, list[float]]], samples: int) -> dict[str, Any]:
@@ -321,6 +286,7 @@ def _summarise(per_query: dict[str, dict[str, list[float]]], samples: int) -> di
         "delta": {},
         "ci95": {},
         "win_tie_loss": {},
+        "p_value": {},
         "bootstrap_samples": samples,
         "bootstrap_seed": BOOTSTRAP_SEED,
     }
@@ -328,15 +294,19 @@ def _summarise(per_query: dict[str, dict[str, list[float]]], samples: int) -> di
         base = np.asarray(per_query["baseline"][m])
         cand = np.asarray(per_query["candidate"][m])
         deltas = cand - base
-        summary["baseline"][m] = _mean(base)
-        summary["candidate"][m] = _mean(cand)
-        summary["delta"][m] = _mean(deltas)
+        summary["baseline"][m] = exact_mean(base)
+        summary["candidate"][m] = exact_mean(cand)
+        summary["delta"][m] = exact_mean(deltas)
         summary["ci95"][m] = list(paired_bootstrap(deltas, samples))
+        summary["p_value"][m] = randomisation_p_value(deltas, samples)
         summary["win_tie_loss"][m] = {
             "win": int((deltas > 1e-12).sum()),
             "tie": int((np.abs(deltas) <= 1e-12).sum()),
             "loss": int((deltas < -1e-12).sum()),
         }
+    # Three metrics are tested at once: Holm's correction keeps the family-wise error at 5 %.
+    summary["p_value_holm"] = holm(summary["p_value"])
+    summary["p_value_test"] = "paired randomisation (sign flips), two-sided; Holm-adjusted over the three metrics"
     return summary
 
 

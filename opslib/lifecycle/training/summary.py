@@ -1,0 +1,57 @@
+"""Tables of a training run's selection record (``selection.json``) for the stage-30 report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from opslib.lifecycle.evaluation.metrics import METRICS
+
+
+def selection_frame(selection: dict[str, Any]) -> pd.DataFrame:
+    """One row per configuration (its kept epoch's validation metrics), and the baseline's row."""
+    rows = []
+    baseline = selection.get("baseline_validation")
+    if baseline:
+        rows.append({"configuration": "baseline (no training)", "epochs run": 0, "kept epoch": "—", **baseline})
+    for index, result in enumerate(selection.get("configurations", [])):
+        kept = result["epochs"][result["best_epoch"] - 1] if result["best_epoch"] else None
+        rows.append(
+            {
+                "configuration": result["label"] + ("  ← selected" if index == selection["selected"] else ""),
+                "epochs run": len(result["epochs"]),
+                "kept epoch": result["best_epoch"],
+                **({m: kept["metrics"][m] for m in METRICS} if kept else {}),
+                "stopped early": result["stopped_early"],
+                "steps": result["steps"],
+                "seconds": result["seconds"],
+            }
+        )
+    return pd.DataFrame(rows).set_index("configuration")
+
+
+def epoch_frame(selection: dict[str, Any], metric: str) -> pd.DataFrame:
+    """Validation ``metric`` per epoch (rows) and configuration (columns); epoch 0 is the baseline."""
+    columns: dict[str, dict[int, float]] = {}
+    baseline = (selection.get("baseline_validation") or {}).get(metric)
+    for result in selection.get("configurations", []):
+        series = {e["epoch"]: e["metrics"][metric] for e in result["epochs"]}
+        if baseline is not None:
+            series[0] = baseline
+        columns[result["label"]] = series
+    frame = pd.DataFrame(columns).sort_index()
+    frame.index.name = "epoch"
+    return frame
+
+
+def negatives_frame(selection: dict[str, Any]) -> pd.DataFrame:
+    """Negatives per source: available to training (dataset + mined) and placed in rows."""
+    rows = selection.get("rows", {})
+    available = rows.get("negatives_available_by_source", {})
+    used = rows.get("negatives_in_rows_by_source", {})
+    sources = sorted(set(available) | set(used))
+    return pd.DataFrame(
+        {"available": [available.get(s, 0) for s in sources], "in training rows": [used.get(s, 0) for s in sources]},
+        index=pd.Index(sources, name="source"),
+    )
