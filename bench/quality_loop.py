@@ -87,14 +87,61 @@ def show(result: dict) -> None:
         f"  verdict {evaluation.overall_decision.value}"
         + (f" — {evaluation.fail_reason}" if evaluation.fail_reason else "")
     )
-    print(f"  {'metric':<12} {'baseline':>9} {'candidate':>10} {'delta':>8}   95 % CI of delta     win/tie/loss")
-    for m in METRICS:
-        low, high = q["ci95"][m]
-        wtl = q["win_tie_loss"][m]
+    release = q.get("release", {})
+    if evaluation.overall_decision.value == "PASS":
         print(
-            f"  {m:<12} {q['baseline'][m]:9.4f} {q['candidate'][m]:10.4f} {q['delta'][m]:+8.4f}   "
-            f"[{low:+.4f}, {high:+.4f}]   {wtl['win']}/{wtl['tie']}/{wtl['loss']}"
+            "  release: " + ("automatic (significant)" if release.get("automatic") else f"held — {release.get('hold')}")
         )
+    for title, block in (("dense (the verdict)", q), ("hybrid serving path (shown)", q.get("hybrid"))):
+        if not block:
+            continue
+        print(f"  {title}")
+        print(
+            f"  {'metric':<12} {'baseline':>9} {'candidate':>10} {'delta':>8}   95 % CI of delta     p (Holm)   win/tie/loss"
+        )
+        for m in METRICS:
+            low, high = block["ci95"][m]
+            wtl = block["win_tie_loss"][m]
+            p = block.get("p_value_holm", {}).get(m)
+            print(
+                f"  {m:<12} {block['baseline'][m]:9.4f} {block['candidate'][m]:10.4f} {block['delta'][m]:+8.4f}   "
+                f"[{low:+.4f}, {high:+.4f}]   {p if p is None else f'{p:.4f}':>8}   {wtl['win']}/{wtl['tie']}/{wtl['loss']}"
+            )
+    guard = q.get("guard")
+    if guard:
+        m = guard["metric"]
+        print(
+            f"  guard {guard['evaluation_dataset_ref']} ({guard['queries']} queries): {m} {guard['baseline'][m]:.4f} → "
+            f"{guard['candidate'][m]:.4f} ({guard['delta'][m]:+.4f}; fails below −{guard['max_drop']})"
+        )
+
+
+def significant(result: dict) -> bool:
+    """recall@5's or nDCG@5's 95 % CI lies above 0."""
+    evaluation = result["evaluation"]
+    if evaluation is None:
+        return False
+    ci = evaluation.quality_metrics["ci95"]
+    return ci["recall_at_5"][0] > 0 or ci["ndcg_at_5"][0] > 0
+
+
+def targets(honest: dict, broken: dict) -> list[tuple[str, str, bool]]:
+    """(target, what happened, met) — printed as the run's table."""
+    released = bool(honest["evaluation"] and honest["evaluation"].quality_metrics.get("release", {}).get("automatic"))
+    return [
+        ("honest candidate PASSes", verdict(honest), verdict(honest) == "PASS"),
+        (
+            "its recall@5 or nDCG@5 CI excludes 0",
+            "yes" if significant(honest) else "no",
+            significant(honest),
+        ),
+        (
+            "released automatically only if significant",
+            f"{'released' if released else 'held or not passed'}",
+            not released or significant(honest),
+        ),
+        ("shuffled control FAILs", verdict(broken), verdict(broken) == "FAIL"),
+    ]
 
 
 def main() -> int:
@@ -114,7 +161,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="query split, traffic, dataset and training seed")
     parser.add_argument(
         "--expect",
-        choices=["pass-then-fail", "control-fails"],
+        choices=["pass-then-fail", "significant-pass-then-fail", "control-fails"],
         help="what exits 0 (default pass-then-fail, also with --quick) — see check()",
     )
     args = parser.parse_args()
@@ -186,6 +233,9 @@ def main() -> int:
     broken = run_pipeline(ws, "broken candidate (positives shuffled across groups)")
     show(broken)
     print(f"\nreports: {settings.runs_dir}")
+    print("\ntarget                                          result              met")
+    for target, result, met in targets(honest, broken):
+        print(f"{target:<47} {result:<19} {'yes' if met else 'NO'}")
     expect = args.expect or "pass-then-fail"
     ok, why = check(expect, honest, broken)
     print(f"expectation {expect}: {why} — {'as expected' if ok else 'UNEXPECTED'}")
@@ -194,12 +244,16 @@ def main() -> int:
 
 
 def check(expect: str, honest: dict, broken: dict) -> tuple[bool, str]:
-    """``pass-then-fail``: the honest candidate PASSes and the control FAILs. ``control-fails``:
+    """``pass-then-fail``: the honest candidate PASSes and the control FAILs;
+    ``significant-pass-then-fail``: the same, with the honest lift's recall@5 or nDCG@5 CI above 0. ``control-fails``:
     the control FAILs and the honest candidate beats it on every metric (its own verdict is
     shown but not required)."""
     verdicts = f"got {verdict(honest)} then {verdict(broken)}"
     if expect == "pass-then-fail":
         return (verdict(honest), verdict(broken)) == ("PASS", "FAIL"), f"PASS then FAIL expected, {verdicts}"
+    if expect == "significant-pass-then-fail":
+        ok = (verdict(honest), verdict(broken)) == ("PASS", "FAIL") and significant(honest)
+        return ok, f"a significant PASS then FAIL expected, {verdicts}, significant {significant(honest)}"
     if honest["evaluation"] is None or verdict(broken) != "FAIL":
         return False, f"control FAIL expected, {verdicts}"
     mine = honest["evaluation"].quality_metrics["candidate"]

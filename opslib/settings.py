@@ -108,6 +108,15 @@ class Settings(BaseSettings):
     release_primary_metric: Literal["recall_at_5", "mrr_at_5", "ndcg_at_5"] = Field(
         default="ndcg_at_5", description="the metric whose CI decides whether a PASS releases on its own"
     )
+    guard_max_drop: float = Field(
+        default=0.02,
+        ge=0.0,
+        le=1.0,
+        description="a candidate whose primary metric drops by more than this on the guard set fails (forgetting)",
+    )
+    guard_builtin: bool = Field(
+        default=True, description="with no guard set registered, register the built-in corpus's as one"
+    )
     release_min_effect: float = Field(
         default=0.0,
         ge=0.0,

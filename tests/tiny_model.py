@@ -45,7 +45,7 @@ def build_blind_model(source: Path, target: Path) -> Path:
     """A copy of ``source`` that reads no text: ``max_seq_length`` 2 truncates every text to the
     same two tokens, ``[CLS] [SEP]``, so all embed alike and evaluation ranks chunks in its tie order
     (chunk id). The weights are ``source``'s, and a candidate trained from it reads text again
-    (training saves its own ``max_seq_length``): as a base it makes the candidate PASS."""
+    (it reads as far as it was trained to, at least): as a base it makes the candidate PASS."""
     shutil.copytree(source, target)
     config = target / "sentence_bert_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "max_seq_length": 2}))

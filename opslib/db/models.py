@@ -301,6 +301,9 @@ class EvaluationDataset(Base):
     storage_path: Mapped[str] = mapped_column(String(1024))
     sample_count: Mapped[int] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(String(512))
+    # Not in the base data model: "evaluation" (judges candidates) or "guard" (a general set with
+    # its own stored corpus that catches forgetting; opslib.lifecycle.evaluation.guard).
+    role: Mapped[str] = mapped_column(String(16), default="evaluation", server_default="evaluation")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -95,6 +95,15 @@ def record_error_classes() -> bool:
     return True
 
 
+def show_tables_whole() -> None:
+    """Reports show evidence whole: no cell of a table cut to pandas' 50 characters, no row or
+    column elided (a stage's tables are small; what is large is summarised before it is shown)."""
+    import pandas as pd
+
+    pd.set_option("display.max_colwidth", None)
+    pd.set_option("display.max_columns", None)
+
+
 def open_stage(stage: str, params: dict[str, Any], execution_id: int | None = None) -> StageContext:
     """Validate ``params`` and open the workspace the runner (or the operator's env) points at."""
     record_error_classes()
@@ -106,6 +115,7 @@ def open_stage(stage: str, params: dict[str, Any], execution_id: int | None = No
     else:
         configure_logging("WARNING")
     validated = validate_params(stage, params)
+    show_tables_whole()
     ws = open_workspace(settings)
     require_current(ws.db)
     run_id, trace_id = None, new_trace_id()

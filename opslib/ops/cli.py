@@ -303,8 +303,17 @@ def cmd_change_precision(args: argparse.Namespace) -> int:
 
 def cmd_register_eval(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
-    if bool(args.corpus) == bool(args.file):
-        raise CliError("give exactly one of --corpus NAME or --file PATH")
+    if sum(bool(x) for x in (args.corpus, args.file, args.guard)) != 1:
+        raise CliError("give exactly one of --corpus NAME, --file PATH or --guard BEIR_FOLDER")
+    if args.guard:
+        from opslib.corpus.beir import read_beir
+        from opslib.lifecycle.evaluation.guard import register_guard_set
+
+        folder = Path(args.guard)
+        spec = read_beir(folder, args.name or folder.resolve().name.lower())
+        ref = register_guard_set(ws, spec, source=f"guard: BEIR folder {folder.resolve()} (reserved queries)")
+        print(f"guard set {ref}: {spec.name}, reserved queries with their own passages (the newest guard set is used)")
+        return 0
     if args.corpus:
         records, source = records_from_corpus(ws, args.corpus), f"corpus {args.corpus}: reserved queries"
     else:
@@ -521,6 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("register-eval", cmd_register_eval, "register an immutable evaluation set (disjoint from traffic)")
     sub.add_argument("--corpus", help="an imported corpus: use its reserved queries")
     sub.add_argument("--file", help="a JSONL or CSV file with query_text, project_id, expected_results")
+    sub.add_argument(
+        "--guard", help="a BEIR folder registered as the guard set (its reserved 30 %% of queries, its own passages)"
+    )
+    sub.add_argument("--name", help="with --guard: the corpus name ids are built from (default: the folder's name)")
 
     add("report", cmd_report, "rebuild runs/index.html, the run index for reviewers")
 

@@ -428,6 +428,7 @@ ADDED_LATER: dict[str, dict[str, Callable[[dict[str, Any]], Any]]] = {
     "stage_executions": {"outputs": lambda row: None},  # 0006
     "model_versions": {"encode_precision": lambda row: "fp32"},  # 0007: every older model encoded in fp32
     "vector_index_entries": {"encode_precision": lambda row: "fp32"},
+    "evaluation_datasets": {"role": lambda row: "evaluation"},  # 0008: every older set judged candidates
 }
 
 

@@ -251,3 +251,17 @@ def test_the_kernel_gets_the_offline_flags_and_this_process_keeps_its_environmen
         assert (os.environ["HF_HUB_OFFLINE"], os.environ["TRANSFORMERS_OFFLINE"]) == ("1", "1")
         assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
     assert dict(os.environ) == before
+
+
+def test_stage_reports_show_table_cells_whole() -> None:
+    import pandas as pd
+
+    from opslib.execution import display
+    from opslib.execution.context import show_tables_whole
+
+    long = " — ".join(["sha256(seed, project, normalised query) < share; whole queries only"] * 3)
+    with pd.option_context("display.max_colwidth", 50, "display.max_columns", 20):
+        table = display.facts("split", {"rule": long})
+        assert long not in table._repr_html_()  # pandas' default cuts it
+        show_tables_whole()
+        assert long.replace("<", "&lt;") in table._repr_html_()

@@ -503,6 +503,7 @@ def test_the_same_weights_at_another_precision_are_judged_at_that_precision(run_
         "device": "cpu",
         "baseline_precision": base,
         "candidate_precision": other,
+        "precision_change_only": True,  # the base's own weights
     }
     scores = [
         (row["baseline"]["returned"][0]["score"], row["candidate"]["returned"][0]["score"])
@@ -522,6 +523,14 @@ def test_a_broken_candidate_fails_with_fail(run_ws, tiny_model_dir: Path, tmp_pa
     assert outcome.decision is Decision.FAIL and "candidate below baseline" in (outcome.fail_reason or "")
     q = outcome.quality_metrics
     assert all(q["candidate"][m] == 0.0 < q["baseline"][m] for m in METRICS)
+    # The hybrid serving path, shown beside: keyword search still finds answers for the blind
+    # candidate (what users would actually get).
+    hybrid = q["hybrid"]
+    assert hybrid["candidate"]["recall_at_5"] > 0.0
+    assert set(hybrid) >= {"baseline", "candidate", "delta", "ci95", "p_value", "p_value_holm", "win_tie_loss"}
+    assert all(sum(hybrid["win_tie_loss"][m].values()) == q["coverage"]["evaluated"] for m in METRICS)
+    assert list(outcome.hybrid_frame().index) == list(METRICS)
+    assert q["guard"]["forgetting"] and "forgetting: on guard set" in outcome.fail_reason  # it reads nothing anywhere
     run = get_run(ws.db, run_id)
     assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.EVALUATION, FailureType.FAIL)
     assert run.evaluation_id == outcome.evaluation_id
@@ -586,6 +595,14 @@ def test_the_release_rule_holds_a_pass_whose_interval_reaches_the_minimum_effect
     stricter = pass_criteria("recall_at_5", 0.01)
     assert "minimum effect +0.0100" in release_hold(_summary(0.03, 0.004, 0.06), stricter)
     assert release_hold(_summary(0.012, -0.01, 0.03), PASS_CRITERIA) is None  # stored before the rule: never held
+    # significant alone, but worse on the hybrid serving path (what users get): held too
+    worse_for_users = {**_summary(0.03, 0.004, 0.06), "hybrid": _summary(-0.015, -0.03, 0.0)}
+    held = release_hold(worse_for_users, criteria)
+    assert held is not None and held.startswith("worse where users search: on the hybrid serving path ndcg_at_5 falls")
+    # the serving model's own weights at another precision: released when no worse
+    precision_change = {**_summary(0.0, 0.0, 0.0), "encoding": {"precision_change_only": True}}
+    assert release_hold(precision_change, criteria) is None
+    assert release_hold({**worse_for_users, "hybrid": _summary(0.0, -0.01, 0.01)}, criteria) is None
     with pytest.raises(EvaluationError, match="primary metric"):
         pass_criteria("map")
 

@@ -96,14 +96,9 @@ def test_mined_negatives_are_never_positives_neighbours_or_near_duplicates(ws: W
     assert strict.mined < report.mined and strict.excluded["above_margin"] > 0
 
 
-@pytest.mark.sqlite_only(
-    reason="the kept epoch is training's property; training's rows are checked on PostgreSQL by "
-    "tests/execution/test_worker.py"
-)
-def test_the_best_epoch_is_the_one_kept(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Validation scores scripted to peak at epoch 2 of 3: the artifact holds epoch 2's weights."""
-    loop_ready(ws)
-    scripted = iter([0.2, 0.9, 0.5])
+def _script_validation(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -> None:
+    """Validation returns ``scores`` in turn (the same value for each metric), training stays real."""
+    scripted = iter(scores)
     real_fit = fit_module.fit_configuration
 
     def scripted_fit(model, guide, rows, configuration, settings, score):  # type: ignore[no-untyped-def]
@@ -114,6 +109,16 @@ def test_the_best_epoch_is_the_one_kept(ws: Workspace, monkeypatch: pytest.Monke
         return real_fit(model, guide, rows, configuration, settings, fake)
 
     monkeypatch.setattr("opslib.lifecycle.training.stage.fit_configuration", scripted_fit)
+
+
+@pytest.mark.sqlite_only(
+    reason="the kept epoch is training's property; training's rows are checked on PostgreSQL by "
+    "tests/execution/test_worker.py"
+)
+def test_the_best_epoch_is_the_one_kept(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation scores scripted to peak at epoch 2 of 3: the artifact holds epoch 2's weights."""
+    loop_ready(ws)
+    _script_validation(monkeypatch, [0.2, 0.9, 0.5])
     run_id = request_run(ws.db, trigger_source="manual", trace_id="best-epoch").run_id
     params = TrainingParams(epochs=3, patience=2, batch_size=8, learning_rates=(5e-4,), max_seq_length=32)
     report = train_candidate(ws, run_id, params, progress=False)
@@ -138,17 +143,7 @@ def test_the_best_epoch_is_the_one_kept(ws: Workspace, monkeypatch: pytest.Monke
 def test_early_stop_and_the_best_configuration_wins(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     loop_ready(ws)
     # configuration 1: 0.3, 0.2 (stops after patience 1); configuration 2: 0.4, 0.6, 0.1
-    scripted = iter([0.3, 0.2, 0.4, 0.6, 0.1])
-    real_fit = fit_module.fit_configuration
-
-    def scripted_fit(model, guide, rows, configuration, settings, score):  # type: ignore[no-untyped-def]
-        def fake(m):  # type: ignore[no-untyped-def]
-            value = next(scripted)
-            return {"recall_at_5": value, "mrr_at_5": value, "ndcg_at_5": value}
-
-        return real_fit(model, guide, rows, configuration, settings, fake)
-
-    monkeypatch.setattr("opslib.lifecycle.training.stage.fit_configuration", scripted_fit)
+    _script_validation(monkeypatch, [0.3, 0.2, 0.4, 0.6, 0.1])
     run_id = request_run(ws.db, trigger_source="manual", trace_id="grid").run_id
     params = TrainingParams(epochs=3, batch_size=8, learning_rates=(1e-4, 5e-4), max_seq_length=32)
     report = train_candidate(ws, run_id, params, progress=False)

@@ -314,3 +314,24 @@ def test_demo_exits_1_when_a_step_fails(
         assert "run 1: FAILED — TRAINING ERROR: 30_train_candidate failed at cell 2: RuntimeError" in out
     else:
         assert "no eligible dataset: nothing to train" in out
+
+
+def test_register_eval_guard_registers_a_guard_set_with_its_corpus(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from opslib.infra.workspace import open_workspace
+    from opslib.lifecycle.evaluation.guard import guard_set
+    from opslib.lifecycle.evaluation.sets import corpus_key
+
+    _env(tmp_path, tiny_model_dir, monkeypatch)
+    assert main(["init", "--quiet"]) == 0
+    capsys.readouterr()
+    folder = write_beir(tmp_path / "general", n_queries=40)
+    assert main(["register-eval", "--guard", str(folder), "--name", "general"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("guard set eval-") and "general" in out
+    ws = open_workspace()
+    ref = guard_set(ws, register_builtin=False)
+    assert ref is not None and ref in out and ws.objects.exists(corpus_key(ref))
+    assert main(["register-eval", "--guard", str(folder), "--corpus", "x"]) == 2
+    assert "exactly one of" in capsys.readouterr().err

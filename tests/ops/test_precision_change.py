@@ -98,7 +98,9 @@ def test_a_precision_change_is_evaluated_against_the_serving_model_and_released_
             "device": "cpu",
             "baseline_precision": "fp32",
             "candidate_precision": "bf16",
+            "precision_change_only": True,
         }
+        assert evaluation.quality_metrics["release"] == {"automatic": True, "hold": None}  # no lift needed
         assert evaluation.overall_decision is Decision.PASS
         assert decide(evaluation.quality_metrics, evaluation.pass_criteria) == (Decision.PASS, None)
         assert all(evaluation.quality_metrics["delta"][m] == 0 for m in evaluation.pass_criteria["metrics"])

@@ -32,8 +32,10 @@ from opslib.db.models import (
 )
 from opslib.errors import Invalid
 from opslib.infra.logs import get_logger
+from opslib.infra.model_artifacts import read_manifest
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.dataset.builder import read_groups
+from opslib.lifecycle.evaluation.guard import guard_set, score_guard
 from opslib.lifecycle.evaluation.metrics import (
     BOOTSTRAP_SEED,
     METRICS,
@@ -44,7 +46,7 @@ from opslib.lifecycle.evaluation.metrics import (
     query_metrics,
     randomisation_p_value,
 )
-from opslib.lifecycle.evaluation.retrieval import project_corpora, rank
+from opslib.lifecycle.evaluation.retrieval import hybrid_top, project_corpora, rank
 from opslib.lifecycle.evaluation.sets import (
     EvalRecord,
     normalise_query,
@@ -53,6 +55,7 @@ from opslib.lifecycle.evaluation.sets import (
 
 log = get_logger(__name__)
 DEFAULT_BOOTSTRAP = 1000
+VECTOR_K = 20  # the serving path's vector candidates (DESIGN: vector top-20 into the fusion)
 
 
 class EvaluationError(Invalid):
@@ -66,46 +69,87 @@ PASS_CRITERIA: dict[str, Any] = {
 }
 RELEASE_RULE = (
     "a PASS releases automatically only when the primary metric's paired-bootstrap 95 % CI lower bound "
-    "is above min_effect; otherwise it is held as not significant until an operator promotes it"
+    "is above min_effect and, on the hybrid serving path, the primary metric does not fall; otherwise "
+    "it is held until an operator promotes it"
 )
 
 
-def pass_criteria(primary_metric: str = "ndcg_at_5", min_effect: float = 0.0) -> dict[str, Any]:
-    """The verdict rule and the release rule, as stored with every evaluation."""
+GUARD_RULE = (
+    "FAIL (forgetting) when the candidate's metric on the guard set is below the baseline's by more than max_drop"
+)
+
+
+def pass_criteria(
+    primary_metric: str = "ndcg_at_5",
+    min_effect: float = 0.0,
+    guard_ref: str | None = None,
+    guard_max_drop: float = 0.02,
+) -> dict[str, Any]:
+    """The verdict rule, the guard and the release rule, as stored with every evaluation."""
     if primary_metric not in METRICS:
         raise EvaluationError(f"primary metric {primary_metric!r}: must be one of {', '.join(METRICS)}")
-    return {
+    criteria = {
         **PASS_CRITERIA,
         "release": {"primary_metric": primary_metric, "min_effect": min_effect, "rule": RELEASE_RULE},
     }
+    if guard_ref is not None:
+        criteria["guard"] = {
+            "evaluation_dataset_ref": guard_ref,
+            "metric": primary_metric,
+            "max_drop": guard_max_drop,
+            "rule": GUARD_RULE,
+        }
+    return criteria
 
 
 def decide(quality_metrics: dict[str, Any], pass_criteria: dict[str, Any]) -> tuple[Decision, str | None]:
     """The verdict from the stored summary alone (so anyone can re-check it)."""
+    reasons = []
     failing = [m for m in pass_criteria["metrics"] if quality_metrics["candidate"][m] < quality_metrics["baseline"][m]]
     if failing:
         detail = ", ".join(
             f"{m} {quality_metrics['candidate'][m]:.4f} < {quality_metrics['baseline'][m]:.4f}" for m in failing
         )
-        return Decision.FAIL, f"candidate below baseline: {detail}"
+        reasons.append(f"candidate below baseline: {detail}")
+    rule, guard = pass_criteria.get("guard"), quality_metrics.get("guard")
+    if rule is not None and guard is not None:
+        metric, drop = rule["metric"], float(rule["max_drop"])
+        if guard["delta"][metric] < -drop:
+            reasons.append(
+                f"forgetting: on guard set {rule['evaluation_dataset_ref']} {metric} fell "
+                f"{guard['baseline'][metric]:.4f} → {guard['candidate'][metric]:.4f} "
+                f"({guard['delta'][metric]:+.4f}, more than the allowed {drop:.4f})"
+            )
+    if reasons:
+        return Decision.FAIL, "; ".join(reasons)
     return Decision.PASS, None
 
 
 def release_hold(quality_metrics: dict[str, Any], pass_criteria: dict[str, Any]) -> str | None:
     """Why a PASS must wait for an operator (None: it may release itself), from the stored
-    summary alone. Evaluations stored before the release rule existed carry none: never held."""
+    summary alone. Evaluations stored before the release rule existed carry none: never held; nor
+    is a precision change of the serving model's own weights (no lift to be significant: it
+    releases when it is no worse)."""
     rule = pass_criteria.get("release")
-    if rule is None:
+    if rule is None or quality_metrics.get("encoding", {}).get("precision_change_only"):
         return None
     metric, floor = rule["primary_metric"], float(rule["min_effect"])
     low, high = quality_metrics["ci95"][metric]
-    if low > floor:
-        return None
-    where = "includes 0" if low <= 0 <= high else f"is not above the minimum effect {floor:+.4f}"
-    return (
-        f"not significant: {metric} delta {quality_metrics['delta'][metric]:+.4f}, 95 % CI "
-        f"[{low:+.4f}, {high:+.4f}] {where} — promote to release it anyway"
-    )
+    if low <= floor:
+        where = "includes 0" if low <= 0 <= high else f"is not above the minimum effect {floor:+.4f}"
+        return (
+            f"not significant: {metric} delta {quality_metrics['delta'][metric]:+.4f}, 95 % CI "
+            f"[{low:+.4f}, {high:+.4f}] {where} — promote to release it anyway"
+        )
+    hybrid = quality_metrics.get("hybrid")
+    if hybrid is not None and hybrid["delta"][metric] < 0:
+        # What users get is the hybrid path: a model that wins alone but loses there is not shipped unseen.
+        return (
+            f"worse where users search: on the hybrid serving path {metric} falls "
+            f"{hybrid['baseline'][metric]:.4f} → {hybrid['candidate'][metric]:.4f} "
+            f"({hybrid['delta'][metric]:+.4f}) — promote to release it anyway"
+        )
+    return None
 
 
 # The stage --------------------------------------------------------------------------------
@@ -133,24 +177,53 @@ class EvaluationOutcome:
         significant = f" ({metric} 95 % CI lower bound {low:+.4f} > 0)" if low is not None else ""
         return f"candidate meets every criterion and the lift is significant{significant}: run READY_FOR_RELEASE"
 
-    def frame(self) -> Any:
-        """Headline table: baseline, candidate, delta, its CI and p-values (raw and Holm) per metric."""
-        q = self.quality_metrics
+    def hybrid_frame(self) -> Any:
+        """The same table for the hybrid serving path (keyword + dense, RRF, top 5)."""
+        return _frame(self.quality_metrics["hybrid"]) if "hybrid" in self.quality_metrics else pd.DataFrame()
+
+    def guard_frame(self) -> Any:
+        """The guard set: baseline, candidate, delta and its CI per metric."""
+        guard = self.quality_metrics.get("guard")
+        if guard is None:
+            return pd.DataFrame()
         return pd.DataFrame(
             {
-                "baseline": [q["baseline"][m] for m in METRICS],
-                "candidate": [q["candidate"][m] for m in METRICS],
-                "delta": [q["delta"][m] for m in METRICS],
-                "ci95_low": [q["ci95"][m][0] for m in METRICS],
-                "ci95_high": [q["ci95"][m][1] for m in METRICS],
-                "p_value": [q.get("p_value", {}).get(m) for m in METRICS],
-                "p_holm": [q.get("p_value_holm", {}).get(m) for m in METRICS],
-                "wins": [q["win_tie_loss"][m]["win"] for m in METRICS],
-                "ties": [q["win_tie_loss"][m]["tie"] for m in METRICS],
-                "losses": [q["win_tie_loss"][m]["loss"] for m in METRICS],
+                "baseline": [guard["baseline"][m] for m in METRICS],
+                "candidate": [guard["candidate"][m] for m in METRICS],
+                "delta": [guard["delta"][m] for m in METRICS],
+                "ci95_low": [guard["ci95"][m][0] for m in METRICS],
+                "ci95_high": [guard["ci95"][m][1] for m in METRICS],
             },
             index=list(METRICS),
         ).round(4)
+
+    def frame(self) -> Any:
+        """Headline table: baseline, candidate, delta, its CI and p-values (raw and Holm) per metric."""
+        return _frame(self.quality_metrics)
+
+
+def _frame(q: dict[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "baseline": [q["baseline"][m] for m in METRICS],
+            "candidate": [q["candidate"][m] for m in METRICS],
+            "delta": [q["delta"][m] for m in METRICS],
+            "ci95_low": [q["ci95"][m][0] for m in METRICS],
+            "ci95_high": [q["ci95"][m][1] for m in METRICS],
+            "p_value": [q.get("p_value", {}).get(m) for m in METRICS],
+            "p_holm": [q.get("p_value_holm", {}).get(m) for m in METRICS],
+            "wins": [q["win_tie_loss"][m]["win"] for m in METRICS],
+            "ties": [q["win_tie_loss"][m]["tie"] for m in METRICS],
+            "losses": [q["win_tie_loss"][m]["loss"] for m in METRICS],
+        },
+        index=list(METRICS),
+    ).round(4)
+
+
+def _weights(ws: Workspace, model_version: str) -> dict[str, str]:
+    """The hashes of a version's weight files (not its config or manifest)."""
+    files = read_manifest(ws, model_version).files
+    return {path: digest for path, digest in files.items() if path.endswith((".safetensors", ".bin"))}
 
 
 def training_overlap(ws: Workspace, dataset_version: str, records: list[EvalRecord]) -> int:
@@ -191,8 +264,13 @@ def evaluate_run(
             f"dataset {run.dataset_version}: the comparison would not be fair"
         )
     corpora = project_corpora(ws, {r.project_id for r in records})
-    baseline = rank(ws, run.baseline_model_version, records, corpora, progress)
-    candidate = rank(ws, run.candidate_model_version, records, corpora, progress)
+    # Dense top-20 per model: its top 5 is what is judged; all 20 feed the hybrid serving path.
+    baseline_20 = rank(ws, run.baseline_model_version, records, corpora, progress, k=VECTOR_K)
+    candidate_20 = rank(ws, run.candidate_model_version, records, corpora, progress, k=VECTOR_K)
+    baseline = [ranked[:K] for ranked in baseline_20]
+    candidate = [ranked[:K] for ranked in candidate_20]
+    shown = {"baseline": hybrid_top(ws, records, baseline_20), "candidate": hybrid_top(ws, records, candidate_20)}
+    hybrid: dict[str, dict[str, list[float]]] = {name: {m: [] for m in METRICS} for name in shown}
 
     details: list[dict[str, Any]] = []
     per_query: dict[str, dict[str, list[float]]] = {
@@ -201,12 +279,16 @@ def evaluate_run(
     }
     unjudged = {"baseline": 0, "candidate": 0}
     evaluated = skipped = 0
-    for record, base, cand in zip(records, baseline, candidate, strict=True):  # rank: one list per record
+    for i, (record, base, cand) in enumerate(zip(records, baseline, candidate, strict=True)):  # one list per record
         relevant = set(record.expected_results) & set(corpora[record.project_id].chunk_ids)
         if not relevant:
             skipped += 1  # its expected chunks are gone: the query cannot be judged
             continue
         evaluated += 1
+        for name, lists in shown.items():
+            metrics = query_metrics(lists[i], relevant)
+            for m in METRICS:
+                hybrid[name][m].append(metrics[m])
         row: dict[str, Any] = {
             "query_text": record.query_text,
             "project_id": record.project_id,
@@ -226,6 +308,8 @@ def evaluate_run(
         )
 
     quality = _summarise(per_query, bootstrap_samples)
+    # What users get: the same queries through the hybrid serving path (shown, not judged).
+    quality["hybrid"] = _summarise(hybrid, bootstrap_samples)
     quality["coverage"] = {
         "queries": len(records),
         "evaluated": evaluated,
@@ -238,8 +322,24 @@ def evaluate_run(
         "device": ws.embeddings.device,
         "baseline_precision": ws.embeddings.precision(run.baseline_model_version),
         "candidate_precision": ws.embeddings.precision(run.candidate_model_version),
+        # The baseline's own weights at another precision (opsbench change-precision): an operator
+        # chose it for speed, and it releases when it is no worse — there is no lift to be significant.
+        "precision_change_only": _weights(ws, run.baseline_model_version) == _weights(ws, run.candidate_model_version)
+        and ws.embeddings.precision(run.baseline_model_version) != ws.embeddings.precision(run.candidate_model_version),
     }
-    criteria = pass_criteria(ws.settings.release_primary_metric, ws.settings.release_min_effect)
+    s = ws.settings
+    guard_ref = guard_set(ws, s.guard_builtin)
+    criteria = pass_criteria(s.release_primary_metric, s.release_min_effect, guard_ref, s.guard_max_drop)
+    if guard_ref is not None:
+        quality["guard"] = score_guard(
+            ws,
+            guard_ref,
+            run.baseline_model_version,
+            run.candidate_model_version,
+            samples=bootstrap_samples,
+            metric=s.release_primary_metric,
+            max_drop=s.guard_max_drop,
+        )
     decision, fail_reason = decide(quality, criteria)
     hold = release_hold(quality, criteria) if decision is Decision.PASS else None
     quality["release"] = {"automatic": decision is Decision.PASS and hold is None, "hold": hold}

@@ -99,3 +99,21 @@ def rank(
         for row, i in enumerate(indices):
             results[i] = [(corpus.chunk_ids[j], float(s)) for j, s in zip(order[row], scores[row], strict=True)]
     return results
+
+
+def hybrid_top(
+    ws: Workspace, records: Sequence[Scoped], dense: list[list[tuple[str, float]]], k: int = K
+) -> list[list[str]]:
+    """What the serving path would show (keyword top-20 from the full-text index + the dense top-20
+    given, fused by Reciprocal Rank Fusion, then the SOT gate, top k) — per record, the model's
+    dense ranking standing in for its index."""
+    from opslib.corpus.search import KEYWORD_K, keyword_search, reciprocal_rank_fusion, sot_gate
+
+    shown: list[list[str]] = []
+    with ws.db.read() as session:
+        for record, ranked in zip(records, dense, strict=True):
+            keyword = keyword_search(session, record.query_text, record.project_id, KEYWORD_K)
+            fused = [doc for doc, _ in reciprocal_rank_fusion([keyword, [doc for doc, _ in ranked]])]
+            allowed = sot_gate(session, fused, record.project_id)
+            shown.append([doc for doc in fused if doc in allowed][:k])
+    return shown

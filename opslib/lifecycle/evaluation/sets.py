@@ -93,8 +93,29 @@ def traffic_overlap(ws: Workspace, records: list[EvalRecord]) -> list[EvalRecord
     return list(found.values())
 
 
-def register_evaluation_set(ws: Workspace, records: Iterable[EvalRecord], *, source: str) -> EvaluationDataset:
-    """Store the set (if new) and its row; returns the row (the same one for the same content)."""
+ROLES = ("evaluation", "guard")
+
+
+def corpus_key(ref: str) -> str:
+    """Where a guard set keeps its own passages (evaluation sets rank the workspace's chunks)."""
+    return f"{PREFIX}/{ref}.corpus.jsonl"
+
+
+def register_evaluation_set(
+    ws: Workspace,
+    records: Iterable[EvalRecord],
+    *,
+    source: str,
+    role: str = "evaluation",
+    corpus: list[dict[str, object]] | None = None,
+) -> EvaluationDataset:
+    """Store the set (if new) and its row; returns the row (the same one for the same content).
+    A ``guard`` set brings its ``corpus`` (chunk_id, project_id, video_id, position, text per
+    passage), stored beside it and part of its content hash."""
+    if role not in ROLES:
+        raise EvaluationSetError(f"role {role!r}: must be one of {', '.join(ROLES)}")
+    if (role == "guard") != (corpus is not None):
+        raise EvaluationSetError("a guard set needs its corpus, and only a guard set has one")
     canonical = _validated(records)
     overlap = traffic_overlap(ws, canonical)
     if overlap:
@@ -104,12 +125,19 @@ def register_evaluation_set(ws: Workspace, records: Iterable[EvalRecord], *, sou
             f"(e.g. {sample}); an evaluation set must be disjoint from it"
         )
     data = canonical_bytes(canonical)
-    ref = "eval-" + hashlib.sha256(data).hexdigest()[:16]
+    passages = (
+        b"".join(json.dumps(p, ensure_ascii=False, sort_keys=True).encode() + b"\n" for p in corpus)
+        if corpus is not None
+        else b""
+    )
+    ref = "eval-" + hashlib.sha256(data + passages).hexdigest()[:16]
     key = f"{PREFIX}/{ref}.jsonl"
     with ws.db.read() as session:
         existing = session.get(EvaluationDataset, ref)
         if existing is not None:
             return existing
+    if corpus is not None and not ws.objects.exists(corpus_key(ref)):
+        ws.objects.put_bytes(corpus_key(ref), passages)
     if not ws.objects.exists(key):
         ws.objects.put_bytes(key, data)
     with ws.db.transaction() as session:
@@ -118,9 +146,12 @@ def register_evaluation_set(ws: Workspace, records: Iterable[EvalRecord], *, sou
             storage_path=ws.objects.uri(key),
             sample_count=len(canonical),
             source=source[:512],
+            role=role,
         )
         session.add(row)
-    log.info("evaluation set registered", extra={"evaluation_dataset_ref": ref, "samples": len(canonical)})
+    log.info(
+        "evaluation set registered", extra={"evaluation_dataset_ref": ref, "samples": len(canonical), "role": role}
+    )
     return row
 
 
@@ -168,6 +199,11 @@ def read_evaluation_set(ws: Workspace, ref: str) -> Iterator[EvalRecord]:
         yield EvalRecord(data["query_text"], data["project_id"], tuple(data["expected_results"]))
 
 
-def latest_evaluation_set(ws: Workspace) -> EvaluationDataset | None:
+def latest_evaluation_set(ws: Workspace, role: str = "evaluation") -> EvaluationDataset | None:
     with ws.db.read() as session:
-        return session.scalars(select(EvaluationDataset).order_by(EvaluationDataset.created_at.desc()).limit(1)).first()
+        return session.scalars(
+            select(EvaluationDataset)
+            .where(EvaluationDataset.role == role)
+            .order_by(EvaluationDataset.created_at.desc())
+            .limit(1)
+        ).first()

@@ -55,3 +55,13 @@ def negatives_frame(selection: dict[str, Any]) -> pd.DataFrame:
         {"available": [available.get(s, 0) for s in sources], "in training rows": [used.get(s, 0) for s in sources]},
         index=pd.Index(sources, name="source"),
     )
+
+
+def mining_facts(selection: dict[str, Any]) -> dict[str, Any]:
+    """The mining record as flat labelled values: its parameters, counts and exclusions."""
+    mining = selection.get("mining", {})
+    return {
+        **{f"parameter {k}": v for k, v in mining.get("params", {}).items()},
+        **{k: v for k, v in mining.items() if k not in ("params", "excluded")},
+        **{f"excluded as {k}": v for k, v in mining.get("excluded", {}).items()},
+    }
