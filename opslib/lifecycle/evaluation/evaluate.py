@@ -7,9 +7,11 @@ bootstrap 95 % confidence intervals (queries resampled together for both models)
 randomisation p-values with Holm's correction over the three metrics, and win/tie/loss counts.
 PASS iff every candidate mean ≥ its baseline mean; ``decide`` recomputes the verdict from
 ``quality_metrics`` and ``pass_criteria`` alone. The release rule (also in ``pass_criteria``): a
-PASS releases by itself only when the primary metric's CI lower bound is above the minimum effect;
-otherwise the run is READY_FOR_RELEASE but held ("not significant") until an operator promotes it
-(``release_hold`` recomputes that from the stored summary too).
+PASS releases by itself only when the primary metric's CI lower bound is above the minimum effect
+and the primary metric does not fall on the hybrid serving path (keyword + dense, fused: what users
+get, also summarised); otherwise the run is READY_FOR_RELEASE but held until an operator promotes
+it (``release_hold`` recomputes that from the stored summary too). A guard set (``guard``) catches
+forgetting: a drop beyond its margin there FAILs the run.
 """
 
 from __future__ import annotations
@@ -308,7 +310,8 @@ def evaluate_run(
         )
 
     quality = _summarise(per_query, bootstrap_samples)
-    # What users get: the same queries through the hybrid serving path (shown, not judged).
+    # What users get: the same queries through the hybrid serving path (not the verdict; the
+    # release rule holds a PASS whose primary metric falls here).
     quality["hybrid"] = _summarise(hybrid, bootstrap_samples)
     quality["coverage"] = {
         "queries": len(records),
