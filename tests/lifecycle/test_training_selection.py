@@ -154,3 +154,22 @@ def test_early_stop_and_the_best_configuration_wins(ws: Workspace, monkeypatch: 
     assert report.selection["baseline_validation"] is not None
     manifest = read_manifest(ws, get_run(ws.db, run_id).candidate_model_version)
     assert manifest.training_parameters["learning_rate"] == 5e-4
+
+
+def test_the_report_headline_names_the_selected_configuration_and_the_baseline() -> None:
+    from opslib.lifecycle.training.summary import selection_headline
+
+    selection = {
+        "selected": 1,
+        "selected_label": "mnrl lr=5e-05",
+        "selected_epoch": 2,
+        "baseline_validation": {"ndcg_at_5": 0.8476},
+        "configurations": [
+            {"best_epoch": 1, "epochs": [{"metrics": {"ndcg_at_5": 0.88}}]},
+            {"best_epoch": 2, "epochs": [{"metrics": {"ndcg_at_5": 0.90}}, {"metrics": {"ndcg_at_5": 0.9093}}]},
+        ],
+    }
+    assert selection_headline(selection, False) == (
+        "trained: mnrl lr=5e-05, epoch 2 kept — validation nDCG@5 0.9093 (baseline 0.8476)"
+    )
+    assert selection_headline(selection, True).startswith("was already trained")

@@ -65,3 +65,16 @@ def mining_facts(selection: dict[str, Any]) -> dict[str, Any]:
         **{k: v for k, v in mining.items() if k not in ("params", "excluded")},
         **{f"excluded as {k}": v for k, v in mining.get("excluded", {}).items()},
     }
+
+
+def selection_headline(selection: dict[str, Any], already_trained: bool) -> str:
+    """The 30 report's banner: what was selected and how it scored against the baseline."""
+    if already_trained or not selection:
+        return "was already trained (resumed run): kept as it is"
+    chosen = selection["configurations"][selection["selected"]]
+    kept = chosen["epochs"][chosen["best_epoch"] - 1]["metrics"] if chosen["best_epoch"] else {}
+    base = selection.get("baseline_validation") or {}
+    return (
+        f"trained: {selection['selected_label']}, epoch {selection['selected_epoch']} kept — validation nDCG@5 "
+        f"{kept.get('ndcg_at_5', float('nan')):.4f} (baseline {base.get('ndcg_at_5', float('nan')):.4f})"
+    )
