@@ -105,8 +105,87 @@ def test_group_shape_sources_and_confidences(ws: Workspace) -> None:
     assert all(n["chunk_id"].startswith("p1-") for n in randoms)
     assert not {n["chunk_id"] for n in randoms} & {"p1-c0", "p1-c1", "p1-c2", "p1-c3"}
     assert group["source_event_ids"] == [event("r1").event_id]
-    assert group["generation_rule_version"] == "retrieval-group-v1"
-    assert CONFIDENCE == {"liked_response_used_chunk": 0.8, "exposed_unused": 0.4, "random_same_project": 0.2}
+    assert group["generation_rule_version"] == "retrieval-group-v2"
+    assert CONFIDENCE == {
+        "liked_response_used_chunk": 0.8,
+        "disliked_response_used_chunk": 0.6,
+        "exposed_unused": 0.4,
+        "random_same_project": 0.2,
+    }
+
+
+def test_v1_and_v2_agree_without_dislikes_except_for_the_rule_and_random_draw(ws: Workspace) -> None:
+    corpus(ws)
+    write_log(ws, [event("r1", used=["p1-c0"]), event("r2", used=["p1-c2"])], AS_OF - timedelta(hours=5))
+    v1 = groups(ws, build_dataset(ws, as_of=AS_OF, rule="retrieval-group-v1").dataset_version)
+    v2 = groups(ws, build_dataset(ws, as_of=AS_OF).dataset_version)
+
+    def shape(group: dict) -> tuple:  # type: ignore[type-arg]
+        exposed = [n["chunk_id"] for n in group["negatives"] if n["source"] == "exposed_unused"]
+        randoms = len([n for n in group["negatives"] if n["source"] == "random_same_project"])
+        return group["query_text"], [p["chunk_id"] for p in group["positives"]], exposed, randoms
+
+    assert [shape(g) for g in v1] == [shape(g) for g in v2]
+    assert {g["generation_rule_version"] for g in v1} == {"retrieval-group-v1"}
+
+
+def test_v2_dislikes_vote_per_question(ws: Workspace) -> None:
+    """A chunk disliked more often than liked for a question is no positive of it and becomes an
+    explicit negative; a chunk liked at least as often as disliked stays a positive."""
+    corpus(ws)
+    q = "How do I reset my password?"
+    shown = ["p1-c0", "p1-c1", "p1-c2", "p1-c3", "p1-c4"]
+    events = [
+        # c0: 2 likes, 1 dislike (a noisy dislike) → stays a positive
+        event("r1", used=["p1-c0"], topk=shown, query=q, user="u1"),
+        event("r2", used=["p1-c0"], topk=shown, query=q.upper() + "  ", user="u2"),  # same question
+        event("r3", rating="DISLIKE", used=["p1-c0"], topk=shown, query=q, user="u3"),
+        # c1: 1 like (a mistaken one), 2 dislikes → contested
+        event("r4", used=["p1-c1"], topk=shown, query=q, user="u4"),
+        event("r5", rating="DISLIKE", used=["p1-c1", "p1-c2"], topk=shown, query=q, user="u5"),
+        event("r6", rating="DISLIKE", used=["p1-c1"], topk=shown, query=q, user="u6"),
+        # another question: its dislikes do not count here
+        event("r7", rating="DISLIKE", used=["p1-c0"], topk=shown, query="other question", user="u7"),
+        event("r8", rating="DISLIKE", used=["p1-c0"], topk=shown, query="other question", user="u8"),
+    ]
+    write_log(ws, events, AS_OF - timedelta(hours=5))
+    build = build_dataset(ws, as_of=AS_OF)
+    by_event = {g["source_event_ids"][0]: g for g in groups(ws, build.dataset_version)}
+    assert set(by_event) == {events[0].event_id, events[1].event_id}  # r4 lost its only positive
+    for group in by_event.values():
+        assert [p["chunk_id"] for p in group["positives"]] == ["p1-c0"]
+        disliked = [n for n in group["negatives"] if n["source"] == "disliked_response_used_chunk"]
+        # c1 (2 dislikes) before c2 (1 dislike, no like); each listed once, not again as exposed
+        assert [n["chunk_id"] for n in disliked] == ["p1-c1", "p1-c2"]
+        assert all(n["confidence"] == 0.6 for n in disliked)
+        exposed = [n["chunk_id"] for n in group["negatives"] if n["source"] == "exposed_unused"]
+        assert exposed == ["p1-c3", "p1-c4"]
+        randoms = {n["chunk_id"] for n in group["negatives"] if n["source"] == "random_same_project"}
+        assert not randoms & set(shown)
+    counts = build.counts
+    assert counts["contested_positives"] == 1 and counts["contested_groups"] == 1
+    assert counts["negatives_by_source"]["disliked_response_used_chunk"] == 4
+    assert build.manifest["data_quality"]["success"] and build.manifest["data_quality"]["suite"] == "retrieval-group-v2"
+    # v1 over the same logs: dislikes are ignored, r4's mistaken like makes a group
+    v1 = build_dataset(ws, as_of=AS_OF, rule="retrieval-group-v1")
+    assert v1.counts["trainable_groups"] == 3 and v1.counts["contested_groups"] == 0
+
+
+def test_v2_caps_disliked_negatives(ws: Workspace) -> None:
+    corpus(ws)
+    events = [event("r1", used=["p1-c0"], query="q")] + [
+        event(f"d{i}", rating="DISLIKE", topk=[f"p1-c{i}"], used=[f"p1-c{i}"], query="q", user=f"u{i}")
+        for i in range(1, 6)
+    ]
+    write_log(ws, events, AS_OF - timedelta(hours=5))
+    (group,) = groups(ws, build_dataset(ws, as_of=AS_OF).dataset_version)
+    disliked = [n for n in group["negatives"] if n["source"] == "disliked_response_used_chunk"]
+    assert len(disliked) == 3  # MAX_DISLIKED
+
+
+def test_unknown_rule_is_refused(ws: Workspace) -> None:
+    with pytest.raises(DatasetError, match="generation_rule_version 'retrieval-group-v9'"):
+        build_dataset(ws, as_of=AS_OF, rule="retrieval-group-v9")
 
 
 def test_no_random_negative_when_the_project_has_none_left(ws: Workspace) -> None:
@@ -292,7 +371,7 @@ def test_a_failed_quality_suite_makes_the_dataset_ineligible(ws: Workspace, monk
         AS_OF - timedelta(days=2),
     )
     real = dq.run_suite
-    monkeypatch.setattr(dq, "run_suite", lambda frames: {**real(frames), "success": False})
+    monkeypatch.setattr(dq, "run_suite", lambda frames, rule: {**real(frames, rule), "success": False})
     build = build_dataset(ws, as_of=AS_OF)
     assert not build.eligible and build.ineligible_reasons == ["data-quality suite failed"]
     with ws.db.read() as session:
@@ -339,3 +418,17 @@ def test_the_quality_suite_catches_each_rule_it_claims() -> None:
         failed = {c["rule"]: c["unexpected_count"] for c in result["checks"] if not c["success"]}
         assert set(failed) == {rule}, (rule, failed)
         assert not result["success"]
+
+
+@pytest.mark.slow
+def test_the_quality_suite_holds_each_rule_to_its_own_sources() -> None:
+    disliked = {
+        **OTHER,
+        "negatives": [{"chunk_id": "b", "source": "disliked_response_used_chunk", "confidence": 0.6}],
+    }
+    assert run_suite(frames_from_groups([GOOD, disliked], {"a", "b"}, "retrieval-group-v2"), "retrieval-group-v2")[
+        "success"
+    ]
+    v1 = run_suite(frames_from_groups([GOOD, disliked], {"a", "b"}, "retrieval-group-v1"), "retrieval-group-v1")
+    failed = {c["rule"] for c in v1["checks"] if not c["success"]}
+    assert failed == {"source_allowed", "confidence_allowed"} and v1["suite"] == "retrieval-group-v1"

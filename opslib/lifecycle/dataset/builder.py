@@ -1,13 +1,23 @@
-"""Training datasets, rule ``retrieval-group-v1``: raw feedback logs → retrieval
-groups (query, positives, negatives) + manifest, validated, immutable, versioned by content.
+"""Training datasets: raw feedback logs → retrieval groups (query, positives, negatives) +
+manifest, validated, immutable, versioned by content. Two generation rules (``rules``):
 
-The builder streams the raw logs twice and keeps no event in memory:
+- ``retrieval-group-v1``: LIKE events make groups; DISLIKE events are counted and dropped;
+- ``retrieval-group-v2`` (the default): the same groups, but DISLIKE events vote too. For each
+  question (project + query text up to case and whitespace) every chunk an answer *used* gets a
+  LIKE or a DISLIKE vote per event. A chunk disliked more often than liked for that question is
+  *contested*: it is no positive of the question's groups (a noisy or mistaken LIKE), and it is an
+  explicit negative of them (``disliked_response_used_chunk``, up to ``MAX_DISLIKED``).
+
+The builder streams the raw logs and keeps no event in memory:
 
 1. *scan* — every line in the window is read and validated once; for each event only a 64-bit
    id hash, its ``created_at``, its position and its rating are kept (25 bytes), which is
    enough to pick, per ``event_id``, the copy with the latest ``created_at`` (ties: the one
    written last);
-2. *emit* — the files are read again and each winning LIKE event becomes one group, written
+2. *votes* (v2 only) — the winning events are read again and their used chunks tallied per
+   question (memory: one counter per distinct question and used chunk, bounded by the traffic's
+   distinct questions, not by its events);
+3. *emit* — the files are read again and each winning LIKE event becomes one group, written
    straight to ``train.jsonl`` in file order (deterministic), with chunk text fetched from the
    Metadata DB in batches.
 
@@ -40,20 +50,27 @@ from opslib.infra.logs import get_logger
 from opslib.infra.storage import sha256_file
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.dataset.quality import GroupFrames, check_groups, id_hash64
+from opslib.lifecycle.dataset.rules import (
+    CONFIDENCE,
+    DEFAULT_RULE,
+    DISLIKED,
+    EXPOSED,
+    GENERATION_RULES,
+    MAX_DISLIKED,
+    POSITIVE,
+    RANDOM,
+    RULE_V2,
+)
 from opslib.lifecycle.feedback.events import (
     RAW_PREFIX,
     batch_timestamp,
     log_files,
     parse_event_dict,
 )
+from opslib.lifecycle.feedback.queries import normalise_query
 
 log = get_logger(__name__)
 
-GENERATION_RULE_VERSION = "retrieval-group-v1"
-POSITIVE = "liked_response_used_chunk"
-EXPOSED = "exposed_unused"
-RANDOM = "random_same_project"
-CONFIDENCE = {POSITIVE: 0.8, EXPOSED: 0.4, RANDOM: 0.2}
 MIN_GROUPS = 10
 MIN_NEGATIVES = 20
 DEFAULT_WINDOW_DAYS = 30
@@ -83,10 +100,12 @@ class DatasetCounts:
     dislike_events: int = 0
     trainable_groups: int = 0  # groups written
     dropped_groups: int = 0  # LIKE events without a usable positive (used chunks gone or none)
+    contested_positives: int = 0  # v2: used chunks of a LIKE dropped as disliked more often than liked
+    contested_groups: int = 0  # v2: LIKE events left without a positive by that
     dropped_chunks: int = 0  # chunk references dropped because the chunk or its video was deleted
     positives: int = 0
     negatives: int = 0
-    negatives_by_source: dict[str, int] = field(default_factory=lambda: {EXPOSED: 0, RANDOM: 0})
+    negatives_by_source: dict[str, int] = field(default_factory=lambda: {DISLIKED: 0, EXPOSED: 0, RANDOM: 0})
     groups_by_day: dict[str, int] = field(default_factory=dict)
 
 
@@ -122,9 +141,10 @@ def _iter_lines(ws: Workspace, keys: list[str]) -> Iterator[tuple[int, bytes]]:
             position += 1
 
 
-def _winning_like_positions(scan: _Scan, counts: DatasetCounts) -> np.ndarray:
+def _winning_positions(scan: _Scan, counts: DatasetCounts) -> tuple[np.ndarray, np.ndarray]:
+    """(positions of the winning LIKE events, positions of all winning events), both sorted."""
     if not len(scan.hashes):
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     hashes = np.frombuffer(scan.hashes, dtype=np.uint64)
     created = np.frombuffer(scan.created, dtype=np.float64)
     positions = np.frombuffer(scan.positions, dtype=np.int64)
@@ -137,10 +157,46 @@ def _winning_like_positions(scan: _Scan, counts: DatasetCounts) -> np.ndarray:
     counts.duplicate_events = counts.input_events - counts.deduplicated_events
     counts.like_events = int(likes[winners].sum())
     counts.dislike_events = counts.deduplicated_events - counts.like_events
-    return np.sort(positions[winners][likes[winners]])
+    return np.sort(positions[winners][likes[winners]]), np.sort(positions[winners])
 
 
-# Pass 2: emit ------------------------------------------------------------------------------
+def _events_at(ws: Workspace, keys: list[str], wanted_positions: np.ndarray) -> Iterator[dict[str, Any]]:
+    """The events at the given (sorted) line positions, parsed, in position order."""
+    wanted = iter(wanted_positions.tolist())
+    next_wanted = next(wanted, None)
+    for position, line in _iter_lines(ws, keys):
+        if next_wanted is None:
+            break
+        if position == next_wanted:
+            next_wanted = next(wanted, None)
+            yield orjson.loads(line)  # validated in the scan; raw logs are immutable
+
+
+# Pass 2 (v2): votes ------------------------------------------------------------------------
+class _Votes:
+    """Per question, how many LIKE'd and DISLIKE'd answers used each chunk."""
+
+    def __init__(self) -> None:
+        self._by_question: dict[int, dict[str, list[int]]] = {}
+
+    @staticmethod
+    def _question(event: dict[str, Any]) -> int:
+        return id_hash64(f"{event['project_id']}\x1f{normalise_query(event['query_text'])}")
+
+    def add(self, event: dict[str, Any]) -> None:
+        tally = self._by_question.setdefault(self._question(event), {})
+        side = 0 if event["rating"] == "LIKE" else 1
+        for chunk_id in dict.fromkeys(event["used_ids"]):
+            tally.setdefault(chunk_id, [0, 0])[side] += 1
+
+    def contested(self, event: dict[str, Any]) -> list[str]:
+        """The question's chunks disliked more often than liked: most disliked first, then by id."""
+        tally = self._by_question.get(self._question(event), {})
+        disliked = [(-dislikes, c) for c, (likes, dislikes) in tally.items() if dislikes > likes]
+        return [c for _, c in sorted(disliked)]
+
+
+# Pass 3: emit ------------------------------------------------------------------------------
 class _ChunkResolver:
     """Chunk text and liveness from the Metadata DB, in batches, remembered for the build.
 
@@ -247,41 +303,61 @@ def _utc_day(created_at: str) -> str:
 
 
 def _groups_for(
-    events: list[dict[str, Any]], resolver: _ChunkResolver, items: _Items, seed: int, counts: DatasetCounts
+    events: list[dict[str, Any]],
+    resolver: _ChunkResolver,
+    items: _Items,
+    seed: int,
+    counts: DatasetCounts,
+    rule: str,
+    votes: _Votes | None,
 ) -> Iterator[dict[str, Any]]:
-    texts = resolver.texts({c for e in events for c in (*e["topk_ids"], *e["used_ids"])})
+    contested_of = [votes.contested(e) if votes is not None else [] for e in events]
+    texts = resolver.texts(
+        {c for e in events for c in (*e["topk_ids"], *e["used_ids"])} | {c for cs in contested_of for c in cs}
+    )
     plans = []
-    for event in events:
+    for event, contested in zip(events, contested_of, strict=True):
         used = list(dict.fromkeys(event["used_ids"]))
         exposed = [c for c in dict.fromkeys(event["topk_ids"]) if c not in used]
-        positives = [c for c in used if texts[c] is not None]
+        alive_used = [c for c in used if texts[c] is not None]
+        counts.dropped_chunks += len(used) - len(alive_used)
+        positives = [c for c in alive_used if c not in contested]
+        counts.contested_positives += len(alive_used) - len(positives)
+        disliked = [c for c in contested if texts[c] is not None][:MAX_DISLIKED]
         exposed_alive = [c for c in exposed if texts[c] is not None]
-        counts.dropped_chunks += (len(used) - len(positives)) + (len(exposed) - len(exposed_alive))
+        counts.dropped_chunks += len(exposed) - len(exposed_alive)
+        exposed_alive = [c for c in exposed_alive if c not in disliked]
         if not positives:
-            counts.dropped_groups += 1
+            if alive_used:
+                counts.contested_groups += 1
+            else:
+                counts.dropped_groups += 1
             continue
         # The count follows the event (topk − used), before deleted chunks are dropped.
         randoms = _draw_random(
             resolver.pool(event["project_id"]),
-            set(used) | set(exposed),
+            set(used) | set(exposed) | set(disliked),
             random_negative_count(len(exposed)),
-            f"{GENERATION_RULE_VERSION}:{seed}:{event['event_id']}",
+            f"{rule}:{seed}:{event['event_id']}",
         )
-        plans.append((event, positives, exposed_alive, randoms))
+        plans.append((event, positives, disliked, exposed_alive, randoms))
     texts = resolver.texts({c for *_, randoms in plans for c in randoms})
-    for event, positives, exposed_alive, randoms in plans:
+    for event, positives, disliked, exposed_alive, randoms in plans:
         randoms = [c for c in randoms if texts[c] is not None]
         group = {
             "query_text": event["query_text"],
             "project_id": event["project_id"],
             "positives": items.of(POSITIVE, positives, texts),
-            "negatives": items.of(EXPOSED, exposed_alive, texts) + items.of(RANDOM, randoms, texts),
+            "negatives": items.of(DISLIKED, disliked, texts)
+            + items.of(EXPOSED, exposed_alive, texts)
+            + items.of(RANDOM, randoms, texts),
             "source_event_ids": [event["event_id"]],
-            "generation_rule_version": GENERATION_RULE_VERSION,
+            "generation_rule_version": rule,
         }
         counts.trainable_groups += 1
         counts.positives += len(positives)
-        counts.negatives += len(exposed_alive) + len(randoms)
+        counts.negatives += len(disliked) + len(exposed_alive) + len(randoms)
+        counts.negatives_by_source[DISLIKED] += len(disliked)
         counts.negatives_by_source[EXPOSED] += len(exposed_alive)
         counts.negatives_by_source[RANDOM] += len(randoms)
         day = _utc_day(event["created_at"])
@@ -310,9 +386,13 @@ def build_dataset(
     as_of: datetime | None = None,
     source_window_days: int = DEFAULT_WINDOW_DAYS,
     seed: int = 0,
+    rule: str = DEFAULT_RULE,
     progress: bool = False,
 ) -> DatasetBuild:
-    """Build (or find, if the same content exists) the dataset for the window ending ``as_of``."""
+    """Build (or find, if the same content exists) the dataset for the window ending ``as_of``
+    under generation rule ``rule``."""
+    if rule not in GENERATION_RULES:
+        raise DatasetError(f"generation_rule_version {rule!r}: must be one of {', '.join(GENERATION_RULES)}")
     start, end = source_window(as_of or utcnow(), source_window_days)
     keys = log_files(ws.objects, RAW_PREFIX, start, end)
     counts = DatasetCounts(raw_files=len(keys))
@@ -334,18 +414,29 @@ def build_dataset(
         scan.created.append(datetime.fromisoformat(event["created_at"]).timestamp())
         scan.positions.append(position)
         scan.likes.append(event["rating"] == "LIKE")
-    winners = _winning_like_positions(scan, counts)
+    like_positions, all_positions = _winning_positions(scan, counts)
     del scan
+    votes: _Votes | None = None
+    if rule == RULE_V2:
+        votes = _Votes()
+        for event in tqdm(
+            _events_at(ws, keys, all_positions),
+            desc="tally votes",
+            unit="event",
+            disable=not progress,
+            total=len(all_positions),
+        ):
+            votes.add(event)
 
     with tempfile.TemporaryDirectory(prefix="dataset-") as tmp:
         train_path = Path(tmp) / "train.jsonl"
-        written = GroupFrames()
-        _emit(ws, keys, winners, seed, counts, train_path, written, progress)
+        written = GroupFrames(rule)
+        _emit(ws, keys, like_positions, seed, rule, votes, counts, train_path, written, progress)
         quality = check_groups(ws, written)
         del written
         train_sha = sha256_file(train_path)
         identity = hashlib.sha256(
-            json.dumps([GENERATION_RULE_VERSION, start.isoformat(), end.isoformat(), seed, train_sha]).encode()
+            json.dumps([rule, start.isoformat(), end.isoformat(), seed, train_sha]).encode()
         ).hexdigest()
         dataset_version = f"{end:%Y%m%d}-{identity[:12]}"
         prefix = f"datasets/{dataset_version}"
@@ -365,7 +456,7 @@ def build_dataset(
         reasons = ineligible_reasons(counts.trainable_groups, counts.negatives, quality["success"])
         manifest = {
             "dataset_version": dataset_version,
-            "generation_rule_version": GENERATION_RULE_VERSION,
+            "generation_rule_version": rule,
             "source_window": {
                 "start": start.isoformat(),
                 "end": end.isoformat(),
@@ -392,7 +483,7 @@ def build_dataset(
             TrainingDataset(
                 dataset_version=dataset_version,
                 storage_path=ws.objects.uri(prefix),
-                generation_rule_version=GENERATION_RULE_VERSION,
+                generation_rule_version=rule,
                 source_window_start=start,
                 source_window_end=end,
                 counts=manifest["counts"],
@@ -418,34 +509,29 @@ def build_dataset(
 def _emit(
     ws: Workspace,
     keys: list[str],
-    winners: np.ndarray,
+    like_positions: np.ndarray,
     seed: int,
+    rule: str,
+    votes: _Votes | None,
     counts: DatasetCounts,
     train_path: Path,
     written: GroupFrames,
     progress: bool,
 ) -> None:
-    wanted = iter(winners.tolist())
-    next_wanted = next(wanted, None)
     batch: list[dict[str, Any]] = []
-    bar = tqdm(total=len(winners), desc="build groups", unit="group", disable=not progress)
+    bar = tqdm(total=len(like_positions), desc="build groups", unit="group", disable=not progress)
     with ws.db.read() as session, open(train_path, "wb") as out:
         resolver, items = _ChunkResolver(session), _Items()
 
         def flush() -> None:
-            for group in _groups_for(batch, resolver, items, seed, counts):
+            for group in _groups_for(batch, resolver, items, seed, counts, rule, votes):
                 out.write(_dumps(group))
                 written.add(group)  # the data-quality frames see exactly what is written
             bar.update(len(batch))
             batch.clear()
 
-        for position, line in _iter_lines(ws, keys):
-            if next_wanted is None:
-                break
-            if position != next_wanted:
-                continue
-            next_wanted = next(wanted, None)
-            batch.append(orjson.loads(line))  # validated in the scan; raw logs are immutable
+        for event in _events_at(ws, keys, like_positions):
+            batch.append(event)
             if len(batch) >= _RESOLVE_BATCH:
                 flush()
         flush()

@@ -28,16 +28,15 @@ from sqlalchemy import select
 
 from opslib.db.models import Chunk
 from opslib.infra.workspace import Workspace
+from opslib.lifecycle.dataset.rules import CONFIDENCE, DEFAULT_RULE, SOURCES_BY_RULE
 
-ALLOWED_CONFIDENCE = {0.8, 0.4, 0.2}
-ALLOWED_SOURCES = {"liked_response_used_chunk", "exposed_unused", "random_same_project"}
 SLICE_ROWS = 500_000
 WHOLE_FRAME = {"events"}  # frames whose rules compare rows with each other
 RULES = {
     "query_nonempty": "every group has a non-empty query",
     "project_present": "every group has a project_id",
     "has_positive": "every group has at least one positive",
-    "confidence_allowed": "confidences only from {0.8, 0.4, 0.2}",
+    "confidence_allowed": "confidences only those of the rule's sources (0.8, 0.6 in v2, 0.4, 0.2)",
     "source_allowed": "item sources only from the generation rule",
     "no_positive_negative_overlap": "no chunk is both positive and negative in a group",
     "chunk_exists": "every chunk id exists in the Metadata DB",
@@ -57,7 +56,9 @@ class GroupFrames:
     existence is looked up once for the distinct ids when the frames are made.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rule: str = DEFAULT_RULE) -> None:
+        self.rule = rule
+        self._sources = frozenset(SOURCES_BY_RULE[rule])
         self.query_chars, self.project_ok = array("i"), array("b")
         self.positives, self.overlaps = array("i"), array("i")
         self.confidence, self.source_ok, self.chunk_codes = array("d"), array("b"), array("i")
@@ -73,7 +74,7 @@ class GroupFrames:
         self.positives.append(len(pos))
         self.overlaps.append(len(set(ids[: len(pos)]) & set(ids[len(pos) :])))
         self.confidence.extend([float(i.get("confidence", "nan")) for i in items])
-        self.source_ok.extend([i.get("source") in ALLOWED_SOURCES for i in items])
+        self.source_ok.extend([i.get("source") in self._sources for i in items])
         codes = self._codes
         self.chunk_codes.extend([codes.setdefault(c, len(codes)) for c in ids])
         self.event_hashes.extend([id_hash64(str(e)) for e in group.get("source_event_ids") or []])
@@ -109,15 +110,18 @@ class GroupFrames:
         }
 
 
-def frames_from_groups(groups: Iterable[dict[str, Any]], existing_chunk_ids: set[str]) -> dict[str, pd.DataFrame]:
-    accumulated = GroupFrames()
+def frames_from_groups(
+    groups: Iterable[dict[str, Any]], existing_chunk_ids: set[str], rule: str = DEFAULT_RULE
+) -> dict[str, pd.DataFrame]:
+    accumulated = GroupFrames(rule)
     for group in groups:
         accumulated.add(group)
     return accumulated.frames(existing_chunk_ids)
 
 
-def _expectations(gx: Any) -> dict[str, list[tuple[str, Any]]]:
+def _expectations(gx: Any, rule: str) -> dict[str, list[tuple[str, Any]]]:
     e = gx.expectations
+    confidences = sorted({CONFIDENCE[source] for source in SOURCES_BY_RULE[rule]})
     return {
         "groups": [
             ("query_nonempty", e.ExpectColumnValuesToBeBetween(column="query_chars", min_value=1)),
@@ -128,7 +132,7 @@ def _expectations(gx: Any) -> dict[str, list[tuple[str, Any]]]:
         "items": [
             (
                 "confidence_allowed",
-                e.ExpectColumnValuesToBeInSet(column="confidence", value_set=sorted(ALLOWED_CONFIDENCE)),
+                e.ExpectColumnValuesToBeInSet(column="confidence", value_set=confidences),
             ),
             ("source_allowed", e.ExpectColumnValuesToBeInSet(column="source_allowed", value_set=[1])),
             ("chunk_exists", e.ExpectColumnValuesToBeInSet(column="chunk_exists", value_set=[1])),
@@ -137,8 +141,9 @@ def _expectations(gx: Any) -> dict[str, list[tuple[str, Any]]]:
     }
 
 
-def run_suite(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
-    """Validate the frames; returns a JSON-able summary (overall success + one row per rule)."""
+def run_suite(frames: dict[str, pd.DataFrame], generation_rule: str = DEFAULT_RULE) -> dict[str, Any]:
+    """Validate the frames against ``generation_rule``; returns a JSON-able summary (overall
+    success + one row per check)."""
     os.environ["GX_ANALYTICS_ENABLED"] = "False"  # nothing may phone home
     import great_expectations as gx  # deferred: takes seconds to import (and reads the env var above)
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -152,10 +157,10 @@ def run_suite(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     source = context.data_sources.add_pandas("training_dataset")
     checks: list[dict[str, Any]] = []
-    for frame_name, expectations in _expectations(gx).items():
+    for frame_name, expectations in _expectations(gx, generation_rule).items():
         frame = frames[frame_name]
         batch = source.add_dataframe_asset(frame_name).add_batch_definition_whole_dataframe("whole")
-        suite = context.suites.add(gx.ExpectationSuite(name=f"retrieval-group-v1-{frame_name}"))
+        suite = context.suites.add(gx.ExpectationSuite(name=f"{generation_rule}-{frame_name}"))
         for _rule, expectation in expectations:
             suite.add_expectation(expectation)
         definition = context.validation_definitions.add(
@@ -183,7 +188,7 @@ def run_suite(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
                 }
             )
     return {
-        "suite": "retrieval-group-v1",
+        "suite": generation_rule,
         "engine": f"great_expectations {gx.__version__}",
         "success": all(c["success"] for c in checks),
         "checks": checks,
@@ -200,7 +205,7 @@ def existing_chunk_ids(ws: Workspace, chunk_ids: list[str]) -> set[str]:
 
 def check_groups(ws: Workspace, groups: GroupFrames) -> dict[str, Any]:
     """Run the suite over the groups a build wrote (chunk existence from the Metadata DB)."""
-    return run_suite(groups.frames(existing_chunk_ids(ws, groups.referenced_chunk_ids)))
+    return run_suite(groups.frames(existing_chunk_ids(ws, groups.referenced_chunk_ids)), groups.rule)
 
 
 def checks_table(result: dict[str, Any]) -> pd.DataFrame:

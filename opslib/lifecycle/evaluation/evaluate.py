@@ -49,11 +49,8 @@ from opslib.lifecycle.evaluation.metrics import (
     randomisation_p_value,
 )
 from opslib.lifecycle.evaluation.retrieval import hybrid_top, project_corpora, rank
-from opslib.lifecycle.evaluation.sets import (
-    EvalRecord,
-    normalise_query,
-    read_evaluation_set,
-)
+from opslib.lifecycle.evaluation.sets import EvalRecord, read_evaluation_set
+from opslib.lifecycle.feedback.queries import normalise_query
 
 log = get_logger(__name__)
 DEFAULT_BOOTSTRAP = 1000

@@ -25,6 +25,7 @@ from opslib.infra.logs import get_logger
 from opslib.infra.storage import read_objects
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.feedback.events import read_raw_events
+from opslib.lifecycle.feedback.queries import normalise_query
 
 log = get_logger(__name__)
 PREFIX = "evaluation_sets"
@@ -50,10 +51,6 @@ class EvalRecord:
             ensure_ascii=False,
             sort_keys=True,
         )
-
-
-def normalise_query(text: str) -> str:
-    return " ".join(text.casefold().split())
 
 
 def _validated(records: Iterable[EvalRecord]) -> list[EvalRecord]:

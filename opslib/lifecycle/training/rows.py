@@ -1,10 +1,11 @@
 """Training rows from retrieval groups: ``(anchor, positive, negative_1 … negative_n)``.
 
-One row per positive. A row's negatives are drawn round-robin across the sources, hardest kind
-first — mined by the baseline (``mined_baseline``), shown but not used (``exposed_unused``),
-random from the project (``random_same_project``) — each source in its own order (mined: best rank
-first; feedback: descending confidence, then the rule's order), cycling when a group has more
-positives than negatives of a source; a group with fewer distinct negatives than ``n`` repeats
+One row per positive. A row's negatives are drawn round-robin across the sources, surest and
+hardest kind first — used by an answer to the same question that users disliked
+(``disliked_response_used_chunk``, dataset rule v2), mined by the baseline (``mined_baseline``),
+shown but not used (``exposed_unused``), random from the project (``random_same_project``) —
+each source in its own order (mined: best rank first; feedback: descending confidence, then the
+rule's order), cycling when a group has more positives than negatives of a source; a group with fewer distinct negatives than ``n`` repeats
 them. The other rows of a batch add in-batch negatives. A group without any negative is left out
 and counted.
 """
@@ -15,9 +16,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from opslib.lifecycle.dataset.rules import DISLIKED, EXPOSED, RANDOM
 from opslib.lifecycle.training.mining import MINED
 
-SOURCE_ORDER = (MINED, "exposed_unused", "random_same_project")
+SOURCE_ORDER = (DISLIKED, MINED, EXPOSED, RANDOM)
 
 
 @dataclass

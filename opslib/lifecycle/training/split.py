@@ -14,9 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from opslib.lifecycle.evaluation.sets import normalise_query
-
-QueryKey = tuple[str, str]  # (project_id, normalised query text)
+from opslib.lifecycle.feedback.queries import QueryKey, normalise_query
 
 
 def query_key(group: dict[str, Any]) -> QueryKey:
