@@ -64,7 +64,7 @@ default_args = {
 
 with DAG(
     dag_id="biblio_ops_daily_dataset",
-    description="feedback health + training dataset (retrieval-group-v1) over the last 30 days",
+    description="feedback health + training dataset (retrieval-group-v2) over the last 30 days",
     schedule="0 3 * * *",  # read in the start_date's time zone: 03:00 KST
     start_date=pendulum.datetime(2026, 1, 1, tz=SEOUL),
     catchup=False,  # like `opsbench schedule`: after downtime only the latest interval runs

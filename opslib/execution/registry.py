@@ -17,6 +17,7 @@ from opslib.control.runs import fail_run
 from opslib.db.models import FailureType, RunStage
 from opslib.errors import Invalid
 from opslib.infra.workspace import Workspace
+from opslib.lifecycle.dataset.rules import DEFAULT_RULE, GENERATION_RULES
 from opslib.lifecycle.reindex import abort_candidate
 from opslib.lifecycle.training import MiningParams, TrainingParams
 
@@ -39,6 +40,14 @@ class BuildDatasetParams(StageParams):
     as_of: str | None = Field(default=None, description="window end (ISO date/datetime, UTC); None = now")
     source_window_days: int = Field(default=30, ge=1, le=365)
     seed: int = Field(default=0, ge=0)
+    generation_rule: str = Field(default=DEFAULT_RULE, description="retrieval-group-v2 (default) or v1")
+
+    @field_validator("generation_rule")
+    @classmethod
+    def _known_rule(cls, value: str) -> str:
+        if value not in GENERATION_RULES:
+            raise ValueError(f"must be one of {', '.join(GENERATION_RULES)}")
+        return value
 
     @field_validator("as_of")
     @classmethod

@@ -15,7 +15,10 @@ def test_build_dataset_parameters() -> None:
         2026, 11, 30, 18, tzinfo=UTC
     )
     assert validate_params("20_build_dataset", {}).as_of_instant is None
+    assert validate_params("20_build_dataset", {}).generation_rule == "retrieval-group-v2"
+    assert validate_params("20_build_dataset", {"generation_rule": "retrieval-group-v1"}).generation_rule.endswith("v1")
     for bad, message in [
+        ({"generation_rule": "retrieval-group-v3"}, "generation_rule: Value error, must be one of retrieval-group-v1"),
         ({"as_of": "yesterday"}, "as_of: Value error, must be an ISO-8601"),
         ({"source_window_days": 0}, "source_window_days"),
         ({"seed": 1.5}, "seed"),

@@ -432,3 +432,15 @@ def test_the_quality_suite_holds_each_rule_to_its_own_sources() -> None:
     v1 = run_suite(frames_from_groups([GOOD, disliked], {"a", "b"}, "retrieval-group-v1"), "retrieval-group-v1")
     failed = {c["rule"] for c in v1["checks"] if not c["success"]}
     assert failed == {"source_allowed", "confidence_allowed"} and v1["suite"] == "retrieval-group-v1"
+
+
+def test_v2_a_redelivered_dislike_votes_once(ws: Workspace) -> None:
+    corpus(ws)
+    like = event("r1", used=["p1-c0"], query="q")
+    dislike = event("r2", rating="DISLIKE", used=["p1-c0"], query="q", user="u2")
+    write_log(ws, [like, dislike], AS_OF - timedelta(hours=5))
+    write_log(ws, [dislike], AS_OF - timedelta(hours=4))  # the same event delivered again
+    build = build_dataset(ws, as_of=AS_OF)
+    (group,) = groups(ws, build.dataset_version)  # 1 like vs 1 dislike: a tie keeps the positive
+    assert [p["chunk_id"] for p in group["positives"]] == ["p1-c0"]
+    assert build.counts["duplicate_events"] == 1 and build.counts["contested_positives"] == 0

@@ -45,6 +45,10 @@ def test_rows_take_negatives_round_robin_over_sources_hardest_kind_first() -> No
     single = {**group, "negatives": group["negatives"][:1]}
     rows, _ = training_rows([single], None, negatives_per_row=2)
     assert rows[0]["negative_1"] == rows[0]["negative_2"] == "r1"
+    # what users disliked for the question (dataset rule v2) comes before what the baseline mined
+    disliked = {"text": "d1", "confidence": 0.6, "source": "disliked_response_used_chunk"}
+    rows, _ = training_rows([{**group, "negatives": [*group["negatives"], disliked]}], [mined], negatives_per_row=2)
+    assert [(r["negative_1"], r["negative_2"]) for r in rows] == [("d1", "m1"), ("d1", "m1")]
 
 
 @pytest.mark.sqlite_only(

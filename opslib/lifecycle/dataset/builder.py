@@ -13,11 +13,9 @@ The builder streams the raw logs and keeps no event in memory:
 1. *scan* — every line in the window is read and validated once; for each event only a 64-bit
    id hash, its ``created_at``, its position and its rating are kept (25 bytes), which is
    enough to pick, per ``event_id``, the copy with the latest ``created_at`` (ties: the one
-   written last);
-2. *votes* (v2 only) — the winning events are read again and their used chunks tallied per
-   question (memory: one counter per distinct question and used chunk, bounded by the traffic's
-   distinct questions, not by its events);
-3. *emit* — the files are read again and each winning LIKE event becomes one group, written
+   written last); under v2 also one 25-byte vote per used chunk (event, question hash, chunk
+   hash), settled with numpy once the winners are known — only the winning copy of an event votes;
+2. *emit* — the files are read again and each winning LIKE event becomes one group, written
    straight to ``train.jsonl`` in file order (deterministic), with chunk text fetched from the
    Metadata DB in batches.
 
@@ -141,10 +139,10 @@ def _iter_lines(ws: Workspace, keys: list[str]) -> Iterator[tuple[int, bytes]]:
             position += 1
 
 
-def _winning_positions(scan: _Scan, counts: DatasetCounts) -> tuple[np.ndarray, np.ndarray]:
-    """(positions of the winning LIKE events, positions of all winning events), both sorted."""
+def _winners(scan: _Scan, counts: DatasetCounts) -> np.ndarray:
+    """Scan indices of the winning copy of each event (latest ``created_at``, then last written)."""
     if not len(scan.hashes):
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64)
     hashes = np.frombuffer(scan.hashes, dtype=np.uint64)
     created = np.frombuffer(scan.created, dtype=np.float64)
     positions = np.frombuffer(scan.positions, dtype=np.int64)
@@ -157,9 +155,75 @@ def _winning_positions(scan: _Scan, counts: DatasetCounts) -> tuple[np.ndarray, 
     counts.duplicate_events = counts.input_events - counts.deduplicated_events
     counts.like_events = int(likes[winners].sum())
     counts.dislike_events = counts.deduplicated_events - counts.like_events
-    return np.sort(positions[winners][likes[winners]]), np.sort(positions[winners])
+    return winners
 
 
+def _like_positions(scan: _Scan, winners: np.ndarray) -> np.ndarray:
+    positions = np.frombuffer(scan.positions, dtype=np.int64)
+    likes = np.frombuffer(scan.likes, dtype=np.int8).astype(bool)
+    return np.sort(positions[winners][likes[winners]])
+
+
+class _Votes:
+    """v2: per question, how many LIKE'd and DISLIKE'd answers used each chunk.
+
+    Votes are recorded in the scan as flat arrays (event, question hash, chunk hash, rating) and
+    settled once the winning copy of each event is known; only the contested chunks — disliked
+    more often than liked — are kept as ids afterwards.
+    """
+
+    def __init__(self) -> None:
+        self._events, self._questions, self._chunks = array("q"), array("Q"), array("Q")
+        self._dislikes = array("b")
+        self._chunk_ids: dict[int, str] = {}  # bounded by the chunks feedback names (the corpus)
+        self._contested: dict[int, list[str]] = {}
+
+    @staticmethod
+    def _question(event: dict[str, Any]) -> int:
+        return id_hash64(f"{event['project_id']}\x1f{normalise_query(event['query_text'])}")
+
+    def add(self, scan_index: int, event: dict[str, Any]) -> None:
+        question, dislike = self._question(event), event["rating"] != "LIKE"
+        for chunk_id in dict.fromkeys(event["used_ids"]):
+            chunk = id_hash64(chunk_id)
+            self._chunk_ids.setdefault(chunk, chunk_id)
+            self._events.append(scan_index)
+            self._questions.append(question)
+            self._chunks.append(chunk)
+            self._dislikes.append(dislike)
+
+    def settle(self, winners: np.ndarray, scanned: int) -> None:
+        """Count the winning events' votes per (question, chunk); keep the contested ones."""
+        is_winner = np.zeros(scanned, dtype=bool)
+        is_winner[winners] = True
+        keep = is_winner[np.frombuffer(self._events, dtype=np.int64)]
+        questions = np.frombuffer(self._questions, dtype=np.uint64)[keep]
+        chunks = np.frombuffer(self._chunks, dtype=np.uint64)[keep]
+        dislikes = np.frombuffer(self._dislikes, dtype=np.int8)[keep].astype(np.int64)
+        del self._events, self._questions, self._chunks, self._dislikes
+        if not len(questions):
+            return
+        order = np.lexsort((chunks, questions))
+        questions, chunks, dislikes = questions[order], chunks[order], dislikes[order]
+        starts = np.flatnonzero(
+            np.concatenate(([True], (questions[1:] != questions[:-1]) | (chunks[1:] != chunks[:-1])))
+        )
+        votes = np.diff(np.append(starts, len(questions)))
+        disliked = np.add.reduceat(dislikes, starts)
+        contested = np.flatnonzero(disliked > votes - disliked)
+        ranked: dict[int, list[tuple[int, str]]] = {}
+        for i in contested.tolist():
+            chunk_id = self._chunk_ids[int(chunks[starts[i]])]
+            ranked.setdefault(int(questions[starts[i]]), []).append((-int(disliked[i]), chunk_id))
+        self._contested = {q: [c for _, c in sorted(items)] for q, items in ranked.items()}
+        self._chunk_ids = {}
+
+    def contested(self, event: dict[str, Any]) -> list[str]:
+        """The question's chunks disliked more often than liked: most disliked first, then by id."""
+        return self._contested.get(self._question(event), [])
+
+
+# Pass 2: emit ------------------------------------------------------------------------------
 def _events_at(ws: Workspace, keys: list[str], wanted_positions: np.ndarray) -> Iterator[dict[str, Any]]:
     """The events at the given (sorted) line positions, parsed, in position order."""
     wanted = iter(wanted_positions.tolist())
@@ -172,31 +236,6 @@ def _events_at(ws: Workspace, keys: list[str], wanted_positions: np.ndarray) -> 
             yield orjson.loads(line)  # validated in the scan; raw logs are immutable
 
 
-# Pass 2 (v2): votes ------------------------------------------------------------------------
-class _Votes:
-    """Per question, how many LIKE'd and DISLIKE'd answers used each chunk."""
-
-    def __init__(self) -> None:
-        self._by_question: dict[int, dict[str, list[int]]] = {}
-
-    @staticmethod
-    def _question(event: dict[str, Any]) -> int:
-        return id_hash64(f"{event['project_id']}\x1f{normalise_query(event['query_text'])}")
-
-    def add(self, event: dict[str, Any]) -> None:
-        tally = self._by_question.setdefault(self._question(event), {})
-        side = 0 if event["rating"] == "LIKE" else 1
-        for chunk_id in dict.fromkeys(event["used_ids"]):
-            tally.setdefault(chunk_id, [0, 0])[side] += 1
-
-    def contested(self, event: dict[str, Any]) -> list[str]:
-        """The question's chunks disliked more often than liked: most disliked first, then by id."""
-        tally = self._by_question.get(self._question(event), {})
-        disliked = [(-dislikes, c) for c, (likes, dislikes) in tally.items() if dislikes > likes]
-        return [c for _, c in sorted(disliked)]
-
-
-# Pass 3: emit ------------------------------------------------------------------------------
 class _ChunkResolver:
     """Chunk text and liveness from the Metadata DB, in batches, remembered for the build.
 
@@ -402,6 +441,7 @@ def build_dataset(
     ]
 
     scan = _Scan()
+    votes = _Votes() if rule == RULE_V2 else None
     for position, line in tqdm(_iter_lines(ws, keys), desc="scan raw logs", unit="line", disable=not progress):
         counts.input_lines += 1
         event, _reason = parse_event_dict(line)
@@ -414,19 +454,13 @@ def build_dataset(
         scan.created.append(datetime.fromisoformat(event["created_at"]).timestamp())
         scan.positions.append(position)
         scan.likes.append(event["rating"] == "LIKE")
-    like_positions, all_positions = _winning_positions(scan, counts)
+        if votes is not None:
+            votes.add(len(scan.likes) - 1, event)
+    winners = _winners(scan, counts)
+    like_positions = _like_positions(scan, winners)
+    if votes is not None:
+        votes.settle(winners, len(scan.hashes))
     del scan
-    votes: _Votes | None = None
-    if rule == RULE_V2:
-        votes = _Votes()
-        for event in tqdm(
-            _events_at(ws, keys, all_positions),
-            desc="tally votes",
-            unit="event",
-            disable=not progress,
-            total=len(all_positions),
-        ):
-            votes.add(event)
 
     with tempfile.TemporaryDirectory(prefix="dataset-") as tmp:
         train_path = Path(tmp) / "train.jsonl"
