@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +24,17 @@ from pydantic_settings import (
 )
 
 OperatorRole = Literal["viewer", "operator", "admin"]
+ServeScope = Literal["search", "feedback", "embeddings"]
+
+
+class ServeToken(BaseModel):
+    """A bearer token the HTTP endpoint accepts: only its SHA-256 is configured, never the token."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: list[ServeScope] = Field(min_length=1)
 
 
 class Settings(BaseSettings):
@@ -80,6 +91,9 @@ class Settings(BaseSettings):
     feedback_window_days: int = Field(default=7, ge=1)
     snapshot_ttl_days: int = Field(default=14, ge=1)
     feedback_batch_size: int = Field(default=500, ge=1)
+    feedback_flush_age_s: float = Field(
+        default=5.0, gt=0, description="the HTTP endpoint writes acknowledged feedback to raw_logs/ at least this often"
+    )
     kernel_name: str = "python3"
     stage_timeout_s: int = Field(default=3600, ge=1)
     # ML Lifecycle Worker
@@ -141,6 +155,27 @@ class Settings(BaseSettings):
     training_schedule: str = Field(
         default="0 4 * * 1", description="cron: when a TRAINING_REQUEST is queued (Monday 04:00)"
     )
+    # Serving endpoint (`opsbench serve`, docs/serving.md)
+    serve_tokens: list[ServeToken] = Field(
+        default=[],
+        description='bearer tokens for /v1/* (JSON list of {"name", "sha256", "scopes"}); `opsbench serve-token` '
+        "makes one",
+    )
+    endpoint_heartbeat_s: float = Field(default=2.0, gt=0, description="how often a serving endpoint reports itself")
+    endpoint_stale_after_s: float = Field(
+        default=15.0, gt=0, description="an endpoint silent this long is not live (the cutover stops waiting for it)"
+    )
+    endpoint_wait_s: float = Field(
+        default=60.0, ge=0, description="how long a cutover or rollback waits for live endpoints to load its model"
+    )
+    serve_follow_interval_s: float = Field(
+        default=0.5, gt=0, description="how often an endpoint reads the release row to preload what comes next"
+    )
+    serve_encode_workers: int = Field(default=2, ge=1, le=64, description="threads encoding queries per endpoint")
+    serve_batch_wait_ms: float = Field(
+        default=2.0, ge=0, le=1000, description="how long a query encode waits for others to share its batch"
+    )
+    serve_max_body_bytes: int = Field(default=1_048_576, ge=1024, description="larger request bodies get 413")
     fault_point: str | None = Field(default=None, description="test only: SIGKILL the process at this checkpoint")
 
     @classmethod
@@ -190,6 +225,8 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.run_stall_after_s <= 2 * self.heartbeat_interval_s:
             raise ValueError("run_stall_after_s must exceed two heartbeat intervals, or live runs look stalled")
+        if self.endpoint_stale_after_s <= 2 * self.endpoint_heartbeat_s:
+            raise ValueError("endpoint_stale_after_s must exceed two endpoint heartbeats, or live endpoints look gone")
         if self.snapshot_ttl_days < self.feedback_window_days:
             raise ValueError("snapshot_ttl_days must be >= feedback_window_days: feedback must find its snapshot")
         return self

@@ -8,11 +8,13 @@ start of a request and used for all of it, so a request never mixes two combinat
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
+import numpy as np
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
@@ -27,12 +29,15 @@ from opslib.db.models import (
 )
 from opslib.errors import Invalid
 from opslib.infra.embedding import EmbeddingRefused, Purpose
+from opslib.infra.logs import current_trace_id
 from opslib.infra.workspace import Workspace
 
 KEYWORD_K = 20
 VECTOR_K = 20
 RRF_K = 60
 TOP_K = 5
+MAX_TOP_K = 20  # what a caller may ask for: no more than each list fused holds
+STEPS = ("keyword", "embed", "vector", "fuse", "gate", "store")  # timed steps of a request
 MAX_QUERY_CHARS = 2000
 _TERM = re.compile(r"\w+", re.UNICODE)
 
@@ -58,6 +63,8 @@ class SearchResponse:
     chunks: list[SearchHit]
     active_model_version: str
     active_index_name: str
+    trace_id: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # per step of STEPS
 
     @property
     def refs(self) -> list[str]:
@@ -177,14 +184,19 @@ def sot_gate(session: Session, chunk_ids: Sequence[str], project_id: str) -> dic
 
 # The request ------------------------------------------------------------------------------
 UsedChooser = Callable[[list[SearchHit]], Sequence[str]]
+# (query text, model version) → its L2-normalised vector; may refuse with EmbeddingRefused. The HTTP
+# endpoint passes one that shares a batch with concurrent requests.
+QueryEncoder = Callable[[str, str], np.ndarray]
 
 
-def _validate(query_text: str, project_id: str, user_id: str) -> None:
+def _validate(query_text: str, project_id: str, user_id: str, top_k: int) -> None:
     for name, value in (("query_text", query_text), ("project_id", project_id), ("user_id", user_id)):
         if not isinstance(value, str) or not value.strip():
             raise SearchError(f"{name}: must be a non-empty string")
     if len(query_text) > MAX_QUERY_CHARS:
         raise SearchError(f"query_text: {len(query_text)} characters, at most {MAX_QUERY_CHARS}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+        raise SearchError(f"top_k: {top_k!r}, must be an integer from 1 to {MAX_TOP_K}")
 
 
 def search(
@@ -195,13 +207,30 @@ def search(
     user_id: str,
     choose_used: UsedChooser | None = None,
     req_id: str | None = None,
+    top_k: int = TOP_K,
+    encode: QueryEncoder | None = None,
+    trace_id: str | None = None,
 ) -> SearchResponse:
     """Run one search request and store its snapshot.
 
     ``choose_used`` is the caller's answer step (outside this product): given the hits it returns
     the refs the answer used; they must be among the hits.
     """
-    _validate(query_text, project_id, user_id)
+    _validate(query_text, project_id, user_id, top_k)
+    seconds = dict.fromkeys(STEPS, 0.0)
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[step] += now - clock
+        clock = now
+
+    def embed_query(text_: str, model_version: str) -> np.ndarray:
+        vectors: np.ndarray = ws.embeddings.embed([text_], model_version, Purpose.SEARCH)
+        return np.asarray(vectors[0])
+
+    encode = encode or embed_query
     for _attempt in range(3):
         with ws.db.read() as session:
             release = current_release(session)
@@ -209,19 +238,25 @@ def search(
                 raise SearchError("no ModelRelease yet: bootstrap the workspace (`opsbench init`)")
             model_version, index_name = release.active_model_version, release.active_index_name
             keyword = keyword_search(session, query_text, project_id)
+        lap("keyword")
         try:
-            vector = ws.embeddings.embed([query_text], model_version, Purpose.SEARCH)[0]
+            vector = encode(query_text, model_version)
         except EmbeddingRefused:
+            lap("embed")
             continue  # the release switched between our read and the embed: read it again
+        lap("embed")
         break
     else:
         raise SearchError("the serving combination kept changing during the request; retry")
     hits = ws.vectors.query(index_name, vector, VECTOR_K, where={"project_id": project_id})
+    lap("vector")
     fused = reciprocal_rank_fusion([keyword, [h.chunk_id for h in hits]])
+    lap("fuse")
     with ws.db.read() as session:
         allowed = sot_gate(session, [doc for doc, _ in fused], project_id)
-    # Gate before cutting to five: a hidden chunk must not cost the user one of the five slots.
-    chosen = [(doc, score) for doc, score in fused if doc in allowed][:TOP_K]
+    # Gate before cutting to top_k: a hidden chunk must not cost the user one of the slots.
+    chosen = [(doc, score) for doc, score in fused if doc in allowed][:top_k]
+    lap("gate")
     results = [
         SearchHit(
             ref=doc,
@@ -240,17 +275,13 @@ def search(
     if stray:
         raise SearchError(f"used_ids: {stray} were not in the response")
     results = [SearchHit(**{**r.__dict__, "used": r.ref in used}) for r in results]
-    response = SearchResponse(
-        req_id=req_id or uuid.uuid4().hex,
-        chunks=results,
-        active_model_version=model_version,
-        active_index_name=index_name,
-    )
+    trace_id = trace_id or current_trace_id()
+    req_id = req_id or uuid.uuid4().hex
     now = utcnow()
     with ws.db.transaction() as session:
         session.add(
             SearchResponseSnapshot(
-                req_id=response.req_id,
+                req_id=req_id,
                 user_id=user_id,
                 project_id=project_id,
                 query_text=query_text,
@@ -260,6 +291,15 @@ def search(
                 active_index_name=index_name,
                 created_at=now,
                 expires_at=now + timedelta(days=ws.settings.snapshot_ttl_days),
+                trace_id=trace_id,
             )
         )
-    return response
+    lap("store")
+    return SearchResponse(
+        req_id=req_id,
+        chunks=results,
+        active_model_version=model_version,
+        active_index_name=index_name,
+        trace_id=trace_id,
+        seconds=seconds,
+    )

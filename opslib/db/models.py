@@ -209,6 +209,8 @@ class SearchResponseSnapshot(Base):
     active_index_name: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+    # The search request's trace (0009); its feedback event carries the same one.
+    trace_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class MLPipelineRun(Base):
@@ -451,3 +453,39 @@ class ScheduleTick(Base):
     finished_at: Mapped[datetime | None] = mapped_column()
     outcome: Mapped[str | None] = mapped_column(Text)
     trace_id: Mapped[str] = mapped_column(String(64))
+
+
+class FeedbackOutbox(Base):
+    """Feedback the HTTP endpoint acknowledged and has not yet written to ``raw_logs/``.
+
+    A row is committed before the endpoint answers 202, so an acknowledged event survives a crash;
+    a flusher moves rows to raw-log batch files (by count or age) and deletes them. ``event_id``
+    as the key makes a repeated delivery of the same feedback one row.
+    """
+
+    __tablename__ = "feedback_outbox"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event: Mapped[dict[str, Any]] = mapped_column(JSON)  # the feedback event as raw_logs/ will hold it
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ServingEndpoint(Base):
+    """A running ``opsbench serve`` replica, as it reports itself (heartbeat).
+
+    The cutover's "candidate ready" and the rollback's "target ready" wait until every *live*
+    endpoint (heartbeat within the endpoint staleness limit) lists the model in ``loaded_versions``.
+    """
+
+    __tablename__ = "serving_endpoints"
+
+    endpoint_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    address: Mapped[str] = mapped_column(String(256))
+    loaded_versions: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    serving_model_version: Mapped[str | None] = mapped_column(String(128))
+    serving_index_name: Mapped[str | None] = mapped_column(String(128))
+    ready: Mapped[bool] = mapped_column(Boolean, default=False)
+    ready_reason: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    stopped_at: Mapped[datetime | None] = mapped_column()

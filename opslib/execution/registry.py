@@ -79,6 +79,9 @@ class TrainCandidateParams(StageParams):
     patience: int = Field(default=1, ge=1, le=50, description="epochs without a better validation score")
     validation_share: float = Field(default=0.2, gt=0, lt=1)
     negatives_per_row: int = Field(default=1, ge=1, le=8)
+    refit: bool = Field(
+        default=True, description="retrain the winner on training + validation queries for its best epoch count"
+    )
     mine_rank_from: int = Field(default=3, ge=0, le=1000)
     mine_rank_to: int = Field(default=30, ge=1, le=1000)
     mine_margin: float = Field(default=0.05, ge=0, lt=1)
@@ -101,6 +104,7 @@ class TrainCandidateParams(StageParams):
             patience=self.patience,
             validation_share=self.validation_share,
             negatives_per_row=self.negatives_per_row,
+            refit=self.refit,
             mining=MiningParams(
                 rank_from=self.mine_rank_from,
                 rank_to=self.mine_rank_to,

@@ -2,7 +2,8 @@
 
 Steps: fix the run's ``cutover_time`` (once) → completeness gate: every chunk READY before
 ``cutover_time`` has an entry in the candidate index (an id-set check; chunks still missing are
-caught up once, then the gate is final) → export the outgoing active index to an index snapshot
+caught up once, then the gate is final) → endpoint gate: every live serving endpoint has loaded
+the candidate (waited for up to ``endpoint_wait_s``; refused, to be retried, if one has not) → export the outgoing active index to an index snapshot
 file → CUTOVER: in one transaction capture the rollback snapshot of the active combination,
 previous = old active, active = candidate, candidate fields cleared, ``switched_at``.
 Search reads the release row once per request, so it sees the old or the new combination,
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from opslib.control.endpoints import wait_until_loaded
 from opslib.control.release import (
     ReleaseError,
     apply,
@@ -113,6 +115,17 @@ def cutover(ws: Workspace, run_id: int) -> CutoverReport:
             f"{len(missing)} chunks READY before cutover_time are not in the candidate index (e.g. {missing[:3]})"
         )
     checkpoint(ws.settings, "cutover.complete")
+
+    # Candidate ready where it will serve: a switch must not land on a replica that cannot encode
+    # with the candidate (they preload it while the release is CANDIDATE_REINDEXING).
+    lagging = wait_until_loaded(
+        ws.db,
+        candidate_version,
+        stale_after_s=ws.settings.endpoint_stale_after_s,
+        timeout_s=ws.settings.endpoint_wait_s,
+    )
+    if lagging:
+        raise CutoverRefused(f"serving endpoints {lagging} have not loaded the candidate {candidate_version}")
 
     report.snapshot = export_index(ws, active_index, active_version, tag=f"cutover-run-{run_id:05d}")
     checkpoint(ws.settings, "cutover.exported")

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import exists, select
 
+from opslib.control.endpoints import wait_until_loaded
 from opslib.control.messages import RollbackRequest, parse_control_message
 from opslib.control.release import (
     ReleaseError,
@@ -72,6 +73,7 @@ class RollbackReport:
     release_before: dict[str, Any] | None = None
     release_after: dict[str, Any] | None = None
     switch_ms: float | None = None  # the COMPLETE_ROLLBACK transaction alone
+    endpoints_lagging: list[str] = field(default_factory=list)  # live endpoints without the target at the switch
     notes: list[str] = field(default_factory=list)
 
 
@@ -159,6 +161,19 @@ def roll_back(ws: Workspace, request: RollbackRequest, *, progress: bool = False
         target, index_name = report.target_model_version, report.target_index_name
         assert target and index_name
         ws.embeddings.load(target)  # readiness of the model we return to
+        # ... and where it will serve. Unlike a cutover, a rollback does not give up: a bad model is
+        # serving. An endpoint still lacking the target after the wait loads it on its next search.
+        report.endpoints_lagging = wait_until_loaded(
+            ws.db,
+            target,
+            stale_after_s=ws.settings.endpoint_stale_after_s,
+            timeout_s=ws.settings.endpoint_wait_s,
+        )
+        if report.endpoints_lagging:
+            log.warning(
+                "rollback switches before every endpoint loaded the target",
+                extra={"target": target, "endpoints": report.endpoints_lagging},
+            )
         checkpoint(ws.settings, "rollback.loaded")
         manifest = latest_snapshot(ws, index_name)
         if manifest is not None and not collection_matches(ws, manifest):

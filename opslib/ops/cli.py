@@ -358,6 +358,53 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from opslib.service.server import serve  # deferred: FastAPI and uvicorn only for this command
+
+    ws = _ready(_workspace(args))
+    serve(
+        ws,
+        host=args.host,
+        port=args.port,
+        endpoint_id=args.endpoint_id,
+        advertise=args.advertise,
+        allow_anonymous=args.allow_anonymous,
+    )
+    return 0
+
+
+def cmd_serve_token(args: argparse.Namespace) -> int:
+    from opslib.service.auth import new_token
+
+    token, entry = new_token(args.name, args.scopes or ["search", "feedback", "embeddings"])
+    print(f"token (give it to the client once; it is not stored): {token}")
+    print("add this entry to OPS_SERVE_TOKENS (a JSON list) or serve_tokens in the config file:")
+    print(json.dumps(entry.model_dump()))
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from opslib.service.metrics import batch_registry, write_textfile
+
+    ws = _ready(_workspace(args))
+    if args.textfile:
+        write_textfile(ws, Path(args.textfile))
+        print(f"batch metrics written to {args.textfile}")
+    else:
+        from prometheus_client import generate_latest
+
+        sys.stdout.write(generate_latest(batch_registry(ws)).decode())
+    return 0
+
+
+def cmd_flush_feedback(args: argparse.Namespace) -> int:
+    from opslib.lifecycle.feedback.intake import flush_outbox
+
+    report = flush_outbox(_ready(_workspace(args)), force=True)
+    print(f"flushed {report.flushed} acknowledged feedback events to {report.raw_files or 'nothing'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     # The demo's console shows its steps and progress bars; its JSON logs go to a file.
     ws = _workspace(args, default_log_name="demo.log")
@@ -539,6 +586,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = add("status", cmd_status, "summarise the workspace from the Metadata DB")
     sub.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sub = add(
+        "serve",
+        cmd_serve,
+        "the managed embedding endpoint over HTTP: /v1/search, /v1/feedback, /v1/embeddings, /healthz, /readyz, "
+        "/metrics (one process per replica; docs/serving.md)",
+    )
+    sub.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
+    sub.add_argument("--port", type=int, default=8000)
+    sub.add_argument("--endpoint-id", help="the replica's id in serving_endpoints (default HOSTNAME:PORT)")
+    sub.add_argument("--advertise", help="the URL other hosts reach this replica at (default http://HOST:PORT)")
+    sub.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="no bearer token needed (loopback hosts only: for a local demo or a test)",
+    )
+
+    sub = add("serve-token", cmd_serve_token, "make a bearer token for the endpoint; prints it and its settings entry")
+    sub.add_argument("name", help="who the token is for, e.g. biblio-app")
+    sub.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        choices=["search", "feedback", "embeddings"],
+        help="repeatable (default: all three)",
+    )
+
+    sub = add(
+        "metrics",
+        cmd_metrics,
+        "the lifecycle's batch metrics in Prometheus text format (to stdout, or --textfile for node_exporter)",
+    )
+    sub.add_argument("--textfile", help="write atomically to this file (node_exporter textfile collector)")
+
+    add("flush-feedback", cmd_flush_feedback, "write feedback the endpoint acknowledged to raw_logs/ now")
 
     sub = add(
         "demo",

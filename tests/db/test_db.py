@@ -47,6 +47,8 @@ TABLES = {
     "audit_log",
     "corpus_imports",
     "schedule_ticks",
+    "feedback_outbox",
+    "serving_endpoints",
 }
 
 
@@ -414,7 +416,26 @@ ROWS_LATER: dict[str, dict[str, list[dict[str, Any]]]] = {
                 "trace_id": "trace-tick-2",
             },
         ]
-    }
+    },
+    "0009": {
+        "feedback_outbox": [
+            {"event_id": "5b1c0f3e-0000-5000-8000-000000000001", "event": {"rating": "LIKE"}, "received_at": _at(50)}
+        ],
+        "serving_endpoints": [
+            {
+                "endpoint_id": "host-a:8000",
+                "address": "http://10.0.0.1:8000",
+                "loaded_versions": ["base"],
+                "serving_model_version": "base",
+                "serving_index_name": "idx-base",
+                "ready": True,
+                "ready_reason": None,
+                "started_at": _at(51),
+                "heartbeat_at": _at(52),
+                "stopped_at": None,
+            }
+        ],
+    },
 }
 # Columns later revisions add to tables that already have rows, and the value each old row gets.
 ADDED_LATER: dict[str, dict[str, Callable[[dict[str, Any]], Any]]] = {
@@ -429,6 +450,7 @@ ADDED_LATER: dict[str, dict[str, Callable[[dict[str, Any]], Any]]] = {
     "model_versions": {"encode_precision": lambda row: "fp32"},  # 0007: every older model encoded in fp32
     "vector_index_entries": {"encode_precision": lambda row: "fp32"},
     "evaluation_datasets": {"role": lambda row: "evaluation"},  # 0008: every older set judged candidates
+    "search_response_snapshots": {"trace_id": lambda row: None},  # 0009: older searches recorded no trace
 }
 
 
@@ -458,7 +480,7 @@ def test_upgrade_from_0001_keeps_every_row_and_backfills_new_columns(empty_ws: W
         for table, rows in ROWS_0001.items():
             for row in rows:
                 _insert_raw(conn, table, row)
-    revisions = ["0002", "0003", "0004", "0005", "0006", "0007", "0008"]
+    revisions = ["0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009"]
     for revision in revisions:
         assert upgrade(db, revision) == revision
         with db.engine.begin() as conn:
@@ -466,7 +488,7 @@ def test_upgrade_from_0001_keeps_every_row_and_backfills_new_columns(empty_ws: W
                 for row in rows:
                     _insert_raw(conn, table, row)
     assert revisions[-1] == head_revision(), "a new migration: add its rows and backfills to this test"
-    written = {**ROWS_0001, **ROWS_LATER["0003"]}
+    written = {**ROWS_0001, **ROWS_LATER["0003"], **ROWS_LATER["0009"]}
     assert set(written) == TABLES == _tables(db)
 
     models = {mapper.local_table.name: mapper.class_ for mapper in Base.registry.mappers}

@@ -106,7 +106,7 @@ def _script_validation(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -> 
             value = next(scripted)
             return {"recall_at_5": value, "mrr_at_5": value, "ndcg_at_5": value}
 
-        return real_fit(model, guide, rows, configuration, settings, fake)
+        return real_fit(model, guide, rows, configuration, settings, fake if score is not None else None)
 
     monkeypatch.setattr("opslib.lifecycle.training.stage.fit_configuration", scripted_fit)
 
@@ -120,8 +120,11 @@ def test_the_best_epoch_is_the_one_kept(ws: Workspace, monkeypatch: pytest.Monke
     loop_ready(ws)
     _script_validation(monkeypatch, [0.2, 0.9, 0.5])
     run_id = request_run(ws.db, trigger_source="manual", trace_id="best-epoch").run_id
-    params = TrainingParams(epochs=3, patience=2, batch_size=8, learning_rates=(5e-4,), max_seq_length=32)
+    params = TrainingParams(
+        epochs=3, patience=2, batch_size=8, learning_rates=(5e-4,), max_seq_length=32, refit=False
+    )
     report = train_candidate(ws, run_id, params, progress=False)
+    assert report.selection["refit"] is None
     chosen = report.selection["configurations"][0]
     assert [e["metrics"]["ndcg_at_5"] for e in chosen["epochs"]] == [0.2, 0.9, 0.5]
     assert chosen["best_epoch"] == 2 and report.selection["selected_epoch"] == 2
@@ -137,6 +140,39 @@ def test_the_best_epoch_is_the_one_kept(ws: Workspace, monkeypatch: pytest.Monke
     manifest = read_manifest(ws, candidate)
     assert manifest.training_parameters["selected_epoch"] == 2
     assert read_selection(ws, run_id, candidate) == report.selection
+
+
+@pytest.mark.sqlite_only(reason="the refit is training's property (see above)")
+def test_the_refit_trains_every_labelled_query_for_the_chosen_epochs(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation peaks at epoch 2 of 3: the candidate is a fresh run of that configuration over
+    training + validation queries, stopped after epoch 2 of the same schedule."""
+    loop_ready(ws)
+    _script_validation(monkeypatch, [0.2, 0.9, 0.5])
+    run_id = request_run(ws.db, trigger_source="manual", trace_id="refit").run_id
+    params = TrainingParams(epochs=3, patience=2, batch_size=8, learning_rates=(5e-4,), max_seq_length=32)
+    report = train_candidate(ws, run_id, params, progress=False)
+    selection = report.selection
+    refit = selection["refit"]
+    split = selection["split"]
+    assert refit["epochs"] == refit["epochs_run"] == 2 and refit["configuration"] == "mnrl lr=0.0005"
+    assert refit["groups"] == split["train_queries"] + split["validation_queries"]
+    assert report.rows == refit["rows"]["rows"] > selection["rows"]["rows"]  # more rows than selection trained on
+    from sentence_transformers import SentenceTransformer
+
+    candidate = get_run(ws.db, run_id).candidate_model_version
+    saved = SentenceTransformer(str(local_model_dir(ws, candidate)), device="cpu")
+    assert weights_fingerprint(saved) == refit["weights_sha256"]
+    assert refit["weights_sha256"] not in {e["weights_sha256"] for e in selection["configurations"][0]["epochs"]}
+    assert read_manifest(ws, candidate).training_parameters["refit_on_validation_queries"] is True
+    from opslib.lifecycle.training.summary import refit_facts, selection_headline
+
+    assert selection_headline(selection, False).endswith(
+        f"then refit on all {refit['groups']} labelled queries (training + validation) for 2 epoch(s) — that is "
+        "the candidate"
+    )
+    assert refit_facts(selection)["epochs (as validation chose)"] == 2
 
 
 @pytest.mark.sqlite_only(reason="selection is training's property (see above)")

@@ -83,6 +83,9 @@ FIELDS = ("schema_version", *_TEXT_FIELDS[:5], "rating", *_LIST_FIELDS, *_TEXT_F
 _FIELD_SET = frozenset(FIELDS)
 
 
+RATINGS = ("LIKE", "DISLIKE")
+
+
 class InvalidEvent(Invalid, ValueError):
     pass
 
@@ -100,7 +103,7 @@ def check_event(data: dict[str, Any]) -> None:
         value = data[name]
         if type(value) is not str or not value:
             raise InvalidEvent(f"{name}: must be a non-empty string")
-    if data["rating"] not in ("LIKE", "DISLIKE"):
+    if data["rating"] not in RATINGS:
         raise InvalidEvent(f"rating: must be LIKE or DISLIKE, got {data['rating']!r}")
     for name in _LIST_FIELDS:
         value = data[name]

@@ -11,4 +11,3 @@ QueryKey = tuple[str, str]  # (project_id, normalised query text)
 
 def normalise_query(text: str) -> str:
     return " ".join(text.casefold().split())
-

@@ -71,7 +71,7 @@ class ConfigurationResult:
 
     @property
     def best_score(self) -> float:
-        return max((e.metrics[SELECTION_METRIC] for e in self.epochs), default=float("-inf"))
+        return max((e.metrics.get(SELECTION_METRIC, float("-inf")) for e in self.epochs), default=float("-inf"))
 
     def as_record(self) -> dict[str, Any]:
         return {
@@ -106,6 +106,8 @@ class FitSettings:
     device: str
     mixed_precision: str
     progress: bool
+    # Refit: train this many epochs of the ``epochs``-long schedule, then stop (no validation).
+    stop_after: int | None = None
 
 
 def fit_configuration(
@@ -114,10 +116,14 @@ def fit_configuration(
     rows: list[dict[str, str]],
     configuration: Configuration,
     settings: FitSettings,
-    score: Callable[[SentenceTransformer], dict[str, float]],
+    score: Callable[[SentenceTransformer], dict[str, float]] | None,
 ) -> tuple[ConfigurationResult, dict[str, Any]]:
     """Train ``model`` in place; return the result and the best epoch's weights (a state dict on
-    the CPU). ``score`` is the validation scorer; ``guide`` gives the guide model for ``gist``."""
+    the CPU). ``score`` is the validation scorer; ``guide`` gives the guide model for ``gist``.
+
+    Without a scorer (a refit on every labelled query) nothing is validated: training runs the
+    schedule of ``settings.epochs`` epochs, stops after ``settings.stop_after`` of them, and the
+    weights returned are that epoch's."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer import losses
@@ -136,6 +142,15 @@ def fit_configuration(
 
         def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             epoch = len(result.epochs) + 1
+            if score is None:
+                result.epochs.append(EpochScore(epoch, int(state.global_step), {}, weights_fingerprint(model)))
+                if epoch == (settings.stop_after or settings.epochs):
+                    best.update(
+                        epoch=epoch, state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                    )
+                    result.stopped_early = epoch < settings.epochs
+                    control.should_training_stop = True
+                return
             metrics = score(model)
             result.epochs.append(EpochScore(epoch, int(state.global_step), metrics, weights_fingerprint(model)))
             if metrics[SELECTION_METRIC] > (best.get("score", float("-inf"))):

@@ -9,7 +9,12 @@
    up to ``epochs`` epochs, scored on the validation split after each; each keeps its best epoch
    (``fit``). The configuration with the best validation nDCG@5 becomes the candidate (ties: the
    earlier one in the grid). The baseline's own validation score is recorded beside them.
-4. **Register** the candidate (write-once) — reading texts as far as the baseline did or as far as
+4. **Refit** (``refit``, default on): the winning configuration trains once more from the
+   baseline on *every* labelled query — training and validation — for exactly its best epoch count
+   (the same schedule, stopped there). Selection needed the validation queries held out; the
+   candidate need not waste them. Its validation score cannot be measured (it trained on those
+   queries): stage 40 judges it, on the evaluation set.
+5. **Register** the candidate (write-once) — reading texts as far as the baseline did or as far as
    it was trained to, whichever is longer (training may cut texts shorter for speed) — with the
    whole selection — split, negatives by source, every configuration's epoch scores — in its
    manifest and in ``training/run-<id>/<candidate>/selection.json``.
@@ -23,6 +28,7 @@ weights and optimizer state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -75,6 +81,7 @@ class TrainingParams:
     patience: int = 1
     validation_share: float = 0.2
     negatives_per_row: int = 1
+    refit: bool = True  # the winner retrained on training + validation queries for its best epoch count
     mining: MiningParams = field(default_factory=MiningParams)
 
     def __post_init__(self) -> None:
@@ -102,6 +109,7 @@ class TrainingParams:
             "patience": self.patience,
             "validation_share": self.validation_share,
             "negatives_per_row": self.negatives_per_row,
+            "refit": self.refit,
             "mining": self.mining.__dict__,
         }
 
@@ -223,10 +231,40 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
     report.steps = winner.steps
     report.loss_history = winner.loss_history
     model = SentenceTransformer(base_path, device=device)
+    refit: dict[str, Any] | None = None
+    if params.refit and split.validation:
+        # Every labelled query now trains, for the epochs validation chose (same schedule, stopped there).
+        _deterministic(params.seed)
+        all_groups = merge_by_query(split.train + split.validation)
+        all_mined, _ = mine_hard_negatives(ws, run.baseline_model_version, all_groups, params.mining, progress=progress)
+        all_rows, all_rows_report = training_rows(all_groups, all_mined, params.negatives_per_row)
+        refit_settings = dataclasses.replace(settings, stop_after=winner.best_epoch)
+        refit_result, best_state = fit_configuration(
+            model, load_guide, all_rows, winner.configuration, refit_settings, None
+        )
+        kept_fingerprint = refit_result.epochs[-1].weights_sha256
+        refit = {
+            "configuration": winner.configuration.label,
+            "epochs": winner.best_epoch,
+            "epochs_run": len(refit_result.epochs),  # of a schedule params.epochs long, as in selection
+            "groups": len(all_groups),
+            "rows": all_rows_report.as_record(),
+            "steps": refit_result.steps,
+            "seconds": round(refit_result.seconds, 1),
+            "weights_sha256": kept_fingerprint,
+        }
+        report.steps, report.loss_history = refit_result.steps, refit_result.loss_history
+        report.rows, report.groups = len(all_rows), all_rows_report.groups_used
+        del model
+        model = SentenceTransformer(base_path, device=device)
+        kept_epoch = f"the refit's epoch {winner.best_epoch}"
+    else:
+        kept_fingerprint = winner.epochs[winner.best_epoch - 1].weights_sha256
+        kept_epoch = f"epoch {winner.best_epoch}"
     model.load_state_dict(best_state)
+    if weights_fingerprint(model) != kept_fingerprint:
+        raise TrainingError(f"run {run_id}: the kept weights are not {kept_epoch}'s (fingerprint differs)")
     kept = winner.epochs[winner.best_epoch - 1]
-    if weights_fingerprint(model) != kept.weights_sha256:
-        raise TrainingError(f"run {run_id}: the kept weights are not epoch {kept.epoch}'s (fingerprint differs)")
     model.max_seq_length = serving_length
     selection = {
         "run_id": run_id,
@@ -246,6 +284,7 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
         "selected": chosen,
         "selected_label": winner.configuration.label,
         "selected_epoch": winner.best_epoch,
+        "refit": refit,  # None: the candidate is the selected configuration's kept epoch itself
         "serving_max_seq_length": serving_length,
     }
     report.selection = selection
@@ -267,7 +306,9 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
                 "loss": LOSS_NAMES[winner.configuration.loss],
                 "learning_rate": winner.configuration.learning_rate,
                 "selected_epoch": winner.best_epoch,
+                "refit_on_validation_queries": refit is not None,
                 "selection": ws.objects.uri(key),
+                # The selected configuration's kept epoch; a refit trained on the validation queries too.
                 "validation": kept.metrics,
                 "baseline_validation": baseline_scores,
                 "batch_sampler": "no_duplicates",
@@ -278,7 +319,7 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
                 "steps": report.steps,
                 "device": device,  # determinism holds per device and precision
                 "mixed_precision": mixed_precision,
-                "final_loss": winner.loss_history[-1][1] if winner.loss_history else None,
+                "final_loss": report.loss_history[-1][1] if report.loss_history else None,
             },
         )
     log.info(

@@ -74,7 +74,31 @@ def selection_headline(selection: dict[str, Any], already_trained: bool) -> str:
     chosen = selection["configurations"][selection["selected"]]
     kept = chosen["epochs"][chosen["best_epoch"] - 1]["metrics"] if chosen["best_epoch"] else {}
     base = selection.get("baseline_validation") or {}
-    return (
+    headline = (
         f"trained: {selection['selected_label']}, epoch {selection['selected_epoch']} kept — validation nDCG@5 "
         f"{kept.get('ndcg_at_5', float('nan')):.4f} (baseline {base.get('ndcg_at_5', float('nan')):.4f})"
     )
+    refit = selection.get("refit")
+    if refit:
+        headline += (
+            f"; then refit on all {refit['groups']} labelled queries (training + validation) for "
+            f"{refit['epochs']} epoch(s) — that is the candidate"
+        )
+    return headline
+
+
+def refit_facts(selection: dict[str, Any]) -> dict[str, Any]:
+    """What the refit did, or that there was none."""
+    refit = selection.get("refit")
+    if not refit:
+        return {"refit": "none: the candidate is the selected configuration's kept epoch"}
+    return {
+        "configuration": refit["configuration"],
+        "epochs (as validation chose)": refit["epochs"],
+        "queries (training + validation)": refit["groups"],
+        "rows": refit.get("rows", {}).get("rows"),
+        "steps": refit["steps"],
+        "seconds": refit["seconds"],
+        "weights sha256": refit["weights_sha256"],
+        "validation score": "not measurable: the refit trained on the validation queries (stage 40 judges it)",
+    }
