@@ -594,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/metrics (one process per replica; docs/serving.md)",
     )
     sub.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
-    sub.add_argument("--port", type=int, default=8000)
+    sub.add_argument("--port", type=int, default=8000, help="0: any free port (printed on start)")
     sub.add_argument("--endpoint-id", help="the replica's id in serving_endpoints (default HOSTNAME:PORT)")
     sub.add_argument("--advertise", help="the URL other hosts reach this replica at (default http://HOST:PORT)")
     sub.add_argument(

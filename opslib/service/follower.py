@@ -86,6 +86,7 @@ class Follower:
     def start(self) -> None:
         self.follow_once()  # the active model loaded before the server takes requests
         self.report_once()
+        flush_outbox(self.ws, force=True)  # what a killed replica acknowledged and never wrote
         self._thread.start()
 
     def stop(self) -> None:

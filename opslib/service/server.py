@@ -31,6 +31,22 @@ def default_endpoint_id(port: int) -> str:
     return f"{socket.gethostname()}:{port}"
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the app is made: ``port`` 0 picks a free port, and the
+    endpoint registers the port it really has."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ServeRefused(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(
     ws: Workspace,
     *,
@@ -40,7 +56,8 @@ def serve(
     advertise: str | None = None,
     allow_anonymous: bool = False,
 ) -> None:
-    """Serve until SIGINT/SIGTERM (then pending feedback is flushed and the row marked stopped)."""
+    """Serve until SIGINT/SIGTERM (then pending feedback is flushed and the row marked stopped).
+    Prints ``serving on <url>`` once the socket is bound (``port`` 0: a free one)."""
     if not ws.settings.serve_tokens and not allow_anonymous:
         raise ServeRefused(
             "serve_tokens: none configured, so every /v1 request would be refused — make one with "
@@ -48,15 +65,19 @@ def serve(
         )
     if allow_anonymous and not is_loopback(host):
         raise ServeRefused(f"--allow-anonymous: only on a loopback host, not {host!r}")
-    if not 0 < port < 65536:
-        raise ServeRefused(f"port {port}: must be 1-65535")
-    address = advertise or f"http://{host}:{port}"
+    if not 0 <= port < 65536:
+        raise ServeRefused(f"port {port}: must be 0-65535 (0: any free port)")
+    sock = bind(host, port)
+    port = int(sock.getsockname()[1])
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     app = create_app(
         ws,
         endpoint_id=endpoint_id or default_endpoint_id(port),
-        address=address,
+        address=advertise or url,
         allow_anonymous=allow_anonymous,
     )
     # One process per replica: scale by running more replicas (they share the stores).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=20)
+    config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=20)
+    print(f"serving on {url}", flush=True)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -120,9 +120,7 @@ def test_the_best_epoch_is_the_one_kept(ws: Workspace, monkeypatch: pytest.Monke
     loop_ready(ws)
     _script_validation(monkeypatch, [0.2, 0.9, 0.5])
     run_id = request_run(ws.db, trigger_source="manual", trace_id="best-epoch").run_id
-    params = TrainingParams(
-        epochs=3, patience=2, batch_size=8, learning_rates=(5e-4,), max_seq_length=32, refit=False
-    )
+    params = TrainingParams(epochs=3, patience=2, batch_size=8, learning_rates=(5e-4,), max_seq_length=32, refit=False)
     report = train_candidate(ws, run_id, params, progress=False)
     assert report.selection["refit"] is None
     chosen = report.selection["configurations"][0]
