@@ -149,6 +149,11 @@ def cmd_import_builtin(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
+    channel: Any = None
+    if args.url:
+        from opslib.service.client import EndpointChannel, EndpointClient
+
+        channel = EndpointChannel(EndpointClient(args.url, args.token))
     report = simulate_traffic(
         ws,
         args.corpus,
@@ -157,11 +162,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         noise=args.noise,
         users=args.users,
         progress=not args.quiet,
+        channel=channel,
+    )
+    where = (
+        f"acknowledged by {args.url} (it writes raw_logs/ in batches)"
+        if args.url
+        else f"in {len(report.ingest.raw_files)} raw log file(s)"
     )
     print(
         f"{report.requests} requests: {report.likes} likes, {report.dislikes} dislikes, "
-        f"hit rate {report.hit_rate:.1%}; {report.ingest.accepted} events in "
-        f"{len(report.ingest.raw_files)} raw log file(s)"
+        f"hit rate {report.hit_rate:.1%}; {report.ingest.accepted} events {where}"
     )
     return 0
 
@@ -473,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--noise", type=float, default=0.1, help="probability a rating is flipped")
     sub.add_argument("--users", type=int, default=25, help="number of simulated users")
+    sub.add_argument("--url", help="send the traffic over HTTP to a running endpoint (`opsbench serve`)")
+    sub.add_argument("--token", help="with --url: a bearer token with the search and feedback scopes")
     sub.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub = add("ingest-feedback", cmd_ingest_feedback, "validate feedback events (JSONL) into raw_logs/ and error_logs/")

@@ -25,6 +25,7 @@ def test_only_traffic_queries_are_sent_and_events_follow_the_contract(loaded: Wo
     report = simulate_traffic(loaded, "mini", requests=60, seed=5, noise=0.0)
     events = [e for _, e in read_raw_events(loaded.objects)]
     assert len(events) == report.requests == 60 == report.ingest.accepted
+    assert len({e.trace_id for e in events}) == 60  # each request its own trace
     reserved = {q.query_text for q in read_queries(loaded, "mini", "reserved")}
     traffic = {q.query_text: q for q in read_queries(loaded, "mini", "traffic")}
     assert reserved and not reserved & {e.query_text for e in events}

@@ -339,3 +339,24 @@ def test_cutover_and_rollback_while_serving(served, tiny_candidate_dir: Path) ->
 def current_release_of(ws: Workspace):  # type: ignore[no-untyped-def]
     with ws.db.read() as session:
         return current_release(session)
+
+
+def test_simulated_traffic_over_http_reaches_raw_logs_one_trace_per_request(served) -> None:  # type: ignore[no-untyped-def]
+    from opslib.lifecycle.feedback.simulate import simulate_traffic
+    from opslib.service.client import EndpointChannel, EndpointClient
+
+    ws, server = served
+    client = EndpointClient(server.url, server.token)
+    try:
+        report = simulate_traffic(ws, "mini", requests=12, seed=3, noise=0.0, channel=EndpointChannel(client))
+    finally:
+        client.close()
+    assert report.requests == 12 and report.ingest.accepted == 12
+    _until(lambda: len(_raw_events(ws)) == 12)
+    events = _raw_events(ws)
+    assert len({e["trace_id"] for e in events}) == 12  # a trace per request
+    with ws.db.read() as session:
+        for event in events:
+            snapshot = session.get(SearchResponseSnapshot, event["req_id"])
+            assert snapshot is not None and snapshot.trace_id == event["trace_id"]
+    assert sum(e["rating"] == "LIKE" for e in events) == report.likes
