@@ -419,7 +419,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # The demo's console shows its steps and progress bars; its JSON logs go to a file.
     ws = _workspace(args, default_log_name="demo.log")
     print(f"JSON logs (every line with its trace_id): {ws.settings.log_file}")
-    report = run_demo(ws, requests=args.requests, rollback=args.rollback)
+    report = run_demo(ws, requests=args.requests, rollback=args.rollback, serve=args.serve)
     print()
     # The exit code says it too, but an operator reads this line first.
     print("Demo finished." if report.ok else "Demo finished with a failed step (exit 1): see its report below.")
@@ -642,6 +642,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--requests", type=int, default=300, help="simulated search requests")
     sub.add_argument("--rollback", action="store_true", help="after a cutover, also demonstrate a rollback (70)")
+    sub.add_argument(
+        "--no-serve",
+        dest="serve",
+        action="store_false",
+        help="no HTTP endpoint: traffic and searches in this process (default: an endpoint on a free loopback port)",
+    )
     return parser
 
 

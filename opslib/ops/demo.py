@@ -1,8 +1,14 @@
-"""The demo: an empty workspace to an archived, executed stage report in one command."""
+"""The demo: an empty workspace to an archived, executed stage report in one command.
+
+With ``serve`` (the default) the managed embedding endpoint runs beside it for the whole demo
+(``opsbench serve`` on a free loopback port, no token: loopback only): the simulated users search
+and give feedback over HTTP, and the searches shown before and after the release go over HTTP too.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -29,8 +35,11 @@ from opslib.lifecycle.evaluation.sets import (
     records_from_corpus,
     register_evaluation_set,
 )
-from opslib.lifecycle.feedback.simulate import SimulationReport, simulate_traffic
+from opslib.lifecycle.feedback.intake import flush_outbox
+from opslib.lifecycle.feedback.simulate import SimulationReport, TrafficChannel, simulate_traffic
 from opslib.ops.bootstrap import BootstrapReport, init_workspace
+from opslib.service.client import EndpointChannel, EndpointClient
+from opslib.service.server import ServerProcess, spawn_server
 
 DEMO_CORPUS = "stdlib"
 
@@ -48,6 +57,7 @@ class DemoReport:
     evaluation_report: str | None = None
     served_by: str | None = None  # the model a search after the loop was served by
     rollback: WorkerReport | None = None
+    endpoint_url: str | None = None  # the demo's HTTP endpoint while it ran
 
     @property
     def ok(self) -> bool:
@@ -58,12 +68,38 @@ class DemoReport:
         )
 
 
+@contextlib.contextmanager
+def _endpoint(ws: Workspace, serve: bool, say: Callable[[str], None]) -> Iterator[ServerProcess | None]:
+    if not serve:
+        yield None
+        return
+    log_path = ws.settings.workspace / "logs" / "serve.log"
+    server = spawn_server(ws.settings.model_copy(update={"log_file": log_path}), log_path, allow_anonymous=True)
+    say(f"      endpoint serving on {server.url} (log {server.log_path}); try:")
+    say(
+        f"      curl -s {server.url}/v1/search -H 'Content-Type: application/json' "
+        """-d '{"project_id": "stdlib-text", "user_id": "me", "query": "encode bytes as base64"}'"""
+    )
+    try:
+        yield server
+    finally:
+        code = server.stop()
+        say(f"      endpoint stopped (exit {code}); pending feedback flushed")
+
+
 def run_demo(
-    ws: Workspace, *, requests: int = 300, seed: int = 7, rollback: bool = False, say: Callable[[str], None] = print
+    ws: Workspace,
+    *,
+    requests: int = 300,
+    seed: int = 7,
+    rollback: bool = False,
+    serve: bool = True,
+    say: Callable[[str], None] = print,
 ) -> DemoReport:
     """Initialise, bootstrap, load the built-in corpus, simulate traffic, run 10 and 20, then
     train and evaluate a candidate through the worker (which releases it on a PASS), show a
-    search, and with ``rollback`` roll the release back and search again."""
+    search, and with ``rollback`` roll the release back and search again. With ``serve`` the
+    traffic and the searches shown go over HTTP to an endpoint the demo runs meanwhile."""
     say("[1/6] initialising the workspace and bootstrapping the base model + its index")
     boot = init_workspace(ws, progress=True)
     say(f"      serving {boot.model_version} on index {boot.index_name}")
@@ -79,7 +115,28 @@ def run_demo(
             f"      {corpus.chunks} chunks in {corpus.videos} videos of {corpus.projects} projects; "
             f"{corpus.traffic_queries} traffic queries, {corpus.reserved_queries} reserved for evaluation"
         )
-    say(f"[3/6] simulating {requests} search requests with feedback")
+    with _endpoint(ws, serve, say) as server:
+        client = EndpointClient(server.url) if server is not None else None
+        try:
+            return _loop(ws, boot, corpus, client, requests=requests, seed=seed, rollback=rollback, say=say)
+        finally:
+            if client is not None:
+                client.close()
+
+
+def _loop(
+    ws: Workspace,
+    boot: BootstrapReport,
+    corpus: CorpusReport | None,
+    client: EndpointClient | None,
+    *,
+    requests: int,
+    seed: int,
+    rollback: bool,
+    say: Callable[[str], None],
+) -> DemoReport:
+    channel: TrafficChannel | None = EndpointChannel(client) if client is not None else None
+    say(f"[3/6] simulating {requests} search requests with feedback" + (f" over HTTP ({client.url})" if client else ""))
     traffic = simulate_traffic(
         ws,
         DEMO_CORPUS,
@@ -88,11 +145,21 @@ def run_demo(
         progress=True,
         start=utcnow() - timedelta(days=6),
         spread=timedelta(days=6),
+        channel=channel,
     )
-    say(
-        f"      {traffic.likes} likes, {traffic.dislikes} dislikes; relevant chunk in top-5 for "
-        f"{traffic.hit_rate:.0%} of requests; {len(traffic.ingest.raw_files)} raw log file(s)"
-    )
+    if client is not None:
+        written = flush_outbox(ws, force=True)  # what the endpoint has not flushed yet
+        say(
+            f"      {traffic.likes} likes, {traffic.dislikes} dislikes; relevant chunk in top-5 for "
+            f"{traffic.hit_rate:.0%} of requests; {traffic.ingest.accepted} feedback events acknowledged (202), "
+            f"now in raw_logs/ ({written.flushed} flushed just now)"
+        )
+    else:
+        say(
+            f"      {traffic.likes} likes, {traffic.dislikes} dislikes; relevant chunk in top-5 for "
+            f"{traffic.hit_rate:.0%} of requests; {len(traffic.ingest.raw_files)} raw log file(s)"
+        )
+    _show_search(ws, client, say)  # before the loop: the base model serves
     say("[4/6] running stage 10_feedback_health")
     health = run_stage(ws, "10_feedback_health", {"window_days": 7}, progress=True)
     say(f"      {health.status.value}: report {health.output_html}")
@@ -113,7 +180,7 @@ def run_demo(
             f"{dataset.counts['negatives']} negatives — {verdict}"
         )
     say(f"      {build.status.value}: report {build.output_html}")
-    report = DemoReport(boot, corpus, traffic, health, build, dataset)
+    report = DemoReport(boot, corpus, traffic, health, build, dataset, endpoint_url=client.url if client else None)
     if dataset is None or not dataset.eligible:
         say("[6/6] no eligible dataset: nothing to train (simulate more traffic and run the demo again)")
         return report
@@ -152,7 +219,7 @@ def run_demo(
         say(f"      evaluation report: {report.evaluation_report}")
     for run_id, what in report.worker.released.items():
         say(f"      release of run {run_id} (50_reindex_candidate → 60_cutover): {what}")
-    report.served_by = _show_search(ws, say)
+    report.served_by = _show_search(ws, client, say)
     if rollback:
         with ws.db.read() as session:
             release = current_release(session)
@@ -166,15 +233,21 @@ def run_demo(
             report.rollback = Worker(ws, name="demo-worker").run_once()
             for message_id, what in report.rollback.rollbacks:
                 say(f"      rollback message {message_id}: {what}")
-            report.served_by = _show_search(ws, say)
+            report.served_by = _show_search(ws, client, say)
     return report
 
 
-def _show_search(ws: Workspace, say: Callable[[str], None]) -> str:
+def _show_search(ws: Workspace, client: EndpointClient | None, say: Callable[[str], None]) -> str:
     query = next(iter(read_queries(ws, DEMO_CORPUS, "reserved")))
-    response = search(ws, query.query_text, project_id=query.project_id, user_id="demo-user")
+    if client is not None:
+        answer = client.search(query.query_text, query.project_id, "demo-user")
+        model, index = answer["active_model_version"], answer["active_index_name"]
+        refs = [c["ref"] for c in answer["chunks"]]
+        how = "over HTTP "
+    else:
+        response = search(ws, query.query_text, project_id=query.project_id, user_id="demo-user")
+        model, index, refs, how = response.active_model_version, response.active_index_name, response.refs, ""
     say(
-        f"      search {query.query_text[:60]!r} → served by {response.active_model_version} "
-        f"({response.active_index_name}); top hit {response.refs[0] if response.refs else '—'}"
+        f"      search {how}{query.query_text[:60]!r} → served by {model} ({index}); top hit {refs[0] if refs else '—'}"
     )
-    return response.active_model_version
+    return str(model)

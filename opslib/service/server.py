@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import uvicorn
 
 from opslib.errors import Invalid
 from opslib.infra.workspace import Workspace
 from opslib.service.app import create_app
+from opslib.settings import Settings
 
 
 class ServeRefused(Invalid):
@@ -81,3 +90,62 @@ def serve(
     config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=20)
     print(f"serving on {url}", flush=True)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+@dataclass
+class ServerProcess:
+    """An endpoint replica running as a child process (the demo's, a test's)."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
+        """Stop it (SIGTERM: a clean stop that flushes pending feedback); returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return int(self.proc.returncode)
+
+
+def spawn_server(
+    settings: Settings, log_path: Path, *, allow_anonymous: bool = False, timeout_s: float = 120.0
+) -> ServerProcess:
+    """Start ``opsbench serve --port 0`` with these settings and wait until it is ready (``/readyz``
+    200); its log lines go to ``log_path``."""
+    env = {**os.environ, **settings.as_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "opslib.ops.cli", "serve", "--port", "0"]
+    if allow_anonymous:
+        command.append("--allow-anonymous")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, env=env)
+    first: list[bytes] = []
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    reader = threading.Thread(target=lambda: first.append(stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout=timeout_s)
+    if not first or not first[0].startswith(b"serving on "):
+        proc.kill()
+        proc.wait(timeout=10)
+        raise ServeRefused(
+            f"the endpoint did not start (log: {log_path}): {log_path.read_text(errors='replace')[-1500:]}"
+        )
+    server = ServerProcess(first[0].decode().split()[-1], proc, log_path)
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as client:
+        while True:
+            try:
+                if client.get("/readyz").status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                server.stop(signal.SIGKILL)
+                raise ServeRefused(f"the endpoint never became ready (log: {log_path})")
+            time.sleep(0.2)

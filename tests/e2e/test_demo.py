@@ -55,6 +55,12 @@ def test_demo_path(empty_ws: Workspace) -> None:
     assert any(line.strip().startswith("evaluation report:") for line in lines)
     assert report.worker is not None and list(report.worker.released.values()) == ["cut over: now serving"]
     assert any("served by cand-r" in line for line in lines)  # the search between cutover and rollback
+    # the traffic and the searches shown went over HTTP to the demo's endpoint, stopped at the end
+    assert report.endpoint_url and any(f"endpoint serving on {report.endpoint_url}" in line for line in lines)
+    assert (
+        sum("search over HTTP" in line for line in lines) == 3
+    )  # before the loop, after the cutover, after the rollback
+    assert any(line.strip().startswith("endpoint stopped (exit 0)") for line in lines)
     assert report.rollback is not None and [w for _, w in report.rollback.rollbacks] == ["done"]
     assert report.served_by == "tiny-base"  # after the rollback
     with empty_ws.db.read() as session:

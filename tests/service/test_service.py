@@ -4,11 +4,7 @@ client (httpx), a real Chroma server shared with the test process, on SQLite and
 from __future__ import annotations
 
 import base64
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +29,7 @@ from opslib.lifecycle.reindex import reindex_candidate
 from opslib.lifecycle.rollback import roll_back
 from opslib.ops.bootstrap import init_workspace
 from opslib.service.auth import new_token
+from opslib.service.server import ServerProcess, spawn_server
 from opslib.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -41,56 +38,24 @@ PROJECT = "mini-alpha"
 
 @dataclass
 class Server:
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
+    process: ServerProcess
     token: str
     search_only: str
+
+    @property
+    def url(self) -> str:
+        return self.process.url
 
     def client(self, token: str | None = "default") -> httpx.Client:
         headers = {} if token is None else {"Authorization": f"Bearer {self.token if token == 'default' else token}"}
         return httpx.Client(base_url=self.url, headers=headers, timeout=60, trust_env=False)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        self.process.stop(sig)
 
 
 def start_server(settings: Settings, log: Path, token: str, search_only: str) -> Server:
-    env = {**settings.as_env(), "PATH": os.environ["PATH"], "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with log.open("ab") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "opslib.ops.cli", "serve", "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            env=env,
-        )
-    assert proc.stdout is not None
-    first: list[bytes] = []
-    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    reader.join(timeout=90)
-    if not first or not first[0].startswith(b"serving on "):
-        proc.kill()
-        pytest.fail(f"the server did not start: {first!r}; log: {log.read_text(errors='replace')[-3000:]}")
-    server = Server(first[0].decode().split()[-1], proc, log, token, search_only)
-    deadline = time.monotonic() + 90
-    with server.client(None) as client:
-        while True:
-            try:
-                if client.get("/readyz").status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                server.stop(signal.SIGKILL)
-                pytest.fail(f"the server never became ready; log: {log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.2)
+    return Server(spawn_server(settings, log), token, search_only)
 
 
 @pytest.fixture
@@ -275,7 +240,7 @@ def test_an_acknowledged_event_survives_kill_9(served) -> None:  # type: ignore[
     # Slow flushing: the kill comes before any batch is due.
     slow = ws.settings.model_copy(update={"feedback_flush_age_s": 3600.0, "feedback_batch_size": 1000})
     server.stop()
-    server = start_server(slow, server.log, server.token, server.search_only)
+    server = start_server(slow, server.process.log_path, server.token, server.search_only)
     try:
         with server.client() as client:
             body = _search(client).json()
@@ -293,7 +258,7 @@ def test_an_acknowledged_event_survives_kill_9(served) -> None:  # type: ignore[
         with ws.db.read() as session:
             assert session.get(FeedbackOutbox, ack.json()["event_id"]) is not None  # durable before the reply
         assert not any(e["req_id"] == body["req_id"] for e in _raw_events(ws))
-        server = start_server(slow, server.log, server.token, server.search_only)  # a restart flushes it
+        server = start_server(slow, server.process.log_path, server.token, server.search_only)  # a restart flushes it
         _until(lambda: any(e["req_id"] == body["req_id"] for e in _raw_events(ws)))
         with ws.db.read() as session:
             assert session.get(FeedbackOutbox, ack.json()["event_id"]) is None
