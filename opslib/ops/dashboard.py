@@ -226,6 +226,30 @@ def render_endpoint(view: monitor.EndpointView) -> str:
     )
 
 
+def _figure_png(figure: Any) -> str:
+    """A matplotlib figure as an inline <img> (offline: no file, no CDN)."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return f'<img alt="{_e(figure.axes[0].get_title() if figure.axes else "")}" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"/>'
+
+
+def render_serving(view: monitor.ServingView) -> str:
+    from opslib.execution import display
+
+    plot = ""
+    if not view.like_rate.empty:
+        plot = _figure_png(display.lines(view.like_rate, "like rate per day and serving model version", "like rate"))
+    return (
+        f'<div class="ops-panel">{_STYLE}<p><b>the release row serves</b>: {_e(view.active_model_version or "—")}</p>'
+        f'{_table(view.endpoints, "no endpoint registered")}<p class="ops-note">{_e(view.note)}</p>'
+        f"<h4>like rate per model version (last 7 days of feedback)</h4>"
+        f"{plot or '<p>no feedback in the window</p>'}</div>"
+    )
+
+
 def render_audit(frame: pd.DataFrame) -> str:
     return f'<div class="ops-panel">{_STYLE}{_table(frame, "no operator actions yet")}</div>'
 
@@ -320,7 +344,17 @@ class ActionForm:
 
 
 class Dashboard:
-    PANELS = ("Runs", "Release", "Datasets", "Evaluations", "Queue", "Embedding endpoint", "Audit", "Actions")
+    PANELS = (
+        "Runs",
+        "Release",
+        "Datasets",
+        "Evaluations",
+        "Queue",
+        "Serving",
+        "Embedding endpoint",
+        "Audit",
+        "Actions",
+    )
     promote: ActionForm  # set in __init__ after the run chooser whose callback refreshes it
 
     def __init__(self, ws: Workspace, *, background: bool = True, link_base: Path | None = None) -> None:
@@ -429,6 +463,7 @@ class Dashboard:
                 "Datasets": lambda: render_datasets(monitor.datasets_view(self.ws)),
                 "Evaluations": lambda: render_evaluations(monitor.evaluations_view(self.ws), self.link_base),
                 "Queue": lambda: render_queue(monitor.queue_view(self.ws)),
+                "Serving": lambda: render_serving(monitor.serving_view(self.ws)),
                 "Embedding endpoint": lambda: render_endpoint(monitor.endpoint_view(self.ws)),
                 "Audit": lambda: render_audit(monitor.audit_frame(self.ws)),
             }

@@ -30,6 +30,7 @@ from opslib.db.models import (
     OpsMessage,
     ReleaseStatus,
     RunStatus,
+    ServingEndpoint,
     StageExecution,
     TrainingDataset,
     VectorIndexEntry,
@@ -538,3 +539,69 @@ def workspace_status(ws: Workspace, recent: int = 10) -> dict[str, Any]:
     status["corpus"]["videos_by_status"] = {k.value: v for k, v in status["corpus"]["videos_by_status"].items()}
     status["schedules"] = schedule_status(ws)
     return status
+
+
+# Serving endpoints (opsbench serve replicas) ---------------------------------------------------
+@dataclass
+class ServingView:
+    endpoints: pd.DataFrame  # one row per registered replica
+    like_rate: pd.DataFrame  # like rate per day (rows) and serving model version (columns)
+    active_model_version: str | None
+    note: str = ""
+
+
+def serving_view(ws: Workspace, *, feedback_days: int = 7, scrape: bool = True) -> ServingView:
+    """Registered endpoints (state, lag behind the release row, traffic from their /metrics) and
+    the like rate per model version over the last ``feedback_days``."""
+    from opslib.lifecycle.feedback.health import feedback_health
+    from opslib.service.client import EndpointError, scrape_traffic
+
+    now = utcnow()
+    stale_after = timedelta(seconds=ws.settings.endpoint_stale_after_s)
+    with ws.db.read() as session:
+        release = current_release(session)
+        rows = list(session.scalars(select(ServingEndpoint).order_by(ServingEndpoint.endpoint_id)))
+    active = release.active_model_version if release is not None else None
+    records = []
+    for row in rows:
+        state = "stopped" if row.stopped_at else ("live" if now - row.heartbeat_at <= stale_after else "stale")
+        if row.serving_model_version is None:
+            lag = "—"
+        elif row.serving_model_version == active:
+            lag = "in step"
+        else:
+            lag = f"behind: serves {row.serving_model_version}, the release row says {active}"
+        record: dict[str, Any] = {
+            "endpoint": row.endpoint_id,
+            "address": row.address,
+            "state": state,
+            "ready": "yes" if row.ready else f"no — {row.ready_reason or '?'}",
+            "serving": row.serving_model_version or "—",
+            "release row": lag,
+            "loaded": ", ".join(row.loaded_versions or []),
+            "heartbeat (s ago)": round((now - row.heartbeat_at).total_seconds(), 1),
+            "requests/s (since start)": "",
+            "search p95 (since start)": "",
+        }
+        if scrape and state == "live":
+            try:
+                traffic = scrape_traffic(row.address)
+                uptime = max((now - row.started_at).total_seconds(), 1.0)
+                record["requests/s (since start)"] = round(traffic.api_requests / uptime, 3)
+                p95 = traffic.search_p95_s
+                record["search p95 (since start)"] = "—" if p95 is None else f"≤ {p95 * 1000:.0f} ms"
+            except EndpointError as error:
+                record["requests/s (since start)"] = f"unreachable: {error}"
+        records.append(record)
+    note = (
+        "no endpoint has registered: start one with `opsbench serve`"
+        if not records
+        else "requests/s and p95 are read from each live endpoint's /metrics (since it started)"
+    )
+    health = feedback_health(ws.objects, feedback_days, now)
+    return ServingView(
+        pd.DataFrame(records, columns=list(records[0]) if records else ["endpoint"]),
+        health.like_rate_by_day(),
+        active,
+        note,
+    )

@@ -3,6 +3,7 @@ send their traffic through, and what the serving benchmark measures with."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -81,3 +82,46 @@ class EndpointChannel:
         report = FeedbackIngestReport()
         report.lines = report.accepted = self.accepted  # acknowledged; the endpoint writes raw_logs/
         return report
+
+
+@dataclass(frozen=True)
+class EndpointTraffic:
+    """What one endpoint's ``/metrics`` says about its traffic since it started."""
+
+    api_requests: int  # /v1/* requests answered
+    searches: int
+    search_p95_s: float | None  # from the latency histogram's buckets (upper bound of the p95 bucket)
+
+
+def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """The upper bound of the bucket holding quantile ``q``, from cumulative (le, count) pairs."""
+    ordered = sorted(buckets)
+    if not ordered or ordered[-1][1] <= 0:
+        return None
+    target = q * ordered[-1][1]
+    for bound, count in ordered:
+        if count >= target:
+            return bound
+    return ordered[-1][0]
+
+
+def scrape_traffic(address: str, timeout: float = 2.0) -> EndpointTraffic:
+    """Read an endpoint's request counters and search latency from its ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        response = httpx.get(f"{address.rstrip('/')}/metrics", timeout=timeout, trust_env=False)
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        raise EndpointError(f"{address}/metrics: {error}") from error
+    api = searches = 0
+    buckets: list[tuple[float, float]] = []
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            route = sample.labels.get("route", "")
+            if sample.name == "biblio_http_requests_total" and route.startswith("/v1/"):
+                api += int(sample.value)
+                searches += int(sample.value) if route == "/v1/search" else 0
+            elif sample.name == "biblio_http_request_duration_seconds_bucket" and route == "/v1/search":
+                buckets.append((float(sample.labels["le"]), sample.value))
+    return EndpointTraffic(api, searches, histogram_quantile(buckets, 0.95))

@@ -73,6 +73,7 @@ def test_every_panel_renders_an_empty_workspace(ws: Workspace) -> None:
     assert "no datasets yet" in shown_html(dashboard.outputs["Datasets"])
     assert "no evaluations yet" in shown_html(dashboard.outputs["Evaluations"])
     assert "backlog</b>: empty" in shown_html(dashboard.outputs["Queue"])
+    assert "no endpoint registered" in shown_html(dashboard.outputs["Serving"])
     assert "tiny-base" in shown_html(dashboard.outputs["Embedding endpoint"])
     assert "no operator actions yet" in shown_html(dashboard.outputs["Audit"])
     assert "not possible now" in shown_html(dashboard.training.preview)  # no eligible dataset
@@ -360,3 +361,42 @@ def test_the_endpoint_panel_shows_each_versions_precision_and_where_it_runs(ws: 
     assert monitor.check_endpoint(ws) == [("tiny-base", True, f"dimension 32, {recorded} on cpu")]
     row = monitor.endpoint_view(ws).models.set_index("model_version").loc["tiny-base"]
     assert (row["loaded here"], row["precision"], row["device"]) == ("yes", recorded, "cpu")
+
+
+def test_serving_panel_shows_endpoints_their_lag_and_the_like_rate(ws: Workspace) -> None:
+    from datetime import timedelta
+
+    from opslib.control.endpoints import EndpointReport, report_endpoint
+    from opslib.db.models import ServingEndpoint, utcnow
+    from opslib.lifecycle.feedback.events import ingest_feedback, make_event
+
+    report_endpoint(
+        ws.db, EndpointReport("a:8000", "http://127.0.0.1:9", ["tiny-base"], "tiny-base", "idx", True, None)
+    )
+    report_endpoint(ws.db, EndpointReport("b:8000", "http://127.0.0.1:9", ["old"], "old", "idx-old", False, "loading"))
+    with ws.db.transaction() as session:
+        session.get(ServingEndpoint, "b:8000").heartbeat_at = utcnow() - timedelta(minutes=5)  # type: ignore[union-attr]
+    events = [
+        make_event(
+            user_id="u",
+            project_id="p",
+            req_id=f"r{i}",
+            query_text="q",
+            rating="LIKE" if i % 3 else "DISLIKE",
+            topk_ids=["c"],
+            used_ids=["c"],
+            active_model_version="tiny-base",
+            active_index_name="idx-tiny-base",
+            created_at=utcnow() - timedelta(days=i % 3),
+            trace_id="t",
+        )
+        for i in range(9)
+    ]
+    ingest_feedback(ws.objects, events)
+    dashboard = Dashboard(ws, background=False)
+    dashboard.refresh()
+    panel = shown_html(dashboard.outputs["Serving"])
+    assert "a:8000" in panel and "in step" in panel and "live" in panel
+    assert "unreachable" in panel  # its /metrics could not be read (nothing listens there)
+    assert "b:8000" in panel and "stale" in panel and "behind: serves old" in panel and "no — loading" in panel
+    assert "data:image/png;base64," in panel  # the like-rate plot, inline
