@@ -33,9 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from opslib.control.release import current_release
 from opslib.corpus.search import MAX_QUERY_CHARS, MAX_TOP_K, TOP_K, SearchError, search
 from opslib.db.models import ModelVersion, Video
-from opslib.infra.embedding import Purpose
+from opslib.infra.embedding import EmbeddingRefused, Purpose
 from opslib.infra.logs import get_logger, new_trace_id, trace
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.feedback.intake import (
@@ -351,16 +352,19 @@ def create_app(ws: Workspace, *, endpoint_id: str, address: str, allow_anonymous
 
         def run() -> tuple[str, np.ndarray]:
             ws = service.ws
-            ready = readiness(ws)
-            if asked.model is None or asked.model == ready.model_version:
-                if ready.model_version is None:
-                    raise ApiError(503, None, ready.reason, "service_unavailable")
-                return ready.model_version, ws.embeddings.embed(texts, ready.model_version, Purpose.SEARCH)
             with ws.db.read() as session:
-                if session.get(ModelVersion, asked.model) is None:
-                    raise ApiError(
-                        404, "model", f"{asked.model!r} is not a registered model version", "not_found_error"
-                    )
+                release = current_release(session)
+                active = release.active_model_version if release is not None else None
+                known = asked.model is None or session.get(ModelVersion, asked.model) is not None
+            if asked.model is None or asked.model == active:
+                if active is None:
+                    raise ApiError(503, None, "no model serves yet (no ModelRelease)", "service_unavailable")
+                try:
+                    return active, ws.embeddings.embed(texts, active, Purpose.SEARCH)
+                except EmbeddingRefused:  # the release switched between the read and the encode
+                    raise ApiError(503, None, "the serving model changed during the request; retry") from None
+            if not known:
+                raise ApiError(404, "model", f"{asked.model!r} is not a registered model version", "not_found_error")
             # Any registered version when named explicitly (e.g. to compare a candidate): the
             # evaluation purpose, which the Metadata DB allows for every registered version.
             return asked.model, ws.embeddings.embed(texts, asked.model, Purpose.EVALUATION)
