@@ -1,7 +1,8 @@
 """Benchmark: the serving endpoint over HTTP — latency and throughput at 1k, 10k and 100k chunks.
 
-For each corpus size a fresh embedded workspace gets a synthetic corpus: N chunks of word-salad
-text (so keyword search has matches) with random unit vectors in the active index (synthetic
+For each corpus size a fresh embedded workspace gets a synthetic corpus: N chunks of 40 words
+drawn from a 5,000-word vocabulary with Zipf-like frequencies (so keyword search has selective and
+common terms, as in real text) with random unit vectors in the active index (synthetic
 vectors are fine for size: the vector search still searches N of them) and their
 ``VectorIndexEntry`` rows. Queries are real text, encoded by the real model. Then:
 
@@ -37,56 +38,20 @@ TARGET_HTTP_OVERHEAD = 1.25
 TARGET_SCALING_4 = 1.6
 TARGET_P95_GROWTH = 1.5
 PROJECT = "bench"
-WORDS = [
-    "list",
-    "sort",
-    "file",
-    "read",
-    "write",
-    "date",
-    "parse",
-    "mail",
-    "send",
-    "hash",
-    "password",
-    "archive",
-    "compress",
-    "process",
-    "spawn",
-    "string",
-    "format",
-    "decimal",
-    "round",
-    "directory",
-    "walk",
-    "pattern",
-    "match",
-    "base64",
-    "encode",
-    "decode",
-    "socket",
-    "thread",
-    "queue",
-    "lock",
-    "json",
-    "csv",
-    "html",
-    "unicode",
-    "bytes",
-    "buffer",
-    "stream",
-    "path",
-    "glob",
-    "random",
-    "seed",
-    "time",
-    "zone",
-    "calendar",
-    "logging",
-    "config",
-    "argument",
-    "parser",
-]
+SYLLABLES = ["ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "de", "vu", "sha", "ken", "tor", "lin", "mar", "bel"]
+VOCABULARY = 5000  # distinct words; drawn with Zipf-like weights, as in real text
+
+
+def vocabulary(seed: int = 0) -> tuple[list[str], list[float]]:
+    rng = random.Random(seed)
+    words: list[str] = []
+    seen: set[str] = set()
+    while len(words) < VOCABULARY:
+        word = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4)))
+        if word not in seen:
+            seen.add(word)
+            words.append(word)
+    return words, [1.0 / (rank + 1) for rank in range(len(words))]
 
 
 def synthetic_corpus(ws: Any, n: int, seed: int = 0) -> None:
@@ -97,6 +62,7 @@ def synthetic_corpus(ws: Any, n: int, seed: int = 0) -> None:
     from opslib.db.models import Chunk, ServingState, VectorIndexEntry, Video, VideoStatus, utcnow
 
     rng = random.Random(seed)
+    words, weights = vocabulary()
     vectors_rng = np.random.default_rng(seed)
     with ws.db.read() as session:
         release = current_release(session)
@@ -121,7 +87,7 @@ def synthetic_corpus(ws: Any, n: int, seed: int = 0) -> None:
                         "updated_at": now,
                     }
                 )
-            text = " ".join(rng.choice(WORDS) for _ in range(40))
+            text = " ".join(rng.choices(words, weights, k=40))
             chunks.append(
                 {
                     "id": f"c{i:07d}",
@@ -161,7 +127,8 @@ def synthetic_corpus(ws: Any, n: int, seed: int = 0) -> None:
 
 def queries(n: int, seed: int = 1) -> list[str]:
     rng = random.Random(seed)
-    return [f"how do I {rng.choice(WORDS)} a {rng.choice(WORDS)} with {rng.choice(WORDS)}" for _ in range(n)]
+    words, weights = vocabulary()
+    return [f"how do I {' '.join(rng.choices(words, weights, k=3))} in {rng.choice(words)}" for _ in range(n)]
 
 
 def percentile(values: list[float], q: float) -> float:

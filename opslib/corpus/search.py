@@ -166,20 +166,26 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[str]], k: int = RRF_K) ->
 
 
 def sot_gate(session: Session, chunk_ids: Sequence[str], project_id: str) -> dict[str, Chunk]:
-    """The chunks that may be shown: chunk exists, its video is READY and SERVABLE, same project."""
+    """The chunks that may be shown: chunk exists, its video is READY and SERVABLE, same project.
+
+    Two primary-key lookups (the chunks, then their videos) rather than one join: given the join,
+    SQLite's planner starts from the videos' status index and walks every chunk of every READY
+    video (31 ms at 100,000 chunks, against well under a millisecond this way)."""
     if not chunk_ids:
         return {}
-    rows = session.scalars(
-        select(Chunk)
-        .join(Video, Video.id == Chunk.video_id)
-        .where(
-            Chunk.id.in_(list(chunk_ids)),
-            Video.project_id == project_id,
-            Video.status == VideoStatus.READY,
-            Video.search_serving_state == ServingState.SERVABLE,
+    chunks = session.scalars(select(Chunk).where(Chunk.id.in_(list(chunk_ids)))).all()
+    videos = {c.video_id for c in chunks}
+    allowed = set(
+        session.scalars(
+            select(Video.id).where(
+                Video.id.in_(sorted(videos)),
+                Video.project_id == project_id,
+                Video.status == VideoStatus.READY,
+                Video.search_serving_state == ServingState.SERVABLE,
+            )
         )
     )
-    return {c.id: c for c in rows}
+    return {c.id: c for c in chunks if c.video_id in allowed}
 
 
 # The request ------------------------------------------------------------------------------
@@ -248,7 +254,7 @@ def search(
         break
     else:
         raise SearchError("the serving combination kept changing during the request; retry")
-    hits = ws.vectors.query(index_name, vector, VECTOR_K, where={"project_id": project_id})
+    hits = ws.vectors.query_within(index_name, vector, VECTOR_K, "project_id", project_id)
     lap("vector")
     fused = reciprocal_rank_fusion([keyword, [h.chunk_id for h in hits]])
     lap("fuse")

@@ -54,6 +54,7 @@ from opslib.settings import ServeScope
 
 log = get_logger(__name__)
 MAX_EMBEDDING_INPUTS = 256
+PROJECT_MEMORY_S = 60.0
 _TRACEPARENT_HEX = set("0123456789abcdef")
 
 
@@ -192,6 +193,20 @@ def create_app(ws: Workspace, *, endpoint_id: str, address: str, allow_anonymous
         redoc_url=None,
     )
 
+    projects_seen: dict[str, float] = {}  # project id → when it was last found to exist
+
+    def known_project(ws: Workspace, project_id: str) -> bool:
+        """Whether any video is in the project; a found project is remembered for a minute (a
+        project that is gone meanwhile answers empty results, as search does, not 404)."""
+        now = time.monotonic()
+        if now - projects_seen.get(project_id, float("-inf")) < PROJECT_MEMORY_S:
+            return True
+        with ws.db.read() as session:
+            found = session.scalar(select(Video.id).where(Video.project_id == project_id).limit(1)) is not None
+        if found:
+            projects_seen[project_id] = now
+        return found
+
     def state(request: Request) -> ServiceState:
         service: ServiceState = request.app.state.service
         return service
@@ -273,11 +288,9 @@ def create_app(ws: Workspace, *, endpoint_id: str, address: str, allow_anonymous
         trace_id: str = request.state.trace_id
 
         def run() -> Any:
-            with service.ws.db.read() as session:
-                known = session.scalar(select(Video.id).where(Video.project_id == query.project_id).limit(1))
-            if known is None:
+            if not known_project(service.ws, query.project_id):
                 raise ApiError(404, "project_id", f"no project {query.project_id!r}", "not_found_error")
-            with trace(trace_id):
+            with trace(trace_id), service.encoder.expecting():
                 return search(
                     service.ws,
                     query.query,

@@ -2,16 +2,19 @@
 
 A request thread hands its query to ``BatchingEncoder.encode`` and waits. One dispatcher thread
 takes the first waiting query, gathers whatever else arrives within ``wait_s`` (up to
-``max_batch``), and sends each model version's queries to the pool as one encode call: under load,
-one forward pass serves many requests, and never more than ``workers`` run at once. The asyncio
+``max_batch``) — but waits only while other requests are under way (``expecting``): a lone request
+is encoded at once — and sends each model version's queries to the pool as one encode call: under
+load, one forward pass serves many requests, and never more than ``workers`` run at once. The asyncio
 event loop is never blocked: request handlers run in the server's thread pool.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -37,8 +40,21 @@ class BatchingEncoder:
         self._slots = threading.BoundedSemaphore(workers)  # the dispatcher waits for a free worker
         self.batches = 0
         self.encoded = 0
+        self._expected = 0  # requests under way that may encode soon
+        self._expected_lock = threading.Lock()
         self._thread = threading.Thread(target=self._dispatch, name="encode-dispatch", daemon=True)
         self._thread.start()
+
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Mark a request under way (it will encode a query): batches wait for such requests only."""
+        with self._expected_lock:
+            self._expected += 1
+        try:
+            yield
+        finally:
+            with self._expected_lock:
+                self._expected -= 1
 
     def encode(self, text: str, model_version: str) -> np.ndarray:
         """The query's vector (blocks the calling thread, not the event loop); raises what the
@@ -55,6 +71,8 @@ class BatchingEncoder:
     def _gather(self, first: _Pending) -> tuple[list[_Pending], bool]:
         batch, deadline = [first], time.monotonic() + self.wait_s
         while len(batch) < self.max_batch:
+            if len(batch) >= self._expected and self._queue.empty():
+                break  # nobody else is on the way: waiting would only add latency
             remaining = deadline - time.monotonic()
             try:
                 item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()

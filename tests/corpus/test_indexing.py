@@ -184,3 +184,21 @@ def test_vector_store_rejects_mismatched_input(iws: Workspace) -> None:
         iws.vectors.query("idx-missing-one", np.zeros(32), 5)
     with pytest.raises(VectorStoreError, match="n_results"):
         iws.vectors.query(index, np.zeros(32), 0)
+
+
+def test_query_within_equals_the_filtered_query(iws: Workspace) -> None:
+    """Over-fetch then filter, falling back to Chroma's filter: the same hits as the filtered query,
+    for a project that fills the index and for one that is a sliver of it."""
+    rng = np.random.default_rng(3)
+    ids = [f"c{i:04d}" for i in range(400)]
+    vectors = rng.standard_normal((400, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    metadatas = [{"project_id": "big" if i % 50 else "small"} for i in range(400)]  # 8 "small" ones
+    iws.vectors.upsert("idx-within", ids, vectors, metadatas)
+    for query in rng.standard_normal((5, 16)).astype(np.float32):
+        for project in ("big", "small"):
+            within = iws.vectors.query_within("idx-within", query, 5, "project_id", project)
+            filtered = iws.vectors.query("idx-within", query, 5, where={"project_id": project})
+            assert [h.chunk_id for h in within] == [h.chunk_id for h in filtered]
+    with pytest.raises(VectorStoreError, match="no such collection"):
+        iws.vectors.query_within("idx-missing", vectors[0], 5, "project_id", "big")

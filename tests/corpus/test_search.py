@@ -290,14 +290,18 @@ class _Spy:
         self.vector: list[str] = []
         self.vector_k: int | None = None
         self.fused: list[tuple[str, float]] = []
-        real_keyword, real_query, real_fusion = search_module.keyword_search, ws.vectors.query, reciprocal_rank_fusion
+        real_keyword, real_query, real_fusion = (
+            search_module.keyword_search,
+            ws.vectors.query_within,
+            reciprocal_rank_fusion,
+        )
 
         def keyword(*args: Any, **kwargs: Any) -> list[str]:
             self.keyword = real_keyword(*args, **kwargs)
             return self.keyword
 
-        def query(index_name: str, embedding: Any, n_results: int, where: Any = None) -> list[VectorHit]:
-            hits = real_query(index_name, embedding, n_results, where=where)
+        def query(index_name: str, embedding: Any, n_results: int, key: str, value: str) -> list[VectorHit]:
+            hits = real_query(index_name, embedding, n_results, key, value)
             self.vector, self.vector_k = [h.chunk_id for h in hits], n_results
             return hits
 
@@ -306,7 +310,7 @@ class _Spy:
             return self.fused
 
         monkeypatch.setattr(search_module, "keyword_search", keyword)
-        monkeypatch.setattr(ws.vectors, "query", query)
+        monkeypatch.setattr(ws.vectors, "query_within", query)
         monkeypatch.setattr(search_module, "reciprocal_rank_fusion", fusion)
 
 
@@ -341,7 +345,7 @@ def test_rrf_with_k_60_orders_a_hand_checked_case(ws: Workspace, monkeypatch: py
     _load_big(ws)
     a, b, c, d, e, f, g, h = (_big(i) for i in range(1, 9))
     monkeypatch.setattr(search_module, "keyword_search", lambda *args, **kwargs: [a, b, c, d, e, f])
-    monkeypatch.setattr(ws.vectors, "query", lambda *args, **kwargs: [VectorHit(x, 0.1) for x in (g, d, c, h)])
+    monkeypatch.setattr(ws.vectors, "query_within", lambda *args, **kwargs: [VectorHit(x, 0.1) for x in (g, d, c, h)])
     response = search(ws, "widget", project_id="big", user_id="u")
     assert response.refs == [d, c, a, g, b]
     assert [hit.score for hit in response.chunks] == pytest.approx([1 / 64 + 1 / 62, 2 / 63, 1 / 61, 1 / 61, 1 / 62])
