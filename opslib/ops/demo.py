@@ -8,6 +8,7 @@ and give feedback over HTTP, and the searches shown before and after the release
 from __future__ import annotations
 
 import contextlib
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -84,7 +85,9 @@ def _endpoint(ws: Workspace, serve: bool, say: Callable[[str], None]) -> Iterato
         yield server
     finally:
         code = server.stop()
-        say(f"      endpoint stopped (exit {code}); pending feedback flushed")
+        # uvicorn re-raises SIGTERM once its graceful shutdown is done: -15 is a clean stop too.
+        how = "cleanly" if code in (0, -signal.SIGTERM) else f"with exit code {code}"
+        say(f"      endpoint stopped {how}; pending feedback flushed")
 
 
 def run_demo(

@@ -60,7 +60,7 @@ def test_demo_path(empty_ws: Workspace) -> None:
     assert (
         sum("search over HTTP" in line for line in lines) == 3
     )  # before the loop, after the cutover, after the rollback
-    assert any(line.strip().startswith("endpoint stopped (exit 0)") for line in lines)
+    assert any(line.strip().startswith("endpoint stopped cleanly") for line in lines)
     assert report.rollback is not None and [w for _, w in report.rollback.rollbacks] == ["done"]
     assert report.served_by == "tiny-base"  # after the rollback
     with empty_ws.db.read() as session:
