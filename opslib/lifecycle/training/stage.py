@@ -232,6 +232,7 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
     report.loss_history = winner.loss_history
     model = SentenceTransformer(base_path, device=device)
     refit: dict[str, Any] | None = None
+    trained_on = rows_report  # the rows the candidate's weights come from (the refit's, if any)
     if params.refit and split.validation:
         # Every labelled query now trains, for the epochs validation chose (same schedule, stopped there).
         _deterministic(params.seed)
@@ -255,6 +256,8 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
         }
         report.steps, report.loss_history = refit_result.steps, refit_result.loss_history
         report.rows, report.groups = len(all_rows), all_rows_report.groups_used
+        report.groups_without_negatives = all_rows_report.groups_without_negatives
+        trained_on = all_rows_report
         del model
         model = SentenceTransformer(base_path, device=device)
         kept_epoch = f"the refit's epoch {winner.best_epoch}"
@@ -315,7 +318,7 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
                 "rows": report.rows,
                 "groups": report.groups,
                 "groups_without_negatives": report.groups_without_negatives,
-                "negatives_in_rows_by_source": rows_report.as_record()["negatives_in_rows_by_source"],
+                "negatives_in_rows_by_source": trained_on.as_record()["negatives_in_rows_by_source"],
                 "steps": report.steps,
                 "device": device,  # determinism holds per device and precision
                 "mixed_precision": mixed_precision,
