@@ -36,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from opslib.control.release import current_release
 from opslib.corpus.search import MAX_QUERY_CHARS, MAX_TOP_K, TOP_K, SearchError, search
 from opslib.db.models import ModelVersion, Video
+from opslib.errors import OpsError
 from opslib.infra.embedding import EmbeddingRefused, Purpose
 from opslib.infra.logs import get_logger, new_trace_id, trace
 from opslib.infra.workspace import Workspace
@@ -58,8 +59,9 @@ PROJECT_MEMORY_S = 60.0
 _TRACEPARENT_HEX = set("0123456789abcdef")
 
 
-class ApiError(Exception):
-    """A refusal with its HTTP status, the field it concerns and why."""
+class ApiError(OpsError):
+    """A refusal with its HTTP status, the field it concerns and why (answered, never raised
+    past the application)."""
 
     def __init__(self, status: int, param: str | None, reason: str, kind: str = "invalid_request_error") -> None:
         super().__init__(f"{param}: {reason}" if param else reason)

@@ -129,6 +129,8 @@ def fit_configuration(
     from sentence_transformers.sentence_transformer import losses
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
     from transformers import TrainerCallback, set_seed
+    from transformers.trainer_callback import ProgressCallback
+    from transformers.utils.notebook import NotebookProgressCallback
 
     set_seed(settings.seed)
     result = ConfigurationResult(configuration)
@@ -191,6 +193,10 @@ def fit_configuration(
         trainer = SentenceTransformerTrainer(
             model=model, args=args, train_dataset=Dataset.from_list(rows), loss=loss, callbacks=[_EpochEnd()]
         )
+        if trainer.pop_callback(NotebookProgressCallback) is not None:
+            # In a notebook kernel transformers draws its own bar, which divides by a time per step it
+            # has not measured yet when training stops after one step (a refit on tiny data): tqdm's.
+            trainer.add_callback(ProgressCallback)
         outcome = trainer.train()
     result.steps = int(outcome.global_step)
     result.seconds = time.perf_counter() - started
