@@ -149,6 +149,11 @@ def flush_outbox(
     batch_events = batch_events or ws.settings.feedback_batch_size
     max_age = max_age if max_age is not None else timedelta(seconds=ws.settings.feedback_flush_age_s)
     report = OutboxFlush()
+    if not force:  # a read first: most ticks have nothing due, and need not take a write lock
+        pending, oldest_age = outbox_backlog(ws)
+        if pending == 0 or (pending < batch_events and (oldest_age or 0.0) < max_age.total_seconds()):
+            report.pending = pending
+            return report
     with ws.db.transaction() as session:
         # Several replicas flush the same table: each takes rows no other flusher holds.
         rows = session.scalars(
