@@ -174,6 +174,7 @@ def create_app(ws: Workspace, *, endpoint_id: str, address: str, allow_anonymous
             ws.embeddings,
             workers=ws.settings.serve_encode_workers,
             wait_s=ws.settings.serve_batch_wait_ms / 1000,
+            observe=metrics.encode_batch.observe,
         )
         follower = Follower(ws, endpoint_id, address)
         await run_in_threadpool(follower.start)  # loads the active model: ready before the first request

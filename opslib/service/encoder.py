@@ -14,7 +14,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -31,8 +31,17 @@ class _Pending:
 
 
 class BatchingEncoder:
-    def __init__(self, embeddings: EmbeddingEndpoint, *, workers: int, wait_s: float, max_batch: int = 64) -> None:
+    def __init__(
+        self,
+        embeddings: EmbeddingEndpoint,
+        *,
+        workers: int,
+        wait_s: float,
+        max_batch: int = 64,
+        observe: Callable[[int], None] | None = None,
+    ) -> None:
         self.embeddings = embeddings
+        self.observe = observe  # told each encode call's batch size (the endpoint's histogram)
         self.wait_s = wait_s
         self.max_batch = max_batch
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
@@ -106,6 +115,8 @@ class BatchingEncoder:
         else:
             self.batches += 1
             self.encoded += len(items)
+            if self.observe is not None:
+                self.observe(len(items))
             for item, vector in zip(items, vectors, strict=True):
                 item.future.set_result(vector)
         finally:

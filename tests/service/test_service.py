@@ -223,6 +223,7 @@ def test_metrics_are_named_and_move(served) -> None:  # type: ignore[no-untyped-
         "biblio_index_missing_chunks 0.0",
         "biblio_feedback_outbox_pending",
         "biblio_live_endpoints 1.0",
+        "biblio_encode_batch_size_count",
     ):
         assert name in after, name
 
