@@ -43,6 +43,7 @@ ARCHIVE = "/srv/biblio-ops/runs/airflow"  # or an s3:// / gs:// prefix (Papermil
 OPSBENCH = "opsbench"  # the console script of the installed wheel
 SEOUL = pendulum.timezone("Asia/Seoul")
 
+
 def queue_training_request(airflow_run_id: str) -> int:
     """Publish a scheduled TRAINING_REQUEST (the worker picks the dataset); returns the message id."""
     from opslib.control.messages import new_training_request
@@ -50,8 +51,9 @@ def queue_training_request(airflow_run_id: str) -> int:
     from opslib.infra.workspace import open_workspace
 
     ws = open_workspace()  # the OPS_* settings of the Airflow worker
-    message = new_training_request(trigger_source="schedule", requested_by="airflow",
-                                   reason=f"airflow {airflow_run_id}")
+    message = new_training_request(
+        trigger_source="schedule", requested_by="airflow", reason=f"airflow {airflow_run_id}"
+    )
     return publish(ws.db, message)
 
 

@@ -58,20 +58,13 @@ def test_histogram_quantile_reads_cumulative_buckets() -> None:
 
 
 def test_metrics_textfile_holds_the_batch_figures(
-    ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = tmp_path / "biblio.prom"
-    env = ws.settings.as_env()
-    import os
-
-    old = dict(os.environ)
-    os.environ.update(env)
-    try:
-        assert main(["metrics", "--textfile", str(target)]) == 0
-        assert main(["metrics"]) == 0
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
+    for name, value in ws.settings.as_env().items():  # the CLI reads this workspace's settings
+        monkeypatch.setenv(name, value)
+    assert main(["metrics", "--textfile", str(target)]) == 0
+    assert main(["metrics"]) == 0
     text = target.read_text()
     for name in (
         "biblio_batch_figures_up 1.0",
