@@ -363,6 +363,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"schedule {tick['schedule']:<8} {tick['cron']!r} ({tick['timezone']}): next {tick['next_due_at']}; {last}"
         )
+    for endpoint in status["endpoints"]:
+        print(
+            f"endpoint {endpoint['endpoint']} at {endpoint['address']}: {endpoint['state']}, ready {endpoint['ready']}, "
+            f"serving {endpoint['serving']} ({endpoint['release row']})"
+        )
     for e in status["stage_executions"]:
         print(f"  stage {e['id']:>4} {e['stage']:<22} {e['status']:<9} {e['started_at']}  {e['output_html']}")
     return 0

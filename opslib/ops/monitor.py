@@ -538,6 +538,10 @@ def workspace_status(ws: Workspace, recent: int = 10) -> dict[str, Any]:
         ]
     status["corpus"]["videos_by_status"] = {k.value: v for k, v in status["corpus"]["videos_by_status"].items()}
     status["schedules"] = schedule_status(ws)
+    status["endpoints"] = [
+        {key: record[key] for key in ("endpoint", "address", "state", "ready", "serving", "release row")}
+        for record in endpoint_records(ws)[0]
+    ]
     return status
 
 
@@ -550,13 +554,10 @@ class ServingView:
     note: str = ""
 
 
-def serving_view(ws: Workspace, *, feedback_days: int = 7, scrape: bool = True) -> ServingView:
-    """Registered endpoints (state, lag behind the release row, traffic from their /metrics) and
-    the like rate per model version over the last ``feedback_days``."""
-    from opslib.lifecycle.feedback.health import feedback_health
-    from opslib.service.client import EndpointError, scrape_traffic
-
-    now = utcnow()
+def endpoint_records(ws: Workspace, now: datetime | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """One record per registered endpoint (state, readiness, lag behind the release row), and the
+    active model version the lag is measured against."""
+    now = now or utcnow()
     stale_after = timedelta(seconds=ws.settings.endpoint_stale_after_s)
     with ws.db.read() as session:
         release = current_release(session)
@@ -571,28 +572,43 @@ def serving_view(ws: Workspace, *, feedback_days: int = 7, scrape: bool = True) 
             lag = "in step"
         else:
             lag = f"behind: serves {row.serving_model_version}, the release row says {active}"
-        record: dict[str, Any] = {
-            "endpoint": row.endpoint_id,
-            "address": row.address,
-            "state": state,
-            "ready": "yes" if row.ready else f"no — {row.ready_reason or '?'}",
-            "serving": row.serving_model_version or "—",
-            "release row": lag,
-            "loaded": ", ".join(row.loaded_versions or []),
-            "heartbeat (s ago)": round((now - row.heartbeat_at).total_seconds(), 1),
-            "requests/s (since start)": "",
-            "search p95 (since start)": "",
-        }
-        if scrape and state == "live":
+        records.append(
+            {
+                "endpoint": row.endpoint_id,
+                "address": row.address,
+                "state": state,
+                "ready": "yes" if row.ready else f"no — {row.ready_reason or '?'}",
+                "serving": row.serving_model_version or "—",
+                "release row": lag,
+                "loaded": ", ".join(row.loaded_versions or []),
+                "heartbeat (s ago)": round((now - row.heartbeat_at).total_seconds(), 1),
+                "started_at": row.started_at,
+            }
+        )
+    return records, active
+
+
+def serving_view(ws: Workspace, *, feedback_days: int = 7, scrape: bool = True) -> ServingView:
+    """Registered endpoints (state, lag behind the release row, traffic from their /metrics) and
+    the like rate per model version over the last ``feedback_days``."""
+    from opslib.lifecycle.feedback.health import feedback_health
+    from opslib.service.client import EndpointError, scrape_traffic
+
+    now = utcnow()
+    records, active = endpoint_records(ws, now)
+    for record in records:
+        started_at = record.pop("started_at")
+        record["requests/s (since start)"] = ""
+        record["search p95 (since start)"] = ""
+        if scrape and record["state"] == "live":
             try:
-                traffic = scrape_traffic(row.address)
-                uptime = max((now - row.started_at).total_seconds(), 1.0)
+                traffic = scrape_traffic(record["address"])
+                uptime = max((now - started_at).total_seconds(), 1.0)
                 record["requests/s (since start)"] = round(traffic.api_requests / uptime, 3)
                 p95 = traffic.search_p95_s
                 record["search p95 (since start)"] = "—" if p95 is None else f"≤ {p95 * 1000:.0f} ms"
             except EndpointError as error:
                 record["requests/s (since start)"] = f"unreachable: {error}"
-        records.append(record)
     note = (
         "no endpoint has registered: start one with `opsbench serve`"
         if not records

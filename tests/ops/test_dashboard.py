@@ -400,3 +400,6 @@ def test_serving_panel_shows_endpoints_their_lag_and_the_like_rate(ws: Workspace
     assert "unreachable" in panel  # its /metrics could not be read (nothing listens there)
     assert "b:8000" in panel and "stale" in panel and "behind: serves old" in panel and "no — loading" in panel
     assert "data:image/png;base64," in panel  # the like-rate plot, inline
+    listed = {e["endpoint"]: e for e in monitor.workspace_status(ws)["endpoints"]}  # `opsbench status`
+    assert listed["a:8000"]["state"] == "live" and listed["a:8000"]["release row"] == "in step"
+    assert listed["b:8000"]["state"] == "stale" and listed["b:8000"]["ready"] == "no — loading"
