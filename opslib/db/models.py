@@ -122,6 +122,7 @@ class ExecutionStatus(enum.StrEnum):
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
+    ABANDONED = "ABANDONED"  # its process died: no heartbeat past the stall limit (the reconciler)
 
 
 class Decision(enum.StrEnum):
@@ -138,6 +139,7 @@ class ReleaseStatus(enum.StrEnum):
 class MessageOutcome(enum.StrEnum):
     DONE = "DONE"
     REFUSED = "REFUSED"
+    PARKED = "PARKED"  # poison: delivered more often than its type's cap without an ack; never redelivered
 
 
 class TickStatus(enum.StrEnum):
@@ -280,6 +282,9 @@ class StageExecution(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
     trace_id: Mapped[str] = mapped_column(String(64))
+    # Not in the base data model: the executing process's liveness, so a killed stage's row ends
+    # (ABANDONED) instead of staying RUNNING.
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
 
 
 class TrainingDataset(Base):
@@ -294,6 +299,10 @@ class TrainingDataset(Base):
     eligible: Mapped[bool] = mapped_column(Boolean, index=True)
     ineligible_reasons: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # Not in the base data model: set when a read finds the artifact gone or failing its checksum;
+    # an unusable dataset is never "latest eligible" again.
+    unusable_reason: Mapped[str | None] = mapped_column(Text)
+    unusable_at: Mapped[datetime | None] = mapped_column()
 
 
 class EvaluationDataset(Base):
@@ -399,6 +408,22 @@ class OpsMessage(Base):
     # Not in the base data model; needed so a refusal is recorded with its reason.
     outcome: Mapped[MessageOutcome | None] = mapped_column(_enum(MessageOutcome, "message_outcome"))
     outcome_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class StageLease(Base):
+    """Who drives a piece of work that two workers could otherwise drive at once (e.g. the release),
+    with a fencing token: every write of that work checks its token, and a takeover (only of a
+    stale lease) increments it, so a paused former holder's late writes are refused."""
+
+    __tablename__ = "stage_leases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    token: Mapped[int] = mapped_column(Integer)
+    holder: Mapped[str | None] = mapped_column(String(128))  # None: released
+    purpose: Mapped[str] = mapped_column(String(256))
+    acquired_at: Mapped[datetime] = mapped_column()
+    heartbeat_at: Mapped[datetime] = mapped_column()
+    released_at: Mapped[datetime | None] = mapped_column()
 
 
 class AuditLog(Base):

@@ -49,6 +49,7 @@ TABLES = {
     "schedule_ticks",
     "feedback_outbox",
     "serving_endpoints",
+    "stage_leases",
 }
 
 
@@ -436,6 +437,19 @@ ROWS_LATER: dict[str, dict[str, list[dict[str, Any]]]] = {
             }
         ],
     },
+    "0010": {
+        "stage_leases": [
+            {
+                "name": "release",
+                "token": 3,
+                "holder": "worker-a",
+                "purpose": "release run 1",
+                "acquired_at": _at(60),
+                "heartbeat_at": _at(61),
+                "released_at": None,
+            }
+        ]
+    },
 }
 # Columns later revisions add to tables that already have rows, and the value each old row gets.
 ADDED_LATER: dict[str, dict[str, Callable[[dict[str, Any]], Any]]] = {
@@ -446,11 +460,13 @@ ADDED_LATER: dict[str, dict[str, Callable[[dict[str, Any]], Any]]] = {
         "release_hold": lambda row: None,  # 0008: older READY runs were never held
     },
     "schedule_ticks": {"heartbeat_at": lambda row: row["started_at"]},  # 0005: last seen when it started
-    "stage_executions": {"outputs": lambda row: None},  # 0006
+    "stage_executions": {"outputs": lambda row: None, "heartbeat_at": lambda row: None},  # 0006, 0010
     "model_versions": {"encode_precision": lambda row: "fp32"},  # 0007: every older model encoded in fp32
     "vector_index_entries": {"encode_precision": lambda row: "fp32"},
     "evaluation_datasets": {"role": lambda row: "evaluation"},  # 0008: every older set judged candidates
     "search_response_snapshots": {"trace_id": lambda row: None},  # 0009: older searches recorded no trace
+    # 0010: older executions had no heartbeat; no older dataset was found unusable
+    "training_datasets": {"unusable_reason": lambda row: None, "unusable_at": lambda row: None},
 }
 
 
@@ -480,7 +496,7 @@ def test_upgrade_from_0001_keeps_every_row_and_backfills_new_columns(empty_ws: W
         for table, rows in ROWS_0001.items():
             for row in rows:
                 _insert_raw(conn, table, row)
-    revisions = ["0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009"]
+    revisions = ["0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010"]
     for revision in revisions:
         assert upgrade(db, revision) == revision
         with db.engine.begin() as conn:
@@ -488,7 +504,7 @@ def test_upgrade_from_0001_keeps_every_row_and_backfills_new_columns(empty_ws: W
                 for row in rows:
                     _insert_raw(conn, table, row)
     assert revisions[-1] == head_revision(), "a new migration: add its rows and backfills to this test"
-    written = {**ROWS_0001, **ROWS_LATER["0003"], **ROWS_LATER["0009"]}
+    written = {**ROWS_0001, **ROWS_LATER["0003"], **ROWS_LATER["0009"], **ROWS_LATER["0010"]}
     assert set(written) == TABLES == _tables(db)
 
     models = {mapper.local_table.name: mapper.class_ for mapper in Base.registry.mappers}
