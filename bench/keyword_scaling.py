@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from serve import PROJECT, percentile, queries  # noqa: E402
+from serve import PROJECT, percentile, queries
 
-from opslib.corpus.search import KEYWORD_K, query_terms  # noqa: E402
+from opslib.corpus.search import KEYWORD_K, query_terms
 
 SERVING_QUERY = (
     "SELECT c.id FROM chunk_fts JOIN chunks c ON c.rowid = chunk_fts.rowid JOIN videos v ON v.id = c.video_id "
@@ -62,7 +62,9 @@ def main() -> int:
         exact.append(ranked(terms))
         times.append(time.perf_counter() - started)
     print(f"{chunks} chunks, {len(texts)} queries")
-    print(f"exact                p50 {percentile(times, 0.5) * 1000:6.1f} ms  p95 {percentile(times, 0.95) * 1000:6.1f} ms")
+    print(
+        f"exact                p50 {percentile(times, 0.5) * 1000:6.1f} ms  p95 {percentile(times, 0.95) * 1000:6.1f} ms"
+    )
     for cutoff in (float(c) for c in args.cutoffs.split(",")):
         times, overlaps = [], []
         for text, reference in zip(texts, exact, strict=True):

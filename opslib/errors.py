@@ -49,6 +49,15 @@ class Conflict(OpsError):
     re-read the state before trying again. The CLI exits 5."""
 
 
+class IntegrityFailure(OpsError):
+    """Stored data failed its check on read: an object no longer matches the sha256 recorded when
+    it was written, an object the Metadata DB records is gone, or a store's own files (the Metadata
+    DB's SQLite file, Chroma's) are damaged. Nothing was used from it; the message names the key
+    or the file. Without a marker: a system error (the CLI exits 1, reports show ERROR). Retrying
+    reads the same bytes again: the fix is an operator's — restore from a backup, or rebuild what
+    can be rebuilt (docs/reliability.md, "Verified reads")."""
+
+
 def class_path(cls: type[BaseException]) -> str:
     """``module:qualname`` of an exception class: how its class crosses a process boundary."""
     return f"{cls.__module__}:{cls.__qualname__}"

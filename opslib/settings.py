@@ -9,6 +9,7 @@ kernels) receive ``Settings.as_env()``.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -87,12 +88,38 @@ class Settings(BaseSettings):
         "stage's kernel: <archive stem>.log; `opsbench demo` defaults it to "
         "<workspace>/logs/demo.log)",
     )
-    queue_visibility_timeout_s: float = Field(default=300.0, gt=0)
+    queue_visibility_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a claimed message reappears after this long unless its consumer extends the claim "
+        "(a working consumer extends it every heartbeat_interval_s)",
+    )
+    queue_max_deliveries: dict[str, int] = Field(
+        default={"TRAINING_REQUEST": 5, "ROLLBACK_REQUEST": 5, "*": 3},
+        description="deliveries without an ack after which a message is parked as poison, per message type "
+        "('*': any other type)",
+    )
+    lease_stale_after_s: float = Field(
+        default=45.0,
+        gt=0,
+        description="a lease (e.g. on the release stages) whose holder has not beaten this long may be taken over",
+    )
     feedback_window_days: int = Field(default=7, ge=1)
     snapshot_ttl_days: int = Field(default=14, ge=1)
     feedback_batch_size: int = Field(default=500, ge=1)
     feedback_flush_age_s: float = Field(
         default=5.0, gt=0, description="the HTTP endpoint writes acknowledged feedback to raw_logs/ at least this often"
+    )
+    feedback_epoch: datetime = Field(
+        default=datetime(2020, 1, 1, tzinfo=UTC),
+        description="feedback intake refuses (to error_logs/) events whose created_at is before this instant "
+        "(ISO-8601 with a UTC offset; the system's epoch)",
+    )
+    feedback_max_future_s: float = Field(
+        default=86400.0,
+        ge=0,
+        description="feedback intake refuses (to error_logs/) events whose created_at is more than this many "
+        "seconds after the time they arrive (clock skew allowed for)",
     )
     kernel_name: str = "python3"
     stage_timeout_s: int = Field(default=3600, ge=1)
@@ -117,7 +144,7 @@ class Settings(BaseSettings):
         default=["mnrl"], min_length=1, max_length=3, description="the grid's losses (JSON list)"
     )
     training_max_seq_length: int = Field(default=128, ge=8, le=512)
-    training_seed: int = Field(default=0, ge=0)
+    training_seed: int = Field(default=0, ge=0, le=2**32 - 1)
     bootstrap_samples: int = Field(default=1000, ge=100, le=100_000)
     release_primary_metric: Literal["recall_at_5", "mrr_at_5", "ndcg_at_5"] = Field(
         default="ndcg_at_5", description="the metric whose CI decides whether a PASS releases on its own"
@@ -142,6 +169,12 @@ class Settings(BaseSettings):
         default=True,
         description="after a PASS the worker reindexes and cuts over by itself; "
         "False: it waits for an operator's promote",
+    )
+    reindex_shard_size: int = Field(
+        default=512,
+        ge=1,
+        le=100_000,
+        description="chunks per shard of a candidate index build; any live worker may claim a shard",
     )
     reindex_batch_size: int = Field(
         default=256, ge=1, description="chunks per reindex batch (one encode call, one entry transaction)"
@@ -200,6 +233,13 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
 
+    @field_validator("feedback_epoch")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("must carry a UTC offset (e.g. 2020-01-01T00:00:00Z)")
+        return value.astimezone(UTC)
+
     @field_validator("schedule_timezone")
     @classmethod
     def _timezone(cls, value: str) -> str:
@@ -225,6 +265,12 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.run_stall_after_s <= 2 * self.heartbeat_interval_s:
             raise ValueError("run_stall_after_s must exceed two heartbeat intervals, or live runs look stalled")
+        if self.queue_visibility_timeout_s <= 2 * self.heartbeat_interval_s:
+            raise ValueError("queue_visibility_timeout_s must exceed two heartbeat intervals, or held claims lapse")
+        if self.lease_stale_after_s <= 2 * self.heartbeat_interval_s:
+            raise ValueError("lease_stale_after_s must exceed two heartbeat intervals, or live leases look stale")
+        if not self.queue_max_deliveries or min(self.queue_max_deliveries.values()) < 1:
+            raise ValueError("queue_max_deliveries: every cap must be >= 1 (and '*' should be set)")
         if self.endpoint_stale_after_s <= 2 * self.endpoint_heartbeat_s:
             raise ValueError("endpoint_stale_after_s must exceed two endpoint heartbeats, or live endpoints look gone")
         if self.snapshot_ttl_days < self.feedback_window_days:

@@ -23,7 +23,7 @@ from opslib.settings import Settings
 POSTGRES_URL = os.environ.get("OPS_TEST_POSTGRES_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
 
-pytest_plugins = ["backend_coverage", "chroma_server", "pytester"]
+pytest_plugins = ["backend_coverage", "chroma_server", "s3_server", "pytester"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

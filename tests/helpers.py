@@ -55,12 +55,23 @@ DATASET_ROW_VERSION = "20261201-aaaaaaaaaaaa"
 
 
 def dataset_row(
-    ws: Workspace, version: str = DATASET_ROW_VERSION, *, eligible: bool = True, hours_ago: float = 0
+    ws: Workspace,
+    version: str = DATASET_ROW_VERSION,
+    *,
+    eligible: bool = True,
+    hours_ago: float = 0,
+    artifact: bytes | None = None,
 ) -> str:
     """A ``TrainingDataset`` row without an artifact: for what only reads the row (run control,
-    previews, the dashboard). Its 30-day window ends ``hours_ago`` hours ago."""
+    previews, the dashboard). Its 30-day window ends ``hours_ago`` hours ago. With ``artifact``,
+    that is its train.jsonl (and a manifest recording its sha256): the worker verifies a dataset
+    before it starts a run on it (opslib.control.datasets)."""
     from opslib.db.models import TrainingDataset
 
+    if artifact is not None:
+        stored = ws.objects.put_bytes(f"datasets/{version}/train.jsonl", artifact)
+        manifest = {"dataset_version": version, "lineage": {"train_sha256": stored.sha256}}
+        ws.objects.put_text(f"datasets/{version}/manifest.json", json.dumps(manifest))
     end = utcnow() - timedelta(hours=hours_ago)
     with ws.db.transaction() as session:
         session.add(

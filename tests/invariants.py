@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from opslib.control.release import current_release
 from opslib.corpus.indexing import indexed_chunk_ids
@@ -11,6 +12,7 @@ from opslib.db.models import (
     Chunk,
     MLPipelineRun,
     ModelVersion,
+    ReleaseEvent,
     ReleaseStatus,
     RunStatus,
     ServingState,
@@ -18,6 +20,27 @@ from opslib.db.models import (
     VideoStatus,
 )
 from opslib.infra.workspace import Workspace
+
+
+def _double_effects(session: Session) -> list[str]:
+    """A release move recorded twice for one opening, or a run failed although its model was
+    switched to (the two-worker release of issue 15)."""
+    problems: list[str] = []
+    events = list(session.scalars(select(ReleaseEvent).order_by(ReleaseEvent.id)))
+    ready_since_open: dict[int, int] = {}
+    for event in events:
+        run_id = (event.before or {}).get("candidate_run_id") or event.after.get("candidate_run_id")
+        if event.kind == "OPEN_CANDIDATE":
+            ready_since_open[run_id] = 0
+        elif event.kind == "CANDIDATE_READY":
+            ready_since_open[run_id] = ready_since_open.get(run_id, 0) + 1
+            if ready_since_open[run_id] > 1:
+                problems.append(f"CANDIDATE_READY recorded {ready_since_open[run_id]} times for run {run_id}")
+    switched_to = {(e.before or {}).get("candidate_run_id") for e in events if e.kind == "CUTOVER"} - {None}
+    for run in session.scalars(select(MLPipelineRun).where(MLPipelineRun.id.in_(switched_to))):
+        if run.status is not RunStatus.READY_FOR_RELEASE:
+            problems.append(f"run {run.id} was cut over but is {run.status.value} ({run.failure_reason})")
+    return problems
 
 
 def check_invariants(ws: Workspace) -> list[str]:
@@ -42,6 +65,7 @@ def check_invariants(ws: Workspace) -> list[str]:
             problems.append("ROLLBACK_PREPARING without a snapshot")
         if session.get(ModelVersion, release.active_model_version) is None:
             problems.append(f"active model {release.active_model_version} is not registered")
+        problems.extend(_double_effects(session))
         active_index, candidate_index = release.active_index_name, release.candidate_index_name
         servable = set(
             session.scalars(

@@ -30,7 +30,7 @@ from opslib.errors import (
 from opslib.execution import worker as worker_module
 from opslib.execution.registry import StageError
 from opslib.execution.runner import StageResult
-from opslib.execution.worker import MAX_ROLLBACK_ATTEMPTS, Worker, WorkerReport
+from opslib.execution.worker import Worker, WorkerReport
 from opslib.infra.storage import InvalidKeyError, ObjectExistsError, ObjectNotFoundError, StorageError
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.cutover import CutoverRefused
@@ -178,5 +178,5 @@ def test_any_other_rollback_failure_is_retried(
 ) -> None:
     monkeypatch.setattr(worker_module, "run_stage", _failed_rollback(ename, cls))
     outcome, row = _roll_back_once(ws)
-    assert outcome.startswith("will retry: ") and MAX_ROLLBACK_ATTEMPTS > 1
+    assert outcome.startswith("will retry: ") and ws.settings.queue_max_deliveries["ROLLBACK_REQUEST"] > 1
     assert row.outcome is None  # left unacked: redelivered after the visibility timeout

@@ -2,12 +2,17 @@
 
 ``claim`` hides a message for a visibility timeout and counts the delivery in ``attempt``; a
 consumer that does not ``ack`` in time loses it to the next claimer (redelivery, attempt + 1).
+A consumer that works longer than the timeout keeps its claim with ``extend`` (from its
+heartbeat), and hands it back unfinished with ``release_claim`` on a clean stop. A message
+delivered as often as its type's cap (``max_deliveries``) without an ack is *parked*: acked with
+outcome PARKED and the reason, never delivered again (a poison message cannot loop forever).
 On PostgreSQL claimers skip each other's locked rows (``FOR UPDATE SKIP LOCKED``); on SQLite the
 write transaction (BEGIN IMMEDIATE) serialises them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -78,15 +83,23 @@ def _add_message(session: Session, payload: dict[str, Any]) -> int:
     return row.id
 
 
+def delivery_cap(max_deliveries: Mapping[str, int] | None, message_type: str) -> int | None:
+    """How many deliveries a message of ``message_type`` gets (None: no cap configured)."""
+    if not max_deliveries:
+        return None
+    return max_deliveries.get(message_type, max_deliveries.get("*"))
+
+
 def claim(
     db: Database,
     consumer: str,
     *,
     visibility_timeout_s: float,
     message_types: tuple[str, ...] | None = None,
+    max_deliveries: Mapping[str, int] | None = None,
     now: datetime | None = None,
 ) -> Delivery | None:
-    """Claim the oldest visible, unacked message (or None)."""
+    """Claim the oldest visible, unacked message (or None); park those past their delivery cap."""
     if visibility_timeout_s <= 0:
         raise QueueError(f"visibility_timeout_s {visibility_timeout_s}: must be > 0")
     if not consumer:
@@ -103,15 +116,35 @@ def claim(
             query = query.where(OpsMessage.message_type.in_(message_types))
         if db.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
-        row = session.scalars(query).first()
-        if row is None:
-            return None
+        while True:
+            row = session.scalars(query).first()
+            if row is None:
+                return None
+            cap = delivery_cap(max_deliveries, row.message_type)
+            if cap is None or row.attempt < cap:
+                break
+            _park(
+                session,
+                row,
+                f"delivered {row.attempt} times without an ack (cap {cap}); last claimed by {row.claimed_by}",
+            )
         row.attempt += 1
         row.claimed_by = consumer
         row.visible_at = now + timedelta(seconds=visibility_timeout_s)
         return Delivery(
             row.id, row.message_type, dict(row.payload), row.trace_id, row.attempt, consumer, row.visible_at
         )
+
+
+def _park(session: Session, row: OpsMessage, reason: str) -> None:
+    row.acked_at = utcnow()
+    row.outcome = MessageOutcome.PARKED
+    row.outcome_reason = reason
+    session.flush()
+    log.error(
+        "message parked as poison",
+        extra={"message_id": row.id, "message_type": row.message_type, "reason": reason, "trace_id": row.trace_id},
+    )
 
 
 def _finish(db: Database, delivery: Delivery, outcome: MessageOutcome, reason: str | None) -> bool:
@@ -140,6 +173,61 @@ def refuse(db: Database, delivery: Delivery, reason: str) -> bool:
     return _finish(db, delivery, MessageOutcome.REFUSED, reason)
 
 
+def park(db: Database, delivery: Delivery, reason: str) -> bool:
+    """Park a delivery as poison (e.g. it failed on its last allowed delivery): never redelivered."""
+    log.error(
+        "message parked as poison",
+        extra={"message_id": delivery.message_id, "reason": reason, "trace_id": delivery.trace_id},
+    )
+    return _finish(db, delivery, MessageOutcome.PARKED, reason)
+
+
+def _still_ours(delivery: Delivery) -> tuple[Any, ...]:
+    return (
+        OpsMessage.id == delivery.message_id,
+        OpsMessage.acked_at.is_(None),
+        OpsMessage.claimed_by == delivery.claimed_by,
+        OpsMessage.attempt == delivery.attempt,
+    )
+
+
+def release_claim(db: Database, delivery: Delivery, *, delay_s: float = 0.0) -> bool:
+    """Hand an unfinished claim back (a clean stop, or work that must wait for someone else):
+    visible again after ``delay_s``, and this delivery does not count towards the cap. False if
+    the claim was no longer ours."""
+    with db.transaction() as session:
+        done = cast(
+            CursorResult[Any],
+            session.execute(
+                update(OpsMessage)
+                .where(*_still_ours(delivery))
+                .values(visible_at=utcnow() + timedelta(seconds=delay_s), claimed_by=None, attempt=delivery.attempt - 1)
+            ),
+        ).rowcount
+    return bool(done)
+
+
+def expire_claims(db: Database, message_type: str, reason: str) -> list[int]:
+    """Make claimed, unacked messages of ``message_type`` visible now — for a caller that knows
+    their claimer is dead (e.g. the release lease it held went stale). Their ids."""
+    now = utcnow()
+    with db.transaction() as session:
+        rows = list(
+            session.scalars(
+                select(OpsMessage).where(
+                    OpsMessage.message_type == message_type,
+                    OpsMessage.acked_at.is_(None),
+                    OpsMessage.visible_at > now,
+                )
+            )
+        )
+        for row in rows:
+            row.visible_at = now
+    for row in rows:
+        log.warning("claim expired early", extra={"message_id": row.id, "claimed_by": row.claimed_by, "reason": reason})
+    return [row.id for row in rows]
+
+
 def extend(db: Database, delivery: Delivery, visibility_timeout_s: float) -> bool:
     """Keep a long-running claim: push its visibility out (only while we still hold it)."""
     with db.transaction() as session:
@@ -147,12 +235,7 @@ def extend(db: Database, delivery: Delivery, visibility_timeout_s: float) -> boo
             CursorResult[Any],
             session.execute(
                 update(OpsMessage)
-                .where(
-                    OpsMessage.id == delivery.message_id,
-                    OpsMessage.acked_at.is_(None),
-                    OpsMessage.claimed_by == delivery.claimed_by,
-                    OpsMessage.attempt == delivery.attempt,
-                )
+                .where(*_still_ours(delivery))
                 .values(visible_at=utcnow() + timedelta(seconds=visibility_timeout_s))
             ),
         ).rowcount
@@ -165,11 +248,19 @@ def receive(
     *,
     visibility_timeout_s: float,
     message_types: tuple[str, ...] | None = None,
+    max_deliveries: Mapping[str, int] | None = None,
     now: datetime | None = None,
 ) -> tuple[Delivery, TrainingRequest | RollbackRequest] | None:
     """Claim the next *valid* control message; invalid ones are refused on the way."""
     while True:
-        delivery = claim(db, consumer, visibility_timeout_s=visibility_timeout_s, message_types=message_types, now=now)
+        delivery = claim(
+            db,
+            consumer,
+            visibility_timeout_s=visibility_timeout_s,
+            message_types=message_types,
+            max_deliveries=max_deliveries,
+            now=now,
+        )
         if delivery is None:
             return None
         try:

@@ -18,6 +18,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from opslib.control.leases import Lease, check_fence
 from opslib.db.models import ModelRelease, ReleaseEvent, ReleaseStatus, utcnow
 from opslib.errors import Conflict, Refused
 
@@ -107,11 +108,17 @@ def apply(
     changes: dict[str, Any] | None = None,
     guard: Callable[[ModelRelease], None] | None = None,
     expected_row_version: int | None = None,
+    fence: Lease | None = None,
 ) -> ModelRelease:
-    """Move the release by ``kind``: check the table and the guard, set ``changes``, record it."""
+    """Move the release by ``kind``: check the table and the guard, set ``changes``, record it.
+
+    With ``fence`` (the release lease the caller holds) the move is refused (``StaleLease``)
+    unless that lease is still the current one: a taken-over driver cannot move the release."""
     if kind not in TRANSITIONS:
         raise ReleaseError(f"release transition {kind!r}: unknown")
     move = TRANSITIONS[kind]
+    if fence is not None:
+        check_fence(session, fence)
     release = current_release(session, for_update=True)
     status = release.release_status if release is not None else None
     if status is not move.source:

@@ -15,6 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from opslib.control.datasets import choose_usable_dataset, no_usable_dataset_reason
+from opslib.control.datasets import latest_eligible_dataset as latest_eligible_dataset  # imported from here too
 from opslib.control.release import current_release
 from opslib.db.engine import Database
 from opslib.db.models import (
@@ -29,6 +31,7 @@ from opslib.db.models import (
 )
 from opslib.errors import NotFound, Refused
 from opslib.infra.logs import get_logger
+from opslib.infra.storage import ObjectStore
 from opslib.infra.vector_store import index_name_for
 
 log = get_logger(__name__)
@@ -71,23 +74,6 @@ def _is_retryable(exc: OperationalError) -> bool:
     return "deadlock" in text or "could not serialize" in text
 
 
-def latest_eligible_dataset(session: Session) -> TrainingDataset | None:
-    """What the training scheduler starts a run on: a query, not a storage listing.
-
-    Latest = the newest source window (a backfill built today for an old ``as_of`` does not
-    displace a dataset of newer feedback), then the newest build."""
-    return session.scalars(
-        select(TrainingDataset)
-        .where(TrainingDataset.eligible.is_(True))
-        .order_by(
-            TrainingDataset.source_window_end.desc(),
-            TrainingDataset.created_at.desc(),
-            TrainingDataset.dataset_version.desc(),
-        )
-        .limit(1)
-    ).first()
-
-
 def candidate_version_for(run_id: int, dataset_version: str) -> str:
     return f"cand-r{run_id:05d}-{dataset_version}"
 
@@ -110,11 +96,12 @@ def _slot(session: Session, status: RunStatus) -> MLPipelineRun | None:
     return session.scalars(select(MLPipelineRun).where(MLPipelineRun.status == status)).one_or_none()
 
 
-def _fix_start(session: Session, run: MLPipelineRun) -> None:
-    """What a run is fixed to when it starts: dataset, baseline (= active now), candidate."""
-    dataset = latest_eligible_dataset(session)
+def _fix_start(session: Session, run: MLPipelineRun, dataset_version: str | None = None) -> None:
+    """What a run is fixed to when it starts: dataset (``dataset_version``, verified by the caller,
+    else the latest eligible), baseline (= active now), candidate."""
+    dataset = session.get(TrainingDataset, dataset_version) if dataset_version else latest_eligible_dataset(session)
     release = current_release(session)
-    if dataset is None:
+    if dataset is None or not dataset.eligible or dataset.unusable_at is not None:
         raise RunError("no eligible training dataset")
     if release is None:
         raise RunError("no ModelRelease: bootstrap the workspace")
@@ -133,12 +120,22 @@ def request_run(
     trace_id: str,
     request_message_id: int | None = None,
     candidate_model_version: str | None = None,
+    objects: ObjectStore | None = None,
 ) -> RunRequestOutcome:
     """Handle one TRAINING_REQUEST: start a run, queue it, or refuse — never two for one message.
 
     ``candidate_model_version`` names a registered model to evaluate and release instead of
-    training one (e.g. the serving weights at another precision): stage 30 finds it trained."""
+    training one (e.g. the serving weights at another precision): stage 30 finds it trained.
+    With ``objects`` (the worker passes its Object Storage) the dataset is verified before it is
+    picked: one whose artifact is gone or changed is marked unusable and the next eligible one is
+    used — or the request is refused with the reason when none is left."""
     source = TriggerSource(trigger_source)
+    chosen: str | None = None
+    if objects is not None and not _redelivered(db, request_message_id):
+        dataset, skipped = choose_usable_dataset(db, objects)
+        if dataset is None:
+            return RunRequestOutcome(None, None, False, no_usable_dataset_reason(skipped))
+        chosen = dataset.dataset_version
     for _attempt in range(_SLOT_RETRIES):
         try:
             with db.transaction() as session:
@@ -175,7 +172,7 @@ def request_run(
                 if older is not None:
                     older.superseded_by_run_id = run.id
                 if run.status is RunStatus.RUNNING:
-                    _fix_start(session, run)
+                    _fix_start(session, run, chosen)
                 log.info("run requested", extra={"run_id": run.id, "status": run.status.value, "trace_id": trace_id})
                 return RunRequestOutcome(run.id, run.status, True, TRANSITIONS[(None, run.status)])
         except IntegrityError:
@@ -185,6 +182,14 @@ def request_run(
                 raise
             continue
     raise RunError(f"could not settle the run slots after {_SLOT_RETRIES} attempts")
+
+
+def _redelivered(db: Database, request_message_id: int | None) -> bool:
+    if request_message_id is None:
+        return False
+    with db.read() as session:
+        found = session.scalar(select(MLPipelineRun.id).where(MLPipelineRun.request_message_id == request_message_id))
+    return found is not None
 
 
 def _candidate_refusal(session: Session, model_version: str) -> str | None:
@@ -197,8 +202,20 @@ def _candidate_refusal(session: Session, model_version: str) -> str | None:
     return None
 
 
-def start_next_pending(db: Database) -> int | None:
-    """PENDING → RUNNING for the newest pending run if the active slot is free; its id or None."""
+def start_next_pending(db: Database, objects: ObjectStore | None = None) -> int | None:
+    """PENDING → RUNNING for the newest pending run if the active slot is free; its id or None.
+    With ``objects``, its dataset is verified as ``request_run`` does; with none usable left the
+    run keeps waiting (None) until a dataset is built."""
+    chosen: str | None = None
+    if objects is not None:
+        with db.read() as session:
+            waiting = _slot(session, RunStatus.PENDING) is not None and _slot(session, RunStatus.RUNNING) is None
+        if waiting:
+            dataset, skipped = choose_usable_dataset(db, objects)
+            if dataset is None:
+                log.warning("pending run waits", extra={"reason": no_usable_dataset_reason(skipped)[:500]})
+                return None
+            chosen = dataset.dataset_version
     for _attempt in range(_SLOT_RETRIES):
         try:
             with db.transaction() as session:
@@ -212,7 +229,7 @@ def start_next_pending(db: Database) -> int | None:
                 check_transition(RunStatus.PENDING, RunStatus.RUNNING)
                 pending.status = RunStatus.RUNNING
                 session.flush()
-                _fix_start(session, pending)
+                _fix_start(session, pending, chosen)
                 log.info("pending run started", extra={"run_id": pending.id})
                 return pending.id
         except IntegrityError:

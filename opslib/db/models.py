@@ -426,6 +426,32 @@ class StageLease(Base):
     released_at: Mapped[datetime | None] = mapped_column()
 
 
+class ReindexShard(Base):
+    """A slice of a candidate index build (stage 50) that any live worker may claim and encode.
+
+    Claimed like a lease: ``claimed_by`` + ``heartbeat_at``, taken over only when stale, and
+    ``token`` incremented on each claim — the entries a shard's worker records carry that check."""
+
+    __tablename__ = "reindex_shards"
+    __table_args__ = (UniqueConstraint("index_name", "shard_no"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    index_name: Mapped[str] = mapped_column(String(128), index=True)
+    model_version: Mapped[str] = mapped_column(String(128))
+    shard_no: Mapped[int] = mapped_column(Integer)
+    chunk_ids: Mapped[list[Any]] = mapped_column(JSON)
+    token: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    done_at: Mapped[datetime | None] = mapped_column()
+    done_by: Mapped[str | None] = mapped_column(String(128))
+    embedded: Mapped[int] = mapped_column(Integer, default=0)
+    reused: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class AuditLog(Base):
     __tablename__ = "audit_log"
 

@@ -1,20 +1,25 @@
 """The stage registry: each lifecycle stage's notebook and its typed parameter schema.
 
 Parameters are validated against the schema before any kernel starts: an unknown, missing or
-mistyped parameter is an error (``extra="forbid"``, strict types).
+mistyped parameter is an error (``extra="forbid"``, strict types), and so is one outside its real
+range — a ``seed`` beyond 0…2³²−1 (what NumPy and PyTorch seed from), an ``as_of`` in the future
+(beyond ``AS_OF_CLOCK_SKEW``). ``check_references`` then checks against the Metadata DB that the
+run, queue message and evaluation set a stage's parameters name exist.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from opslib.control.messages import ROLLBACK_REQUEST
 from opslib.control.runs import fail_run
-from opslib.db.models import FailureType, RunStage
+from opslib.db.engine import Database
+from opslib.db.models import EvaluationDataset, FailureType, MLPipelineRun, OpsMessage, RunStage, utcnow
 from opslib.errors import Invalid
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.dataset.rules import DEFAULT_RULE, GENERATION_RULES
@@ -24,6 +29,13 @@ from opslib.lifecycle.training import MiningParams, TrainingParams
 
 class StageParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# A seed feeds random.seed, numpy's RandomState and torch.manual_seed: NumPy takes 0…2**32 − 1.
+SEED_MAX = 2**32 - 1
+# How far ahead of this machine's clock an ``as_of`` may lie (another host's clock, a tick that
+# fires a little early); beyond it the window has not ended and the dataset would stay "latest".
+AS_OF_CLOCK_SKEW = timedelta(minutes=5)
 
 
 class FeedbackHealthParams(StageParams):
@@ -39,7 +51,7 @@ def parse_instant(value: str) -> datetime:
 class BuildDatasetParams(StageParams):
     as_of: str | None = Field(default=None, description="window end (ISO date/datetime, UTC); None = now")
     source_window_days: int = Field(default=30, ge=1, le=365)
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
     generation_rule: str = Field(default=DEFAULT_RULE, description="retrieval-group-v2 (default) or v1")
 
     @field_validator("generation_rule")
@@ -54,11 +66,22 @@ class BuildDatasetParams(StageParams):
     def _iso(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                parse_instant(value)
+                instant = parse_instant(value)
             except ValueError:
                 raise ValueError(
                     "must be an ISO-8601 date or datetime, e.g. 2026-12-01 or 2026-12-01T03:00:00+09:00"
                 ) from None
+            except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+                raise ValueError(f"{value}: out of range") from None
+            now = utcnow()
+            if instant > now + AS_OF_CLOCK_SKEW:
+                raise ValueError(
+                    f"{instant.isoformat()} is in the future (now {now.replace(microsecond=0).isoformat()}; "
+                    f"up to {AS_OF_CLOCK_SKEW.total_seconds() / 60:g} minutes of clock skew are allowed): "
+                    "a dataset's source window must have ended"
+                )
+            if instant < datetime.min.replace(tzinfo=UTC) + timedelta(days=366):
+                raise ValueError(f"{value}: out of range (no source window fits before it)")
         return value
 
     @property
@@ -75,7 +98,7 @@ class TrainCandidateParams(StageParams):
     )
     losses: list[Literal["mnrl", "cached_mnrl", "gist"]] = Field(default=["mnrl"], min_length=1, max_length=3)
     max_seq_length: int = Field(default=128, ge=8, le=512)
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
     patience: int = Field(default=1, ge=1, le=50, description="epochs without a better validation score")
     validation_share: float = Field(default=0.2, gt=0, lt=1)
     negatives_per_row: int = Field(default=1, ge=1, le=8)
@@ -239,6 +262,36 @@ def stage_spec(name: str) -> StageSpec:
         return STAGES[name]
     except KeyError:
         raise StageError(f"stage {name!r}: unknown; known stages: {', '.join(sorted(STAGES))}") from None
+
+
+def _reference_problems(db: Database, params: StageParams, run_id: int | None) -> list[str]:
+    """Why the ids ``params`` (and the execution's ``run_id``) name are not in the Metadata DB."""
+    problems = []
+    with db.read() as session:
+        named = getattr(params, "run_id", None)
+        for label, value in (("run_id", named), ("the execution's run_id", run_id if run_id != named else None)):
+            if value is not None and session.get(MLPipelineRun, value) is None:
+                problems.append(f"{label} {value}: no such run")
+        message_id = getattr(params, "message_id", None)
+        if message_id is not None:
+            message = session.get(OpsMessage, message_id)
+            if message is None:
+                problems.append(f"message_id {message_id}: no such message")
+            elif message.message_type != ROLLBACK_REQUEST:
+                problems.append(f"message_id {message_id}: is a {message.message_type}, not a {ROLLBACK_REQUEST}")
+        ref = getattr(params, "evaluation_dataset_ref", None)
+        if ref is not None and session.get(EvaluationDataset, ref) is None:
+            problems.append(f"evaluation_dataset_ref {ref}: no such evaluation set (`opsbench register-eval`)")
+    return problems
+
+
+def check_references(db: Database, name: str, params: StageParams, *, run_id: int | None = None) -> None:
+    """Refuse (``StageError``) before anything starts when a parameter names a run, queue message
+    (a ROLLBACK_REQUEST for 70) or evaluation set that does not exist — or ``run_id``, the run the
+    execution is recorded against — each problem named: ``run_id 99999: no such run``."""
+    problems = _reference_problems(db, params, run_id)
+    if problems:
+        raise StageError(f"stage {name}: invalid parameters: " + "; ".join(problems))
 
 
 def validate_params(name: str, raw: dict[str, object]) -> StageParams:

@@ -20,6 +20,9 @@ How each stage's row is filled (see ``docs/architecture.md`` § Run index):
   trace (or its run's / rollback message's trace).
 - Any failed execution's verdict is ``ERROR`` (a system error, distinct from a quality ``FAIL``),
   or ``REFUSED`` when it failed with a ``Refused`` (a guard said no; ``opslib.errors``).
+- An execution whose process died is ``ABANDONED`` (the reconciler ended it; the row says since
+  when nothing was heard); a RUNNING one without a heartbeat for ``run_stall_after_s`` shows
+  ``STALLED`` until the reconciler (scheduler or worker pass) ends it.
 """
 
 from __future__ import annotations
@@ -306,7 +309,15 @@ def _release_rows(
     return verdict, lines
 
 
-def _row(ex: StageExecution, facts: _Facts, runs_dir: Path, now: datetime) -> IndexRow:
+def _stalled_line(ex: StageExecution, now: datetime, stall_after_s: float) -> str | None:
+    """For a RUNNING execution whose process has not beaten for ``stall_after_s``: what is known."""
+    last = ex.heartbeat_at or ex.started_at
+    if ex.status is not ExecutionStatus.RUNNING or now - last <= timedelta(seconds=stall_after_s):
+        return None
+    return f"no heartbeat since {_fmt_time(last)}: its process looks dead (the next reconcile marks it ABANDONED)"
+
+
+def _row(ex: StageExecution, facts: _Facts, runs_dir: Path, now: datetime, stall_after_s: float) -> IndexRow:
     until = ex.finished_at or now
     run_id = ex.run_id if ex.run_id is not None else _param_int(ex.parameters, "run_id")
     run = facts.runs.get(run_id) if run_id is not None else None
@@ -328,8 +339,14 @@ def _row(ex: StageExecution, facts: _Facts, runs_dir: Path, now: datetime) -> In
     if ex.status is ExecutionStatus.FAILED:
         verdict = "REFUSED" if recorded_as(ex.error, Refused) else "ERROR"
         lines = [_error_line(ex.error), *lines]
+    elif ex.status is ExecutionStatus.ABANDONED:
+        verdict = "ABANDONED"
+        evalue = ex.error.get("evalue") if isinstance(ex.error, dict) else None
+        lines = [f"abandoned: {evalue or 'its process died'}", *lines]
     elif ex.status is ExecutionStatus.RUNNING:
-        verdict = "RUNNING"
+        stalled = _stalled_line(ex, now, stall_after_s)
+        verdict = "STALLED" if stalled else "RUNNING"
+        lines = [stalled, *lines] if stalled else lines
     return IndexRow(
         execution_id=ex.id,
         stage=ex.stage,
@@ -379,7 +396,8 @@ def collect_run_index(ws: Workspace, now: datetime | None = None) -> tuple[list[
             else {},
         )
         release = current_release(session)
-        rows = [_row(ex, facts, runs_dir, now) for ex in executions]
+        stall_after_s = ws.settings.run_stall_after_s
+        rows = [_row(ex, facts, runs_dir, now, stall_after_s) for ex in executions]
     summary = IndexSummary(
         generated_at=now,
         total=len(rows),
@@ -410,8 +428,9 @@ table.m th,table.m td{border:1px solid #e3e3e3;padding:2px 6px;text-align:right}
 table.m td:first-child,table.m th:first-child{text-align:left}
 .v{display:inline-block;padding:2px 8px;border-radius:4px;color:#fff;font-weight:600;white-space:nowrap}
 .v-good{background:#1b7f3b}.v-bad{background:#b3261e}.v-error{background:#7a1fa2}.v-refused{background:#b35c00}
-.v-running{background:#1f4e8c}.v-info{background:#666}
+.v-running{background:#1f4e8c}.v-info{background:#666}.v-abandoned{background:#5d4037}.v-stalled{background:#d35400}
 .s-FAILED{color:#7a1fa2;font-weight:600}.s-RUNNING{color:#1f4e8c;font-weight:600}
+.s-ABANDONED{color:#5d4037;font-weight:600}
 .missing{color:#b3261e}.muted{color:#777}
 code{font-size:0.95em}
 """
@@ -428,6 +447,10 @@ def _verdict_class(verdict: str) -> str:
         return "v-refused"
     if verdict == "RUNNING":
         return "v-running"
+    if verdict == "ABANDONED":
+        return "v-abandoned"
+    if verdict == "STALLED":
+        return "v-stalled"
     if verdict in _GOOD:
         return "v-good"
     if verdict in _BAD:
@@ -453,6 +476,8 @@ def _render_row(row: IndexRow) -> str:
         report = f'<a href="{_e(row.report_href)}">report</a>'
     elif row.status == "RUNNING":
         report = '<span class="muted">running…</span>'
+    elif row.status == "ABANDONED":
+        report = '<span class="muted">no report: its process died before rendering one</span>'
     else:
         report = '<span class="missing">HTML report missing</span>'
     if row.notebook_href:

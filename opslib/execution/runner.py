@@ -2,6 +2,13 @@
 
 Every execution, failed or not, is archived under ``runs/<YYYYMMDD>/`` and recorded as a
 ``StageExecution`` row; a failed one records the failing cell and its exception.
+
+Records end. While a stage executes, its process stamps the row's ``heartbeat_at`` every
+``settings.heartbeat_interval_s`` (``opslib.infra.heartbeat``). A process killed mid-stage
+(kill -9, OOM, machine lost) cannot record how its stage ended; ``abandon_dead_executions`` —
+called by every scheduler pass and every worker reconcile — marks a RUNNING row whose heartbeat
+(or start, when it never beat) is older than ``settings.run_stall_after_s`` ``ABANDONED``. Every
+write that ends a row is guarded on its still being RUNNING, so an ended row never changes again.
 """
 
 from __future__ import annotations
@@ -13,17 +20,23 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
 from importlib.resources import as_file, files
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from opslib.db.engine import Database
 from opslib.db.models import ExecutionStatus, StageExecution, utcnow
-from opslib.errors import Refused, class_path, recorded_as
+from opslib.errors import Conflict, Refused, class_path, recorded_as
 from opslib.execution import run_index
 from opslib.execution.context import ERROR_CLASS_MIME
-from opslib.execution.registry import EXECUTION_ID_PARAM, stage_spec, validate_params
+from opslib.execution.registry import EXECUTION_ID_PARAM, check_references, stage_spec, validate_params
+from opslib.infra.faults import checkpoint
+from opslib.infra.heartbeat import heartbeating
 from opslib.infra.logs import current_trace_id, get_logger, trace
 from opslib.infra.offline import OFFLINE_ENVIRONMENT
 from opslib.infra.vector_store import forget_local_clients
@@ -142,6 +155,104 @@ def _rebuild_run_index(ws: Workspace) -> None:
         log.exception("run index not rebuilt (`opsbench report` rebuilds it)")
 
 
+# Liveness and the end of a record ---------------------------------------------------------
+# The fault point at which a test kills the process executing a stage (``opslib.infra.faults``):
+# after its RUNNING row and first heartbeat exist, before the notebook starts.
+STAGE_EXECUTING = "stage.executing"
+ABANDONED_ENAME = "ExecutionAbandoned"  # the ``ename`` recorded on an ABANDONED row's ``error``
+
+
+def _still_running(execution_id: int) -> Any:
+    return and_(StageExecution.id == execution_id, StageExecution.status == ExecutionStatus.RUNNING)
+
+
+def beat_execution(db: Database, execution_id: int, now: datetime | None = None) -> bool:
+    """Stamp a RUNNING execution's ``heartbeat_at``; False once the row has ended (its beat stops)."""
+    with db.transaction() as session:
+        changed = cast(  # DML: Session.execute is typed Result, returns a CursorResult
+            CursorResult[Any],
+            session.execute(
+                update(StageExecution).where(_still_running(execution_id)).values(heartbeat_at=now or utcnow())
+            ),
+        ).rowcount
+    return bool(changed)
+
+
+def abandon_dead_executions(db: Database, *, stall_after_s: float, now: datetime | None = None) -> list[int]:
+    """Mark ``ABANDONED`` every RUNNING ``StageExecution`` whose process died: no heartbeat (or,
+    never stamped, no start) within ``stall_after_s`` of ``now``. One transaction; each row is
+    changed only if it is still RUNNING and still stale (a beat that lands first keeps it alive).
+    ``finished_at`` = ``now``; ``error`` says since when nothing was heard. Returns the ids ended."""
+    if stall_after_s <= 0:
+        raise ValueError(f"stall_after_s {stall_after_s}: must be > 0")
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=stall_after_s)
+    stale = or_(
+        and_(StageExecution.heartbeat_at.is_not(None), StageExecution.heartbeat_at < cutoff),
+        and_(StageExecution.heartbeat_at.is_(None), StageExecution.started_at < cutoff),
+    )
+    ended = []
+    with db.transaction() as session:
+        candidates = session.execute(
+            select(StageExecution.id, StageExecution.stage, StageExecution.heartbeat_at, StageExecution.started_at)
+            .where(StageExecution.status == ExecutionStatus.RUNNING, stale)
+            .order_by(StageExecution.id)
+        ).all()
+        for execution_id, stage, heartbeat_at, started_at in candidates:
+            since = (
+                f"no heartbeat since {heartbeat_at.isoformat()}"
+                if heartbeat_at
+                else (f"no heartbeat since it started at {started_at.isoformat()}")
+            )
+            error = {
+                "cell_index": None,
+                "execution_count": None,
+                "ename": ABANDONED_ENAME,
+                "evalue": f"{since} (stall limit {stall_after_s:g} s): the process running it died",
+                "eclass": None,
+            }
+            changed = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(StageExecution)
+                    .where(_still_running(execution_id), stale)
+                    .values(status=ExecutionStatus.ABANDONED, finished_at=now, error=error)
+                ),
+            ).rowcount
+            if changed:
+                ended.append(execution_id)
+                log.warning(
+                    "stage execution abandoned: its process died",
+                    extra={"execution_id": execution_id, "stage": stage, "reason": error["evalue"]},
+                )
+    return ended
+
+
+def reconcile_executions(ws: Workspace, now: datetime | None = None) -> list[int]:
+    """``abandon_dead_executions`` with the workspace's ``run_stall_after_s``; the ids ended.
+
+    Papermill saves the executed notebook cell by cell, so an abandoned execution's partial
+    ``.ipynb`` (where it was when its process died) is linked from its row when it exists; the run
+    index is rebuilt, so ``runs/index.html`` shows the row ABANDONED."""
+    ended = abandon_dead_executions(ws.db, stall_after_s=ws.settings.run_stall_after_s, now=now)
+    if not ended:
+        return ended
+    with ws.db.transaction() as session:
+        for row in session.scalars(select(StageExecution).where(StageExecution.id.in_(ended))):
+            partial_ipynb = _archive_paths(ws.settings.runs_dir, row.started_at, row.id, row.stage)[0]
+            if row.output_ipynb is None and partial_ipynb.is_file():
+                row.output_ipynb = str(partial_ipynb)
+    _rebuild_run_index(ws)
+    return ended
+
+
+def _archive_paths(runs_dir: Path, started: datetime, execution_id: int, name: str) -> tuple[Path, Path, Path]:
+    """Where an execution is archived: ``runs/<YYYYMMDD>/<HHMMSS>-<id>-<stage>`` .ipynb, .html and
+    .log (the kernel's JSON log lines)."""
+    stem = runs_dir / started.strftime("%Y%m%d") / f"{started.strftime('%H%M%S')}-{execution_id:06d}-{name}"
+    return stem.with_name(stem.name + ".ipynb"), stem.with_name(stem.name + ".html"), stem.with_name(stem.name + ".log")
+
+
 def run_stage(
     ws: Workspace,
     name: str,
@@ -152,12 +263,15 @@ def run_stage(
     progress: bool = False,
     on_created: Callable[[Session, StageExecution], None] | None = None,
 ) -> StageResult:
-    """Execute stage ``name``; bad parameters raise ``StageError`` before anything starts.
+    """Execute stage ``name``; bad parameters raise ``StageError`` before anything starts: out of
+    range, or naming a run, message or evaluation set the Metadata DB does not have (and so does a
+    ``run_id`` for the execution that names no run).
 
     ``on_created`` runs inside the transaction that records the ``StageExecution`` (an operator
     action writes its audit row there, so the two exist together or not at all)."""
     spec = stage_spec(name)
     validated = validate_params(name, dict(params or {}))
+    check_references(ws.db, name, validated, run_id=run_id)
     notebook = ws.settings.resolved_notebooks_dir / spec.notebook
     if not notebook.is_file():
         raise FileNotFoundError(f"stage {name}: notebook {notebook} is missing")
@@ -172,6 +286,7 @@ def run_stage(
                 parameters=parameters,
                 status=ExecutionStatus.RUNNING,
                 started_at=started,
+                heartbeat_at=started,
                 trace_id=tid,
             )
             session.add(execution)
@@ -179,51 +294,87 @@ def run_stage(
             execution_id = execution.id
             if on_created is not None:
                 on_created(session, execution)
-        folder = ws.settings.runs_dir / started.strftime("%Y%m%d")
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = f"{started.strftime('%H%M%S')}-{execution_id:06d}-{name}"
-        output_ipynb, output_html = folder / f"{stem}.ipynb", folder / f"{stem}.html"
-        output_log = folder / f"{stem}.log"  # the kernel's JSON log lines
+        output_ipynb, output_html, output_log = _archive_paths(ws.settings.runs_dir, started, execution_id, name)
+        output_ipynb.parent.mkdir(parents=True, exist_ok=True)
         log.info("stage started", extra={"stage": name, "execution_id": execution_id, "run_id": run_id})
 
         error: dict[str, Any] | None = None
-        try:
-            import papermill  # deferred: it loads nbformat and nbclient (seconds)
-
-            with _kernel_environment({**ws.settings.as_env(), "OPS_LOG_FILE": str(output_log)}):
-                papermill.execute_notebook(
-                    str(notebook),
-                    str(output_ipynb),
-                    parameters={**parameters, EXECUTION_ID_PARAM: execution_id},
-                    kernel_name=ws.settings.kernel_name,
-                    cwd=str(notebook.parent),
-                    progress_bar=progress,
-                    execution_timeout=ws.settings.stage_timeout_s,
-                    # The kernel's own log: errors only (it warns about loopback TCP on every start).
-                    extra_arguments=["--log-level=ERROR"],
-                )
-        except Exception as exc:  # the notebook's failure is recorded, not raised
-            error = _error_from(exc, output_ipynb)
-            log.error("stage failed", extra={"stage": name, "execution_id": execution_id, **error})
-        # The kernel may have written the embedded vector store: re-read it from disk next time.
-        forget_local_clients()
-        if output_ipynb.is_file():
+        # This process proves it is alive until the row is final (rendering and the failure
+        # handler included); a killed process stops beating and the reconciler ends the row.
+        with heartbeating(
+            partial(beat_execution, ws.db, execution_id),
+            ws.settings.heartbeat_interval_s,
+            name=f"heartbeat-execution-{execution_id}",
+            context={"stage": name, "execution_id": execution_id},
+        ):
+            checkpoint(ws.settings, STAGE_EXECUTING)
             try:
-                render_html(output_ipynb, output_html)
-            except Exception:  # the execution still gets recorded; its row shows no HTML
-                log.exception("HTML rendering failed", extra={"stage": name, "execution_id": execution_id})
-        status = ExecutionStatus.FAILED if error else ExecutionStatus.SUCCEEDED
-        if error and run_id is not None and spec.on_failure is not None:
-            reason = f"{name} failed at cell {error['cell_index']}: {error['ename']}: {error['evalue']}"
-            spec.on_failure(ws, run_id, reason)
-        with ws.db.transaction() as session:
-            row = session.get(StageExecution, execution_id)
-            assert row is not None
-            row.status = status
-            row.error = error
-            row.finished_at = utcnow()
-            row.output_ipynb = str(output_ipynb) if output_ipynb.is_file() else None
-            row.output_html = str(output_html) if output_html.is_file() else None
+                import papermill  # deferred: it loads nbformat and nbclient (seconds)
+
+                with _kernel_environment({**ws.settings.as_env(), "OPS_LOG_FILE": str(output_log)}):
+                    papermill.execute_notebook(
+                        str(notebook),
+                        str(output_ipynb),
+                        parameters={**parameters, EXECUTION_ID_PARAM: execution_id},
+                        kernel_name=ws.settings.kernel_name,
+                        cwd=str(notebook.parent),
+                        progress_bar=progress,
+                        execution_timeout=ws.settings.stage_timeout_s,
+                        # The kernel's own log: errors only (it warns about loopback TCP on every start).
+                        extra_arguments=["--log-level=ERROR"],
+                    )
+            except Exception as exc:  # the notebook's failure is recorded, not raised
+                error = _error_from(exc, output_ipynb)
+                log.error("stage failed", extra={"stage": name, "execution_id": execution_id, **error})
+            # The kernel may have written the embedded vector store: re-read it from disk next time.
+            forget_local_clients()
+            if output_ipynb.is_file():
+                try:
+                    render_html(output_ipynb, output_html)
+                except Exception:  # the execution still gets recorded; its row shows no HTML
+                    log.exception("HTML rendering failed", extra={"stage": name, "execution_id": execution_id})
+            status = ExecutionStatus.FAILED if error else ExecutionStatus.SUCCEEDED
+            # A lost race (a Conflict, e.g. another worker holds the release lease) settles nothing
+            # about the run: only other failures go to the run's failure handler.
+            if error and run_id is not None and spec.on_failure is not None and not recorded_as(error, Conflict):
+                reason = f"{name} failed at cell {error['cell_index']}: {error['ename']}: {error['evalue']}"
+                spec.on_failure(ws, run_id, reason)
+            _finish(ws, execution_id, status, error, output_ipynb, output_html)
         log.info("stage finished", extra={"stage": name, "execution_id": execution_id, "status": status.value})
         _rebuild_run_index(ws)
         return StageResult(execution_id, name, status, output_ipynb, output_html, error)
+
+
+def _finish(
+    ws: Workspace,
+    execution_id: int,
+    status: ExecutionStatus,
+    error: dict[str, Any] | None,
+    output_ipynb: Path,
+    output_html: Path,
+) -> None:
+    """Record how the execution ended — only on a row still RUNNING. One the reconciler already
+    marked ABANDONED (this process was paused past the stall limit, then went on) stays ABANDONED:
+    an ended record never changes; its archive paths are still filled in and the outcome logged."""
+    archive = {
+        "output_ipynb": str(output_ipynb) if output_ipynb.is_file() else None,
+        "output_html": str(output_html) if output_html.is_file() else None,
+    }
+    with ws.db.transaction() as session:
+        changed = cast(
+            CursorResult[Any],
+            session.execute(
+                update(StageExecution)
+                .where(_still_running(execution_id))
+                .values(status=status, error=error, finished_at=utcnow(), **archive)
+            ),
+        ).rowcount
+        if not changed:
+            row = session.get(StageExecution, execution_id)
+            assert row is not None
+            row.output_ipynb = row.output_ipynb or archive["output_ipynb"]
+            row.output_html = row.output_html or archive["output_html"]
+            log.warning(
+                "stage execution ended after its row was closed: the row keeps its status",
+                extra={"execution_id": execution_id, "row_status": row.status.value, "outcome": status.value},
+            )

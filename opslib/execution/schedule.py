@@ -24,6 +24,10 @@ What ran is remembered in the Metadata DB, one ``ScheduleTick`` row per (schedul
 - The job's result is recorded as ``DONE`` / ``FAILED`` with an ``outcome`` text. The training
   request is published in the same transaction that marks its tick ``DONE``: a message exists iff
   its tick is done, and a scheduler whose claim was taken over cannot publish a second one.
+
+Every pass first ends the records of dead processes: a RUNNING ``StageExecution`` with no
+heartbeat for ``settings.run_stall_after_s`` (by the real clock, whatever ``now`` pretends) is
+marked ``ABANDONED`` (``opslib.execution.runner.reconcile_executions``).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from opslib.control.queue import publish
 from opslib.db.models import ScheduleTick, TickStatus, utcnow
 from opslib.errors import Invalid
 from opslib.execution.context import recorded_outputs
-from opslib.execution.runner import run_stage
+from opslib.execution.runner import reconcile_executions, run_stage
 from opslib.infra.heartbeat import heartbeating
 from opslib.infra.logs import get_logger, new_trace_id, trace
 from opslib.infra.workspace import Workspace
@@ -200,6 +204,7 @@ class TickResult:
 class ScheduleReport:
     now: datetime
     results: list[TickResult] = field(default_factory=list)
+    abandoned: list[int] = field(default_factory=list)  # StageExecution ids this pass marked ABANDONED
 
     @property
     def ran(self) -> list[TickResult]:
@@ -377,9 +382,14 @@ def run_due(ws: Workspace, now: datetime | None = None) -> ScheduleReport:
     """Run each schedule's latest tick ≤ ``now`` (default: the current time) unless it already ran.
 
     A job's failure is recorded (FAILED) and reported, not raised; the other schedules still run.
+    First, RUNNING stage executions whose process died are marked ABANDONED (``report.abandoned``).
     """
     tz_name = ws.settings.schedule_timezone
     report = ScheduleReport(now or utcnow())
+    try:  # liveness is judged by the real clock, never a pretended one
+        report.abandoned = reconcile_executions(ws)
+    except Exception:  # a failed reconcile must not stop the ticks; the next pass tries again
+        log.exception("stage executions not reconciled")
     clock = _clock_from(now)
     for schedule in schedules(ws):
         at = clock()  # the clock moves on while a job runs

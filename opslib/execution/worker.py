@@ -12,19 +12,32 @@ from __future__ import annotations
 import os
 import socket
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from sqlalchemy import or_, select
 
+from opslib.control.datasets import check_dataset, mark_dataset_unusable
+from opslib.control.leases import RELEASE_LEASE, LeaseBusy, holding_release, lease_state
 from opslib.control.messages import (
     ROLLBACK_REQUEST,
     TRAINING_REQUEST,
     RollbackRequest,
     TrainingRequest,
 )
-from opslib.control.queue import Delivery, ack, receive, refuse
+from opslib.control.queue import (
+    Delivery,
+    ack,
+    delivery_cap,
+    expire_claims,
+    extend,
+    park,
+    receive,
+    refuse,
+    release_claim,
+)
 from opslib.control.release import current_release
 from opslib.control.runs import (
     claim_stalled,
@@ -44,8 +57,9 @@ from opslib.db.models import (
     RunStatus,
     TriggerSource,
 )
+from opslib.errors import Conflict, IntegrityFailure, recorded_as
 from opslib.execution.registry import StageError
-from opslib.execution.runner import StageResult, run_stage
+from opslib.execution.runner import StageResult, reconcile_executions, run_stage
 from opslib.infra.heartbeat import heartbeating
 from opslib.infra.logs import get_logger, trace
 from opslib.infra.model_artifacts import local_model_dir
@@ -53,6 +67,7 @@ from opslib.infra.workspace import Workspace
 from opslib.lifecycle.evaluation.sets import latest_evaluation_set
 from opslib.lifecycle.reindex import abort_candidate
 from opslib.lifecycle.rollback import reinclude_excluded
+from opslib.lifecycle.sharded_build import ReindexError, work_shards
 
 log = get_logger(__name__)
 
@@ -64,15 +79,19 @@ class WorkerReport:
     reconciled: list[tuple[int, str]] = field(default_factory=list)  # (run id, resumed | failed: reason)
     released: dict[int, str] = field(default_factory=dict)  # run id -> what the release stages did
     rollbacks: list[tuple[int, str]] = field(default_factory=list)  # (message id, outcome)
+    shards: dict[str, list[int]] = field(default_factory=dict)  # candidate index -> shards this worker encoded
+    abandoned_executions: list[int] = field(default_factory=list)  # StageExecution ids ended as ABANDONED
 
 
 def resume_problem(ws: Workspace, run: MLPipelineRun) -> str | None:
     """Why a stalled run cannot be resumed, or None if its inputs are intact."""
     if not (run.dataset_version and run.baseline_model_version and run.candidate_model_version):
         return "dataset, baseline or candidate were never fixed"
-    train_key = f"datasets/{run.dataset_version}/train.jsonl"
-    if not ws.objects.exists(train_key) or not ws.objects.verify(train_key):
-        return f"dataset {run.dataset_version} is missing or fails its checksum"
+    try:
+        check_dataset(ws.objects, run.dataset_version)
+    except IntegrityFailure as failure:  # marked unusable: no later run picks it either
+        mark_dataset_unusable(ws.db, run.dataset_version, str(failure))
+        return f"dataset {run.dataset_version} is missing or fails its checksum: {failure}"
     for version in (run.baseline_model_version, run.candidate_model_version):
         with ws.db.read() as session:
             registered = session.get(ModelVersion, version) is not None
@@ -92,16 +111,26 @@ class Worker:
         self.settings = ws.settings
 
     # One pass ---------------------------------------------------------------------------
+    def release_driven_elsewhere(self) -> str | None:
+        """Who else drives the release right now (a live release lease), or None."""
+        state = lease_state(self.ws.db, RELEASE_LEASE, stale_after_s=self.settings.lease_stale_after_s)
+        return f"{state.holder} ({state.purpose})" if state is not None and state.live else None
+
     def run_once(self) -> WorkerReport:
         report = WorkerReport()
         to_drive = self.reconcile(report)
         self.converge_release(report)
+        self.help_reindex(report)
+        # While another worker drives the release, its rollback requests wait for it (claiming one
+        # now would only spend a delivery).
+        types = (TRAINING_REQUEST,) if self.release_driven_elsewhere() else (TRAINING_REQUEST, ROLLBACK_REQUEST)
         while (
             received := receive(
                 self.ws.db,
                 self.name,
-                message_types=(TRAINING_REQUEST, ROLLBACK_REQUEST),
+                message_types=types,
                 visibility_timeout_s=self.settings.queue_visibility_timeout_s,
+                max_deliveries=self.settings.queue_max_deliveries,
             )
         ) is not None:
             delivery, message = received
@@ -116,6 +145,7 @@ class Worker:
                     trace_id=message.trace_id,
                     request_message_id=delivery.message_id,
                     candidate_model_version=message.candidate_model_version,
+                    objects=self.ws.objects,  # the dataset is verified before a run starts on it
                 )
                 if outcome.run_id is None or outcome.status is None:  # refused: no run (neither is set)
                     refuse(self.ws.db, delivery, outcome.reason)
@@ -131,13 +161,13 @@ class Worker:
                         else f"run {outcome.run_id} {outcome.status.value}",
                     )
                 )
-        next_run = start_next_pending(self.ws.db)
+        next_run = start_next_pending(self.ws.db, self.ws.objects)
         if next_run is not None:
             to_drive.append(next_run)
         while to_drive:
             run_id = to_drive.pop(0)
             report.runs[run_id] = self.drive(run_id)
-            promoted = start_next_pending(self.ws.db)
+            promoted = start_next_pending(self.ws.db, self.ws.objects)
             if promoted is not None:
                 to_drive.append(promoted)
         self.release_ready(report)
@@ -147,7 +177,7 @@ class Worker:
         log.info("worker started", extra={"worker": self.name})
         while True:
             report = self.run_once()
-            if not (report.messages or report.runs or report.released or report.rollbacks):
+            if not (report.messages or report.runs or report.released or report.rollbacks or report.shards):
                 time.sleep(poll_interval_s)
 
     # Runs ---------------------------------------------------------------------------------
@@ -238,8 +268,10 @@ class Worker:
             return None
 
     def reconcile(self, report: WorkerReport | None = None) -> list[int]:
-        """Stalled RUNNING runs: claim each, then resume it (returned) or fail it with the reason."""
+        """Stalled RUNNING runs: claim each, then resume it (returned) or fail it with the reason.
+        First, stage executions whose process died end as ABANDONED."""
         report = report if report is not None else WorkerReport()
+        report.abandoned_executions = reconcile_executions(self.ws)
         stall = self.settings.run_stall_after_s
         with self.ws.db.read() as session:
             running = list(session.scalars(select(MLPipelineRun).where(MLPipelineRun.status == RunStatus.RUNNING)))
@@ -329,42 +361,89 @@ class Worker:
                 reason="superseded before release: its baseline no longer serves (evaluate a new run)",
             )
         if target is not None:
-            report.released[target] = self.release(target)
+            elsewhere = self.release_driven_elsewhere()
+            report.released[target] = (
+                f"left alone: {elsewhere} drives the release" if elsewhere else self.release(target)
+            )
 
     def converge_release(self, report: WorkerReport) -> None:
-        """Repair what a crash can leave: a candidate whose run failed, videos still excluded."""
+        """Repair what a crash can leave: a candidate whose run failed, videos still excluded, a
+        rollback whose driver died (its message is made visible now instead of after the claim
+        lapses). Only when no other live worker drives the release."""
+        try:
+            with holding_release(self.ws.db, self.settings, f"release repairs by {self.name}") as lease:
+                with self.ws.db.read() as session:
+                    release = current_release(session)
+                    orphan, preparing = None, False
+                    if release is not None and release.release_status is ReleaseStatus.CANDIDATE_REINDEXING:
+                        run = session.get(MLPipelineRun, release.candidate_run_id) if release.candidate_run_id else None
+                        if run is None or run.status is not RunStatus.READY_FOR_RELEASE:
+                            orphan = release.candidate_run_id
+                    preparing = release is not None and release.release_status is ReleaseStatus.ROLLBACK_PREPARING
+                if orphan is not None:
+                    reason = "the candidate's run is no longer READY_FOR_RELEASE"
+                    abort_candidate(self.ws, orphan, reason, actor=self.name, fence=lease)
+                    report.released[orphan] = f"aborted: {reason[4:]}"
+                if preparing:  # we hold the lease, so the rollback's driver is gone
+                    for message_id in expire_claims(self.ws.db, ROLLBACK_REQUEST, "the rollback's driver is gone"):
+                        report.rollbacks.append((message_id, "its driver is gone: redelivered now"))
+                reinclude_excluded(self.ws, lease)
+        except LeaseBusy:
+            return  # another worker drives the release: the repairs are theirs
+
+    def help_reindex(self, report: WorkerReport) -> None:
+        """Encode shards of a candidate index another worker's stage 50 is building."""
         with self.ws.db.read() as session:
             release = current_release(session)
-            orphan = None
-            if release is not None and release.release_status is ReleaseStatus.CANDIDATE_REINDEXING:
-                run = session.get(MLPipelineRun, release.candidate_run_id) if release.candidate_run_id else None
-                if run is None or run.status is not RunStatus.READY_FOR_RELEASE:
-                    orphan = release.candidate_run_id
-        if orphan is not None:
-            abort_candidate(self.ws, orphan, "the candidate's run is no longer READY_FOR_RELEASE", actor=self.name)
-            report.released[orphan] = "aborted: its run is no longer READY_FOR_RELEASE"
-        reinclude_excluded(self.ws)
+            building = release is not None and release.release_status is ReleaseStatus.CANDIDATE_REINDEXING
+            index_name = release.candidate_index_name if release is not None and building else None
+        if index_name is None:
+            return
+        try:
+            work = work_shards(self.ws, index_name, self.name)
+        except ReindexError:
+            return  # the candidate was switched to or dropped meanwhile: nothing left to help with
+        if work.shards:
+            report.shards[index_name] = work.shards
+
+    def holding_claim(self, delivery: Delivery) -> AbstractContextManager[None]:
+        """Keep ``delivery`` claimed while the block runs (extended every heartbeat)."""
+        timeout = self.settings.queue_visibility_timeout_s
+        return heartbeating(
+            partial(extend, self.ws.db, delivery, timeout),
+            self.settings.heartbeat_interval_s,
+            name=f"claim-{delivery.message_id}",
+            context={"message_id": delivery.message_id},
+        )
 
     def roll_back(self, delivery: Delivery, message: RollbackRequest, report: WorkerReport) -> None:
         with trace(message.trace_id):
-            result = run_stage(self.ws, "70_rollback", {"message_id": delivery.message_id}, trace_id=message.trace_id)
+            try:
+                with self.holding_claim(delivery):
+                    result = run_stage(
+                        self.ws, "70_rollback", {"message_id": delivery.message_id}, trace_id=message.trace_id
+                    )
+            except BaseException:  # stopped (Ctrl-C, SIGTERM): hand the claim back for another worker
+                release_claim(self.ws.db, delivery)
+                raise
             if result.ok:
                 ack(self.ws.db, delivery, note="rollback carried out (or already was)")
                 report.rollbacks.append((delivery.message_id, "done"))
                 return
             error = result.error or {}
             reason = f"{error.get('ename')}: {error.get('evalue')}"
+            cap = delivery_cap(self.settings.queue_max_deliveries, delivery.message_type) or 1
             if result.refused:  # decided by class (opslib.errors.Refused): a refusal is never retried
                 refuse(self.ws.db, delivery, reason)
                 report.rollbacks.append((delivery.message_id, f"refused: {reason}"))
-            elif delivery.attempt >= MAX_ROLLBACK_ATTEMPTS:
-                refuse(self.ws.db, delivery, f"gave up after {delivery.attempt} attempts: {reason}")
-                report.rollbacks.append((delivery.message_id, f"gave up: {reason}"))
+            elif recorded_as(result.error, Conflict):  # e.g. another worker holds the release lease
+                release_claim(self.ws.db, delivery, delay_s=self.settings.heartbeat_interval_s)
+                report.rollbacks.append((delivery.message_id, f"postponed: {reason}"))
+            elif delivery.attempt >= cap:
+                park(self.ws.db, delivery, f"failed on delivery {delivery.attempt} of {cap}: {reason}")
+                report.rollbacks.append((delivery.message_id, f"parked: {reason}"))
             else:  # left unacked: redelivered after the visibility timeout, and resumed
                 report.rollbacks.append((delivery.message_id, f"will retry: {reason}"))
-
-
-MAX_ROLLBACK_ATTEMPTS = 5
 
 
 def _failed(result: StageResult) -> str:

@@ -3,6 +3,10 @@
 
 The manifest is written last and is the commit point: a folder without one is an unfinished
 upload, which a retry completes (files already there with the right hash are kept).
+
+Every read is verified: the manifest against its recorded sha256 and the one the version's
+``ModelVersion`` row records, each file against the manifest's hash — a changed or missing one
+raises ``ChecksumMismatch`` / ``ObjectMissing`` (``opslib.errors.IntegrityFailure``) naming its key.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from opslib.db.models import ModelVersion, utcnow
 from opslib.errors import NotFound, OpsError
 from opslib.infra.precision import PrecisionChoice, choose_precision, resolve_device
 from opslib.infra.storage import (
+    ChecksumMismatch,
     ObjectExistsError,
+    ObjectMissing,
     ObjectStore,
     StorageError,
     sha256_file,
@@ -159,36 +165,51 @@ def register_model(
 
 
 def read_manifest(ws: ModelStores, model_version: str) -> ModelManifest:
+    """The version's manifest, verified against its recorded sha256 and — once the version is
+    registered — the sha256 its ``ModelVersion`` row records."""
     validate_model_version(model_version)
-    data = json.loads(ws.models.get_text(f"{model_version}/{MANIFEST}"))
-    return ModelManifest(**data)
+    with ws.db.read() as session:
+        expected = session.scalar(select(ModelVersion.sha256).where(ModelVersion.model_version == model_version))
+    data = ws.models.read_verified(f"{model_version}/{MANIFEST}", expected, recorded_by="its ModelVersion row")
+    return ModelManifest(**json.loads(data))
 
 
 def local_model_dir(ws: ModelStores, model_version: str) -> Path:
     """A local folder holding the model, verified against its manifest.
 
-    Local model stores are read in place; remote ones are copied into the model cache once.
-    """
+    Local model stores are read in place; remote ones are copied into the model cache once (each
+    file verified as it is copied). Either way every file is checked against the manifest's hash
+    on every call: a changed or missing file raises ``IntegrityFailure`` naming its key."""
     manifest = read_manifest(ws, model_version)
     try:
         directory = ws.models.local_path(model_version)
+        where = ws.models.url
     except StorageError:
         directory = ws.settings.resolved_model_cache_dir / model_version
+        where = f"the model cache {ws.settings.resolved_model_cache_dir}"
         if not (directory / MANIFEST).is_file():
             staging = directory.with_name(directory.name + ".partial")
             shutil.rmtree(staging, ignore_errors=True)
-            for relative in manifest.files:
+            for relative, digest in manifest.files.items():
                 target = staging / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(ws.models.get_bytes(f"{model_version}/{relative}"))
+                target.write_bytes(
+                    ws.models.read_verified(f"{model_version}/{relative}", digest, recorded_by="the model manifest")
+                )
             (staging / MANIFEST).write_text(manifest.to_json())
             shutil.rmtree(directory, ignore_errors=True)
             staging.rename(directory)
     for relative, digest in manifest.files.items():
+        key = f"{model_version}/{relative}"
         path = directory / relative
-        if not path.is_file() or sha256_file(path) != digest:
-            raise ModelArtifactError(
-                f"model_version {model_version!r}: {relative} is missing or does not match its manifest hash"
+        if not path.is_file():
+            raise ObjectMissing(f"key {key!r}: gone from {where} (the model manifest lists it)", key=key)
+        actual = sha256_file(path)
+        if actual != digest:
+            raise ChecksumMismatch(
+                f"key {key!r}: content does not match the sha256 the model manifest records in {where} "
+                f"({digest[:12]}…, read {actual[:12]}…): model_version {model_version!r} is damaged",
+                key=key,
             )
     return directory
 

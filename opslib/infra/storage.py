@@ -2,16 +2,25 @@
 
 Every object is published atomically (a reader sees all of it or nothing) and never overwritten;
 its sha256 is recorded beside it in ``<key>.sha256`` and returned to the caller.
+
+Verified reads (``check``, ``read_verified``, ``open_verified``) hash what they read and compare it
+with that recorded sha256 — and with the one the caller's own record holds (a manifest, the
+Metadata DB), when it has one — before anything is used: a changed or damaged object raises
+``ChecksumMismatch``, a gone one ``ObjectMissing``; both are ``opslib.errors.IntegrityFailure``
+and name the key. Datasets, evaluation sets, model artifacts and index snapshots are only ever
+read this way.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import posixpath
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +30,7 @@ from typing import IO, Any, cast
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from opslib.errors import Conflict, Invalid, NotFound, OpsError
+from opslib.errors import Conflict, IntegrityFailure, Invalid, NotFound, OpsError
 
 SHA_SUFFIX = ".sha256"
 _TMP_DIR = ".tmp"
@@ -42,6 +51,25 @@ class ObjectNotFoundError(StorageError, NotFound):
 
 class InvalidKeyError(StorageError, Invalid, ValueError):
     pass
+
+
+class ChecksumMismatch(StorageError, IntegrityFailure):
+    """A verified read found an object whose content is not what was recorded when it was written
+    (changed or damaged since), or one without a recorded sha256 at all."""
+
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class ObjectMissing(StorageError, IntegrityFailure):
+    """A verified read found no object under a key that was written and is recorded elsewhere
+    (deleted or lost since). Not ``NotFound``: the caller named something that exists in its
+    records; the store lost it."""
+
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -88,7 +116,11 @@ class ObjectStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url)
+        # No directory-listing cache: other processes (workers, kernels, endpoints) publish into
+        # the same store, and a cached listing hides their objects from exists() and list().
+        # Endpoint and credentials come from the backend's own configuration (for s3://, the
+        # standard AWS_* variables: docs/scaling-guide.md).
+        self.fs, root = fsspec.core.url_to_fs(url, use_listings_cache=False)
         self.root = root.rstrip("/")
         self._local = isinstance(self.fs, LocalFileSystem)
         if self._local:
@@ -218,6 +250,86 @@ class ObjectStore:
     def verify(self, key: str) -> bool:
         """True iff the object's content still matches its recorded sha256."""
         return sha256_bytes(self.get_bytes(key)) == self.recorded_sha256(key)
+
+    # Verified reading -----------------------------------------------------------------------
+    def check(self, key: str, expected_sha256: str | None = None, *, recorded_by: str = "its record") -> str:
+        """Hash the object as stored (streamed; nothing is kept) and check it; returns its sha256.
+
+        ``expected_sha256``: the sha256 the caller's own record holds (``recorded_by`` names that
+        record in the error), checked as well as the one recorded beside the object."""
+        actual = self._hash_into(key, None)
+        self._check_digest(key, actual, expected_sha256, recorded_by)
+        return actual
+
+    def read_verified(self, key: str, expected_sha256: str | None = None, *, recorded_by: str = "its record") -> bytes:
+        """The object's bytes, read once and checked as ``check`` does before they are returned."""
+        buffer = io.BytesIO()
+        actual = self._hash_into(key, buffer)
+        self._check_digest(key, actual, expected_sha256, recorded_by)
+        return buffer.getvalue()
+
+    def open_verified(
+        self,
+        key: str,
+        expected_sha256: str | None = None,
+        *,
+        recorded_by: str = "its record",
+        spool_bytes: int = 64 << 20,
+    ) -> IO[bytes]:
+        """A read-only handle on a private copy of the object, checked as ``check`` does before it
+        is returned: what the caller reads is exactly what was verified, however large (the copy
+        stays in memory up to ``spool_bytes``, then in a temporary file). Close it when done."""
+        spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=spool_bytes)  # noqa: SIM115 - returned open
+        try:
+            actual = self._hash_into(key, spool)
+            self._check_digest(key, actual, expected_sha256, recorded_by)
+        except BaseException:
+            spool.close()
+            raise
+        spool.seek(0)
+        return spool
+
+    def _hash_into(self, key: str, sink: IO[bytes] | None) -> str:
+        digest = hashlib.sha256()
+        try:
+            with self.fs.open(self._path(key), "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+                    if sink is not None:
+                        sink.write(block)
+        except FileNotFoundError:
+            raise ObjectMissing(
+                f"key {key!r}: gone from {self.url} (it was written and is recorded, but is no longer there)", key=key
+            ) from None
+        return digest.hexdigest()
+
+    def _check_digest(self, key: str, actual: str, expected: str | None, recorded_by: str) -> None:
+        try:
+            recorded: str | None = bytes(self.fs.cat_file(self._path(key) + SHA_SUFFIX)).decode().strip()
+        except FileNotFoundError:
+            recorded = None
+        if recorded is None:
+            if not self._local:
+                raise ChecksumMismatch(
+                    f"key {key!r}: no recorded sha256 in {self.url}, so its content cannot be verified", key=key
+                )
+            # A crash between publishing the object and writing its checksum (``recorded_sha256``):
+            # recorded now — unless the caller's record says the content is not what was written.
+            if expected is None or actual == expected:
+                self._write_checksum(self._path(key), actual)
+            recorded = actual
+        if actual != recorded:
+            raise ChecksumMismatch(
+                f"key {key!r}: content fails its recorded sha256 in {self.url} (recorded {recorded[:12]}…, "
+                f"read {actual[:12]}…): it was changed or damaged after it was written",
+                key=key,
+            )
+        if expected is not None and actual != expected:
+            raise ChecksumMismatch(
+                f"key {key!r}: content does not match the sha256 {recorded_by} records in {self.url} "
+                f"({expected[:12]}…, read {actual[:12]}…): it was replaced after it was written",
+                key=key,
+            )
 
     def list(self, prefix: str = "") -> list[str]:
         """Keys under ``prefix`` (a folder-like key), sorted; checksums and temp files excluded."""

@@ -4,21 +4,29 @@ A local ``PersistentClient`` by default, a Chroma server (``HttpClient``) when `
 set. Embeddings are always passed in (``embedding_function=None``): Chroma never embeds, so it
 never tries to download a model. This module only moves vectors; which chunk is in which index
 is recorded in the Metadata DB by ``opslib.corpus.indexing``.
+
+When Chroma's own files are damaged (its SQLite file or a segment cannot be read), every use
+raises ``VectorStoreDamaged`` — one paragraph saying what happened and what to do (restore, or
+rebuild the active index from the Metadata DB with ``opsbench reindex-active``), never Chroma's
+chain of tracebacks. ``collection_counts`` is what the store itself holds, for ``opsbench status``
+to compare with the ``VectorIndexEntry`` rows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from opslib.errors import OpsError
+from opslib.errors import IntegrityFailure, OpsError
 from opslib.settings import Settings
 
 if TYPE_CHECKING:  # chromadb takes seconds to import: only stages that move vectors pay for it
@@ -34,6 +42,36 @@ class VectorStoreError(OpsError):
     pass
 
 
+class VectorStoreDamaged(VectorStoreError, IntegrityFailure):
+    """Chroma cannot read its own files (the message says what to do)."""
+
+
+# What SQLite (in Chroma's embedded store or its server) and Chroma's segment readers say when
+# their files are damaged: SQLITE_CORRUPT (11), SQLITE_NOTADB (26), unreadable HNSW segments.
+_DAMAGE_SIGNS = (
+    "file is not a database",
+    "database disk image is malformed",
+    "(code: 11)",
+    "(code: 26)",
+    "error loading hnsw",
+    "hnsw segment reader",
+    "error reading from metadata segment",
+)
+
+
+def damage_cause(error: BaseException) -> str | None:
+    """The first line of the error (or of one in its chain) that says Chroma's files are damaged."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current)
+        if any(sign in text.lower() for sign in _DAMAGE_SIGNS):
+            return text.strip().splitlines()[0][:300] if text.strip() else type(current).__name__
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def forget_local_clients() -> None:
     """Close this process's embedded (PersistentClient) Chroma clients.
 
@@ -43,15 +81,23 @@ def forget_local_clients() -> None:
     and nothing needs forgetting.)"""
     if all(k.startswith("http") for k in _clients):
         return  # nothing opened here (and no need to import chromadb to say so)
-    from chromadb.api.shared_system_client import SharedSystemClient  # deferred: chromadb takes seconds
-
     with _clients_lock:
         for key in [k for k in _clients if not k.startswith("http")]:
-            client = _clients.pop(key)
-            system = SharedSystemClient._identifier_to_system.pop(key, None)
-            SharedSystemClient._identifier_to_refcount.pop(key, None)
-            with contextlib.suppress(Exception):  # already stopped or never started: nothing to release
-                (system or client._system).stop()  # type: ignore[attr-defined]
+            _forget_system(key, _clients.pop(key))
+
+
+def _forget_system(path: str, client: ClientAPI | None = None) -> None:
+    """Stop and forget chromadb's shared system for an embedded store's folder (also one whose
+    start failed half-way: it must not be reused by the next client)."""
+    from chromadb.api.shared_system_client import SharedSystemClient  # deferred: chromadb takes seconds
+
+    system = SharedSystemClient._identifier_to_system.pop(path, None)
+    SharedSystemClient._identifier_to_refcount.pop(path, None)
+    with contextlib.suppress(Exception):  # already stopped or never started: nothing to release
+        if system is not None:
+            system.stop()
+        elif client is not None:
+            client._system.stop()  # type: ignore[attr-defined]
 
 
 def index_name_for(model_version: str) -> str:
@@ -85,12 +131,82 @@ class VectorStore:
         self._factory = factory
 
     @property
+    def embedded(self) -> bool:
+        """A local folder (PersistentClient), not a Chroma server."""
+        return not self.location.startswith("http")
+
+    @property
     def client(self) -> ClientAPI:
         # Chroma allows one PersistentClient per path per process: share it.
         with _clients_lock:
             if self.location not in _clients:
-                _clients[self.location] = self._factory()
+                try:
+                    _clients[self.location] = self._factory()
+                except Exception as error:
+                    if self.embedded:
+                        _forget_system(self.location)  # a half-started system must not be reused
+                    cause = damage_cause(error)
+                    if cause is None:
+                        raise
+                    raise self.damaged(cause) from error
             return _clients[self.location]
+
+    def damaged(self, cause: str) -> VectorStoreDamaged:
+        """The one-paragraph error for damaged store files: what happened and what to do."""
+        rebuild = (
+            '`opsbench reindex-active --reason "…" --confirm <the active index>` rebuilds the active index '
+            "from the Metadata DB, the source of truth (every READY chunk re-embedded with the active model)"
+        )
+        if self.embedded:
+            return VectorStoreDamaged(
+                f"The vector store at {self.location} is damaged: Chroma cannot read its files ({cause}). Search "
+                "and indexing fail until it is repaired. Either stop the workers, stages and endpoints and restore "
+                f"the folder from a backup, or rebuild: {rebuild} — it first moves the damaged folder aside to "
+                f"{self.location}.damaged-<time> (nothing is deleted). Other indexes in the folder (a rollback "
+                "target) are restored from their snapshot files when needed."
+            )
+        return VectorStoreDamaged(
+            f"The Chroma server at {self.location} reports damaged files ({cause}). Search and indexing fail "
+            "until it is repaired. Either restore the server's data folder from a backup, or restart the "
+            f"server on an empty folder and rebuild: {rebuild}."
+        )
+
+    @contextlib.contextmanager
+    def _damage_checked(self) -> Iterator[None]:
+        """Chroma errors that say its files are damaged become ``VectorStoreDamaged``."""
+        try:
+            yield
+        except VectorStoreError:
+            raise
+        except Exception as error:
+            cause = damage_cause(error)
+            if cause is None:
+                raise
+            raise self.damaged(cause) from error
+
+    def collection_counts(self) -> dict[str, int]:
+        """Every collection the store holds and its vector count, as the store itself reports them."""
+        with self._damage_checked():
+            return {c.name: int(c.count()) for c in self.client.list_collections()}
+
+    def set_aside(self) -> Path:
+        """Move an embedded store's folder aside (to ``<folder>.damaged-<UTC time>``; nothing is
+        deleted) so the next use starts an empty store; returns where it went. A Chroma server's
+        files are the server's: refused."""
+        if not self.embedded:
+            raise VectorStoreError(
+                f"the Chroma server at {self.location} keeps its own files: restore them or restart it on an "
+                "empty folder (this process cannot move them)"
+            )
+        with _clients_lock:
+            client = _clients.pop(self.location, None)
+            _forget_system(self.location, client)
+            folder = Path(self.location)
+            target = folder.with_name(f"{folder.name}.damaged-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}")
+            if folder.exists():
+                os.rename(folder, target)
+            folder.mkdir(parents=True, exist_ok=True)
+        return target
 
     @classmethod
     def for_settings(cls, settings: Settings) -> VectorStore:
@@ -109,22 +225,29 @@ class VectorStore:
 
     def collection(self, index_name: str) -> Collection:
         validate_index_name(index_name)
-        return self.client.get_or_create_collection(
-            index_name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
-        )
+        with self._damage_checked():
+            return self.client.get_or_create_collection(
+                index_name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+            )
 
     def exists(self, index_name: str) -> bool:
-        return index_name in {c.name for c in self.client.list_collections()}
+        with self._damage_checked():
+            return index_name in {c.name for c in self.client.list_collections()}
 
     def names(self) -> list[str]:
-        return sorted(c.name for c in self.client.list_collections())
+        with self._damage_checked():
+            return sorted(c.name for c in self.client.list_collections())
 
     def drop(self, index_name: str) -> None:
         if self.exists(index_name):
-            self.client.delete_collection(index_name)
+            with self._damage_checked():
+                self.client.delete_collection(index_name)
 
     def count(self, index_name: str) -> int:
-        return self.collection(index_name).count() if self.exists(index_name) else 0
+        if not self.exists(index_name):
+            return 0
+        with self._damage_checked():
+            return self.collection(index_name).count()
 
     def upsert(
         self,
@@ -140,18 +263,21 @@ class VectorStore:
             )
         if not len(ids):
             return
-        self.collection(index_name).upsert(
-            ids=list(ids), embeddings=np.asarray(embeddings, dtype=np.float32), metadatas=list(metadatas)
-        )
+        with self._damage_checked():
+            self.collection(index_name).upsert(
+                ids=list(ids), embeddings=np.asarray(embeddings, dtype=np.float32), metadatas=list(metadatas)
+            )
 
     def delete(self, index_name: str, ids: Sequence[str]) -> None:
         if ids and self.exists(index_name):
-            self.collection(index_name).delete(ids=list(ids))
+            with self._damage_checked():
+                self.collection(index_name).delete(ids=list(ids))
 
     def get_embeddings(self, index_name: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
         if not ids or not self.exists(index_name):
             return {}
-        got = self.collection(index_name).get(ids=list(ids), include=["embeddings"])
+        with self._damage_checked():
+            got = self.collection(index_name).get(ids=list(ids), include=["embeddings"])
         embeddings = got["embeddings"]
         assert embeddings is not None  # included above; Chroma types every included field optional
         return {i: np.asarray(e, dtype=np.float32) for i, e in zip(got["ids"], embeddings, strict=True)}
@@ -160,7 +286,10 @@ class VectorStore:
         """The collection, without creating it: one lookup (a query's hot path)."""
         validate_index_name(index_name)
         try:
-            return self.client.get_collection(index_name, embedding_function=None)
+            with self._damage_checked():
+                return self.client.get_collection(index_name, embedding_function=None)
+        except VectorStoreError:
+            raise
         except Exception as error:  # chromadb raises NotFoundError (a ValueError in older releases)
             if self.exists(index_name):
                 raise
@@ -171,12 +300,14 @@ class VectorStore:
     ) -> list[VectorHit]:
         if n_results < 1:
             raise VectorStoreError(f"n_results {n_results}: must be >= 1")
-        result = self._existing(index_name).query(
-            query_embeddings=np.asarray(embedding, dtype=np.float32).reshape(1, -1),
-            n_results=n_results,
-            where=where,
-            include=["distances"],
-        )
+        collection = self._existing(index_name)
+        with self._damage_checked():
+            result = collection.query(
+                query_embeddings=np.asarray(embedding, dtype=np.float32).reshape(1, -1),
+                n_results=n_results,
+                where=where,
+                include=["distances"],
+            )
         distances = result["distances"]
         assert distances is not None  # included above; Chroma types every included field optional
         return [VectorHit(i, float(d)) for i, d in zip(result["ids"][0], distances[0], strict=True)]
@@ -196,9 +327,10 @@ class VectorStore:
             raise VectorStoreError(f"n_results {n_results}: must be >= 1")
         collection = self._existing(index_name)
         query = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
-        wide = collection.query(
-            query_embeddings=query, n_results=n_results * overfetch, include=["distances", "metadatas"]
-        )
+        with self._damage_checked():
+            wide = collection.query(
+                query_embeddings=query, n_results=n_results * overfetch, include=["distances", "metadatas"]
+            )
         distances, metadatas = wide["distances"], wide["metadatas"]
         assert distances is not None and metadatas is not None  # included above
         matching = [

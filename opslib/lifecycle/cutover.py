@@ -8,6 +8,10 @@ file → CUTOVER: in one transaction capture the rollback snapshot of the active
 previous = old active, active = candidate, candidate fields cleared, ``switched_at``.
 Search reads the release row once per request, so it sees the old or the new combination,
 never a mix, and never the candidate before the switch.
+
+The stage holds the release lease throughout; its writes (cutover_time, the snapshot file, the
+switch) check the lease's fencing token, so two workers never cut over at once and a driver that
+lost its lease cannot switch.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from opslib.control.endpoints import wait_until_loaded
+from opslib.control.leases import Lease, check_fence, holding_release, verify_fence
 from opslib.control.release import (
     ReleaseError,
     apply,
@@ -70,8 +75,9 @@ def waiting_on(release: Any, run_id: int) -> str | None:
     return None
 
 
-def _fix_cutover_time(ws: Workspace, run_id: int) -> datetime:
+def _fix_cutover_time(ws: Workspace, run_id: int, lease: Lease) -> datetime:
     with ws.db.transaction() as session:
+        check_fence(session, lease)
         run = released_run(session, run_id)
         release = current_release(session)
         assert release is not None
@@ -84,8 +90,14 @@ def _fix_cutover_time(ws: Workspace, run_id: int) -> datetime:
 
 
 def cutover(ws: Workspace, run_id: int) -> CutoverReport:
+    """Stage 60 under the release lease (``LeaseBusy`` when another worker drives the release)."""
+    with holding_release(ws.db, ws.settings, f"60_cutover for run {run_id}") as lease:
+        return _cutover(ws, run_id, lease)
+
+
+def _cutover(ws: Workspace, run_id: int, lease: Lease) -> CutoverReport:
     actor = ws.settings.operator
-    cutover_time = _fix_cutover_time(ws, run_id)
+    cutover_time = _fix_cutover_time(ws, run_id, lease)
     report = CutoverReport(run_id, cutover_time)
     checkpoint(ws.settings, "cutover.time_fixed")
     with ws.db.read() as session:
@@ -127,6 +139,7 @@ def cutover(ws: Workspace, run_id: int) -> CutoverReport:
     if lagging:
         raise CutoverRefused(f"serving endpoints {lagging} have not loaded the candidate {candidate_version}")
 
+    verify_fence(ws.db, lease)  # the file cannot join the switch transaction; that one checks again
     report.snapshot = export_index(ws, active_index, active_version, tag=f"cutover-run-{run_id:05d}")
     checkpoint(ws.settings, "cutover.exported")
 
@@ -158,6 +171,7 @@ def cutover(ws: Workspace, run_id: int) -> CutoverReport:
             actor=actor,
             trace_id=trace_id,
             guard=gate,
+            fence=lease,
             changes={
                 "rollback_snapshot_active_model_version": active_version,
                 "rollback_snapshot_active_index_name": active_index,

@@ -5,6 +5,13 @@ and content hashes; ``<tag>.json`` beside it records the model version, the coun
 sha256 and a checksum of its vectors (sha256 over ids and vector bytes in id order). A live
 collection "fails its checksum" when its ids differ from the snapshot's or a vector differs by
 more than a small tolerance.
+
+Every read of a snapshot is verified: the manifest against its recorded sha256, the file against
+its own and the manifest's ``file_sha256`` — a changed or missing one raises ``ChecksumMismatch``
+/ ``ObjectMissing`` (``opslib.errors.IntegrityFailure``) naming its key, before a vector is used.
+
+``rebuild_index`` is the other way back: an index rebuilt from the source of truth (the READY
+chunks of the Metadata DB) when there is no good snapshot — ``opsbench reindex-active``.
 """
 
 from __future__ import annotations
@@ -12,14 +19,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import CursorResult, delete, select
+from sqlalchemy.orm import Session
 
+from opslib.corpus.indexing import IndexReport, build_index
 from opslib.db.models import Chunk, VectorIndexEntry, utcnow
 from opslib.errors import OpsError
+from opslib.infra.embedding import Purpose
 from opslib.infra.logs import get_logger
 from opslib.infra.storage import sha256_bytes
 from opslib.infra.workspace import Workspace
@@ -93,7 +104,7 @@ def export_index(ws: Workspace, index_name: str, model_version: str, tag: str) -
     """Write the index (as the SOT lists it) to a snapshot file; idempotent per ``tag``."""
     manifest_key = f"{PREFIX}/{index_name}/{tag}.json"
     if ws.objects.exists(manifest_key):  # a resumed cutover: the export is already there
-        return SnapshotManifest(**json.loads(ws.objects.get_text(manifest_key)))
+        return read_snapshot_manifest(ws, manifest_key)
     entries, precision = _entries(ws, index_name)
     ids, vectors, metadatas = _collection_contents(ws, index_name, sorted(entries))
     if len(ids) != len(entries):
@@ -114,7 +125,7 @@ def export_index(ws: Workspace, index_name: str, model_version: str, tag: str) -
     if not ws.objects.exists(file_key):
         ws.objects.put_bytes(file_key, data)
     elif ws.objects.recorded_sha256(file_key) != sha256_bytes(data):
-        data = ws.objects.get_bytes(file_key)  # an earlier attempt's export of the same index stands
+        data = ws.objects.read_verified(file_key)  # an earlier attempt's export of the same index stands
     manifest = SnapshotManifest(
         key=file_key,
         index_name=index_name,
@@ -141,11 +152,21 @@ def _file_checksum(data: bytes) -> str:
     return vectors_checksum([str(i) for i in arrays["ids"]], arrays["vectors"])
 
 
+def read_snapshot_manifest(ws: Workspace, key: str) -> SnapshotManifest:
+    """A snapshot's manifest, verified against its recorded sha256."""
+    return SnapshotManifest(**json.loads(ws.objects.read_verified(key)))
+
+
+def _snapshot_arrays(ws: Workspace, manifest: SnapshotManifest) -> dict[str, np.ndarray]:
+    """The snapshot file's arrays, verified against its recorded sha256 and the manifest's."""
+    return _load(ws.objects.read_verified(manifest.key, manifest.file_sha256, recorded_by="the snapshot manifest"))
+
+
 def latest_snapshot(ws: Workspace, index_name: str) -> SnapshotManifest | None:
     manifests = [k for k in ws.objects.list(f"{PREFIX}/{index_name}") if k.endswith(".json")]
     if not manifests:
         return None
-    return SnapshotManifest(**json.loads(ws.objects.get_text(sorted(manifests)[-1])))
+    return read_snapshot_manifest(ws, sorted(manifests)[-1])
 
 
 def collection_matches(ws: Workspace, manifest: SnapshotManifest, tolerance: float = 1e-5) -> bool:
@@ -159,7 +180,7 @@ def collection_matches(ws: Workspace, manifest: SnapshotManifest, tolerance: flo
         return False
     if ws.vectors.count(manifest.index_name) < manifest.count:
         return False
-    arrays = _load(ws.objects.get_bytes(manifest.key))
+    arrays = _snapshot_arrays(ws, manifest)
     ids = [str(i) for i in arrays["ids"]]
     got_ids, vectors, _ = _collection_contents(ws, manifest.index_name, ids)
     if sorted(got_ids) != sorted(ids):
@@ -172,11 +193,9 @@ def collection_matches(ws: Workspace, manifest: SnapshotManifest, tolerance: flo
 def restore_index(ws: Workspace, manifest: SnapshotManifest) -> int:
     """Rebuild the collection and its SOT entries from the snapshot file; returns vectors restored.
 
-    Chunks deleted since the export are left out (and their entries dropped)."""
-    data = ws.objects.get_bytes(manifest.key)
-    if sha256_bytes(data) != manifest.file_sha256:
-        raise SnapshotError(f"snapshot {manifest.key}: the file fails its checksum; cannot restore")
-    arrays = _load(data)
+    Chunks deleted since the export are left out (and their entries dropped). A snapshot file that
+    fails its checksum is never restored from (``IntegrityFailure`` naming its key)."""
+    arrays = _snapshot_arrays(ws, manifest)
     ids = [str(i) for i in arrays["ids"]]
     with ws.db.read() as session:
         alive = set(session.scalars(select(Chunk.id).where(Chunk.id.in_(ids)))) if ids else set()
@@ -205,3 +224,41 @@ def restore_index(ws: Workspace, manifest: SnapshotManifest) -> int:
         )
     log.warning("index restored from snapshot", extra={"index_name": manifest.index_name, "vectors": len(keep)})
     return len(keep)
+
+
+def forget_entries(session: Session, index_name: str) -> int:
+    """Delete every ``VectorIndexEntry`` of ``index_name`` in the caller's transaction (the first
+    step of ``rebuild_index``: the SOT stops listing vectors before they are dropped)."""
+    result = cast(  # DML: Session.execute is typed Result, returns a CursorResult
+        CursorResult[Any], session.execute(delete(VectorIndexEntry).where(VectorIndexEntry.index_name == index_name))
+    )
+    return int(result.rowcount or 0)
+
+
+def rebuild_index(
+    ws: Workspace,
+    index_name: str,
+    model_version: str,
+    *,
+    guard: Callable[[Session], bool] | None = None,
+    progress: bool = False,
+) -> IndexReport:
+    """Rebuild ``index_name`` from the source of truth: its collection is dropped and created
+    again, and every READY chunk of the Metadata DB is embedded by ``model_version`` (a vector the
+    same model already computed for the same content in another index is reused).
+
+    The entries go first (``forget_entries``, by the caller, in the transaction that decides the
+    rebuild — and again here, after the drop, for any a concurrent write recorded in between):
+    the SOT never lists a vector the store does not hold. ``guard`` is asked before each batch's
+    entries are recorded (``opslib.corpus.indexing.index_chunks``)."""
+    ws.vectors.drop(index_name)
+    with ws.db.transaction() as session:
+        forget_entries(session, index_name)
+    report = build_index(
+        ws, index_name=index_name, model_version=model_version, purpose=Purpose.REINDEX, progress=progress, guard=guard
+    )
+    log.info(
+        "index rebuilt from the Metadata DB",
+        extra={"index_name": index_name, "embedded": report.embedded, "reused": report.reused},
+    )
+    return report

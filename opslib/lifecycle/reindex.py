@@ -6,6 +6,10 @@ embeddings by content hash → catch up chunks that became READY meanwhile → C
 Resumable: re-running it for the same run continues where it stopped (entries already written
 are not recomputed). Any failure aborts the candidate — fields cleared, dual-write stopped, run
 FAILED(REINDEX, ERROR) in the same transaction — and leaves serving untouched.
+
+The stage holds the release lease (``opslib.control.leases``) throughout: a second worker asking
+to release the same run meanwhile gets ``LeaseBusy`` and changes nothing, and every release move
+carries the lease's fencing token, so a driver that lost its lease cannot move the release.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
+from opslib.control.leases import Lease, LeaseBusy, StaleLease, check_fence, default_holder, holding_release
 from opslib.control.release import (
     ReleaseError,
     apply,
@@ -24,7 +29,8 @@ from opslib.control.release import (
     release_state,
 )
 from opslib.control.runs import RunError, RunNotFound, mark_failed
-from opslib.corpus.indexing import build_index, index_chunks, missing_from_index
+from opslib.control.shards import drop_shards, plan_shards, shard_table
+from opslib.corpus.indexing import index_chunks, missing_from_index, servable_chunk_ids
 from opslib.corpus.ingest import still_reindexing
 from opslib.db.models import (
     FailureType,
@@ -35,17 +41,13 @@ from opslib.db.models import (
     VectorIndexEntry,
     utcnow,
 )
-from opslib.errors import Conflict
 from opslib.infra.embedding import Purpose
 from opslib.infra.faults import checkpoint
 from opslib.infra.logs import current_trace_id, get_logger
 from opslib.infra.workspace import Workspace
+from opslib.lifecycle.sharded_build import finish_shards
 
 log = get_logger(__name__)
-
-
-class ReindexError(Conflict):
-    """The release moved on while the candidate index was being built (lost the race)."""
 
 
 @dataclass
@@ -62,6 +64,8 @@ class ReindexReport:
     release_before: dict[str, Any] | None = None
     release_after: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    shards: list[dict[str, Any]] = field(default_factory=list)  # opslib.control.shards.shard_table
+    shards_here: int = 0  # shards this stage's own process encoded (the rest: other workers)
 
 
 def released_run(session: Session, run_id: int) -> MLPipelineRun:
@@ -78,9 +82,10 @@ def released_run(session: Session, run_id: int) -> MLPipelineRun:
     return run
 
 
-def open_candidate(ws: Workspace, run_id: int, *, actor: str) -> tuple[bool, dict[str, Any] | None]:
+def open_candidate(ws: Workspace, run_id: int, *, actor: str, fence: Lease) -> tuple[bool, dict[str, Any] | None]:
     """STABLE → CANDIDATE_REINDEXING for the run (or find it open already): (resumed, state before)."""
     with ws.db.transaction() as session:
+        check_fence(session, fence)
         run = released_run(session, run_id)
         release = current_release(session, for_update=True)
         assert release is not None
@@ -101,6 +106,7 @@ def open_candidate(ws: Workspace, run_id: int, *, actor: str) -> tuple[bool, dic
             actor=actor,
             trace_id=run.trace_id or current_trace_id(),
             guard=guard,
+            fence=fence,
             changes={
                 "candidate_model_version": run.candidate_model_version,
                 "candidate_index_name": run.candidate_index_name,
@@ -111,9 +117,31 @@ def open_candidate(ws: Workspace, run_id: int, *, actor: str) -> tuple[bool, dic
         return False, before
 
 
-def abort_candidate(ws: Workspace, run_id: int, reason: str, *, actor: str, stage: RunStage = RunStage.REINDEX) -> bool:
-    """Drop the run's candidate (if it is the open one) and fail the run, in one transaction."""
+def abort_candidate(
+    ws: Workspace,
+    run_id: int,
+    reason: str,
+    *,
+    actor: str,
+    stage: RunStage = RunStage.REINDEX,
+    fence: Lease | None = None,
+) -> bool:
+    """Drop the run's candidate (if it is the open one) and fail the run, in one transaction.
+
+    Under ``fence`` (the caller's release lease), else under the release lease taken here — when
+    another live driver holds it, the release is theirs: nothing is changed (False). A run whose
+    candidate was switched to is never failed: it serves."""
+    if fence is None:
+        try:
+            with holding_release(ws.db, ws.settings, f"abort the candidate of run {run_id}") as lease:
+                return abort_candidate(ws, run_id, reason, actor=actor, stage=stage, fence=lease)
+        except LeaseBusy as busy:
+            log.warning(
+                "candidate not aborted: the release is driven elsewhere", extra={"run_id": run_id, "why": str(busy)}
+            )
+            return False
     with ws.db.transaction() as session:
+        check_fence(session, fence)
         release = current_release(session, for_update=True)
         aborted = False
         if (
@@ -121,23 +149,42 @@ def abort_candidate(ws: Workspace, run_id: int, reason: str, *, actor: str, stag
             and release.release_status is ReleaseStatus.CANDIDATE_REINDEXING
             and release.candidate_run_id == run_id
         ):
-            apply(session, "ABORT_CANDIDATE", actor=actor, trace_id=current_trace_id(), changes=cleared_candidate())
+            apply(
+                session,
+                "ABORT_CANDIDATE",
+                actor=actor,
+                trace_id=current_trace_id(),
+                changes=cleared_candidate(),
+                fence=fence,
+            )
             aborted = True
         run = session.get(MLPipelineRun, run_id)
-        if run is not None and run.status is RunStatus.READY_FOR_RELEASE:
+        if run is not None and run.status is RunStatus.READY_FOR_RELEASE and not switched_to(release, run):
             mark_failed(session, run_id, stage=stage, failure_type=FailureType.ERROR, reason=reason)
         index_name = run.candidate_index_name if run is not None else None
     if aborted and index_name:
         # The aborted candidate index is never served: free it (its entries first, the SOT).
         with ws.db.transaction() as session:
             session.execute(delete(VectorIndexEntry).where(VectorIndexEntry.index_name == index_name))
+            drop_shards(session, index_name)
         ws.vectors.drop(index_name)
     return aborted
 
 
+def switched_to(release: Any, run: MLPipelineRun) -> bool:
+    """The run's candidate was switched to (its cutover completed): it is released, never failed."""
+    return run.cutover_time is not None and (release is None or release.candidate_run_id != run.id)
+
+
 def reindex_candidate(ws: Workspace, run_id: int, *, progress: bool = False) -> ReindexReport:
+    """Stage 50 under the release lease (``LeaseBusy`` when another worker drives the release)."""
+    with holding_release(ws.db, ws.settings, f"50_reindex_candidate for run {run_id}") as lease:
+        return _reindex(ws, run_id, lease, progress=progress)
+
+
+def _reindex(ws: Workspace, run_id: int, lease: Lease, *, progress: bool) -> ReindexReport:
     actor = ws.settings.operator
-    resumed, before = open_candidate(ws, run_id, actor=actor)
+    resumed, before = open_candidate(ws, run_id, actor=actor, fence=lease)
     with ws.db.read() as session:
         run = session.get(MLPipelineRun, run_id)
         assert run is not None and run.candidate_model_version and run.candidate_index_name
@@ -155,24 +202,21 @@ def reindex_candidate(ws: Workspace, run_id: int, *, progress: bool = False) -> 
                 first_batch["done"] = True
                 checkpoint(ws.settings, "reindex.mid_batch")
 
-        built = build_index(
-            ws,
-            index_name=index_name,
-            model_version=version,
-            purpose=Purpose.REINDEX,
-            progress=progress,
-            batch_size=ws.settings.reindex_batch_size,
-            guard=guard,
-            on_batch=after_batch,
-        )
-        if built.stopped:
-            raise ReindexError("the release left CANDIDATE_REINDEXING while the index was being built")
-        report.chunks, report.embedded, report.reused, report.unchanged = (
-            built.requested,
-            built.embedded,
-            built.reused,
-            built.unchanged,
-        )
+        # The build is split into shards any live worker may take (opslib.control.shards); the
+        # plan is recorded once, so a resumed stage continues it. Chunks sorted by length keep
+        # each shard's batches evenly padded.
+        ws.vectors.collection(index_name)  # an empty corpus still gets its (empty) index
+        plan_shards(ws.db, index_name, version, servable_chunk_ids(ws, by_length=True), ws.settings.reindex_shard_size)
+        holder = default_holder("50_reindex_candidate")
+        mine = finish_shards(ws, index_name, holder, progress=progress, on_batch=after_batch)
+        shards = shard_table(ws.db, index_name)
+        report.shards = shards
+        report.shards_here = len(mine.shards)
+        # This execution's own figures; what other workers (or an earlier attempt) encoded is in
+        # the shard table.
+        report.chunks = sum(s["chunks"] for s in shards)
+        report.embedded, report.reused = mine.embedded, mine.reused
+        report.unchanged = report.chunks - report.embedded - report.reused
         checkpoint(ws.settings, "reindex.built")
         late = missing_from_index(ws, index_name)  # READY meanwhile, or written before dual-write began
         if late:
@@ -193,11 +237,14 @@ def reindex_candidate(ws: Workspace, run_id: int, *, progress: bool = False) -> 
                 trace_id=run.trace_id,
                 guard=is_ours,
                 changes={"candidate_ready_at": utcnow()},
+                fence=lease,
             )
             report.release_after = release_state(release)
         checkpoint(ws.settings, "reindex.ready")
+    except StaleLease:
+        raise  # no longer the driver: whoever took the lease over decides
     except Exception as exc:
-        abort_candidate(ws, run_id, f"50_reindex_candidate: {type(exc).__name__}: {exc}", actor=actor)
+        abort_candidate(ws, run_id, f"50_reindex_candidate: {type(exc).__name__}: {exc}", actor=actor, fence=lease)
         raise
     log.info(
         "candidate index built",

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import exists, select
 
 from opslib.control.endpoints import wait_until_loaded
+from opslib.control.leases import Lease, check_fence, holding_release
 from opslib.control.messages import RollbackRequest, parse_control_message
 from opslib.control.release import (
     ReleaseError,
@@ -100,9 +101,10 @@ def _excluded_video_ids(session: Any, snapshot_index: str) -> list[str]:
     )
 
 
-def prepare(ws: Workspace, request: RollbackRequest, report: RollbackReport) -> bool:
+def prepare(ws: Workspace, request: RollbackRequest, report: RollbackReport, lease: Lease) -> bool:
     """STABLE → ROLLBACK_PREPARING with exclusions; False if the request was already carried out."""
     with ws.db.transaction() as session:
+        check_fence(session, lease)
         release = current_release(session, for_update=True)
         assert release is not None
         report.release_before = release_state(release)
@@ -131,6 +133,7 @@ def prepare(ws: Workspace, request: RollbackRequest, report: RollbackReport) -> 
             actor=request.requested_by or ws.settings.operator,
             trace_id=request.trace_id,
             guard=guard,
+            fence=lease,
         )
         report.excluded_videos = _exclude(session, snapshot_index or "")
         report.target_model_version = release.rollback_snapshot_active_model_version
@@ -145,9 +148,10 @@ def _exclude(session: Any, snapshot_index: str) -> int:
     return len(excluded)
 
 
-def exclude_incomplete(ws: Workspace, snapshot_index: str) -> int:
+def exclude_incomplete(ws: Workspace, snapshot_index: str, lease: Lease) -> int:
     """After a restore from file: hide the videos the restored index does not fully hold."""
     with ws.db.transaction() as session:
+        check_fence(session, lease)
         release = current_release(session, for_share=True)
         if release is None or release.release_status is not ReleaseStatus.ROLLBACK_PREPARING:
             return 0
@@ -155,8 +159,14 @@ def exclude_incomplete(ws: Workspace, snapshot_index: str) -> int:
 
 
 def roll_back(ws: Workspace, request: RollbackRequest, *, progress: bool = False) -> RollbackReport:
+    """Stage 70 under the release lease (``LeaseBusy`` when another worker drives the release)."""
+    with holding_release(ws.db, ws.settings, f"70_rollback ({request.trace_id})") as lease:
+        return _roll_back(ws, request, lease, progress=progress)
+
+
+def _roll_back(ws: Workspace, request: RollbackRequest, lease: Lease, *, progress: bool) -> RollbackReport:
     report = RollbackReport(trace_id=request.trace_id, outcome="rolled back")
-    if prepare(ws, request, report):
+    if prepare(ws, request, report, lease):
         checkpoint(ws.settings, "rollback.prepared")
         target, index_name = report.target_model_version, report.target_index_name
         assert target and index_name
@@ -180,7 +190,7 @@ def roll_back(ws: Workspace, request: RollbackRequest, *, progress: bool = False
             report.restored_from_file = restore_index(ws, manifest)
             # The file predates chunks written into the index after the export: their videos are
             # now incomplete there too, so they are hidden and re-embedded like the others.
-            report.excluded_videos += exclude_incomplete(ws, index_name)
+            report.excluded_videos += exclude_incomplete(ws, index_name, lease)
         elif manifest is None and not ws.vectors.exists(index_name):
             raise RollbackRefused(f"index {index_name} is gone and no snapshot file exists to rebuild it")
         checkpoint(ws.settings, "rollback.restored")
@@ -205,10 +215,11 @@ def roll_back(ws: Workspace, request: RollbackRequest, *, progress: bool = False
                     "switched_at": utcnow(),
                     **cleared_candidate(),
                 },
+                fence=lease,
             )
         report.switch_ms = (time.perf_counter() - started) * 1000
         checkpoint(ws.settings, "rollback.switched")
-    reembedded, servable = reinclude_excluded(ws, progress=progress)
+    reembedded, servable = reinclude_excluded(ws, lease, progress=progress)
     report.reembedded_chunks, report.servable_again = reembedded, servable
     with ws.db.read() as session:
         report.release_after = release_state(current_release(session))
@@ -218,10 +229,11 @@ def roll_back(ws: Workspace, request: RollbackRequest, *, progress: bool = False
     return report
 
 
-def reinclude_excluded(ws: Workspace, *, progress: bool = False) -> tuple[int, int]:
+def reinclude_excluded(ws: Workspace, lease: Lease, *, progress: bool = False) -> tuple[int, int]:
     """Re-embed ROLLBACK_EXCLUDED videos with the active model; each is SERVABLE once complete.
 
-    Only while the release is STABLE (after a completed rollback); safe to repeat."""
+    Only while the release is STABLE (after a completed rollback), by the holder of the release
+    lease; safe to repeat."""
     with ws.db.read() as session:
         release = current_release(session)
         if release is None or release.release_status is not ReleaseStatus.STABLE:
@@ -241,6 +253,7 @@ def reinclude_excluded(ws: Workspace, *, progress: bool = False) -> tuple[int, i
         )
         reembedded += written.written
         with ws.db.transaction() as session:
+            check_fence(session, lease)
             release = current_release(session)
             held = set(
                 session.scalars(

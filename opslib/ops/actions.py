@@ -24,20 +24,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from opslib.control.leases import check_fence, holding_release
 from opslib.control.messages import new_rollback_request, new_training_request
 from opslib.control.queue import publish
 from opslib.control.release import current_release
 from opslib.control.runs import latest_eligible_dataset
+from opslib.corpus.indexing import missing_from_index
 from opslib.db.models import (
     AuditLog,
+    Chunk,
     MLPipelineRun,
     ModelVersion,
     ReleaseStatus,
     RunStatus,
     StageExecution,
+    VectorIndexEntry,
+    Video,
+    VideoStatus,
     utcnow,
 )
 from opslib.errors import Refused
@@ -51,7 +57,9 @@ from opslib.infra.model_artifacts import (
     validate_model_version,
 )
 from opslib.infra.precision import PRECISIONS, choose_precision, validate_precision
+from opslib.infra.vector_store import VectorStoreDamaged
 from opslib.infra.workspace import Workspace
+from opslib.lifecycle.index_snapshot import forget_entries, rebuild_index
 
 log = get_logger(__name__)
 
@@ -65,6 +73,7 @@ class Action(enum.StrEnum):
     REQUEST_ROLLBACK = "request-rollback"
     PROMOTE_RUN = "promote-run"
     CHANGE_PRECISION = "change-precision"
+    REINDEX_ACTIVE = "reindex-active"
 
 
 class ActionRefused(Refused):
@@ -238,6 +247,42 @@ def preview_precision_change(ws: Workspace, precision: str) -> Preview:
         f"recorded at {precision}, and queues a TRAINING_REQUEST naming it: the run skips training, evaluates it "
         f"against {active.model_version} (the report shows the metric change), and on a PASS builds its own "
         f"index (50) and switches serving to it (60) like any candidate. Type {derived_name} to confirm.",
+    )
+
+
+def preview_reindex_active(ws: Workspace) -> Preview:
+    action = Action.REINDEX_ACTIVE
+    with ws.db.read() as session:
+        release = current_release(session)
+        if release is None:
+            return Preview(action, None, "—", "no ModelRelease: initialise the workspace")
+        index, model = release.active_index_name, release.active_model_version
+        status = release.release_status
+        entries = session.scalar(
+            select(func.count()).select_from(VectorIndexEntry).where(VectorIndexEntry.index_name == index)
+        )
+        ready = session.scalar(
+            select(func.count())
+            .select_from(Chunk)
+            .join(Video, Video.id == Chunk.video_id)
+            .where(Video.status == VideoStatus.READY)
+        )
+    if status is not ReleaseStatus.STABLE:
+        return Preview(action, None, "—", f"the release is {status.value}; rebuilding the active index needs STABLE")
+    try:
+        held = ws.vectors.collection_counts().get(index)
+        store = f"holds {held} vectors in it" if held is not None else "has no collection for it"
+    except VectorStoreDamaged as damaged:
+        if not ws.vectors.embedded:
+            return Preview(action, None, "—", str(damaged))
+        store = f"is damaged (its folder is moved aside to {ws.vectors.location}.damaged-<time> first)"
+    return Preview(
+        action,
+        index,
+        f"rebuilds the active index {index} from the Metadata DB (the source of truth): drops its "
+        f"{entries} entries and its collection (the vector store {store}), then embeds the {ready} READY "
+        f"chunks with {model}, the active model (vectors it already computed elsewhere are reused). Searches "
+        "miss results until it ends. Type the active index name to confirm.",
     )
 
 
@@ -431,6 +476,65 @@ def change_precision(ws: Workspace, precision: str, *, confirm: str, reason: str
 
     audit_id, result = _effect_with_audit(ws, action, target, reason, trace_id, queue)
     return ActionResult(action, target, audit_id, result, trace_id, message_id=published[0])
+
+
+def reindex_active(ws: Workspace, *, confirm: str, reason: str, progress: bool = False) -> ActionResult:
+    """Rebuild the active index from the Metadata DB (``opsbench reindex-active``): the way back from
+    a dropped collection or a damaged vector store without a backup. The audit row is written in
+    the transaction that drops the index's entries (a damaged embedded store's folder is moved
+    aside then, never deleted); the returned result carries how the rebuild ended."""
+    action = Action.REINDEX_ACTIVE
+    trace_id = new_trace_id()
+    target = _check(ws, action, preview_reindex_active(ws), confirm, reason, trace_id)
+    fixed: dict[str, str] = {}
+
+    def start(session: Session) -> str:
+        release = current_release(session, for_share=True)
+        if release is None or release.release_status is not ReleaseStatus.STABLE or release.active_index_name != target:
+            raise _GuardFailed("the release changed while you confirmed; look again")
+        fixed["model"] = release.active_model_version
+        moved = ""
+        try:
+            ws.vectors.names()
+        except VectorStoreDamaged as damaged:
+            if not ws.vectors.embedded:
+                raise _GuardFailed(str(damaged)) from None
+            moved = f"; the damaged vector store was moved aside to {ws.vectors.set_aside()}"
+        dropped = forget_entries(session, target)
+        return f"rebuilding {target} with {fixed['model']} from the Metadata DB: dropped its {dropped} entries{moved}"
+
+    # The rebuild writes the active index: no release stage may run meanwhile (LeaseBusy, a
+    # Conflict, names who drives the release; nothing is changed then).
+    with holding_release(ws.db, ws.settings, f"reindex-active {target}") as lease:
+
+        def fenced_start(session: Session) -> str:
+            check_fence(session, lease)
+            return start(session)
+
+        audit_id, started = _effect_with_audit(ws, action, target, reason, trace_id, fenced_start)
+
+        def still_active(session: Session) -> bool:
+            release = current_release(session)
+            return release is not None and release.active_index_name == target
+
+        with trace(trace_id):
+            try:
+                report = rebuild_index(ws, target, fixed["model"], guard=still_active, progress=progress)
+            except VectorStoreDamaged:  # the store opened, but the index's own files are damaged
+                if not ws.vectors.embedded:
+                    raise
+                moved_to = ws.vectors.set_aside()
+                log.warning("damaged vector store moved aside", extra={"moved_to": str(moved_to)})
+                started += f"; the damaged vector store was moved aside to {moved_to}"
+                report = rebuild_index(ws, target, fixed["model"], guard=still_active, progress=progress)
+    missing = len(missing_from_index(ws, target))
+    verdict = (
+        f"rebuilt: {report.written + report.unchanged} vectors ({report.embedded} embedded, {report.reused} reused)"
+        + ("; stopped: it no longer serves" if report.stopped else "")
+        + (f"; {missing} READY chunks still missing" if missing else ", complete")
+    )
+    log.info("active index rebuilt", extra={"index_name": target, "verdict": verdict, "trace_id": trace_id})
+    return ActionResult(action, target, audit_id, f"{started}; {verdict}", trace_id)
 
 
 def generate_dataset(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import DatabaseError
 
 from opslib.control.runs import get_run
 from opslib.corpus.beir import read_beir
@@ -28,13 +29,13 @@ from opslib.lifecycle.evaluation.sets import (
     records_from_file,
     register_evaluation_set,
 )
-from opslib.lifecycle.feedback.events import ingest_feedback
+from opslib.lifecycle.feedback.events import IntakeLimits, ingest_feedback
 from opslib.lifecycle.feedback.simulate import simulate_traffic
 from opslib.ops import actions
 from opslib.ops.actions import ActionRefused
 from opslib.ops.bootstrap import init_workspace
 from opslib.ops.demo import run_demo
-from opslib.ops.monitor import workspace_status
+from opslib.ops.monitor import store_failure, workspace_status
 from opslib.settings import Settings
 
 log = get_logger(__name__)
@@ -179,14 +180,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_ingest_feedback(args: argparse.Namespace) -> int:
     ws = _workspace(args)
     batch = args.batch_size or ws.settings.feedback_batch_size
+    limits = IntakeLimits.from_settings(ws.settings)
     if args.file == "-":
-        report = ingest_feedback(ws.objects, sys.stdin.buffer, batch_size=batch)
+        report = ingest_feedback(ws.objects, sys.stdin.buffer, batch_size=batch, limits=limits)
     else:
         path = Path(args.file)
         if not path.is_file():
             raise CliError(f"file {path}: not found")
         with open(path, "rb") as handle:
-            report = ingest_feedback(ws.objects, handle, batch_size=batch)
+            report = ingest_feedback(ws.objects, handle, batch_size=batch, limits=limits)
     print(
         f"{report.lines} lines: {report.accepted} accepted into {len(report.raw_files)} raw log file(s), "
         f"{report.rejected} rejected into {len(report.error_files)} error log file(s)"
@@ -228,7 +230,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"release of run {run_id}: {what}")
     for message_id, what in report.rollbacks:
         print(f"rollback message {message_id}: {what}")
-    if not (report.messages or report.runs or report.reconciled or report.released or report.rollbacks):
+    for index_name, shards in report.shards.items():
+        print(f"candidate index {index_name}: encoded shards {shards}")
+    for execution_id in report.abandoned_executions:
+        print(f"stage execution {execution_id}: ABANDONED (its process died: no heartbeat for run_stall_after_s)")
+    if not (
+        report.messages
+        or report.runs
+        or report.reconciled
+        or report.released
+        or report.rollbacks
+        or report.shards
+        or report.abandoned_executions
+    ):
         print("nothing to do")
     return 0
 
@@ -239,6 +253,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         run_forever(ws, args.poll_interval)
         return 0
     report = run_due(ws)
+    for execution_id in report.abandoned:
+        print(f"stage execution {execution_id}: ABANDONED (its process died: no heartbeat for run_stall_after_s)")
     for result in report.results:
         print(describe(result, ws.settings.schedule_timezone))
     return 1 if report.failed else 0
@@ -355,9 +371,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     corpus = status["corpus"]
     print(f"corpus: {corpus['chunks']} chunks; videos {corpus['videos_by_status']}; imports {corpus['imports']}")
-    print(f"indexes: {corpus['index_entries']}")
+    print("indexes (entries the Metadata DB lists / vectors the store holds):")
+    for index in status["indexes"]:
+        held = "—" if index["vectors"] is None else index["vectors"]
+        flag = index["state"] + (f": {index['detail']}" if index["detail"] and index["state"] != "UNREADABLE" else "")
+        role = f" ({index['role']})" if index["role"] else ""
+        print(f"  {index['index_name']}{role}: {index['entries']} / {held}  {flag}")
+    if status["vector_store"]["error"]:
+        print(f"vector store UNREADABLE: {status['vector_store']['error']}")
+    datasets = status["datasets"]
+    print(f"datasets: latest eligible {datasets['latest_eligible'] or '— (none)'}")
+    for dataset in datasets["unusable"]:
+        print(f"  UNUSABLE {dataset['dataset_version']} (since {dataset['unusable_at']}): {dataset['reason']}")
     print(f"models: {[m['model_version'] for m in status['models']]}")
     print(f"queue: {status['queue']['unacked']} unacked message(s); runs: {len(status['runs'])} recent")
+    for parked in status["queue"]["parked"]:
+        print(f"  PARKED message {parked['id']} ({parked['type']}, {parked['attempt']} deliveries): {parked['reason']}")
+    print(f"release driven by: {status['release_driver']}")
+    if shards := status.get("reindex_shards"):
+        print(
+            f"candidate index {shards['index_name']}: {shards['done']}/{shards['total']} shards done "
+            f"({shards['chunks_done']}/{shards['chunks']} chunks), {shards['held']} being encoded"
+        )
     for tick in status["schedules"]:
         last = f"last {tick['last_due_at']} {tick['last_status']}" if tick["last_due_at"] else "never ran"
         print(
@@ -369,8 +404,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"serving {endpoint['serving']} ({endpoint['release row']})"
         )
     for e in status["stage_executions"]:
-        print(f"  stage {e['id']:>4} {e['stage']:<22} {e['status']:<9} {e['started_at']}  {e['output_html']}")
+        shown = "STALLED" if e["stalled"] else e["status"]  # RUNNING, its process silent too long
+        print(f"  stage {e['id']:>4} {e['stage']:<22} {shown:<9} {e['started_at']}  {e['output_html']}")
+        if e["status"] == "ABANDONED" or e["stalled"]:
+            why = (e["error"] or {}).get("evalue") or f"no heartbeat since {e['heartbeat_at'] or e['started_at']}"
+            print(f"       {why}")
     return 0
+
+
+def cmd_reindex_active(args: argparse.Namespace) -> int:
+    ws = _ready(_workspace(args))
+    return _guarded(
+        args,
+        actions.preview_reindex_active(ws),
+        lambda confirm, reason: actions.reindex_active(ws, confirm=confirm, reason=reason, progress=not args.quiet),
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -591,6 +639,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--reason", required=True, help="why (goes into the audit log and the message)")
     sub.add_argument("--confirm", metavar="MODEL_VERSION", help="the new version's name, as the preview shows it")
 
+    sub = add(
+        "reindex-active",
+        cmd_reindex_active,
+        "rebuild the active index from the Metadata DB (its READY chunks, the active model): after a dropped "
+        "collection or a damaged vector store (an embedded store's folder is moved aside first, never deleted). "
+        + guarded
+        + " TARGET: the active index name.",
+    )
+    sub.add_argument("--reason", required=True, help="why (goes into the audit log)")
+    sub.add_argument("--confirm", metavar="INDEX_NAME", help="the active index name, as the preview shows it")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar")
+
     sub = add("register-eval", cmd_register_eval, "register an immutable evaluation set (disjoint from traffic)")
     sub.add_argument("--corpus", help="an imported corpus: use its reserved queries")
     sub.add_argument("--file", help="a JSONL or CSV file with query_text, project_id, expected_results")
@@ -670,8 +730,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except (ValueError, LookupError, RuntimeError, OSError) as exc:  # e.g. the DB is not migrated
         print(f"error: {exc}", file=sys.stderr)
+    except DatabaseError as exc:  # a damaged Metadata DB: one paragraph that says what to do
+        paragraph = store_failure(exc, _db_url(args))
+        if paragraph is None:
+            raise
+        print(f"error: {paragraph}", file=sys.stderr)
+        return EXIT_FAILED
     # Anything else is a bug: it propagates with its traceback.
     return EXIT_INVALID
+
+
+def _db_url(args: argparse.Namespace) -> str | None:
+    """The Metadata DB URL the command used (password hidden), for an error message."""
+    try:
+        overrides: dict[str, Any] = {"config_file": args.config} if args.config else {}
+        if args.workspace:
+            overrides["workspace"] = args.workspace
+        from sqlalchemy import make_url
+
+        return make_url(Settings(**overrides).resolved_db_url).render_as_string(hide_password=True)
+    except Exception:  # only for the message: without it the paragraph still says what to do
+        return None
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ _OUTCOME_COLOURS = {
     "ERROR": "#7a1fa2",
     "REFUSED": "#b35c00",
     "STALLED": "#d35400",
+    "ABANDONED": "#5d4037",
     "PASS": "#1b7f3b",
     "RELEASED": "#1b7f3b",
     "HELD": "#b35c00",
@@ -99,6 +100,7 @@ def render_runs(view: monitor.RunsView, base: Path | None = None) -> str:
         elif r.outcome == "HELD":
             failure = f"held for a promote — {_e(r.release_hold)}"
         reports = ", ".join(_link(path, stage.split("_", 1)[0], base) for stage, path in r.reports) or "—"
+        reports += "".join(f" {_e(stage.split('_', 1)[0])} {_badge('ABANDONED')}" for stage in r.abandoned)
         rows.append(
             f"<tr><td>{r.id}</td><td>{_badge(r.outcome)}</td><td>{_e(r.status)}</td><td>{failure or '—'}</td>"
             f"<td>{_e(r.trigger)}</td><td>{_e(r.dataset_version)}</td><td>{_e(r.candidate_model_version)}</td>"
@@ -115,7 +117,8 @@ def render_runs(view: monitor.RunsView, base: Path | None = None) -> str:
     legend = (
         '<p class="ops-note">FAIL = the candidate was worse (quality; nothing broken). '
         "ERROR = a system error (look at the report). STALLED = RUNNING without a heartbeat "
-        "(the reconciler resumes or fails it).</p>"
+        "(the reconciler resumes or fails it). ABANDONED (reports column) = a stage execution whose "
+        "process died; the reconciler ended its record.</p>"
     )
     schedules = "<br>".join(
         f"<b>schedule {_e(t['schedule'])}</b> ({_e(t['cron'])}, {_e(t['timezone'])}): next "
@@ -187,11 +190,35 @@ def render_release(view: monitor.ReleaseView | None) -> str:
 
 
 def render_datasets(view: monitor.DatasetsView) -> str:
+    unusable = "".join(
+        f'<p class="ops-error">UNUSABLE (never picked again; its artifact is gone or changed): {_e(u)}</p>'
+        for u in view.unusable
+    )
     return (
         f'<div class="ops-panel">{_STYLE}<p><b>newest</b>: {_e(view.newest)} · <b>newest eligible</b>: '
         f"{_e(view.newest_eligible)} · <b>used by the last successful run</b>: {_e(view.last_used)}<br>"
-        f"<b>lag</b>: {_e(view.lag)}</p>{_table(view.table, 'no datasets yet')}</div>"
+        f"<b>lag</b>: {_e(view.lag)}</p>{unusable}{_table(view.table, 'no datasets yet')}</div>"
     )
+
+
+def render_indexes(view: monitor.IndexesView) -> str:
+    """Each index: the entries the Metadata DB lists against the vectors the store itself holds."""
+    if view.store_error:
+        flags = f'<p class="ops-error">{_e(view.store_error)}</p>'
+    else:
+        flags = "".join(f'<p class="ops-error">{_e(problem)}</p>' for problem in view.problems)
+    return (
+        f'<div class="ops-panel">{_STYLE}<h4>indexes: entries (Metadata DB) / vectors (the store\'s own count)</h4>'
+        f"{flags}{_table(view.table, 'no indexes')}</div>"
+    )
+
+
+def error_html(exc: BaseException, db_url: str | None = None) -> str:
+    """An error shown in a panel: a damaged store as its one paragraph (what to do), else its type and text."""
+    paragraph = monitor.store_failure(exc, db_url)
+    if paragraph is not None:
+        return f'<p class="ops-error">{_e(paragraph)}</p>'
+    return f'<p class="ops-error">error: {_e(type(exc).__name__)}: {_e(exc)}</p>'
 
 
 def render_evaluations(rows: list[monitor.EvaluationRow], base: Path | None = None) -> str:
@@ -213,6 +240,8 @@ def render_queue(view: monitor.QueueView) -> str:
     return (
         f'<div class="ops-panel">{_STYLE}<p><b>backlog</b>: {backlog} · <b>oldest unacked</b>: '
         f"{_e(view.oldest_age)} · <b>redelivered, still unacked</b>: {view.redeliveries}</p>"
+        f"<p><b>release driven by</b>: {_e(view.release_driver)}</p>"
+        f"<h4>parked (poison: past their delivery cap, never redelivered)</h4>{_table(view.parked, 'no parked messages')}"
         f"<h4>refused</h4>{_table(view.refused, 'no refused messages')}"
         f"<h4>recent</h4>{_table(view.recent, 'no messages')}</div>"
     )
@@ -336,7 +365,7 @@ class ActionForm:
             _show(self.result, f'<p class="ops-refused">refused: {_e(refused)}</p>')
         except Exception as exc:  # shown, not swallowed by ipywidgets
             log.exception("dashboard action failed")
-            _show(self.result, f'<p class="ops-error">error: {_e(type(exc).__name__)}: {_e(exc)}</p>')
+            _show(self.result, error_html(exc, self.dashboard._db_url()))
         finally:
             self.button.disabled = False
             self.busy.release()
@@ -459,7 +488,9 @@ class Dashboard:
             )
             renderers: dict[str, Callable[[], str]] = {
                 "Runs": lambda: render_runs(monitor.runs_view(self.ws), self.link_base),
-                "Release": lambda: render_release(monitor.release_view(self.ws)),
+                "Release": lambda: (
+                    render_release(monitor.release_view(self.ws)) + render_indexes(monitor.indexes_view(self.ws))
+                ),
                 "Datasets": lambda: render_datasets(monitor.datasets_view(self.ws)),
                 "Evaluations": lambda: render_evaluations(monitor.evaluations_view(self.ws), self.link_base),
                 "Queue": lambda: render_queue(monitor.queue_view(self.ws)),
@@ -471,11 +502,21 @@ class Dashboard:
                 try:
                     _show(self.outputs[name], render())
                 except Exception as exc:  # one broken panel must not hide the others
-                    log.exception("dashboard panel failed", extra={"panel": name})
-                    _show(
-                        self.outputs[name], f'<p class="ops-error">{_e(name)}: {_e(type(exc).__name__)}: {_e(exc)}</p>'
-                    )
-            runs = actions.promotable_runs(self.ws)
+                    if monitor.store_failure(exc) is None:
+                        log.exception("dashboard panel failed", extra={"panel": name})
+                        _show(
+                            self.outputs[name],
+                            f'<p class="ops-error">{_e(name)}: {_e(type(exc).__name__)}: {_e(exc)}</p>',
+                        )
+                    else:  # a damaged store: the paragraph that says what to do, not a traceback
+                        log.error("dashboard panel failed: a damaged store", extra={"panel": name, "error": str(exc)})
+                        _show(self.outputs[name], error_html(exc, self._db_url()))
+            try:
+                runs = actions.promotable_runs(self.ws)
+            except Exception as exc:  # shown in the panels above; the run chooser stays as it was
+                if monitor.store_failure(exc) is None:
+                    raise
+                runs = []
             self.run_choice.options = [(f"run {r}", r) for r in runs]
             if runs and self.run_choice.value is None:  # options given to an empty Dropdown select nothing
                 self.run_choice.value = runs[0]  # the newest: else the form says no run waits
@@ -483,12 +524,15 @@ class Dashboard:
                 try:
                     form.refresh()
                 except Exception as exc:
-                    _show(form.preview, f'<p class="ops-error">{_e(type(exc).__name__)}: {_e(exc)}</p>')
+                    _show(form.preview, error_html(exc, self._db_url()))
         finally:
             self.refresh_button.disabled = False
             self._refreshing.release()
 
     # Helpers -----------------------------------------------------------------------------------
+    def _db_url(self) -> str:
+        return self.ws.db.engine.url.render_as_string(hide_password=True)
+
     def _chosen_run(self) -> int:
         if self.run_choice.value is None:
             raise actions.ActionRefused("no READY_FOR_RELEASE run to promote")

@@ -14,15 +14,19 @@ from typing import Any
 
 import pandas as pd
 from sqlalchemy import func, select
+from sqlalchemy.exc import DatabaseError
 
+from opslib.control.leases import RELEASE_LEASE, lease_state
 from opslib.control.release import current_release, history_frame, release_state
 from opslib.control.runs import is_stalled, latest_eligible_dataset
+from opslib.control.shards import shard_progress
 from opslib.corpus.indexing import missing_from_index
 from opslib.db.migrate import current_revision, head_revision
 from opslib.db.models import (
     AuditLog,
     Chunk,
     CorpusImport,
+    ExecutionStatus,
     MessageOutcome,
     MLPipelineRun,
     ModelEvaluation,
@@ -37,7 +41,9 @@ from opslib.db.models import (
     Video,
     utcnow,
 )
+from opslib.errors import IntegrityFailure
 from opslib.execution.schedule import schedule_status
+from opslib.infra.vector_store import VectorStoreDamaged, forget_local_clients
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.cutover import waiting_on
 from opslib.lifecycle.evaluation.metrics import METRICS
@@ -70,6 +76,7 @@ class RunRow:
     promoted_by: str | None
     reports: list[tuple[str, str]]  # (stage, archived html path)
     release_hold: str | None = None  # why a READY run waits for a promote (the release rule)
+    abandoned: list[str] = field(default_factory=list)  # stages whose execution's process died (ABANDONED)
 
 
 @dataclass
@@ -104,11 +111,14 @@ def runs_view(ws: Workspace, limit: int = 15, now: datetime | None = None) -> Ru
         )
         ids = {r.id for r in runs + active}
         reports: dict[int, list[tuple[str, str]]] = {}
+        abandoned: dict[int, list[str]] = {}
         for e in session.scalars(
             select(StageExecution).where(StageExecution.run_id.in_(ids)).order_by(StageExecution.id)
         ):
             if e.output_html and e.run_id is not None:
                 reports.setdefault(e.run_id, []).append((e.stage, e.output_html))
+            if e.status is ExecutionStatus.ABANDONED and e.run_id is not None:
+                abandoned.setdefault(e.run_id, []).append(e.stage)
 
     def row(run: MLPipelineRun) -> RunRow:
         stalled = is_stalled(run, stall, now)
@@ -127,6 +137,7 @@ def runs_view(ws: Workspace, limit: int = 15, now: datetime | None = None) -> Ru
             run.promoted_by,
             reports.get(run.id, []),
             run.release_hold,
+            abandoned.get(run.id, []),
         )
 
     by_status = {r.status: r for r in active}
@@ -198,6 +209,7 @@ class DatasetsView:
     newest_eligible: str | None
     last_used: str | None  # by the newest run that passed
     lag: str  # between the newest eligible dataset and the one the last successful run used
+    unusable: list[str] = field(default_factory=list)  # "<version>: <reason>", artifact gone or changed
 
 
 def datasets_view(ws: Workspace, limit: int = 10) -> DatasetsView:
@@ -218,7 +230,9 @@ def datasets_view(ws: Workspace, limit: int = 10) -> DatasetsView:
                     select(func.count())
                     .select_from(TrainingDataset)
                     .where(
-                        TrainingDataset.eligible.is_(True), TrainingDataset.source_window_end > used.source_window_end
+                        TrainingDataset.eligible.is_(True),
+                        TrainingDataset.unusable_at.is_(None),
+                        TrainingDataset.source_window_end > used.source_window_end,
                     )
                 )
                 or 0
@@ -231,7 +245,13 @@ def datasets_view(ws: Workspace, limit: int = 10) -> DatasetsView:
                 "window": f"{d.source_window_start:%m-%d} → {d.source_window_end:%m-%d %H:%M}",
                 "groups": d.counts.get("trainable_groups"),
                 "negatives": d.counts.get("negatives"),
-                "eligible": "yes" if d.eligible else "no: " + "; ".join(d.ineligible_reasons),
+                "eligible": (
+                    f"UNUSABLE since {d.unusable_at:%Y-%m-%d %H:%M}: {d.unusable_reason}"
+                    if d.unusable_at is not None
+                    else "yes"
+                    if d.eligible
+                    else "no: " + "; ".join(d.ineligible_reasons)
+                ),
             }
             for d in rows
         ],
@@ -252,6 +272,7 @@ def datasets_view(ws: Workspace, limit: int = 10) -> DatasetsView:
         eligible.dataset_version if eligible else None,
         used.dataset_version if used else None,
         lag,
+        [f"{d['dataset_version']}: {d['reason']}" for d in unusable_datasets(ws)],
     )
 
 
@@ -330,6 +351,8 @@ class QueueView:
     redeliveries: int  # unacked messages delivered more than once
     refused: pd.DataFrame  # recent refusals with their reasons
     recent: pd.DataFrame
+    parked: pd.DataFrame = field(default_factory=pd.DataFrame)  # poison: past their delivery cap, never redelivered
+    release_driver: str = "nobody"  # who holds the release lease (50/60/70 and their repairs)
 
 
 def queue_view(ws: Workspace, limit: int = 10) -> QueueView:
@@ -351,13 +374,13 @@ def queue_view(ws: Workspace, limit: int = 10) -> QueueView:
             )
             or 0
         )
-        refused = list(
-            session.scalars(
-                select(OpsMessage)
-                .where(OpsMessage.outcome == MessageOutcome.REFUSED)
-                .order_by(OpsMessage.id.desc())
-                .limit(limit)
+        refused, parked = (
+            list(
+                session.scalars(
+                    select(OpsMessage).where(OpsMessage.outcome == outcome).order_by(OpsMessage.id.desc()).limit(limit)
+                )
             )
+            for outcome in (MessageOutcome.REFUSED, MessageOutcome.PARKED)
         )
         recent = list(session.scalars(select(OpsMessage).order_by(OpsMessage.id.desc()).limit(limit)))
 
@@ -378,7 +401,25 @@ def queue_view(ws: Workspace, limit: int = 10) -> QueueView:
             columns=["id", "type", "issued", "attempt", "state", "reason", "trace_id"],
         )
 
-    return QueueView(backlog, _ago(oldest, now), int(redeliveries), frame(refused), frame(recent))
+    return QueueView(
+        backlog,
+        _ago(oldest, now),
+        int(redeliveries),
+        frame(refused),
+        frame(recent),
+        frame(parked),
+        release_driver(ws, now),
+    )
+
+
+def release_driver(ws: Workspace, now: datetime | None = None) -> str:
+    """Who holds the release lease, said for an operator."""
+    now = now or utcnow()
+    state = lease_state(ws.db, RELEASE_LEASE, stale_after_s=ws.settings.lease_stale_after_s, now=now)
+    if state is None or state.holder is None:
+        return "nobody"
+    liveness = "live" if state.live else "stale: its holder stopped beating; the next worker takes it over"
+    return f"{state.holder} for {state.purpose} (token {state.token}, heartbeat {_ago(state.heartbeat_at, now)}; {liveness})"
 
 
 # Embedding endpoint ------------------------------------------------------------------------------
@@ -473,12 +514,141 @@ def link_path(html: str | None, base: Path | None = None) -> str | None:
         return html
 
 
+# Indexes: what the Metadata DB lists against what the vector store holds -----------------------
+@dataclass
+class IndexesView:
+    table: pd.DataFrame  # per index: role, entries (Metadata DB), vectors (the store's own count), state
+    problems: list[str]  # one line per flagged index
+    store_error: str | None  # the store cannot be read: the one paragraph that says what to do
+
+
+def index_records(ws: Workspace) -> tuple[list[dict[str, Any]], str | None]:
+    """Every index the Metadata DB lists, the release names or the store holds: its
+    ``VectorIndexEntry`` count, the vector count the store itself reports, and a state — ``ok``,
+    ``MISSING`` (no collection, though entries or the release name it), ``MISMATCH`` (the counts
+    differ) or ``UNREADABLE`` (the store is damaged; the paragraph is returned beside)."""
+    with ws.db.read() as session:
+        entries = dict(
+            session.execute(
+                select(VectorIndexEntry.index_name, func.count()).group_by(VectorIndexEntry.index_name)
+            ).all()
+        )
+        release = current_release(session)
+    roles: dict[str, str] = {}
+    if release is not None:
+        for role, name in (
+            ("rollback target", release.rollback_snapshot_active_index_name),
+            ("previous", release.previous_index_name),
+            ("candidate", release.candidate_index_name),
+            ("active", release.active_index_name),
+        ):
+            if name:
+                roles[name] = role
+    if ws.vectors.embedded:
+        forget_local_clients()  # count what is on disk now, not what this process's client remembers
+    try:
+        held: dict[str, int] | None = ws.vectors.collection_counts()
+        error = None
+    except VectorStoreDamaged as damaged:
+        held, error = None, str(damaged)
+    except Exception as unreachable:  # e.g. a Chroma server that is down: the rest of status still shows
+        held = None
+        error = f"the vector store at {ws.vectors.location} cannot be read: {type(unreachable).__name__}: {unreachable}"
+    records = []
+    for name in sorted(set(entries) | set(roles) | set(held or {})):
+        listed, role = int(entries.get(name, 0)), roles.get(name, "")
+        vectors = None if held is None else held.get(name)
+        if held is None:
+            state, detail = "UNREADABLE", "the vector store cannot be read"
+        elif vectors is None:
+            if not listed and role not in ("active", "candidate"):
+                continue  # nothing listed, nothing held, nothing serving: not an index (yet)
+            state = "MISSING"
+            detail = f"no collection in the vector store, but the Metadata DB lists {listed} vectors in it" + (
+                f"; it is the {role} index" if role else ""
+            )
+        elif vectors != listed:
+            state = "MISMATCH"
+            detail = (
+                f"the store holds {vectors} vectors, the Metadata DB lists {listed}: {listed - vectors} listed "
+                "vectors are not there"
+                if vectors < listed
+                else f"the store holds {vectors} vectors, the Metadata DB lists {listed}: {vectors - listed} "
+                "vectors are not listed (a write between the two stores, or one interrupted there)"
+            )
+        else:
+            state, detail = "ok", ""
+        records.append(
+            {"index_name": name, "role": role, "entries": listed, "vectors": vectors, "state": state, "detail": detail}
+        )
+    return records, error
+
+
+def indexes_view(ws: Workspace) -> IndexesView:
+    records, error = index_records(ws)
+    problems = [f"{r['index_name']}: {r['state']} — {r['detail']}" for r in records if r["state"] not in ("ok",)]
+    table = pd.DataFrame(records, columns=["index_name", "role", "entries", "vectors", "state", "detail"])
+    return IndexesView(table, problems if error is None else [], error)
+
+
+def unusable_datasets(ws: Workspace, limit: int = 10) -> list[dict[str, Any]]:
+    """Datasets marked unusable (their artifact gone or changed), newest mark first."""
+    with ws.db.read() as session:
+        rows = session.scalars(
+            select(TrainingDataset)
+            .where(TrainingDataset.unusable_at.is_not(None))
+            .order_by(TrainingDataset.unusable_at.desc())
+            .limit(limit)
+        )
+        return [
+            {"dataset_version": d.dataset_version, "unusable_at": _iso(d.unusable_at), "reason": d.unusable_reason}
+            for d in rows
+        ]
+
+
+# Damaged stores: one paragraph instead of a traceback (the CLI and the dashboard) --------------
+def metadata_db_damage(error: BaseException) -> str | None:
+    """What the database said, if ``error`` says the Metadata DB's files are damaged: SQLite's
+    SQLITE_CORRUPT / SQLITE_NOTADB, PostgreSQL's data_corrupted / index_corrupted (XX001/XX002)."""
+    if not isinstance(error, DatabaseError):
+        return None
+    original = getattr(error, "orig", None)
+    text = str(original if original is not None else error).strip()
+    code = getattr(original, "sqlite_errorcode", None)
+    damaged = (
+        (isinstance(code, int) and code & 0xFF in (11, 26))
+        or getattr(original, "sqlstate", None) in ("XX001", "XX002")
+        or any(sign in text.lower() for sign in ("file is not a database", "database disk image is malformed"))
+    )
+    return (text.splitlines()[0][:300] if text else type(error).__name__) if damaged else None
+
+
+def store_failure(error: BaseException, db_url: str | None = None) -> str | None:
+    """The one paragraph to show for a damaged store — what happened and what to do — or None if
+    ``error`` is not one (then it is shown as it is)."""
+    if isinstance(error, IntegrityFailure):
+        return str(error)  # its message is that paragraph (e.g. VectorStoreDamaged)
+    cause = metadata_db_damage(error)
+    if cause is None:
+        return None
+    where = f" at {db_url}" if db_url else ""
+    return (
+        f"The Metadata DB{where} is damaged ({cause}). It is the source of truth — runs, releases, datasets, "
+        "which chunk is in which index — and nothing can be read or changed until it is restored. Stop every "
+        "worker, scheduler and endpoint; restore it from your latest backup (SQLite: metadata.db together with "
+        "its -wal and -shm files, or a copy made with `sqlite3 metadata.db .backup`; PostgreSQL: your base backup "
+        "and WAL archive), then check it with `opsbench status`. It cannot be rebuilt from the other stores; "
+        "after a restore, `opsbench reindex-active` makes the active index agree with it again."
+    )
+
+
 # A read-only summary of the workspace, from the Metadata DB (the SOT).
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
 def workspace_status(ws: Workspace, recent: int = 10) -> dict[str, Any]:
+    now, stall = utcnow(), timedelta(seconds=ws.settings.run_stall_after_s)
     revision = current_revision(ws.db)
     status: dict[str, Any] = {
         "workspace": str(ws.settings.workspace),
@@ -523,6 +693,12 @@ def workspace_status(ws: Workspace, recent: int = 10) -> dict[str, Any]:
             "unacked": session.scalar(
                 select(func.count()).select_from(OpsMessage).where(OpsMessage.acked_at.is_(None))
             ),
+            "parked": [
+                {"id": m.id, "type": m.message_type, "attempt": m.attempt, "reason": m.outcome_reason}
+                for m in session.scalars(
+                    select(OpsMessage).where(OpsMessage.outcome == MessageOutcome.PARKED).order_by(OpsMessage.id)
+                )
+            ],
         }
         status["stage_executions"] = [
             {
@@ -531,6 +707,11 @@ def workspace_status(ws: Workspace, recent: int = 10) -> dict[str, Any]:
                 "status": e.status.value,
                 "run_id": e.run_id,
                 "started_at": _iso(e.started_at),
+                "finished_at": _iso(e.finished_at),
+                "heartbeat_at": _iso(e.heartbeat_at),
+                # RUNNING, but its process has not beaten for run_stall_after_s: the next
+                # reconcile (scheduler or worker pass) marks it ABANDONED
+                "stalled": e.status is ExecutionStatus.RUNNING and now - (e.heartbeat_at or e.started_at) > stall,
                 "output_html": e.output_html,
                 "error": e.error,
             }
@@ -538,10 +719,31 @@ def workspace_status(ws: Workspace, recent: int = 10) -> dict[str, Any]:
         ]
     status["corpus"]["videos_by_status"] = {k.value: v for k, v in status["corpus"]["videos_by_status"].items()}
     status["schedules"] = schedule_status(ws)
+    status["release_driver"] = release_driver(ws)
+    candidate_index = (status["release"] or {}).get("candidate_index_name")
+    if candidate_index:
+        shards = shard_progress(ws.db, candidate_index, stale_after_s=ws.settings.lease_stale_after_s)
+        status["reindex_shards"] = {
+            "index_name": candidate_index,
+            "done": shards.done,
+            "total": shards.total,
+            "held": shards.held,
+            "chunks_done": shards.chunks_done,
+            "chunks": shards.chunks,
+        }
     status["endpoints"] = [
         {key: record[key] for key in ("endpoint", "address", "state", "ready", "serving", "release row")}
         for record in endpoint_records(ws)[0]
     ]
+    # What the vector store itself holds, against the entries (a dropped collection is MISSING).
+    status["indexes"], store_error = index_records(ws)
+    status["vector_store"] = {"location": ws.vectors.location, "error": store_error}
+    with ws.db.read() as session:
+        eligible = latest_eligible_dataset(session)
+    status["datasets"] = {
+        "latest_eligible": eligible.dataset_version if eligible is not None else None,
+        "unusable": unusable_datasets(ws),
+    }
     return status
 
 

@@ -20,6 +20,7 @@ from opslib.control.queue import (
     publish,
     receive,
     refuse,
+    release_claim,
 )
 from opslib.db.migrate import upgrade
 from opslib.db.models import MessageOutcome, OpsMessage, utcnow
@@ -187,3 +188,34 @@ def test_refuse_records_reason(db) -> None:  # type: ignore[no-untyped-def]
     assert refuse(db, delivery, "no eligible dataset")
     row = _row(db, delivery.message_id)
     assert (row.outcome, row.outcome_reason) == (MessageOutcome.REFUSED, "no eligible dataset")
+
+
+def test_a_message_past_its_delivery_cap_is_parked_with_the_reason(db) -> None:  # type: ignore[no-untyped-def]
+    poison = publish(db, {"message_type": "MYSTERY", "payload_version": "v1"})
+    caps = {"TRAINING_REQUEST": 5, "*": 2}
+    for attempt in (1, 2):  # claimed and never acked (the consumer crashes on it every time)
+        later = utcnow() + timedelta(minutes=attempt)
+        delivery = claim(db, f"worker-{attempt}", visibility_timeout_s=30, max_deliveries=caps, now=later)
+        assert delivery is not None and delivery.attempt == attempt
+    good = publish(db, new_training_request(trace_id="behind-the-poison"), session=None)
+    with db.transaction() as session:  # queued behind the poison
+        session.get(OpsMessage, good).visible_at = utcnow() + timedelta(minutes=4)
+    delivery = claim(db, "worker-3", visibility_timeout_s=30, max_deliveries=caps, now=utcnow() + timedelta(minutes=5))
+    assert delivery is not None and delivery.message_id == good  # the poison was parked on the way
+    row = _row(db, poison)
+    assert row.outcome is MessageOutcome.PARKED and row.acked_at is not None
+    assert row.outcome_reason == "delivered 2 times without an ack (cap 2); last claimed by worker-2"
+    assert ack(db, delivery)
+    assert (
+        claim(db, "worker-4", visibility_timeout_s=30, max_deliveries=caps, now=utcnow() + timedelta(hours=1)) is None
+    )
+
+
+def test_a_claim_released_on_a_clean_stop_is_visible_at_once_and_not_counted(db) -> None:  # type: ignore[no-untyped-def]
+    mid = publish(db, new_training_request(trace_id="t"))
+    first = claim(db, "worker-a", visibility_timeout_s=300)
+    assert first is not None and release_claim(db, first)
+    second = claim(db, "worker-b", visibility_timeout_s=300)
+    assert second is not None and (second.message_id, second.attempt) == (mid, 1)
+    assert not release_claim(db, first)  # no longer a's to give back
+    assert extend(db, second, 300) and not extend(db, first, 300)

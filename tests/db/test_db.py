@@ -50,6 +50,7 @@ TABLES = {
     "feedback_outbox",
     "serving_endpoints",
     "stage_leases",
+    "reindex_shards",
 }
 
 
@@ -450,6 +451,26 @@ ROWS_LATER: dict[str, dict[str, list[dict[str, Any]]]] = {
             }
         ]
     },
+    "0011": {
+        "reindex_shards": [
+            {
+                "index_name": "idx-cand",
+                "model_version": "cand",
+                "shard_no": 0,
+                "chunk_ids": ["v-old#0000"],
+                "token": 1,
+                "claimed_by": None,
+                "heartbeat_at": None,
+                "attempts": 1,
+                "done_at": _at(70),
+                "done_by": "worker-a",
+                "embedded": 1,
+                "reused": 0,
+                "seconds": 0.5,
+                "created_at": _at(69),
+            }
+        ]
+    },
 }
 # Columns later revisions add to tables that already have rows, and the value each old row gets.
 ADDED_LATER: dict[str, dict[str, Callable[[dict[str, Any]], Any]]] = {
@@ -496,7 +517,7 @@ def test_upgrade_from_0001_keeps_every_row_and_backfills_new_columns(empty_ws: W
         for table, rows in ROWS_0001.items():
             for row in rows:
                 _insert_raw(conn, table, row)
-    revisions = ["0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010"]
+    revisions = ["0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011"]
     for revision in revisions:
         assert upgrade(db, revision) == revision
         with db.engine.begin() as conn:
@@ -504,7 +525,7 @@ def test_upgrade_from_0001_keeps_every_row_and_backfills_new_columns(empty_ws: W
                 for row in rows:
                     _insert_raw(conn, table, row)
     assert revisions[-1] == head_revision(), "a new migration: add its rows and backfills to this test"
-    written = {**ROWS_0001, **ROWS_LATER["0003"], **ROWS_LATER["0009"], **ROWS_LATER["0010"]}
+    written = {**ROWS_0001, **ROWS_LATER["0003"], **ROWS_LATER["0009"], **ROWS_LATER["0010"], **ROWS_LATER["0011"]}
     assert set(written) == TABLES == _tables(db)
 
     models = {mapper.local_table.name: mapper.class_ for mapper in Base.registry.mappers}

@@ -9,6 +9,7 @@ in docs/release.md.
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,7 @@ def _prepare(ws: Workspace, stage: str, candidate_dir: Path) -> tuple[int, int]:
     return run_id, publish(ws.db, new_rollback_request(candidate, trace_id="crash-rollback"))
 
 
-def _kill_at(ws: Workspace, stage: str, point: str, arg: int) -> int:
+def _kill_at(ws: Workspace, stage: str, point: str, arg: int) -> tuple[int, str]:
     env = {**ws.settings.as_env(), "OPS_FAULT_POINT": point, "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
     script = (
         f"import sys\nfrom opslib.settings import Settings\nfrom opslib.infra.workspace import Workspace\n"
@@ -80,22 +81,26 @@ def _kill_at(ws: Workspace, stage: str, point: str, arg: int) -> int:
     done = subprocess.run(
         [sys.executable, "-c", script, str(arg)], env=env, capture_output=True, text=True, timeout=300
     )
-    return done.returncode
+    return done.returncode, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize(("stage", "point"), CASES, ids=[p for _, p in CASES])
 def test_killed_at_every_step_the_system_converges(
     settings: Settings, tiny_candidate_dir: Path, stage: str, point: str
 ) -> None:
-    ws = Workspace(settings.model_copy(update={"queue_visibility_timeout_s": 1}))
+    # A kill leaves the release lease held by a dead process: it is taken over once stale.
+    fast = {"queue_visibility_timeout_s": 1, "lease_stale_after_s": 1, "heartbeat_interval_s": 0.2}
+    ws = Workspace(settings.model_copy(update=fast))
     from opslib.ops.bootstrap import init_workspace
 
     init_workspace(ws)
     run_id, arg = _prepare(ws, stage, tiny_candidate_dir)
-    assert _kill_at(ws, stage, point, arg) == -signal.SIGKILL, f"{point} was never reached"
+    returncode, stderr = _kill_at(ws, stage, point, arg)
+    assert returncode == -signal.SIGKILL, f"{point} was never reached:\n{stderr}"
     forget_local_clients()  # another process wrote the embedded vector store
     assert check_invariants(ws) == [], f"after a kill at {point}"
 
+    time.sleep(1.1)  # the dead holder's lease goes stale
     Worker(ws, name="restarted").run_once()
     assert check_invariants(ws) == []
     with ws.db.read() as session:

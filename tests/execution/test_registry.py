@@ -1,11 +1,13 @@
 import importlib
 import json
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from opslib.execution.registry import STAGES, StageError, validate_params
+from opslib.db.models import utcnow
+from opslib.execution.registry import AS_OF_CLOCK_SKEW, SEED_MAX, STAGES, StageError, validate_params
 
 
 def test_build_dataset_parameters() -> None:
@@ -27,6 +29,30 @@ def test_build_dataset_parameters() -> None:
     ]:
         with pytest.raises(StageError, match=message):
             validate_params("20_build_dataset", bad)
+
+
+def test_parameters_are_held_to_their_real_ranges() -> None:
+    """A seed is 0…2**32 − 1 wherever a stage takes one; ``as_of`` may be at most
+    AS_OF_CLOCK_SKEW ahead of this machine's clock (a future window would stay "latest" for good)."""
+    seeded = [name for name, spec in STAGES.items() if "seed" in spec.params.model_fields]
+    assert seeded == ["20_build_dataset", "30_train_candidate"]
+    for name in seeded:
+        base = {"run_id": 1} if name == "30_train_candidate" else {}
+        assert validate_params(name, {**base, "seed": SEED_MAX}).seed == 2**32 - 1  # type: ignore[attr-defined]
+        for bad in (2**32, -1):
+            with pytest.raises(StageError, match=f"{name}: invalid parameters: seed: Input should be"):
+                validate_params(name, {**base, "seed": bad})
+    now = utcnow()
+    for ok in (now - timedelta(days=400), now, now + AS_OF_CLOCK_SKEW - timedelta(seconds=30)):
+        validate_params("20_build_dataset", {"as_of": ok.isoformat()})
+    ahead = (now + AS_OF_CLOCK_SKEW + timedelta(minutes=1)).replace(microsecond=0)
+    with pytest.raises(StageError, match=f"as_of: Value error, {re.escape(ahead.isoformat())} is in the future"):
+        validate_params("20_build_dataset", {"as_of": ahead.isoformat()})
+    with pytest.raises(StageError, match="up to 5 minutes of clock skew"):
+        validate_params("20_build_dataset", {"as_of": (now + timedelta(days=1)).date().isoformat()})
+    for far in ("0001-01-01T00:00:00+14:00", "0001-01-05"):
+        with pytest.raises(StageError, match=r"as_of: Value error, .*out of range"):
+            validate_params("20_build_dataset", {"as_of": far})
 
 
 def test_registry_names_match_notebooks() -> None:

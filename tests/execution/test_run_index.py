@@ -401,6 +401,39 @@ def test_a_recorded_dataset_version_ties_the_row_exactly(ws: Workspace) -> None:
     assert by_id[ids[2]].verdict == "—" and "not in the Metadata DB" in by_id[ids[2]].headline[0]
 
 
+def test_an_abandoned_execution_shows_as_such_and_a_silent_running_one_as_stalled(ws: Workspace) -> None:
+    """ABANDONED rows (their process died; the reconciler ended them) are never shown as running;
+    a RUNNING row without a heartbeat for run_stall_after_s is flagged STALLED until then."""
+    stall = timedelta(seconds=ws.settings.run_stall_after_s)
+    why = "no heartbeat since 2026-12-01T03:01:00+00:00 (stall limit 900 s): the process running it died"
+    with ws.db.transaction() as session:
+        abandoned = _execution(
+            session,
+            "30_train_candidate",
+            1,
+            status=ExecutionStatus.ABANDONED,
+            error={"cell_index": None, "execution_count": None, "ename": "ExecutionAbandoned", "evalue": why},
+        ).id
+        silent = _execution(session, "10_feedback_health", 2, status=ExecutionStatus.RUNNING)
+        silent.heartbeat_at = T0 + timedelta(minutes=3)
+        silent_id = silent.id
+    rows, summary = collect_run_index(ws, now=T0 + timedelta(minutes=3) + stall - timedelta(seconds=1))
+    by_id = {r.execution_id: r for r in rows}
+    assert (by_id[abandoned].status, by_id[abandoned].verdict) == ("ABANDONED", "ABANDONED")
+    assert by_id[abandoned].headline[0] == f"abandoned: {why}"
+    assert by_id[silent_id].verdict == "RUNNING"  # its heartbeat is within the limit
+    assert summary.by_status == {"ABANDONED": 1, "RUNNING": 1}
+    rows, _ = collect_run_index(ws, now=T0 + timedelta(minutes=3) + stall + timedelta(seconds=1))
+    stalled = next(r for r in rows if r.execution_id == silent_id)
+    assert stalled.verdict == "STALLED" and stalled.headline[0].startswith("no heartbeat since 2026-12-01 03:03:00 UTC")
+
+    page = build_run_index(ws).read_text()
+    row = _row_html(page, abandoned)
+    assert 'class="s-ABANDONED">ABANDONED' in row and "v-abandoned" in row and "the process running it died" in row
+    assert "no report: its process died" in row and "HTML report missing" not in row and "running…" not in row
+    assert "v-stalled" in _row_html(page, silent_id)
+
+
 def test_outputs_are_recorded_only_on_a_running_execution(ws: Workspace) -> None:
     with ws.db.transaction() as session:
         done = _execution(session, "20_build_dataset", 1, params={})

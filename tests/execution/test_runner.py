@@ -1,5 +1,9 @@
 import json
 import re
+import signal
+import subprocess
+import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import nbformat
@@ -7,7 +11,7 @@ import pytest
 from helpers import write_stage_notebook
 from nbformat.v4 import new_code_cell, new_notebook
 
-from opslib.db.models import ExecutionStatus, StageExecution
+from opslib.db.models import ExecutionStatus, StageExecution, utcnow
 from opslib.errors import Refused, class_path, recorded_as
 from opslib.execution import registry as stages
 from opslib.execution.context import ERROR_CLASS_MIME, record_error_classes
@@ -19,10 +23,18 @@ from opslib.execution.registry import (
     StageSpec,
     validate_params,
 )
-from opslib.execution.runner import run_stage
+from opslib.execution.run_index import collect_run_index
+from opslib.execution.runner import (
+    STAGE_EXECUTING,
+    abandon_dead_executions,
+    beat_execution,
+    reconcile_executions,
+    run_stage,
+)
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.feedback.events import ingest_feedback
 from opslib.lifecycle.rollback import RollbackRefused
+from opslib.ops.cli import main
 from opslib.settings import Settings
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
@@ -265,3 +277,202 @@ def test_stage_reports_show_table_cells_whole() -> None:
         assert long not in table._repr_html_()  # pandas' default cuts it
         show_tables_whole()
         assert long.replace("<", "&lt;") in table._repr_html_()
+
+
+# Records that end (a killed stage's row is ABANDONED) ----------------------------------------------
+def _kill_while_executing(ws: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
+    """``opsbench run <args>`` in a process SIGKILLed once its stage's row is RUNNING (fault point
+    ``stage.executing``: the row and its first heartbeat exist, the notebook has not finished)."""
+    env = {
+        **ws.settings.as_env(),
+        "OPS_FAULT_POINT": STAGE_EXECUTING,
+        "PATH": "/usr/bin:/bin",
+        "HF_HUB_OFFLINE": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "opslib.ops.cli", "run", *args, "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_killed_stage_stays_running_until_the_reconciler_abandons_it_and_the_index_and_status_say_so(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    done = _kill_while_executing(ws, "10_feedback_health")
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    (row,) = _executions(ws)
+    assert row.status is ExecutionStatus.RUNNING and row.finished_at is None
+    assert row.heartbeat_at is not None  # the process beat before it died
+
+    stall = ws.settings.run_stall_after_s
+    assert abandon_dead_executions(ws.db, stall_after_s=stall) == []  # the heartbeat is still fresh
+    later = row.heartbeat_at + timedelta(seconds=stall + 1)
+    rows, _ = collect_run_index(ws, now=later)  # before the reconcile: flagged, not shown as live
+    assert rows[0].verdict == "STALLED" and "no heartbeat since" in rows[0].headline[0]
+
+    assert reconcile_executions(ws, now=later) == [row.id]
+    (row,) = _executions(ws)
+    assert row.status is ExecutionStatus.ABANDONED and row.finished_at == later
+    assert row.error is not None and row.error["ename"] == "ExecutionAbandoned"
+    assert row.error["evalue"].startswith(f"no heartbeat since {row.heartbeat_at.isoformat()}")
+    assert row.error["evalue"].endswith("the process running it died")
+    assert not recorded_as(row.error, Refused)
+    assert abandon_dead_executions(ws.db, stall_after_s=stall, now=later) == []  # ended once, for good
+    assert not beat_execution(ws.db, row.id)  # a beat never revives it
+
+    page = (ws.settings.runs_dir / "index.html").read_text()  # rebuilt by the reconcile
+    entry = page[page.index(f'id="execution-{row.id}"') :].split("</tr>")[0]
+    assert 'class="s-ABANDONED">ABANDONED' in entry and 'class="v v-abandoned">ABANDONED' in entry
+    assert "the process running it died" in entry and "RUNNING" not in entry
+    assert "ABANDONED 1" in page  # the summary's counts by status
+
+    for key, value in ws.settings.as_env().items():
+        monkeypatch.setenv(key, value)
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "10_feedback_health" in line)
+    assert "ABANDONED" in line and "the process running it died" in out
+
+
+def test_a_row_ends_only_when_its_heartbeat_or_start_is_stale(ws: Workspace) -> None:
+    now = utcnow()
+    stall = 60.0
+    old, fresh = now - timedelta(seconds=stall + 5), now - timedelta(seconds=stall - 5)
+
+    def add(status: ExecutionStatus, started_at: datetime, heartbeat_at: datetime | None) -> int:
+        with ws.db.transaction() as session:
+            row = StageExecution(
+                stage="10_feedback_health",
+                notebook="10_feedback_health.ipynb",
+                parameters={},
+                status=status,
+                started_at=started_at,
+                heartbeat_at=heartbeat_at,
+                trace_id="t",
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    dead = add(ExecutionStatus.RUNNING, old - timedelta(hours=1), old)
+    never_beat = add(ExecutionStatus.RUNNING, old, None)  # from before heartbeats: judged by its start
+    alive = add(ExecutionStatus.RUNNING, old - timedelta(hours=1), fresh)  # a long stage, still beating
+    young = add(ExecutionStatus.RUNNING, fresh, None)
+    finished = add(ExecutionStatus.SUCCEEDED, old - timedelta(hours=1), old)
+    assert abandon_dead_executions(ws.db, stall_after_s=stall, now=now) == [dead, never_beat]
+    by_id = {row.id: row for row in _executions(ws)}
+    assert [by_id[i].status for i in (dead, never_beat, alive, young, finished)] == [
+        ExecutionStatus.ABANDONED,
+        ExecutionStatus.ABANDONED,
+        ExecutionStatus.RUNNING,
+        ExecutionStatus.RUNNING,
+        ExecutionStatus.SUCCEEDED,
+    ]
+    assert "no heartbeat since it started at" in by_id[never_beat].error["evalue"]
+    assert by_id[finished].error is None and by_id[finished].finished_at is None  # untouched
+    assert beat_execution(ws.db, alive) and not beat_execution(ws.db, dead)
+    with pytest.raises(ValueError, match="stall_after_s"):
+        abandon_dead_executions(ws.db, stall_after_s=0)
+
+
+@pytest.mark.slow
+def test_the_heartbeat_runs_with_the_notebook_and_an_abandoned_row_is_never_reopened(
+    ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process beats while its notebook runs; when the reconciler ends the row meanwhile (the
+    process was only paused past the stall limit), the beat stops and the row stays ABANDONED."""
+
+    class SleepParams(StageParams):
+        pass
+
+    ws = Workspace(ws.settings.model_copy(update={"heartbeat_interval_s": 0.2}))
+    scratch = _scratch_stage(
+        ws,
+        tmp_path,
+        monkeypatch,
+        "96_sleep",
+        SleepParams,
+        "ops_execution_id = None",
+        "import time\ntime.sleep(1.5)",
+        "from datetime import timedelta\n"
+        "from opslib.db.models import utcnow\n"
+        "from opslib.execution.runner import reconcile_executions\n"
+        "from opslib.infra.workspace import open_workspace\n"
+        "from opslib.db.models import StageExecution\n"
+        "ws = open_workspace()\n"
+        "ended = reconcile_executions(ws, now=utcnow() + timedelta(hours=1))\n"
+        "assert ended == [ops_execution_id], ended\n"
+        "with ws.db.read() as session:  # the partial notebook Papermill saved so far is linked\n"
+        "    assert session.get(StageExecution, ops_execution_id).output_ipynb.endswith('-96_sleep.ipynb')",
+        "time.sleep(1)",
+    )
+    result = run_stage(scratch, "96_sleep", {})
+    assert result.status is ExecutionStatus.SUCCEEDED, result.error  # what this process saw
+    (row,) = _executions(ws)
+    assert row.status is ExecutionStatus.ABANDONED  # the record ended once and stays so
+    assert row.heartbeat_at - row.started_at >= timedelta(seconds=1)  # it beat during the sleep
+    assert row.finished_at - row.heartbeat_at > timedelta(minutes=50)  # and stopped once ended
+    assert row.output_html == str(result.output_html)  # the archive is still linked
+    assert row.output_ipynb == str(result.output_ipynb)
+    page = (ws.settings.runs_dir / "index.html").read_text()
+    assert 'class="s-ABANDONED">ABANDONED' in page and "the process running it died" in page
+
+
+# Parameters: real ranges, ids that exist ----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("20_build_dataset", {"seed": 2**32}, "seed: Input should be less than or equal to 4294967295"),
+        ("30_train_candidate", {"run_id": 1, "seed": 2**32}, "seed: Input should be less than or equal to 4294967295"),
+        (
+            "20_build_dataset",
+            {"as_of": "2099-01-01"},
+            "as_of: Value error, 2099-01-01T00:00:00\\+00:00 is in the future",
+        ),
+    ],
+)
+def test_parameters_out_of_their_real_range_are_refused_before_anything_runs(
+    ws: Workspace, name: str, params: dict, message: str
+) -> None:
+    with pytest.raises(StageError, match=message):
+        run_stage(ws, name, params)
+    assert _executions(ws) == []
+
+
+def test_ids_the_metadata_db_does_not_have_are_refused_before_anything_runs(ws: Workspace) -> None:
+    from opslib.control.messages import new_training_request
+    from opslib.control.queue import publish
+
+    cases = [
+        ("30_train_candidate", {"run_id": 99999}, {}, "run_id 99999: no such run"),
+        (
+            "50_reindex_candidate",
+            {"run_id": 99999},
+            {"run_id": 99999},
+            "invalid parameters: run_id 99999: no such run$",
+        ),
+        (
+            "10_feedback_health",
+            {},
+            {"run_id": 99999},
+            "the execution's run_id 99999: no such run",
+        ),  # not IntegrityError
+        ("70_rollback", {"message_id": 99999}, {}, "message_id 99999: no such message"),
+        (
+            "40_evaluate_candidate",
+            {"run_id": 99999, "evaluation_dataset_ref": "eval-0123456789abcdef"},
+            {},
+            "run_id 99999: no such run; evaluation_dataset_ref eval-0123456789abcdef: no such evaluation set",
+        ),
+    ]
+    for name, params, kwargs, message in cases:
+        with pytest.raises(StageError, match=message):
+            run_stage(ws, name, params, **kwargs)
+    training = publish(ws.db, new_training_request(trigger_source="manual", requested_by="t", reason="r"))
+    with pytest.raises(StageError, match=f"message_id {training}: is a TRAINING_REQUEST, not a ROLLBACK_REQUEST"):
+        run_stage(ws, "70_rollback", {"message_id": training})
+    assert _executions(ws) == []
+    assert not ws.settings.runs_dir.exists() or not any(ws.settings.runs_dir.rglob("*.ipynb"))

@@ -23,8 +23,10 @@ from opslib.db.models import (
     ExecutionStatus,
     OpsMessage,
     ScheduleTick,
+    StageExecution,
     TickStatus,
     TrainingDataset,
+    utcnow,
 )
 from opslib.execution.runner import StageResult
 from opslib.execution.schedule import (
@@ -245,6 +247,36 @@ def test_a_tick_claimed_before_heartbeats_existed_counts_from_its_start(ws: Work
     assert _by_schedule(run_due(ws, NOW + stall + timedelta(seconds=1)))[DATASET].attempt == 2
 
 
+def test_each_pass_ends_the_executions_of_dead_processes_by_the_real_clock(ws: Workspace, stages: FakeStages) -> None:
+    """The pass marks a RUNNING StageExecution without a heartbeat for run_stall_after_s ABANDONED
+    (a live one is left alone) — judged by the real clock, not the pretended ``now``."""
+    stall = timedelta(seconds=ws.settings.run_stall_after_s)
+    real_now = utcnow()
+    ids = []
+    with ws.db.transaction() as session:
+        for heartbeat in (real_now - stall - timedelta(seconds=5), real_now):
+            row = StageExecution(
+                stage="20_build_dataset",
+                notebook="20_build_dataset.ipynb",
+                parameters={},
+                status=ExecutionStatus.RUNNING,
+                started_at=heartbeat - timedelta(hours=1),
+                heartbeat_at=heartbeat,
+                trace_id="t",
+            )
+            session.add(row)
+            session.flush()
+            ids.append(row.id)
+    dead, alive = ids
+    report = run_due(ws, NOW + 100 * stall)  # a pretended far future does not make the live one look dead
+    assert report.abandoned == [dead]
+    with ws.db.read() as session:
+        assert session.get(StageExecution, dead).status is ExecutionStatus.ABANDONED
+        assert session.get(StageExecution, alive).status is ExecutionStatus.RUNNING
+    assert "ABANDONED" in (ws.settings.runs_dir / "index.html").read_text()
+    assert run_due(ws, NOW).abandoned == []
+
+
 class PretendClock:
     """A UTC clock that moves only when the test moves it (stands in for ``schedule._clock_from``)."""
 
@@ -452,6 +484,20 @@ def test_cli_schedule_once(
     assert main(["schedule", "--once"]) == 0
     assert capsys.readouterr().out.count("SKIPPED — already done") == 2
     assert len(stages.calls) == 1
+    ws = Workspace(Settings())
+    with ws.db.transaction() as session:  # a stage whose process died long ago
+        session.add(
+            StageExecution(
+                stage="10_feedback_health",
+                notebook="10_feedback_health.ipynb",
+                parameters={},
+                status=ExecutionStatus.RUNNING,
+                started_at=datetime(2026, 1, 1, tzinfo=UTC),
+                trace_id="t",
+            )
+        )
+    assert main(["schedule", "--once"]) == 0
+    assert "stage execution 1: ABANDONED (its process died" in capsys.readouterr().out
 
     monkeypatch.setenv("OPS_TRAINING_SCHEDULE", "0 25 * * *")
     assert main(["schedule", "--once"]) == 2

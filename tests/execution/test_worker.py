@@ -230,9 +230,12 @@ def test_the_reconciler_fails_a_stalled_run_whose_inputs_are_gone(wws: Workspace
 
 def test_an_exception_in_training_fails_the_run_with_error(wws: Workspace) -> None:
     _ready_loop(wws)
+    # Stored as written (it verifies: a hand-edited one never reaches training, see
+    # tests/lifecycle/test_verified_reads.py), but not what training can read.
+    # (Its window ends a minute ahead: after loop_ready's, which ends a second after it was built.)
+    broken = dataset_row(wws, "20991231-notjsonatall", hours_ago=-1 / 60, artifact=b"not json at all\n")
     with wws.db.read() as session:
-        version = latest_eligible_dataset(session).dataset_version
-    wws.objects.local_path(f"datasets/{version}/train.jsonl").write_text("not json at all\n")
+        assert latest_eligible_dataset(session).dataset_version == broken
     publish(wws.db, new_training_request())
     report = Worker(wws).run_once()
     (run_id,) = report.runs
@@ -245,7 +248,7 @@ def test_an_exception_in_training_fails_the_run_with_error(wws: Workspace) -> No
 
 
 def test_a_stage_that_cannot_start_fails_the_run_instead_of_leaving_it_running(wws: Workspace, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    dataset_row(wws)  # run control only reads the dataset row
+    dataset_row(wws, artifact=b"")  # the worker verifies it; nothing reads it
     broken = Workspace(
         Settings(
             **{
@@ -263,7 +266,7 @@ def test_a_stage_that_cannot_start_fails_the_run_instead_of_leaving_it_running(w
 
 
 def test_no_evaluation_set_is_an_error_of_the_evaluation_stage(wws: Workspace) -> None:
-    dataset_row(wws)
+    dataset_row(wws, artifact=b"")  # the worker verifies it; nothing reads it
     publish(wws.db, new_training_request())
     (run_id,) = Worker(wws).run_once().runs
     run = get_run(wws.db, run_id)
@@ -312,3 +315,26 @@ def test_the_report_shows_error_when_evaluation_cannot_run(wws: Workspace, tiny_
         RunStage.EVALUATION,
         FailureType.ERROR,
     )
+
+
+def test_the_worker_ends_a_dead_processs_stage_execution(ws: Workspace) -> None:
+    from opslib.db.models import ExecutionStatus, StageExecution, utcnow
+
+    long_ago = utcnow() - timedelta(seconds=ws.settings.run_stall_after_s + 60)
+    with ws.db.transaction() as session:
+        row = StageExecution(
+            stage="10_feedback_health",
+            notebook="10_feedback_health.ipynb",
+            parameters={},
+            status=ExecutionStatus.RUNNING,
+            started_at=long_ago,
+            heartbeat_at=long_ago,
+            trace_id="killed",
+        )
+        session.add(row)
+        session.flush()
+        execution_id = row.id
+    assert Worker(ws, name="w").run_once().abandoned_executions == [execution_id]
+    with ws.db.read() as session:
+        assert session.get(StageExecution, execution_id).status is ExecutionStatus.ABANDONED  # type: ignore[union-attr]
+    assert Worker(ws, name="w").run_once().abandoned_executions == []  # ended once, for good

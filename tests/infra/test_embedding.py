@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from opslib.db.models import ModelRelease, ModelVersion, ReleaseEvent, ReleaseStatus
+from opslib.errors import IntegrityFailure
 from opslib.infra.embedding import EmbeddingError, EmbeddingRefused, Purpose
 from opslib.infra.model_artifacts import (
     MANIFEST,
@@ -128,7 +129,7 @@ def test_tampered_artifact_is_refused_at_load(ws: Workspace, tiny_model_dir: Pat
     register_model(ws, "tiny-tamper", tiny_model_dir, base_model_version="tiny-base")
     path = ws.models.local_path("tiny-tamper/config.json")
     path.write_text(json.dumps({"evil": True}))
-    with pytest.raises(ModelArtifactError, match=r"config\.json"):
+    with pytest.raises(IntegrityFailure, match=r"key 'tiny-tamper/config\.json'"):
         local_model_dir(ws, "tiny-tamper")
 
 

@@ -1,8 +1,13 @@
+import itertools
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from event_strategies import accepted_times, any_times, event_lines, intake_accepts
+from helpers import feedback_event
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import update
 
 from opslib.control.runs import latest_eligible_dataset
@@ -11,6 +16,7 @@ from opslib.db.models import Chunk, TrainingDataset, Video, VideoStatus
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.dataset.builder import (
     CONFIDENCE,
+    MAX_MALFORMED_SHARE,
     DatasetError,
     build_dataset,
     random_negative_count,
@@ -18,7 +24,15 @@ from opslib.lifecycle.dataset.builder import (
     source_window,
 )
 from opslib.lifecycle.dataset.quality import RULES, frames_from_groups, run_suite
-from opslib.lifecycle.feedback.events import RAW_PREFIX, event_line, log_key, make_event
+from opslib.lifecycle.feedback.events import (
+    RAW_PREFIX,
+    event_line,
+    feedback_event_id,
+    ingest_feedback,
+    log_key,
+    make_event,
+)
+from opslib.lifecycle.feedback.health import feedback_health
 from opslib.settings import Settings
 
 AS_OF = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
@@ -444,3 +458,174 @@ def test_v2_a_redelivered_dislike_votes_once(ws: Workspace) -> None:
     (group,) = groups(ws, build.dataset_version)  # 1 like vs 1 dislike: a tie keeps the positive
     assert [p["chunk_id"] for p in group["positives"]] == ["p1-c0"]
     assert build.counts["duplicate_events"] == 1 and build.counts["contested_positives"] == 0
+
+
+# Intake that cannot poison (issue 15) ------------------------------------------------------
+def raw_line(**overrides: object) -> bytes:
+    """A raw-log line as intake wrote it before its rules: the fixture event with ``overrides``
+    (chunks of ``corpus()``) and a right ``event_id``."""
+    data = feedback_event(project_id="p1", topk_ids=["p1-c0", "p1-c1", "p1-c2"], used_ids=["p1-c0"])
+    data.update(overrides)
+    data["event_id"] = feedback_event_id(data["user_id"], data["req_id"], data["rating"])
+    return json.dumps(data).encode() + b"\n"
+
+
+def many(n: int) -> list:  # type: ignore[type-arg]
+    return [event(f"r{i}", topk=[f"p1-c{(i + j) % 12}" for j in range(4)], used=[f"p1-c{i % 12}"]) for i in range(n)]
+
+
+def test_an_event_from_year_one_in_the_raw_logs_does_not_stop_the_build(ws: Workspace) -> None:
+    """Issue 15: ``created_at`` 0001-01-01T00:00:00+14:00 was accepted, and ``20_build_dataset``
+    failed with OverflowError for the 30 days its file stayed in the window. Now: skipped, counted."""
+    corpus(ws)
+    key = write_log(ws, many(12), AS_OF - timedelta(days=1))
+    ws.objects.put_bytes(
+        log_key(RAW_PREFIX, AS_OF - timedelta(hours=1)),
+        raw_line(req_id="y0", created_at="0001-01-01T00:00:00+14:00")  # no UTC instant
+        + raw_line(req_id="y1", created_at="0001-01-01T00:00:00-14:00"),  # odd, but a group
+    )
+    build = build_dataset(ws, as_of=AS_OF)
+    assert build.eligible, build.ineligible_reasons
+    c = build.counts
+    assert (c["input_lines"], c["invalid_lines"], c["trainable_groups"]) == (14, 1, 13)
+    assert c["groups_by_day"]["0001-01-01"] == 1
+    assert ws.objects.exists(key)
+
+
+def test_ids_with_a_nul_from_older_raw_logs_name_no_chunk(ws: Workspace) -> None:
+    """PostgreSQL refuses a NUL in a query parameter: such ids (and projects) are never looked up."""
+    corpus(ws)
+    write_log(ws, many(12), AS_OF - timedelta(days=1))
+    lines = raw_line(req_id="n1", topk_ids=["p1-c0\u0000", "p1-c1"], used_ids=["p1-c0\u0000"]) + raw_line(
+        req_id="n2", project_id="p1\u0000", topk_ids=["p1-c0", "p1-c1"], used_ids=["p1-c0"]
+    )
+    ws.objects.put_bytes(log_key(RAW_PREFIX, AS_OF - timedelta(hours=3)), lines)
+    build = build_dataset(ws, as_of=AS_OF)
+    assert build.eligible, build.ineligible_reasons
+    c = build.counts
+    assert (c["trainable_groups"], c["dropped_groups"], c["dropped_chunks"]) == (13, 1, 1)
+    (n2,) = [g for g in groups(ws, build.dataset_version) if g["project_id"] == "p1\u0000"]
+    assert not [n for n in n2["negatives"] if n["source"] == "random_same_project"]  # no such project
+
+
+def test_a_few_malformed_groups_are_dropped_and_counted_not_fatal(ws: Workspace) -> None:
+    """Issue 15: 11 whitespace-only queries made a 3,102-group dataset ineligible (the
+    data-quality suite failed for all of it). Now they are dropped and counted by reason."""
+    corpus(ws)
+    with ws.db.transaction() as session:
+        session.get(Chunk, "p2-c3").text = "   "  # a chunk without text (not through ingestion)
+    write_log(ws, many(300), AS_OF - timedelta(days=1))
+    bad = [  # as intake took them before its rules
+        raw_line(req_id="w1", query_text="   "),
+        raw_line(req_id="w2", query_text="\t \n"),
+        raw_line(req_id="w3", project_id=" "),
+        raw_line(req_id="w4", project_id="p2", topk_ids=["p2-c3", "p2-c1"], used_ids=["p2-c3"]),  # positive: no text
+    ]
+    ws.objects.put_bytes(log_key(RAW_PREFIX, AS_OF - timedelta(hours=3)), b"".join(bad))
+    build = build_dataset(ws, as_of=AS_OF)
+    assert build.eligible, build.ineligible_reasons
+    c = build.counts
+    assert c["malformed_groups"] == 4 and c["like_events"] == 304
+    assert c["malformed_groups_by_reason"] == {"empty_query": 2, "blank_project": 1, "no_positive_text": 1}
+    assert c["trainable_groups"] == 300
+    written = groups(ws, build.dataset_version)
+    assert all(g["query_text"].strip() and g["project_id"].strip() for g in written)
+    assert len(written) == 300 and not any(g["project_id"] == "p2" for g in written)
+    assert build.manifest["data_quality"]["success"]
+    assert build.manifest["eligibility_rule"]["max_malformed_share"] == MAX_MALFORMED_SHARE == 0.05
+
+
+def test_many_malformed_groups_make_the_dataset_ineligible_naming_the_counts(ws: Workspace) -> None:
+    corpus(ws)
+    write_log(ws, many(12), AS_OF - timedelta(days=1))
+    bad = raw_line(req_id="w1", query_text=" ") + raw_line(req_id="w2", query_text="\u00a0")  # no-break space
+    ws.objects.put_bytes(log_key(RAW_PREFIX, AS_OF - timedelta(hours=3)), bad)
+    build = build_dataset(ws, as_of=AS_OF)
+    assert not build.eligible and build.manifest["data_quality"]["success"]
+    assert build.ineligible_reasons == ["malformed groups 2 of 14 LIKE events (14.3%) > 5%: empty_query 2"]
+    with ws.db.read() as session:
+        row = session.get(TrainingDataset, build.dataset_version)
+        assert row.ineligible_reasons == build.ineligible_reasons and row.counts["malformed_groups"] == 2
+
+
+def test_a_failed_quality_check_is_named_with_its_counts(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    import opslib.lifecycle.dataset.quality as dq
+
+    corpus(ws)
+    write_log(ws, many(12), AS_OF - timedelta(days=2))
+    real = dq.run_suite
+
+    def failing(frames, rule):  # type: ignore[no-untyped-def]
+        result = real(frames, rule)
+        checks = [
+            {**c, "success": False, "unexpected_count": 3} if c["rule"] == "chunk_exists" else c
+            for c in result["checks"]
+        ]
+        return {**result, "checks": checks, "success": False}
+
+    monkeypatch.setattr(dq, "run_suite", failing)
+    build = build_dataset(ws, as_of=AS_OF)
+    (reason,) = build.ineligible_reasons
+    rows = next(c["rows"] for c in build.manifest["data_quality"]["checks"] if c["rule"] == "chunk_exists")
+    assert reason == f"data-quality suite failed: chunk_exists 3 of {rows} items"
+
+
+PROPERTY = settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+
+
+_EXAMPLE = itertools.count(1)
+
+
+def _fresh_objects(ws: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """The same Metadata DB (and corpus), an empty Object Storage: one example's raw logs only.
+    (Each example builds over its own window too: a dataset version is registered in the DB.)"""
+    if not ws.objects.exists("corpus-loaded"):
+        corpus(ws)
+        ws.objects.put_text("corpus-loaded", "yes")
+    return Workspace(ws.settings.model_copy(update={"object_store_url": str(tmp_path_factory.mktemp("objects"))}))
+
+
+def _sound(build, lines: int, readable: int) -> None:  # type: ignore[no-untyped-def]
+    c = build.counts
+    assert (c["input_lines"], c["input_events"], c["invalid_lines"]) == (lines, readable, lines - readable)
+    assert (
+        c["trainable_groups"] + c["dropped_groups"] + c["contested_groups"] + c["malformed_groups"]
+        == (c["like_events"])
+    )
+    # Whatever came in, what was written passes the data-quality suite: bad groups never reach it.
+    assert build.manifest["data_quality"]["success"], build.manifest["data_quality"]
+    for reason in build.ineligible_reasons:
+        assert any(ch.isdigit() for ch in reason), reason  # every reason names its counts
+
+
+@PROPERTY
+@given(st.lists(event_lines(accepted_times(datetime.now(UTC))), max_size=8))
+def test_health_and_the_dataset_build_run_on_whatever_ingestion_accepts(
+    ws: Workspace, tmp_path_factory: pytest.TempPathFactory, lines: list[bytes]
+) -> None:
+    """For every event ``check_event`` accepts, ``10_feedback_health`` and ``20_build_dataset``
+    (the functions their notebooks call) run without error."""
+    scratch = _fresh_objects(ws, tmp_path_factory)
+    report = ingest_feedback(scratch.objects, lines)
+    assert report.accepted == sum(intake_accepts(line) for line in lines)
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    assert feedback_health(scratch.objects, window_days=7, now=now).total == report.accepted
+    _sound(build_dataset(scratch, as_of=now, source_window_days=30), report.accepted, report.accepted)
+
+
+@PROPERTY
+@given(st.lists(event_lines(any_times()), max_size=8))
+def test_the_dataset_build_runs_on_anything_an_older_raw_log_may_hold(
+    ws: Workspace, tmp_path_factory: pytest.TempPathFactory, lines: list[bytes]
+) -> None:
+    """Raw logs are immutable: lines intake took before its rules (any timestamp, blank queries,
+    control characters, empty id lists) are skipped when unreadable and tolerated otherwise."""
+    from opslib.lifecycle.feedback.events import parse_event_dict
+
+    scratch = _fresh_objects(ws, tmp_path_factory)
+    as_of = AS_OF + timedelta(seconds=next(_EXAMPLE))
+    scratch.objects.put_bytes(log_key(RAW_PREFIX, as_of - timedelta(hours=1)), b"".join(x + b"\n" for x in lines))
+    readable = sum(parse_event_dict(line)[0] is not None for line in lines)
+    _sound(build_dataset(scratch, as_of=as_of), len(lines), readable)

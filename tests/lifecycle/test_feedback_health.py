@@ -1,19 +1,25 @@
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from event_strategies import accepted_times, any_times, event_lines, intake_accepts
+from helpers import feedback_event
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from opslib.infra.storage import ObjectStore
 from opslib.lifecycle.feedback.events import (
     ERROR_PREFIX,
     RAW_PREFIX,
+    check_stored_event,
     event_line,
     feedback_event_id,
     ingest_feedback,
     log_key,
     make_event,
 )
-from opslib.lifecycle.feedback.health import feedback_health
+from opslib.lifecycle.feedback.health import FeedbackHealth, feedback_health
 
 NOW = datetime.now(UTC) + timedelta(hours=1)  # ingestion below writes files at the real now
 
@@ -80,3 +86,72 @@ def test_empty_window(tmp_path: Path) -> None:
 
 def test_event_ids_in_the_fixture_are_real() -> None:
     assert _event("a", "LIKE", "m1", 1).event_id == feedback_event_id("u", "a", "LIKE")
+
+
+def _every_figure(health: FeedbackHealth) -> None:
+    """What ``10_feedback_health`` shows, computed."""
+    health.duplicate_rate, health.volume_by_day(), health.rating_mix_by_model()
+    health.like_rate_by_day(), health.rejects_by_reason()
+
+
+def test_an_event_from_year_one_in_the_raw_logs_does_not_stop_feedback_health(tmp_path: Path) -> None:
+    """Issue 15: ``created_at`` 0001-01-01T00:00:00+14:00 was accepted, and then
+    ``10_feedback_health`` failed with OverflowError for as long as its file was in the window
+    (raw logs are immutable). Such a line is skipped and counted; odd but readable ones are shown."""
+    store = ObjectStore(str(tmp_path))
+    lines = [
+        feedback_event(created_at="0001-01-01T00:00:00+14:00"),  # no UTC instant
+        feedback_event(req_id="r2", created_at="0001-01-01T00:00:00-14:00", query_text="  "),
+        feedback_event(req_id="r3", query_text="a\u0000b", topk_ids=[], used_ids=[]),
+        feedback_event(req_id="r4"),
+    ]
+    for data in lines:
+        data["event_id"] = feedback_event_id(data["user_id"], data["req_id"], data["rating"])
+    store.put_bytes(
+        log_key(RAW_PREFIX, NOW - timedelta(hours=2)), b"".join(json.dumps(e).encode() + b"\n" for e in lines)
+    )
+    health = feedback_health(store, window_days=7, now=NOW)
+    assert health.total == 3 and health.unreadable_lines == 1
+    assert "0001-01-01" in health.volume_by_day().index
+    _every_figure(health)
+
+
+PROPERTY = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+
+
+@PROPERTY
+@given(st.lists(event_lines(accepted_times(datetime.now(UTC))), max_size=8))
+def test_feedback_health_runs_on_whatever_ingestion_accepts(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[bytes]
+) -> None:
+    store = ObjectStore(str(tmp_path_factory.mktemp("fh")))
+    report = ingest_feedback(store, lines)
+    assert report.accepted == sum(intake_accepts(line) for line in lines)
+    health = feedback_health(store, window_days=1, now=datetime.now(UTC) + timedelta(seconds=1))
+    assert (health.total, health.unreadable_lines, len(health.rejects)) == (report.accepted, 0, report.rejected)
+    _every_figure(health)
+
+
+def _readable(line: bytes) -> bool:
+    try:
+        check_stored_event(json.loads(line))
+    except ValueError:
+        return False
+    return True
+
+
+@PROPERTY
+@given(st.lists(event_lines(any_times()), max_size=8))
+def test_feedback_health_runs_on_anything_an_older_raw_log_may_hold(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[bytes]
+) -> None:
+    """Lines written straight to raw_logs/ (as intake wrote them before its rules): any timestamp,
+    any text, empty id lists."""
+    store = ObjectStore(str(tmp_path_factory.mktemp("fh")))
+    store.put_bytes(log_key(RAW_PREFIX, NOW - timedelta(hours=1)), b"".join(line + b"\n" for line in lines))
+    health = feedback_health(store, window_days=1, now=NOW)
+    readable = sum(_readable(line) for line in lines)
+    assert (health.total, health.unreadable_lines) == (readable, len(lines) - readable)
+    _every_figure(health)

@@ -25,10 +25,10 @@ from opslib.db.models import (
     VectorIndexEntry,
     Video,
 )
+from opslib.errors import IntegrityFailure
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.cutover import CutoverRefused, cutover, cutover_or_wait
 from opslib.lifecycle.index_snapshot import (
-    SnapshotError,
     collection_matches,
     export_index,
     latest_snapshot,
@@ -302,11 +302,13 @@ def test_snapshot_export_and_restore(rel) -> None:  # type: ignore[no-untyped-de
     after = ws.vectors.get_embeddings(index, ids)
     assert all(np.allclose(before[i], after[i]) for i in ids) and collection_matches(ws, manifest)
     ws.objects.local_path(manifest.key).write_bytes(b"corrupt")
-    with pytest.raises(SnapshotError, match="fails its checksum"):
-        restore_index(ws, manifest)
+    with pytest.raises(IntegrityFailure, match=rf"key '{manifest.key}': content fails its recorded sha256"):
+        restore_index(ws, manifest)  # a verified read: never restored from (tests/lifecycle/test_verified_reads.py)
 
 
 def test_rollback_excludes_restores_and_re_includes(rel) -> None:  # type: ignore[no-untyped-def]
+    from opslib.control.leases import holding_release
+
     ws, run_id = rel
     reindex_candidate(ws, run_id)
     cutover(ws, run_id)
@@ -317,7 +319,8 @@ def test_rollback_excludes_restores_and_re_includes(rel) -> None:  # type: ignor
     request = new_rollback_request(problem.active_model_version, trace_id="rb-1", reason="quality regression")
 
     report = RollbackReport(trace_id="rb-1", outcome="rolled back")
-    assert prepare(ws, request, report)
+    with holding_release(ws.db, ws.settings, "test: prepare only") as lease:
+        assert prepare(ws, request, report, lease)
     assert report.excluded_videos == 1 and _release(ws).release_status is ReleaseStatus.ROLLBACK_PREPARING
     with ws.db.read() as session:
         assert session.get(Video, "new-after-cutover").search_serving_state is ServingState.ROLLBACK_EXCLUDED

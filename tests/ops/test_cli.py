@@ -22,6 +22,7 @@ COMMANDS = [
     "request-rollback",
     "generate-dataset",
     "promote",
+    "reindex-active",
     "register-eval",
     "report",
     "status",
@@ -179,6 +180,39 @@ def test_each_marker_has_its_own_exit_code(
         main(["report"])
 
 
+def test_run_refuses_parameters_out_of_range_or_naming_nothing_before_anything_runs(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 2 (invalid parameters), one line naming the parameter and why, no traceback, and no
+    execution: not a notebook that fails inside, nor an IntegrityError."""
+    _env(tmp_path, tiny_model_dir, monkeypatch)
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    for args, message in [
+        (["30_train_candidate", "-p", "run_id=99999"], "run_id 99999: no such run"),
+        (["70_rollback", "-p", "message_id=99999"], "message_id 99999: no such message"),
+        (["20_build_dataset", "-p", "seed=4294967296"], "seed: Input should be less than or equal to 4294967295"),
+        (
+            ["20_build_dataset", "-p", "as_of=2099-01-01"],
+            "as_of: Value error, 2099-01-01T00:00:00+00:00 is in the future",
+        ),
+    ]:
+        assert main(["run", *args, "--quiet"]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: stage {args[0]}: invalid parameters: ") and message in err, err
+        assert err.count("\n") == 1  # one line
+    assert _executions(tmp_path) == []
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.ipynb"))
+    done = subprocess.run(
+        [sys.executable, "-m", "opslib.ops.cli", "run", "30_train_candidate", "-p", "run_id=99999"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "IntegrityError" not in done.stderr
+    assert done.stderr.strip().endswith("run_id 99999: no such run")
+
+
 def test_exit_codes_by_marker() -> None:
     from opslib.control.release import ReleaseConflict, ReleaseError
     from opslib.control.runs import RunNotFound
@@ -259,11 +293,16 @@ _DEMO_PARAMETERS = {
     "losses = ['mnrl']\nmax_seq_length = 128\nseed = 0\nops_execution_id = None",
 }
 _ELIGIBLE_DATASET = """
+import json
 from datetime import timedelta
 from opslib.db.models import TrainingDataset, utcnow
 from opslib.infra.workspace import open_workspace
 end = utcnow()
-with open_workspace().db.transaction() as session:
+ws = open_workspace()
+# The worker verifies a dataset before a run starts on it: its artifact and checksums must be there.
+stored = ws.objects.put_bytes("datasets/20261201-aaaaaaaaaaaa/train.jsonl", b"")
+ws.objects.put_text("datasets/20261201-aaaaaaaaaaaa/manifest.json", json.dumps({"lineage": {"train_sha256": stored.sha256}}))
+with ws.db.transaction() as session:
     session.add(TrainingDataset(dataset_version="20261201-aaaaaaaaaaaa", storage_path="x",
         generation_rule_version="retrieval-group-v1", source_window_start=end - timedelta(days=30),
         source_window_end=end, counts={"trainable_groups": 12, "negatives": 30}, eligible=True,

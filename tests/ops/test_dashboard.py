@@ -187,6 +187,22 @@ def test_evaluations_and_queue_panels(ws: Workspace) -> None:
                 outcome_reason="unsupported payload_version 'v9'",
             )
         )
+        session.add(
+            OpsMessage(
+                message_type="ROLLBACK_REQUEST",
+                payload={},
+                trace_id="c",
+                attempt=5,
+                issued_at=utcnow(),
+                visible_at=utcnow(),
+                acked_at=utcnow(),
+                outcome=MessageOutcome.PARKED,
+                outcome_reason="failed on delivery 5 of 5: OSError: disk full",
+            )
+        )
+    from opslib.control.leases import RELEASE_LEASE, acquire
+
+    acquire(ws.db, RELEASE_LEASE, "worker-7", purpose="60_cutover for run 3", stale_after_s=60)
     dashboard = Dashboard(ws, background=False)
     dashboard.refresh()
     evaluations = shown_html(dashboard.outputs["Evaluations"])
@@ -194,6 +210,13 @@ def test_evaluations_and_queue_panels(ws: Workspace) -> None:
     queue = shown_html(dashboard.outputs["Queue"])
     assert "TRAINING_REQUEST: 1" in queue and "30 min ago" in queue and "still unacked</b>: 1" in queue
     assert "unsupported payload_version" in queue
+    assert "parked (poison" in queue and "failed on delivery 5 of 5: OSError: disk full" in queue
+    assert "worker-7 for 60_cutover for run 3 (token 1" in queue and "live" in queue
+    status = monitor.workspace_status(ws)  # `opsbench status` says the same
+    assert status["queue"]["parked"] == [
+        {"id": 3, "type": "ROLLBACK_REQUEST", "attempt": 5, "reason": "failed on delivery 5 of 5: OSError: disk full"}
+    ]
+    assert status["release_driver"].startswith("worker-7 for 60_cutover for run 3")
 
 
 def test_a_button_click_performs_the_action_and_shows_the_result(ws: Workspace) -> None:
@@ -403,3 +426,31 @@ def test_serving_panel_shows_endpoints_their_lag_and_the_like_rate(ws: Workspace
     listed = {e["endpoint"]: e for e in monitor.workspace_status(ws)["endpoints"]}  # `opsbench status`
     assert listed["a:8000"]["state"] == "live" and listed["a:8000"]["release row"] == "in step"
     assert listed["b:8000"]["state"] == "stale" and listed["b:8000"]["ready"] == "no — loading"
+
+
+def test_runs_panel_shows_a_stage_whose_process_died_as_abandoned(ws: Workspace, tmp_path: Path) -> None:
+    with ws.db.transaction() as session:
+        run = _run(
+            session,
+            RunStatus.FAILED,
+            failed_stage=RunStage.TRAINING,
+            failure_type=FailureType.ERROR,
+            failure_reason="stalled: no heartbeat since …",
+        )
+        session.add(
+            StageExecution(
+                run_id=run.id,
+                stage="30_train_candidate",
+                notebook="30.ipynb",
+                parameters={},
+                status=ExecutionStatus.ABANDONED,
+                trace_id="t",
+                error={"ename": "ExecutionAbandoned", "evalue": "no heartbeat since …: the process running it died"},
+            )
+        )
+    (row,) = monitor.runs_view(ws).recent
+    assert row.abandoned == ["30_train_candidate"]
+    dashboard = Dashboard(ws, background=False, link_base=tmp_path)
+    dashboard.refresh()
+    html = shown_html(dashboard.outputs["Runs"])
+    assert ">ABANDONED</span>" in html and "30 <span" in html

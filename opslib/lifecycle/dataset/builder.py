@@ -19,6 +19,14 @@ The builder streams the raw logs and keeps no event in memory:
    straight to ``train.jsonl`` in file order (deterministic), with chunk text fetched from the
    Metadata DB in batches.
 
+A line the scan cannot read (``check_stored_event``: raw logs are immutable and may hold lines
+written before intake refused them) is counted in ``invalid_lines`` and skipped. A LIKE event that
+cannot make a sound group — its query empty after normalisation, a blank project, or only
+positives without text — is *malformed*: it is dropped and counted (``malformed_groups``, by
+reason in ``malformed_groups_by_reason``), so a few bad events never fail the data-quality suite
+for the whole dataset; only when they are more than ``MAX_MALFORMED_SHARE`` of the LIKE events is
+that an ineligibility reason (naming the counts).
+
 Dataset generation never starts training: it only writes the artifact and a ``TrainingDataset``
 row the training scheduler queries for the latest eligible dataset.
 """
@@ -71,6 +79,10 @@ log = get_logger(__name__)
 
 MIN_GROUPS = 10
 MIN_NEGATIVES = 20
+# Malformed LIKE events (dropped, not groups) above this share of the LIKE events make the dataset
+# ineligible: a few are noise; more say something upstream is broken.
+MAX_MALFORMED_SHARE = 0.05
+MALFORMED_REASONS = ("empty_query", "blank_project", "no_positive_text")
 DEFAULT_WINDOW_DAYS = 30
 _RESOLVE_BATCH = 1000
 
@@ -98,6 +110,8 @@ class DatasetCounts:
     dislike_events: int = 0
     trainable_groups: int = 0  # groups written
     dropped_groups: int = 0  # LIKE events without a usable positive (used chunks gone or none)
+    malformed_groups: int = 0  # LIKE events dropped as unsound groups (see malformed_groups_by_reason)
+    malformed_groups_by_reason: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MALFORMED_REASONS, 0))
     contested_positives: int = 0  # v2: used chunks of a LIKE dropped as disliked more often than liked
     contested_groups: int = 0  # v2: LIKE events left without a positive by that
     dropped_chunks: int = 0  # chunk references dropped because the chunk or its video was deleted
@@ -253,6 +267,10 @@ class _ChunkResolver:
 
         Returns the build-wide cache itself (every id asked for is in it afterwards)."""
         unknown = sorted(c for c in chunk_ids if c not in self._text)
+        # An id with a NUL (in raw logs from before intake refused them) names no chunk, and
+        # PostgreSQL refuses NUL in a query parameter: it is not asked for.
+        self._text.update({c: None for c in unknown if "\x00" in c})
+        unknown = [c for c in unknown if "\x00" not in c]
         for start in range(0, len(unknown), 500):
             part = unknown[start : start + 500]
             rows = dict(
@@ -267,6 +285,8 @@ class _ChunkResolver:
 
     def pool(self, project_id: str) -> tuple[list[str], frozenset[str]]:
         """Chunk ids of the project's READY videos, sorted (random negatives are drawn from it)."""
+        if project_id not in self._pools and "\x00" in project_id:  # names no project (see texts)
+            self._pools[project_id] = ([], frozenset())
         if project_id not in self._pools:
             ids = list(
                 self.session.scalars(
@@ -335,6 +355,20 @@ class _Items:
         return found
 
 
+def _usable(text: str | None) -> bool:
+    """A chunk an item can carry: it exists (not deleted) and has text."""
+    return text is not None and bool(text.strip())
+
+
+def _malformed(event: dict[str, Any]) -> str | None:
+    """Why a LIKE event can make no sound group whatever its chunks, or None."""
+    if not normalise_query(event["query_text"]):
+        return "empty_query"
+    if not event["project_id"].strip():
+        return "blank_project"
+    return None
+
+
 def _utc_day(created_at: str) -> str:
     if created_at.endswith("+00:00"):  # how ingestion writes it: skip the parse
         return created_at[:10]
@@ -358,16 +392,24 @@ def _groups_for(
     for event, contested in zip(events, contested_of, strict=True):
         used = list(dict.fromkeys(event["used_ids"]))
         exposed = [c for c in dict.fromkeys(event["topk_ids"]) if c not in used]
+        malformed = _malformed(event)
         alive_used = [c for c in used if texts[c] is not None]
         counts.dropped_chunks += len(used) - len(alive_used)
-        positives = [c for c in alive_used if c not in contested]
-        counts.contested_positives += len(alive_used) - len(positives)
-        disliked = [c for c in contested if texts[c] is not None][:MAX_DISLIKED]
-        exposed_alive = [c for c in exposed if texts[c] is not None]
+        texted_used = [c for c in alive_used if _usable(texts[c])]
+        if malformed is None and alive_used and not texted_used:
+            malformed = "no_positive_text"
+        if malformed is not None:
+            counts.malformed_groups += 1
+            counts.malformed_groups_by_reason[malformed] += 1
+            continue
+        positives = [c for c in texted_used if c not in contested]
+        counts.contested_positives += len(texted_used) - len(positives)
+        disliked = [c for c in contested if _usable(texts[c])][:MAX_DISLIKED]
+        exposed_alive = [c for c in exposed if _usable(texts[c])]
         counts.dropped_chunks += len(exposed) - len(exposed_alive)
         exposed_alive = [c for c in exposed_alive if c not in disliked]
         if not positives:
-            if alive_used:
+            if texted_used:
                 counts.contested_groups += 1
             else:
                 counts.dropped_groups += 1
@@ -382,7 +424,7 @@ def _groups_for(
         plans.append((event, positives, disliked, exposed_alive, randoms))
     texts = resolver.texts({c for *_, randoms in plans for c in randoms})
     for event, positives, disliked, exposed_alive, randoms in plans:
-        randoms = [c for c in randoms if texts[c] is not None]
+        randoms = [c for c in randoms if _usable(texts[c])]
         group = {
             "query_text": event["query_text"],
             "project_id": event["project_id"],
@@ -487,7 +529,7 @@ def build_dataset(
                 f"{prefix}/train.jsonl",
                 f"{prefix}/manifest.json",
             )
-        reasons = ineligible_reasons(counts.trainable_groups, counts.negatives, quality["success"])
+        reasons = ineligible_reasons(counts, quality)
         manifest = {
             "dataset_version": dataset_version,
             "generation_rule_version": rule,
@@ -503,7 +545,12 @@ def build_dataset(
             "data_quality": quality,
             "eligible": not reasons,
             "ineligible_reasons": reasons,
-            "eligibility_rule": {"min_groups": MIN_GROUPS, "min_negatives": MIN_NEGATIVES, "data_quality": "must pass"},
+            "eligibility_rule": {
+                "min_groups": MIN_GROUPS,
+                "min_negatives": MIN_NEGATIVES,
+                "data_quality": "must pass",
+                "max_malformed_share": MAX_MALFORMED_SHARE,
+            },
             "created_at": utcnow().isoformat(),
         }
         if not ws.objects.exists(f"{prefix}/train.jsonl"):  # a crashed earlier build may have published it
@@ -572,15 +619,29 @@ def _emit(
     bar.close()
 
 
-def ineligible_reasons(groups: int, negatives: int, quality_passed: bool) -> list[str]:
-    """Empty iff eligible: groups ≥ 10, negatives ≥ 20 and the data-quality suite passed."""
+def ineligible_reasons(counts: DatasetCounts, quality: dict[str, Any]) -> list[str]:
+    """Empty iff eligible: groups ≥ 10, negatives ≥ 20, malformed LIKE events at most
+    ``MAX_MALFORMED_SHARE`` of the LIKE events, and the data-quality suite passed. Each reason
+    names its counts."""
     reasons = []
-    if groups < MIN_GROUPS:
-        reasons.append(f"groups {groups} < {MIN_GROUPS}")
-    if negatives < MIN_NEGATIVES:
-        reasons.append(f"negatives {negatives} < {MIN_NEGATIVES}")
-    if not quality_passed:
-        reasons.append("data-quality suite failed")
+    if counts.trainable_groups < MIN_GROUPS:
+        reasons.append(f"groups {counts.trainable_groups} < {MIN_GROUPS}")
+    if counts.negatives < MIN_NEGATIVES:
+        reasons.append(f"negatives {counts.negatives} < {MIN_NEGATIVES}")
+    malformed, likes = counts.malformed_groups, counts.like_events
+    if likes and malformed / likes > MAX_MALFORMED_SHARE:
+        which = ", ".join(f"{reason} {n}" for reason, n in counts.malformed_groups_by_reason.items() if n)
+        reasons.append(
+            f"malformed groups {malformed} of {likes} LIKE events ({malformed / likes:.1%}) "
+            f"> {MAX_MALFORMED_SHARE:.0%}: {which}"
+        )
+    if not quality["success"]:
+        failed = [
+            f"{c['rule']} {c['unexpected_count']} of {c['rows']} {c['frame']}"
+            for c in quality.get("checks", [])
+            if not c["success"]
+        ]
+        reasons.append("data-quality suite failed" + (f": {'; '.join(failed)}" if failed else ""))
     return reasons
 
 

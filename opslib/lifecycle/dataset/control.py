@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 import random
 
+from opslib.control.datasets import dataset_keys, open_dataset
 from opslib.db.models import TrainingDataset
 from opslib.infra.workspace import Workspace
-from opslib.lifecycle.dataset.builder import DatasetError, read_groups
+from opslib.lifecycle.dataset.builder import DatasetError
 
 
 def register_shuffled_control(ws: Workspace, version: str, seed: int) -> str:
     """Register ``<version>-shuffled`` (positives rotated across groups) and return its version."""
-    groups = list(read_groups(ws, version))
+    with open_dataset(ws.db, ws.objects, version) as handle:  # verified, like any read of a dataset
+        groups = [json.loads(line) for line in handle if line.strip()]
     if len(groups) < 2:
         raise DatasetError(f"dataset {version}: a control needs at least two groups to rotate")
     positives = [g["positives"] for g in groups]
@@ -26,16 +28,17 @@ def register_shuffled_control(ws: Workspace, version: str, seed: int) -> str:
         groups[target] = {**groups[target], "positives": positives[source]}
     control = f"{version}-shuffled"
     prefix = f"datasets/{control}"
-    ws.objects.put_bytes(
-        f"{prefix}/train.jsonl", b"".join(json.dumps(g, sort_keys=True).encode() + b"\n" for g in groups)
-    )
-    manifest = json.loads(ws.objects.get_text(f"datasets/{version}/manifest.json"))
+    train_key, manifest_key = dataset_keys(control)
+    stored = ws.objects.put_bytes(train_key, b"".join(json.dumps(g, sort_keys=True).encode() + b"\n" for g in groups))
+    manifest = json.loads(ws.objects.read_verified(dataset_keys(version)[1]))
     manifest.update(
         dataset_version=control,
         derived_from=version,
         note="control: positives shuffled across groups — must FAIL evaluation",
     )
-    ws.objects.put_text(f"{prefix}/manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+    # Its own train.jsonl's checksum: what reads of the control verify it against.
+    manifest["lineage"] = {**manifest.get("lineage", {}), "train_sha256": stored.sha256}
+    ws.objects.put_text(manifest_key, json.dumps(manifest, indent=2, sort_keys=True))
     with ws.db.transaction() as session:
         source_row = session.get(TrainingDataset, version)
         if source_row is None:

@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from opslib.control.datasets import open_dataset
 from opslib.control.runs import RunError, get_run, mark_failed, mark_ready
 from opslib.db.models import (
     Decision,
@@ -36,7 +37,6 @@ from opslib.errors import Invalid
 from opslib.infra.logs import get_logger
 from opslib.infra.model_artifacts import read_manifest
 from opslib.infra.workspace import Workspace
-from opslib.lifecycle.dataset.builder import read_groups
 from opslib.lifecycle.evaluation.guard import guard_set, score_guard
 from opslib.lifecycle.evaluation.metrics import (
     BOOTSTRAP_SEED,
@@ -226,9 +226,13 @@ def _weights(ws: Workspace, model_version: str) -> dict[str, str]:
 
 
 def training_overlap(ws: Workspace, dataset_version: str, records: list[EvalRecord]) -> int:
-    """How many evaluation queries (per project) the training dataset's groups also hold."""
+    """How many evaluation queries (per project) the training dataset's groups also hold (read
+    verified, like every read of a dataset: ``opslib.control.datasets.open_dataset``)."""
     wanted = {(r.project_id, normalise_query(r.query_text)) for r in records}
-    return len(wanted & {(g["project_id"], normalise_query(g["query_text"])) for g in read_groups(ws, dataset_version)})
+    with open_dataset(ws.db, ws.objects, dataset_version) as handle:
+        groups = [orjson.loads(line) for line in handle if line.strip()]
+    held = {(g["project_id"], normalise_query(g["query_text"])) for g in groups}
+    return len(wanted & held)
 
 
 def evaluate_run(

@@ -74,9 +74,10 @@ def guard_set(ws: Workspace, register_builtin: bool = True) -> str | None:
 
 def _guard_corpora(ws: Workspace, ref: str) -> dict[str, ProjectCorpus]:
     rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for line in ws.objects.iter_lines(corpus_key(ref)):
-        passage = orjson.loads(line)
-        rows[passage["project_id"]].append(passage)
+    with ws.objects.open_verified(corpus_key(ref)) as handle:  # part of the guard set: verified like it
+        for line in handle:
+            passage = orjson.loads(line)
+            rows[passage["project_id"]].append(passage)
     corpora = {}
     for project, passages in rows.items():
         passages.sort(key=lambda p: p["chunk_id"])  # ties break by chunk id, as stage 40 ranks

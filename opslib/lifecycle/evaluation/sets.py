@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -184,16 +185,18 @@ def records_from_file(path: Path) -> list[EvalRecord]:
 
 
 def read_evaluation_set(ws: Workspace, ref: str) -> Iterator[EvalRecord]:
+    """The set's records, read once and verified against its recorded sha256 before the first is
+    returned: a changed or missing set raises ``IntegrityFailure`` naming its key, when called."""
     with ws.db.read() as session:
         row = session.get(EvaluationDataset, ref)
         if row is None:
             raise EvaluationSetError(f"evaluation_dataset_ref {ref!r}: not registered")
-    key = f"{PREFIX}/{ref}.jsonl"
-    if not ws.objects.verify(key):
-        raise EvaluationSetError(f"evaluation_dataset_ref {ref!r}: stored set fails its checksum")
-    for line in ws.objects.iter_lines(key):
-        data = json.loads(line)
-        yield EvalRecord(data["query_text"], data["project_id"], tuple(data["expected_results"]))
+    data = ws.objects.read_verified(f"{PREFIX}/{ref}.jsonl")
+    return iter([_record(json.loads(line)) for line in data.splitlines() if line.strip()])
+
+
+def _record(data: dict[str, Any]) -> EvalRecord:
+    return EvalRecord(data["query_text"], data["project_id"], tuple(data["expected_results"]))
 
 
 def latest_evaluation_set(ws: Workspace, role: str = "evaluation") -> EvaluationDataset | None:

@@ -4,16 +4,28 @@ Valid events go to ``raw_logs/<UTC timestamp>-<uuid>.jsonl`` (one new file per b
 lines go unchanged to ``error_logs/<UTC timestamp>-<uuid>.jsonl`` with their reasons beside them
 in ``…reasons.jsonl``. Each batch file is published atomically, so for any input
 lines in = lines in raw_logs + lines in error_logs; a re-run after a crash may duplicate, never lose.
+
+Two levels of checking, one a superset of the other:
+
+- ``check_event`` is **intake** (``ingest_feedback`` and the HTTP endpoint's ``accept_feedback``):
+  the contract plus what keeps a later stage from choking — ``created_at`` within
+  [``feedback_epoch``, arrival + ``feedback_max_future_s``], no blank text field (``query_text``
+  included), non-empty id lists without blank ids, no control character (C0, DEL, C1; a query may hold tab and line breaks) in any string.
+- ``check_stored_event`` is what a **reader** of ``raw_logs/`` (feedback health, the dataset
+  builder) requires of a line: the contract as it always was, and a ``created_at`` that has a UTC
+  instant. Raw logs are immutable and may hold lines written before the intake rules existed, so a
+  reader skips (and counts) a line it cannot read and tolerates everything else.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -21,6 +33,7 @@ import orjson
 from opslib.errors import Invalid
 from opslib.infra.logs import get_logger
 from opslib.infra.storage import ObjectStore
+from opslib.settings import Settings
 
 log = get_logger(__name__)
 
@@ -90,8 +103,78 @@ class InvalidEvent(Invalid, ValueError):
     pass
 
 
-def check_event(data: dict[str, Any]) -> None:
-    """Raise ``InvalidEvent`` naming the first field of ``data`` that breaks the feedback-event contract."""
+@dataclass(frozen=True)
+class IntakeLimits:
+    """The sane range of ``created_at`` at intake: not before ``epoch``, not more than
+    ``max_future`` after the event arrives (``OPS_FEEDBACK_EPOCH``, ``OPS_FEEDBACK_MAX_FUTURE_S``)."""
+
+    epoch: datetime
+    max_future: timedelta
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IntakeLimits:
+        return cls(settings.feedback_epoch.astimezone(UTC), timedelta(seconds=settings.feedback_max_future_s))
+
+
+DEFAULT_LIMITS = IntakeLimits(
+    Settings.model_fields["feedback_epoch"].default,
+    timedelta(seconds=Settings.model_fields["feedback_max_future_s"].default),
+)
+
+# C0 (U+0000–U+001F, NUL included), DEL (U+007F) and C1 (U+0080–U+009F). A query is what a user
+# typed or pasted: tab and line breaks are whitespace there (search accepts them, so its feedback
+# must be accepted too); in ids and versions they are refused like any other control character.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_WHITESPACE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+FREE_TEXT_FIELDS = frozenset({"query_text"})
+
+
+def text_problem(value: object, *, free_text: bool = False) -> str | None:
+    """Why ``value`` cannot be a text field of an event at intake, or None (``free_text``: tab,
+    LF and CR allowed)."""
+    if type(value) is not str or not value:
+        return "must be a non-empty string"
+    bad = (_CONTROL_BUT_WHITESPACE if free_text else _CONTROL).search(value)
+    if bad is not None:
+        return f"holds control character U+{ord(bad.group()):04X} at position {bad.start()}"
+    if not value.strip():
+        return "empty after trimming whitespace"
+    return None
+
+
+def ids_problem(value: object) -> str | None:
+    """Why ``value`` cannot be an id list of an event at intake, or None."""
+    if type(value) is not list:
+        return "must be a list of non-empty strings"
+    if not value:
+        return "must hold at least one id"
+    for i, item in enumerate(value):
+        problem = text_problem(item)
+        if problem is not None:
+            return f"id {i} {problem}"
+    return None
+
+
+def check_text(name: str, value: object) -> None:
+    """``InvalidEvent`` (``"<name>: why"``) unless ``value`` may be a text field at intake; the
+    HTTP intake checks the client's fields with it before anything is looked up."""
+    problem = text_problem(value, free_text=name in FREE_TEXT_FIELDS)
+    if problem is not None:
+        raise InvalidEvent(f"{name}: {problem}")
+
+
+def check_ids(name: str, value: object) -> None:
+    """``InvalidEvent`` (``"<name>: why"``) unless ``value`` may be an id list at intake."""
+    problem = ids_problem(value)
+    if problem is not None:
+        raise InvalidEvent(f"{name}: {problem}")
+
+
+def check_stored_event(data: dict[str, Any]) -> datetime:
+    """What a reader of ``raw_logs/`` requires of an event: the feedback-event contract (exact
+    fields, non-empty strings, a known rating, lists of non-empty strings, an aware ISO
+    ``created_at``, the UUIDv5 ``event_id``, ``used_ids`` ⊆ ``topk_ids``) and a ``created_at``
+    that has a UTC instant. Returns that instant; raises ``InvalidEvent`` naming the first bad field."""
     if data.get("schema_version") != 1 or type(data.get("schema_version")) is not int:
         raise InvalidEvent(f"unsupported schema_version {data.get('schema_version')!r} (only 1)")
     if data.keys() != _FIELD_SET:
@@ -115,12 +198,37 @@ def check_event(data: dict[str, Any]) -> None:
         raise InvalidEvent("created_at: must be an ISO-8601 timestamp") from None
     if created.tzinfo is None:
         raise InvalidEvent("created_at: must carry a UTC offset")
+    try:  # 0001-01-01T00:00:00+14:00 is a valid timestamp whose UTC instant is in year 0
+        created = created.astimezone(UTC)
+    except OverflowError:
+        raise InvalidEvent(f"created_at: {data['created_at']} has no UTC instant (out of range)") from None
     if not _is_event_id(data["event_id"], data["user_id"], data["req_id"], data["rating"]):
         expected = feedback_event_id(data["user_id"], data["req_id"], data["rating"])
         raise InvalidEvent(f"event_id: must be the UUIDv5 of feedback:{{user_id}}:{{req_id}}:{{rating}} ({expected})")
     stray = [u for u in data["used_ids"] if u not in data["topk_ids"]]
     if stray:
         raise InvalidEvent(f"used_ids: {stray} are not in topk_ids")
+    return created
+
+
+def check_event(data: dict[str, Any], *, now: datetime | None = None, limits: IntakeLimits = DEFAULT_LIMITS) -> None:
+    """Intake: raise ``InvalidEvent`` naming the first field of ``data`` that breaks the
+    feedback-event contract (``check_stored_event``) or an intake rule — ``created_at`` before
+    ``limits.epoch`` or more than ``limits.max_future`` after ``now`` (default: the clock), a
+    blank text field, an empty id list or a blank id, a control character in any string."""
+    created = check_stored_event(data)
+    for name in _TEXT_FIELDS:
+        check_text(name, data[name])
+    for name in _LIST_FIELDS:
+        check_ids(name, data[name])
+    if created < limits.epoch:
+        raise InvalidEvent(f"created_at: {data['created_at']} is before the system epoch {limits.epoch.isoformat()}")
+    latest = (now or datetime.now(UTC)) + limits.max_future
+    if created > latest:
+        raise InvalidEvent(
+            f"created_at: {data['created_at']} is more than {limits.max_future} in the future "
+            f"(latest accepted {latest.astimezone(UTC).isoformat()})"
+        )
 
 
 @dataclass(slots=True)  # not frozen: frozen construction costs more than the checks
@@ -143,9 +251,11 @@ class FeedbackEvent:
     trace_id: str
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FeedbackEvent:
-        """The event, or ``InvalidEvent`` naming the first bad field and why."""
-        check_event(data)
+    def from_dict(
+        cls, data: dict[str, Any], *, now: datetime | None = None, limits: IntakeLimits = DEFAULT_LIMITS
+    ) -> FeedbackEvent:
+        """The event, or ``InvalidEvent`` naming the first bad field and why (intake rules: ``check_event``)."""
+        check_event(data, now=now, limits=limits)
         return cls(**{**data, "topk_ids": tuple(data["topk_ids"]), "used_ids": tuple(data["used_ids"])})
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,8 +268,13 @@ class FeedbackEvent:
         return datetime.fromisoformat(self.created_at).astimezone(UTC)
 
 
-def parse_event_dict(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """(validated event as a dict, None) or (None, reason). Never raises."""
+def parse_event_dict(
+    line: bytes, *, limits: IntakeLimits | None = None, now: datetime | None = None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(validated event as a dict, None) or (None, reason). Never raises.
+
+    Without ``limits`` the line is read as a reader of ``raw_logs/`` reads it
+    (``check_stored_event``); with them it is checked as intake checks it (``check_event``)."""
     if not line.strip():
         return None, "empty line"
     if len(line) > MAX_LINE_BYTES:
@@ -175,18 +290,57 @@ def parse_event_dict(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
     if not isinstance(data, dict):
         return None, "not a JSON object"
     try:
-        check_event(data)
+        if limits is None:
+            check_stored_event(data)
+        else:
+            check_event(data, now=now, limits=limits)
     except InvalidEvent as exc:
         return None, str(exc)
     return data, None
 
 
-def parse_event_line(line: bytes) -> tuple[FeedbackEvent | None, str | None]:
-    """(event, None) for a valid line, (None, reason) otherwise. Never raises."""
-    data, reason = parse_event_dict(line)
+def parse_event_line(
+    line: bytes, *, limits: IntakeLimits | None = None, now: datetime | None = None
+) -> tuple[FeedbackEvent | None, str | None]:
+    """(event, None) for a valid line, (None, reason) otherwise (``limits``: as ``parse_event_dict``).
+    Never raises."""
+    data, reason = parse_event_dict(line, limits=limits, now=now)
     if data is None:
         return None, reason
     return FeedbackEvent(**{**data, "topk_ids": tuple(data["topk_ids"]), "used_ids": tuple(data["used_ids"])}), None
+
+
+def make_event_dict(
+    *,
+    user_id: str,
+    project_id: str,
+    req_id: str,
+    query_text: str,
+    rating: str,
+    topk_ids: list[str],
+    used_ids: list[str],
+    active_model_version: str,
+    active_index_name: str,
+    created_at: datetime,
+    trace_id: str,
+) -> dict[str, Any]:
+    """The contract's fields of an event, unchecked (``make_event`` checks them)."""
+    return {
+        "schema_version": 1,
+        "event_id": feedback_event_id(user_id, req_id, rating),
+        "user_id": user_id,
+        "project_id": project_id,
+        "req_id": req_id,
+        "query_text": query_text,
+        "rating": rating,
+        "topk_ids": list(topk_ids),
+        "used_ids": list(used_ids),
+        "active_model_version": active_model_version,
+        "active_index_name": active_index_name,
+        "response_snapshot_ref": req_id,
+        "created_at": created_at.astimezone(UTC).isoformat(),
+        "trace_id": trace_id,
+    }
 
 
 def make_event(
@@ -202,25 +356,24 @@ def make_event(
     active_index_name: str,
     created_at: datetime,
     trace_id: str,
+    now: datetime | None = None,
+    limits: IntakeLimits = DEFAULT_LIMITS,
 ) -> FeedbackEvent:
-    return FeedbackEvent.from_dict(
-        {
-            "schema_version": 1,
-            "event_id": feedback_event_id(user_id, req_id, rating),
-            "user_id": user_id,
-            "project_id": project_id,
-            "req_id": req_id,
-            "query_text": query_text,
-            "rating": rating,
-            "topk_ids": list(topk_ids),
-            "used_ids": list(used_ids),
-            "active_model_version": active_model_version,
-            "active_index_name": active_index_name,
-            "response_snapshot_ref": req_id,
-            "created_at": created_at.astimezone(UTC).isoformat(),
-            "trace_id": trace_id,
-        }
+    """The event, checked as intake checks it (``InvalidEvent`` otherwise)."""
+    data = make_event_dict(
+        user_id=user_id,
+        project_id=project_id,
+        req_id=req_id,
+        query_text=query_text,
+        rating=rating,
+        topk_ids=topk_ids,
+        used_ids=used_ids,
+        active_model_version=active_model_version,
+        active_index_name=active_index_name,
+        created_at=created_at,
+        trace_id=trace_id,
     )
+    return FeedbackEvent.from_dict(data, now=now, limits=limits)
 
 
 def event_line(event: FeedbackEvent) -> bytes:
@@ -277,9 +430,15 @@ def _split_lines(item: bytes | str) -> Iterator[bytes]:
 
 
 def ingest_feedback(
-    store: ObjectStore, source: Iterable[bytes | str | FeedbackEvent], *, batch_size: int = 500
+    store: ObjectStore,
+    source: Iterable[bytes | str | FeedbackEvent],
+    *,
+    batch_size: int = 500,
+    limits: IntakeLimits = DEFAULT_LIMITS,
 ) -> FeedbackIngestReport:
-    """Validate and append feedback lines (or events) in batches of ``batch_size`` lines."""
+    """Validate (``check_event``, with ``limits`` — ``IntakeLimits.from_settings`` of the
+    workspace's settings) and append feedback lines (or events) in batches of ``batch_size``
+    lines; refused lines go unchanged to ``error_logs/`` with their reasons."""
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size}: must be >= 1")
     report = FeedbackIngestReport()
@@ -313,7 +472,7 @@ def ingest_feedback(
 
     for line in lines():
         report.lines += 1
-        event, reason = parse_event_line(line)
+        event, reason = parse_event_dict(line, limits=limits, now=datetime.now(UTC))
         if event is not None:
             good.append(line)
             report.accepted += 1
@@ -336,7 +495,8 @@ def ingest_feedback(
 def read_raw_events(
     store: ObjectStore, since: datetime | None = None, until: datetime | None = None
 ) -> Iterator[tuple[str, FeedbackEvent]]:
-    """Every event in the raw log files of [since, until) as (file key, event), oldest file first."""
+    """Every readable event (``check_stored_event``) in the raw log files of [since, until) as
+    (file key, event), oldest file first; unreadable lines are skipped."""
     for key in log_files(store, RAW_PREFIX, since, until):
         for line in store.iter_lines(key):
             event, _ = parse_event_line(line.rstrip(b"\n"))

@@ -1,4 +1,9 @@
-"""Feedback-health figures for ``10_feedback_health``: volume, rejects, rating mix per model."""
+"""Feedback-health figures for ``10_feedback_health``: volume, rejects, rating mix per model.
+
+It reads ``raw_logs/`` as every reader does (``check_stored_event``): a line it cannot read — one
+written before intake refused such lines, e.g. a ``created_at`` with no UTC instant — is counted in
+``unreadable_lines`` and skipped, never fatal; anything readable is tolerated (any year, any text).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from opslib.lifecycle.feedback.events import (
     ERROR_PREFIX,
     RAW_PREFIX,
     log_files,
-    read_raw_events,
+    parse_event_line,
 )
 
 
@@ -26,6 +31,7 @@ class FeedbackHealth:
     rejects: pd.DataFrame  # one row per rejected line in the window (reason)
     raw_files: int
     error_files: int
+    unreadable_lines: int = 0  # raw-log lines in the window no reader can use (skipped)
 
     @property
     def total(self) -> int:
@@ -73,18 +79,27 @@ def feedback_health(store: ObjectStore, window_days: int, now: datetime | None =
         raise ValueError(f"window_days {window_days}: must be >= 1")
     end = now or utcnow()
     start = end - timedelta(days=window_days)
-    rows = [
-        {
-            "file": key,
-            "event_id": e.event_id,
-            "rating": e.rating,
-            "active_model_version": e.active_model_version,
-            "project_id": e.project_id,
-            "created_at": e.created,
-            "day": e.created.date().isoformat(),
-        }
-        for key, e in read_raw_events(store, start, end + timedelta(microseconds=1))
-    ]
+    rows = []
+    unreadable = 0
+    raw_keys = log_files(store, RAW_PREFIX, start, end + timedelta(microseconds=1))
+    for key in raw_keys:
+        for line in store.iter_lines(key):
+            e, _reason = parse_event_line(line.rstrip(b"\n"))
+            if e is None:
+                unreadable += 1
+                continue
+            created = e.created
+            rows.append(
+                {
+                    "file": key,
+                    "event_id": e.event_id,
+                    "rating": e.rating,
+                    "active_model_version": e.active_model_version,
+                    "project_id": e.project_id,
+                    "created_at": created,
+                    "day": created.date().isoformat(),
+                }
+            )
     rejects = []
     error_keys = log_files(store, ERROR_PREFIX, start, end + timedelta(microseconds=1))
     for key in error_keys:
@@ -99,6 +114,7 @@ def feedback_health(store: ObjectStore, window_days: int, now: datetime | None =
             rows, columns=["file", "event_id", "rating", "active_model_version", "project_id", "created_at", "day"]
         ),
         rejects=pd.DataFrame(rejects, columns=["file", "reason"]),
-        raw_files=len(log_files(store, RAW_PREFIX, start, end + timedelta(microseconds=1))),
+        raw_files=len(raw_keys),
         error_files=len(error_keys),
+        unreadable_lines=unreadable,
     )

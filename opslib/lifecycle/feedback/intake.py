@@ -4,7 +4,11 @@ acknowledged, written to ``raw_logs/`` in batches.
 ``accept_feedback`` turns a client's ``(req_id, user_id, rating, used_ids)`` into the feedback
 event of the contract — model, index, shown ids and project taken from the stored
 ``SearchResponseSnapshot``, never from the client — and commits it to the ``feedback_outbox``
-table before returning, so an acknowledged event survives a crash of the server. ``flush_outbox``
+table before returning, so an acknowledged event survives a crash of the server. It checks with
+the same pieces as ``ingest_feedback`` (``opslib.lifecycle.feedback.events``): the client's fields
+first (``check_text``/``check_ids``: no blank value, no control character, at least one used id),
+then the whole event (``check_event``: ``created_at`` within the intake limits, a non-blank
+``query_text`` …), so the endpoint never acknowledges an event ingestion would refuse. ``flush_outbox``
 moves the pending events to one raw-log batch file (when enough have gathered, or the oldest is old
 enough, or on shutdown) and deletes them in the same transaction. A crash between the file write
 and the commit writes the batch again later: duplicates in ``raw_logs/`` are allowed by the
@@ -15,8 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
+import orjson
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -27,7 +31,10 @@ from opslib.infra.workspace import Workspace
 from opslib.lifecycle.feedback.events import (
     RATINGS,
     FeedbackEvent,
+    IntakeLimits,
     InvalidEvent,
+    check_ids,
+    check_text,
     ingest_feedback,
     make_event,
 )
@@ -63,14 +70,17 @@ class Accepted:
 
 
 def _checked(feedback: FeedbackIn) -> None:
-    for name in ("req_id", "user_id"):
-        value = getattr(feedback, name)
-        if not isinstance(value, str) or not value.strip():
-            raise FeedbackRejected(f"{name}: must be a non-empty string")
-    if feedback.rating not in RATINGS:
-        raise FeedbackRejected(f"rating: {feedback.rating!r} is not one of {', '.join(RATINGS)}")
-    if not isinstance(feedback.used_ids, list) or not all(isinstance(u, str) and u for u in feedback.used_ids):
-        raise FeedbackRejected("used_ids: must be a list of non-empty strings")
+    """The client's fields, by the intake rules of the event they become (before any look-up)."""
+    try:
+        check_text("req_id", feedback.req_id)
+        check_text("user_id", feedback.user_id)
+        if feedback.project_id is not None:
+            check_text("project_id", feedback.project_id)
+        if feedback.rating not in RATINGS:
+            raise FeedbackRejected(f"rating: {feedback.rating!r} is not one of {', '.join(RATINGS)}")
+        check_ids("used_ids", feedback.used_ids)
+    except InvalidEvent as invalid:
+        raise FeedbackRejected(str(invalid)) from None
 
 
 def accept_feedback(ws: Workspace, feedback: FeedbackIn, *, trace_id: str | None = None) -> Accepted:
@@ -107,8 +117,10 @@ def accept_feedback(ws: Workspace, feedback: FeedbackIn, *, trace_id: str | None
                 created_at=now,
                 # The search's trace when it recorded one: feedback and search are one story.
                 trace_id=snapshot.trace_id or trace_id or current_trace_id(),
+                now=now,
+                limits=IntakeLimits.from_settings(ws.settings),
             )
-        except InvalidEvent as invalid:  # e.g. a stored snapshot the contract cannot carry
+        except InvalidEvent as invalid:  # e.g. a stored snapshot intake cannot take (a blank query)
             raise FeedbackRejected(str(invalid)) from invalid
         if session.get(FeedbackOutbox, event.event_id) is not None:
             return Accepted(event, duplicate=True)
@@ -164,8 +176,12 @@ def flush_outbox(
         ).all()
         due = force or len(rows) >= batch_events or (rows and utcnow() - rows[0].received_at >= max_age)
         if rows and due:
-            events: list[Any] = [FeedbackEvent.from_dict(row.event) for row in rows]
-            ingest = ingest_feedback(ws.objects, events, batch_size=len(events))
+            # As lines, checked by ingestion again: a row it refuses goes to error_logs/ with its
+            # reason instead of failing every flush (a poison row would block the outbox).
+            lines = [orjson.dumps(row.event, option=orjson.OPT_SORT_KEYS) for row in rows]
+            ingest = ingest_feedback(
+                ws.objects, lines, batch_size=len(lines), limits=IntakeLimits.from_settings(ws.settings)
+            )
             session.execute(delete(FeedbackOutbox).where(FeedbackOutbox.event_id.in_([r.event_id for r in rows])))
             report.flushed = len(rows)
             report.raw_files, report.error_files = ingest.raw_files, ingest.error_files

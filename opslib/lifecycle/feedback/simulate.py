@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+import orjson
 from tqdm.auto import tqdm
 
 from opslib.corpus.loader import read_queries
@@ -30,10 +31,10 @@ from opslib.errors import Invalid
 from opslib.infra.logs import get_logger, trace
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.feedback.events import (
-    FeedbackEvent,
     FeedbackIngestReport,
+    IntakeLimits,
     ingest_feedback,
-    make_event,
+    make_event_dict,
 )
 
 log = get_logger(__name__)
@@ -81,7 +82,7 @@ class InProcessChannel:
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
-        self.events: list[FeedbackEvent] = []
+        self.lines: list[bytes] = []  # checked by ingestion at close: a refused one goes to error_logs/
         self._last: SearchResponse | None = None
 
     def search(self, query_text: str, project_id: str, user_id: str, choose: Choose) -> tuple[list[str], list[str]]:
@@ -97,24 +98,32 @@ class InProcessChannel:
     def feedback(self, query_text: str, project_id: str, user_id: str, rating: str, created_at: datetime) -> None:
         response = self._last
         assert response is not None, "feedback before a search"
-        self.events.append(
-            make_event(
-                user_id=user_id,
-                project_id=project_id,
-                req_id=response.req_id,
-                query_text=query_text,
-                rating=rating,
-                topk_ids=response.refs,
-                used_ids=response.used_ids,
-                active_model_version=response.active_model_version,
-                active_index_name=response.active_index_name,
-                created_at=created_at,
-                trace_id=response.trace_id or "",
+        self.lines.append(
+            orjson.dumps(
+                make_event_dict(
+                    user_id=user_id,
+                    project_id=project_id,
+                    req_id=response.req_id,
+                    query_text=query_text,
+                    rating=rating,
+                    topk_ids=response.refs,
+                    used_ids=response.used_ids,
+                    active_model_version=response.active_model_version,
+                    active_index_name=response.active_index_name,
+                    created_at=created_at,
+                    trace_id=response.trace_id or "",
+                ),
+                option=orjson.OPT_SORT_KEYS,
             )
         )
 
     def close(self) -> FeedbackIngestReport:
-        return ingest_feedback(self.ws.objects, self.events, batch_size=self.ws.settings.feedback_batch_size)
+        return ingest_feedback(
+            self.ws.objects,
+            self.lines,
+            batch_size=self.ws.settings.feedback_batch_size,
+            limits=IntakeLimits.from_settings(self.ws.settings),
+        )
 
 
 def simulate_traffic(

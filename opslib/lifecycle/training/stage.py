@@ -1,7 +1,8 @@
 """Stage 30: fine-tune the run's baseline on the run's dataset → the candidate model artifact.
 
-1. **Split** the dataset's groups: a seeded, query-disjoint share is held out for validation
-   (``split``); the rest trains.
+1. **Split** the dataset's groups — read verified (``read_dataset_groups``): a dataset whose
+   artifact is gone or changed is marked unusable and nothing is trained — a seeded,
+   query-disjoint share is held out for validation (``split``); the rest trains.
 2. **Merge** the training groups of one query into one (``split.merge_by_query``), **mine** hard
    negatives for them with the baseline (``mining``) and build rows that combine them with the
    feedback's own negatives (``rows``).
@@ -36,6 +37,9 @@ from itertools import product
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from opslib.control.datasets import open_dataset
 from opslib.control.runs import RunError, get_run
 from opslib.db.models import ModelVersion, RunStatus
 from opslib.errors import Invalid
@@ -44,7 +48,6 @@ from opslib.infra.model_artifacts import local_model_dir, register_model
 from opslib.infra.offline import use_offline_environment
 from opslib.infra.precision import resolve_device, training_mixed_precision
 from opslib.infra.workspace import Workspace
-from opslib.lifecycle.dataset.builder import read_groups
 from opslib.lifecycle.training.fit import (
     LOSS_NAMES,
     LOSSES,
@@ -147,6 +150,15 @@ def read_selection(ws: Workspace, run_id: int, candidate: str) -> dict[str, Any]
     return json.loads(ws.objects.get_text(key)) if ws.objects.exists(key) else {}
 
 
+def read_dataset_groups(ws: Workspace, dataset_version: str) -> list[dict[str, Any]]:
+    """The dataset's groups, from a private copy verified against the sha256 recorded beside
+    train.jsonl and in the dataset's manifest (``opslib.control.datasets.open_dataset``). A
+    dataset whose artifact is gone or changed is marked unusable (never "latest eligible" again)
+    and ``IntegrityFailure`` naming its key is raised: nothing is trained on it."""
+    with open_dataset(ws.db, ws.objects, dataset_version) as handle:
+        return [orjson.loads(line) for line in handle if line.strip()]
+
+
 def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progress: bool = True) -> TrainingReport:
     """Train the candidate of RUNNING run ``run_id`` and register it (never overwriting)."""
     run = get_run(ws.db, run_id)
@@ -161,7 +173,7 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
             report.selection = read_selection(ws, run_id, run.candidate_model_version)
             return report
 
-    split = split_groups(read_groups(ws, run.dataset_version), params.validation_share, params.seed)
+    split = split_groups(read_dataset_groups(ws, run.dataset_version), params.validation_share, params.seed)
     if not split.train:
         raise TrainingError(f"dataset {run.dataset_version}: no groups left to train on after the validation split")
     _deterministic(params.seed)
