@@ -383,7 +383,7 @@ class Worker:
                 if orphan is not None:
                     reason = "the candidate's run is no longer READY_FOR_RELEASE"
                     abort_candidate(self.ws, orphan, reason, actor=self.name, fence=lease)
-                    report.released[orphan] = f"aborted: {reason[4:]}"
+                    report.released[orphan] = "aborted: its run is no longer READY_FOR_RELEASE"
                 if preparing:  # we hold the lease, so the rollback's driver is gone
                     for message_id in expire_claims(self.ws.db, ROLLBACK_REQUEST, "the rollback's driver is gone"):
                         report.rollbacks.append((message_id, "its driver is gone: redelivered now"))
