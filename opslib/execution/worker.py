@@ -55,7 +55,9 @@ from opslib.db.models import (
     ReleaseStatus,
     RunStage,
     RunStatus,
+    ServingState,
     TriggerSource,
+    Video,
 )
 from opslib.errors import Conflict, IntegrityFailure, recorded_as
 from opslib.execution.registry import StageError
@@ -369,7 +371,10 @@ class Worker:
     def converge_release(self, report: WorkerReport) -> None:
         """Repair what a crash can leave: a candidate whose run failed, videos still excluded, a
         rollback whose driver died (its message is made visible now instead of after the claim
-        lapses). Only when no other live worker drives the release."""
+        lapses). Only when no other live worker drives the release, and the lease is taken only
+        when there is something to repair (a worker polls every few seconds)."""
+        if not self._release_needs_repair():
+            return
         try:
             with holding_release(self.ws.db, self.settings, f"release repairs by {self.name}") as lease:
                 with self.ws.db.read() as session:
@@ -390,6 +395,18 @@ class Worker:
                 reinclude_excluded(self.ws, lease)
         except LeaseBusy:
             return  # another worker drives the release: the repairs are theirs
+
+    def _release_needs_repair(self) -> bool:
+        with self.ws.db.read() as session:
+            release = current_release(session)
+            if release is None:
+                return False
+            if release.release_status is not ReleaseStatus.STABLE:
+                return True  # an orphaned candidate or an interrupted rollback may need us
+            excluded = session.scalar(
+                select(Video.id).where(Video.search_serving_state == ServingState.ROLLBACK_EXCLUDED).limit(1)
+            )
+            return excluded is not None
 
     def help_reindex(self, report: WorkerReport) -> None:
         """Encode shards of a candidate index another worker's stage 50 is building."""
