@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install lab clean-workspace
+.PHONY: demo test chaos lint install lab clean-workspace
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: $(STAMP)
 PYTEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+# The chaos run (tests/e2e/test_scale_out.py): the scale-out stack's lifecycle under seeded kill -9s;
+# prints its figures. Needs OPS_TEST_POSTGRES_URL, as the PostgreSQL half of `make test` does.
+chaos: $(STAMP)
+	OPS_TEST_MIN_POSTGRES=1 $(BIN)/python -m pytest --chaos -n 0 -s -q $(PYTEST_ARGS) tests/e2e/test_scale_out.py
 
 # Lint, types, import layers (config in pyproject.toml); stops at the first failure. Notebooks are
 # not linted. mypy's first run analyses torch & co. for their types (minutes); later runs use .mypy_cache.

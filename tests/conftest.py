@@ -26,13 +26,23 @@ BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
 pytest_plugins = ["backend_coverage", "chroma_server", "s3_server", "pytester"]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--chaos", action="store_true", help="run only the chaos run (tests marked chaos)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``@pytest.mark.sqlite_only(reason=...)``: a test whose point is not the database backend runs
+    """``--chaos`` selects the chaos run, which is left out otherwise (CI runs it as its own step).
+
+    ``@pytest.mark.sqlite_only(reason=...)``: a test whose point is not the database backend runs
     on SQLite only; the reason, written next to the marker, says where its DB side is covered on
     PostgreSQL. Tests parametrised onto PostgreSQL get the ``on_postgresql`` marker (counted by
     ``backend_coverage``)."""
     keep, dropped = [], []
+    chaos = config.getoption("--chaos")
     for item in items:
+        if (item.get_closest_marker("chaos") is not None) != chaos:
+            dropped.append(item)
+            continue
         marker = item.get_closest_marker("sqlite_only")
         if marker is not None and not marker.kwargs.get("reason"):
             raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.sqlite_only needs reason='why not PostgreSQL'")

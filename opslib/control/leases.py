@@ -158,8 +158,14 @@ def holding(
         release(db, lease)
 
 
-def holding_release(db: Database, settings: Settings, purpose: str) -> AbstractContextManager[Lease]:
-    """The release lease, with the workspace's staleness and heartbeat settings."""
+def holding_release(
+    db: Database, settings: Settings, purpose: str, *, held: Lease | None = None
+) -> AbstractContextManager[Lease]:
+    """The release lease, with the workspace's staleness and heartbeat settings — or ``held``, the
+    lease of the driver that started this stage (a worker driving 50 → 60 or 70 holds it across
+    the stages and their kernels): checked now, and renewed and released by that driver."""
+    if held is not None:
+        return _driven_by(db, held)
     return holding(
         db,
         RELEASE_LEASE,
@@ -167,6 +173,18 @@ def holding_release(db: Database, settings: Settings, purpose: str) -> AbstractC
         stale_after_s=settings.lease_stale_after_s,
         heartbeat_s=settings.heartbeat_interval_s,
     )
+
+
+@contextmanager
+def _driven_by(db: Database, lease: Lease) -> Iterator[Lease]:
+    verify_fence(db, lease)  # StaleLease now, before any work, if the driver lost it
+    yield lease
+
+
+def release_lease_of(token: int | None, holder: str | None) -> Lease | None:
+    """The release lease a driver handed to a stage as its two parameters (None: the stage takes
+    the lease itself, as when an operator runs it by hand)."""
+    return Lease(RELEASE_LEASE, token, holder) if token is not None and holder is not None else None
 
 
 def verify_fence(db: Database, lease: Lease) -> None:

@@ -12,19 +12,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from opslib.control.leases import Lease, StaleLease, release_lease_of
 from opslib.control.messages import ROLLBACK_REQUEST
 from opslib.control.runs import fail_run
 from opslib.db.engine import Database
 from opslib.db.models import EvaluationDataset, FailureType, MLPipelineRun, OpsMessage, RunStage, utcnow
 from opslib.errors import Invalid
+from opslib.infra.logs import get_logger
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.dataset.rules import DEFAULT_RULE, GENERATION_RULES
 from opslib.lifecycle.reindex import abort_candidate
 from opslib.lifecycle.training import MiningParams, TrainingParams
+
+log = get_logger(__name__)
 
 
 class StageParams(BaseModel):
@@ -143,23 +147,43 @@ class EvaluateCandidateParams(StageParams):
     bootstrap_samples: int = Field(default=1000, ge=100, le=100_000)
 
 
-class ReleaseRunParams(StageParams):
+class DrivenParams(StageParams):
+    """A release stage's hand-off from its driver: the release lease the driving worker holds
+    across 50 → 60 (or 70), so no other worker can start the same stage in between. Both or
+    neither; without them the stage takes the lease itself (an operator's run by hand)."""
+
+    lease_token: int | None = Field(default=None, ge=1, description="the driver's release lease token")
+    lease_holder: str | None = Field(default=None, min_length=1, max_length=256, description="the driver's name")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Self:
+        if (self.lease_token is None) != (self.lease_holder is None):
+            raise ValueError("lease_token and lease_holder: give both (a driver's lease) or neither")
+        return self
+
+    @property
+    def lease(self) -> Lease | None:
+        return release_lease_of(self.lease_token, self.lease_holder)
+
+
+class ReleaseRunParams(DrivenParams):
     run_id: int = Field(ge=1)
 
 
-class RollbackParams(StageParams):
+class RollbackParams(DrivenParams):
     message_id: int = Field(ge=1, description="the ROLLBACK_REQUEST on the queue")
 
 
-# What a failed execution of a run's stage does to its run: (workspace, run_id, reason).
-FailureHandler = Callable[[Workspace, int, str], None]
+# What a failed execution of a run's stage does to its run: (workspace, run_id, reason, the
+# execution's validated parameters).
+FailureHandler = Callable[[Workspace, int, str, StageParams], None]
 
 
 def fail_run_with_error(stage: RunStage) -> FailureHandler:
     """Any exception in a run's stage is a system error of that stage; serving is untouched.
     (A no-op if the stage already settled the run, e.g. FAILED with FAIL.)"""
 
-    def handle(ws: Workspace, run_id: int, reason: str) -> None:
+    def handle(ws: Workspace, run_id: int, reason: str, params: StageParams) -> None:
         fail_run(ws.db, run_id, stage=stage, failure_type=FailureType.ERROR, reason=reason)
 
     return handle
@@ -167,10 +191,15 @@ def fail_run_with_error(stage: RunStage) -> FailureHandler:
 
 def abort_release_candidate(stage: RunStage) -> FailureHandler:
     """A release stage's failure fails the run and drops its open candidate in one transaction,
-    so the release never points at a candidate whose run has failed."""
+    so the release never points at a candidate whose run has failed. Under the driver's lease when
+    a worker handed the stage one (it still holds it: taking the lease here would find it busy)."""
 
-    def handle(ws: Workspace, run_id: int, reason: str) -> None:
-        abort_candidate(ws, run_id, reason, actor=ws.settings.operator, stage=stage)
+    def handle(ws: Workspace, run_id: int, reason: str, params: StageParams) -> None:
+        fence = params.lease if isinstance(params, DrivenParams) else None
+        try:
+            abort_candidate(ws, run_id, reason, actor=ws.settings.operator, stage=stage, fence=fence)
+        except StaleLease:  # the driver lost the lease meanwhile: the release is its successor's now
+            log.warning("candidate not aborted: the driver's lease was taken over", extra={"run_id": run_id})
 
     return handle
 

@@ -338,7 +338,7 @@ def run_stage(
             # about the run: only other failures go to the run's failure handler.
             if error and run_id is not None and spec.on_failure is not None and not recorded_as(error, Conflict):
                 reason = f"{name} failed at cell {error['cell_index']}: {error['ename']}: {error['evalue']}"
-                spec.on_failure(ws, run_id, reason)
+                spec.on_failure(ws, run_id, reason, validated)
             _finish(ws, execution_id, status, error, output_ipynb, output_html)
         log.info("stage finished", extra={"stage": name, "execution_id": execution_id, "status": status.value})
         _rebuild_run_index(ws)

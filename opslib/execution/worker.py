@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from opslib.control.datasets import check_dataset, mark_dataset_unusable
-from opslib.control.leases import RELEASE_LEASE, LeaseBusy, holding_release, lease_state
+from opslib.control.leases import RELEASE_LEASE, Lease, LeaseBusy, holding_release, lease_state
 from opslib.control.messages import (
     ROLLBACK_REQUEST,
     TRAINING_REQUEST,
@@ -303,8 +303,20 @@ class Worker:
 
     # Release ------------------------------------------------------------------------------
     def release(self, run_id: int) -> str:
-        """50 (reindex, resumable) then 60 (cutover) for a READY_FOR_RELEASE run; what happened."""
+        """50 (reindex, resumable) then 60 (cutover) for a READY_FOR_RELEASE run; what happened.
+
+        The release lease is held here, across both stages and their kernels (handed to them as
+        parameters): a second worker that looks in between sees it driven and leaves it alone,
+        instead of starting its own 50 or 60 to fail on the lease."""
+        try:
+            with holding_release(self.ws.db, self.settings, f"release of run {run_id} by {self.name}") as lease:
+                return self._release(run_id, lease)
+        except LeaseBusy:
+            return f"left alone: {self.release_driven_elsewhere() or 'another worker'} drives the release"
+
+    def _release(self, run_id: int, lease: Lease) -> str:
         run = get_run(self.ws.db, run_id)
+        handed = {"lease_token": lease.token, "lease_holder": lease.holder}
         with trace(run.trace_id):
             with self.ws.db.read() as session:
                 release = current_release(session)
@@ -316,12 +328,14 @@ class Worker:
                 )
             if not ready:
                 result = run_stage(
-                    self.ws, "50_reindex_candidate", {"run_id": run_id}, run_id=run_id, trace_id=run.trace_id
+                    self.ws, "50_reindex_candidate", {"run_id": run_id, **handed}, run_id=run_id, trace_id=run.trace_id
                 )
                 if not result.ok:
                     assert result.error is not None  # a FAILED stage always records its error
                     return f"reindex {_failed(result)}: {result.error['ename']}: {result.error['evalue']}"
-            result = run_stage(self.ws, "60_cutover", {"run_id": run_id}, run_id=run_id, trace_id=run.trace_id)
+            result = run_stage(
+                self.ws, "60_cutover", {"run_id": run_id, **handed}, run_id=run_id, trace_id=run.trace_id
+            )
             if not result.ok:
                 assert result.error is not None  # a FAILED stage always records its error
                 return f"cutover {_failed(result)}: {result.error['ename']}: {result.error['evalue']}"
@@ -436,10 +450,18 @@ class Worker:
     def roll_back(self, delivery: Delivery, message: RollbackRequest, report: WorkerReport) -> None:
         with trace(message.trace_id):
             try:
-                with self.holding_claim(delivery):
+                with (
+                    self.holding_claim(delivery),
+                    holding_release(self.ws.db, self.settings, f"70_rollback by {self.name}") as lease,
+                ):
+                    handed = {"lease_token": lease.token, "lease_holder": lease.holder}
                     result = run_stage(
-                        self.ws, "70_rollback", {"message_id": delivery.message_id}, trace_id=message.trace_id
+                        self.ws, "70_rollback", {"message_id": delivery.message_id, **handed}, trace_id=message.trace_id
                     )
+            except LeaseBusy as busy:  # another worker drives the release: the rollback waits for it
+                release_claim(self.ws.db, delivery, delay_s=self.settings.heartbeat_interval_s)
+                report.rollbacks.append((delivery.message_id, f"postponed: {busy}"))
+                return
             except BaseException:  # stopped (Ctrl-C, SIGTERM): hand the claim back for another worker
                 release_claim(self.ws.db, delivery)
                 raise

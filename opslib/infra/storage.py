@@ -1,7 +1,10 @@
 """Write-once object storage on fsspec (a local folder by default, ``s3://``/``gs://`` by URL).
 
 Every object is published atomically (a reader sees all of it or nothing) and never overwritten;
-its sha256 is recorded beside it in ``<key>.sha256`` and returned to the caller.
+its sha256 is recorded beside it in ``<key>.sha256`` (written after the object) and returned to the
+caller. Write-once holds against racing writers on a local folder (``link``) and on S3 (a
+conditional PUT, which also stores the sha256 in the object's metadata); elsewhere it is a
+check-then-put, best-effort.
 
 Verified reads (``check``, ``read_verified``, ``open_verified``) hash what they read and compare it
 with that recorded sha256 — and with the one the caller's own record holds (a manifest, the
@@ -13,6 +16,7 @@ read this way.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -22,7 +26,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
@@ -33,6 +37,8 @@ from fsspec.implementations.local import LocalFileSystem
 from opslib.errors import Conflict, IntegrityFailure, Invalid, NotFound, OpsError
 
 SHA_SUFFIX = ".sha256"
+# S3 user metadata key holding the object's sha256 (sent as ``x-amz-meta-sha256``).
+_META_SHA = "sha256"
 _TMP_DIR = ".tmp"
 _KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@=+-]*$")
 
@@ -123,6 +129,8 @@ class ObjectStore:
         self.fs, root = fsspec.core.url_to_fs(url, use_listings_cache=False)
         self.root = root.rstrip("/")
         self._local = isinstance(self.fs, LocalFileSystem)
+        # S3 has conditional PUTs and user metadata: write-once is race-free there (``_publish_remote``).
+        self._s3 = not self._local and bool({"s3", "s3a"} & set(self._protocols()))
         if self._local:
             os.makedirs(self.root, exist_ok=True)
 
@@ -138,11 +146,14 @@ class ObjectStore:
             raise StorageError(f"{self.url} is not a local folder; copy {key!r} out first")
         return Path(self._path(key))
 
+    def _protocols(self) -> tuple[str, ...]:
+        protocol = self.fs.protocol
+        return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
     def uri(self, key: str) -> str:
         """The full fsspec URL of ``key``, recorded in the Metadata DB as its storage path."""
         path = self._path(key)
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        return path if self._local else f"{protocol}://{path}"
+        return path if self._local else f"{self._protocols()[0]}://{path}"
 
     # Writing ------------------------------------------------------------------------------
     def put_bytes(self, key: str, data: bytes) -> StoredObject:
@@ -152,11 +163,8 @@ class ObjectStore:
         if self._local:
             self._publish_local(final, data, digest)
         else:
-            if self.fs.exists(final):
-                raise ObjectExistsError(f"key {key!r}: already exists in {self.url} (write-once)")
-            self.fs.pipe_file(final + SHA_SUFFIX, digest.encode())
-            # A single PUT on an object store is atomic: readers see all of it or nothing.
-            self.fs.pipe_file(final, data)
+            # A single PUT (or a completed multipart upload) is atomic: readers see all of it or nothing.
+            self._publish_remote(key, final, digest, functools.partial(self.fs.pipe_file, final, data))
         return StoredObject(key=key, sha256=digest, size=len(data))
 
     def put_file(self, key: str, source: Path) -> StoredObject:
@@ -171,14 +179,31 @@ class ObjectStore:
             self._link_into_place(tmp, final)
             self._write_checksum(final, digest)
         else:
-            if self.fs.exists(final):
-                raise ObjectExistsError(f"key {key!r}: already exists in {self.url} (write-once)")
-            self.fs.pipe_file(final + SHA_SUFFIX, digest.encode())
-            self.fs.put_file(str(source), final)
+            self._publish_remote(key, final, digest, functools.partial(self.fs.put_file, str(source), final))
         return StoredObject(key=key, sha256=digest, size=size)
 
     def put_text(self, key: str, text: str) -> StoredObject:
         return self.put_bytes(key, text.encode("utf-8"))
+
+    def _publish_remote(self, key: str, final: str, digest: str, upload: Callable[..., object]) -> None:
+        """Upload the object, then its ``.sha256`` sidecar: a crash in between leaves an object
+        whose checksum is recovered on read, never a checksum for an object that is not there."""
+        if self._s3:
+            try:
+                # IfNoneMatch "*": S3 itself refuses the PUT when the key exists, so of racing
+                # writers exactly one wins. The sha256 rides in the same PUT as the data.
+                upload(mode="create", Metadata={_META_SHA: digest})
+            except FileExistsError:
+                raise self._exists_error(key) from None
+        else:
+            # Other backends may lack conditional writes: check-then-put is best-effort write-once.
+            if self.fs.exists(final):
+                raise self._exists_error(key)
+            upload()
+        self.fs.pipe_file(final + SHA_SUFFIX, digest.encode())
+
+    def _exists_error(self, key: str) -> ObjectExistsError:
+        return ObjectExistsError(f"key {key!r}: already exists in {self.url} (write-once)")
 
     def _publish_local(self, final: str, data: bytes, digest: str) -> None:
         os.makedirs(posixpath.dirname(final), exist_ok=True)
@@ -193,9 +218,7 @@ class ObjectStore:
             # even when two writers race for the same key.
             os.link(tmp, final)
         except FileExistsError:
-            raise ObjectExistsError(
-                f"key {final[len(self.root) + 1 :]!r}: already exists in {self.url} (write-once)"
-            ) from None
+            raise self._exists_error(final[len(self.root) + 1 :]) from None
         finally:
             os.unlink(tmp)
 
@@ -235,17 +258,57 @@ class ObjectStore:
         return cast(IO[bytes], self.fs.open(self._path(key), "rb"))  # fsspec is untyped
 
     def recorded_sha256(self, key: str) -> str:
+        recorded = self._recorded_digest(key)
+        if recorded is not None:
+            return recorded
+        final = self._path(key)
+        if self._local and os.path.isfile(final):
+            # A crash between publishing the object and writing its checksum: the object is
+            # whole (it was synced before the atomic link), so its checksum is recorded now.
+            digest = sha256_file(Path(final))
+            self._write_checksum(final, digest)
+            return digest
+        raise ObjectNotFoundError(f"key {key!r}: no recorded checksum in {self.url}")
+
+    def _recorded_digest(self, key: str) -> str | None:
+        """The sha256 recorded when ``key`` was written, or None when nothing records one.
+
+        On S3 the object's own metadata holds it too (written in the same PUT as the data): a
+        missing sidecar (a crash between the data and the sidecar) is recovered from it, and a
+        sidecar that disagrees with it is a ``ChecksumMismatch``."""
+        final = self._path(key)
+        sidecar = self._read_sidecar(final)
+        if not self._s3:
+            return sidecar
+        stored_with_object = self._metadata_sha256(final)
+        if sidecar is None:
+            if stored_with_object is not None:
+                # A crash between the data PUT and the sidecar: the metadata came with the data.
+                self.fs.pipe_file(final + SHA_SUFFIX, stored_with_object.encode())
+            return stored_with_object
+        if stored_with_object is not None and stored_with_object != sidecar:
+            raise ChecksumMismatch(
+                f"key {key!r}: its {SHA_SUFFIX} sidecar ({sidecar[:12]}…) and the sha256 stored with the object "
+                f"({stored_with_object[:12]}…) disagree in {self.url}: one was changed after it was written",
+                key=key,
+            )
+        return sidecar
+
+    def _read_sidecar(self, final: str) -> str | None:
         try:
-            return bytes(self.fs.cat_file(self._path(key) + SHA_SUFFIX)).decode().strip()
+            return bytes(self.fs.cat_file(final + SHA_SUFFIX)).decode().strip()
         except FileNotFoundError:
-            final = self._path(key)
-            if self._local and os.path.isfile(final):
-                # A crash between publishing the object and writing its checksum: the object is
-                # whole (it was synced before the atomic link), so its checksum is recorded now.
-                digest = sha256_file(Path(final))
-                self._write_checksum(final, digest)
-                return digest
-            raise ObjectNotFoundError(f"key {key!r}: no recorded checksum in {self.url}") from None
+            return None
+
+    def _metadata_sha256(self, final: str) -> str | None:
+        """The sha256 in the S3 object's user metadata; None for an object written without it
+        (before this was recorded, or by hand) or a missing object."""
+        try:
+            metadata = self.fs.metadata(final)
+        except FileNotFoundError:
+            return None
+        value = metadata.get(_META_SHA)
+        return value.strip() if isinstance(value, str) else None
 
     def verify(self, key: str) -> bool:
         """True iff the object's content still matches its recorded sha256."""
@@ -304,10 +367,7 @@ class ObjectStore:
         return digest.hexdigest()
 
     def _check_digest(self, key: str, actual: str, expected: str | None, recorded_by: str) -> None:
-        try:
-            recorded: str | None = bytes(self.fs.cat_file(self._path(key) + SHA_SUFFIX)).decode().strip()
-        except FileNotFoundError:
-            recorded = None
+        recorded = self._recorded_digest(key)
         if recorded is None:
             if not self._local:
                 raise ChecksumMismatch(

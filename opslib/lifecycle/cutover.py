@@ -89,9 +89,10 @@ def _fix_cutover_time(ws: Workspace, run_id: int, lease: Lease) -> datetime:
         return run.cutover_time
 
 
-def cutover(ws: Workspace, run_id: int) -> CutoverReport:
-    """Stage 60 under the release lease (``LeaseBusy`` when another worker drives the release)."""
-    with holding_release(ws.db, ws.settings, f"60_cutover for run {run_id}") as lease:
+def cutover(ws: Workspace, run_id: int, *, lease: Lease | None = None) -> CutoverReport:
+    """Stage 60 under the release lease (``LeaseBusy`` when another worker drives the release);
+    ``lease``: the driving worker's, held across 50 → 60 (``holding_release``)."""
+    with holding_release(ws.db, ws.settings, f"60_cutover for run {run_id}", held=lease) as lease:
         return _cutover(ws, run_id, lease)
 
 
@@ -194,9 +195,11 @@ def _cutover(ws: Workspace, run_id: int, lease: Lease) -> CutoverReport:
     return report
 
 
-def cutover_or_wait(ws: Workspace, run_id: int) -> tuple[CutoverReport | None, str | None]:
+def cutover_or_wait(
+    ws: Workspace, run_id: int, *, lease: Lease | None = None
+) -> tuple[CutoverReport | None, str | None]:
     """(report, None) after the switch, or (None, the guard waited on) when it is refused for now."""
     try:
-        return cutover(ws, run_id), None
+        return cutover(ws, run_id, lease=lease), None
     except CutoverRefused as refused:
         return None, refused.waiting_on

@@ -176,9 +176,12 @@ def switched_to(release: Any, run: MLPipelineRun) -> bool:
     return run.cutover_time is not None and (release is None or release.candidate_run_id != run.id)
 
 
-def reindex_candidate(ws: Workspace, run_id: int, *, progress: bool = False) -> ReindexReport:
-    """Stage 50 under the release lease (``LeaseBusy`` when another worker drives the release)."""
-    with holding_release(ws.db, ws.settings, f"50_reindex_candidate for run {run_id}") as lease:
+def reindex_candidate(
+    ws: Workspace, run_id: int, *, progress: bool = False, lease: Lease | None = None
+) -> ReindexReport:
+    """Stage 50 under the release lease (``LeaseBusy`` when another worker drives the release);
+    ``lease``: the driving worker's, held across 50 → 60 (``holding_release``)."""
+    with holding_release(ws.db, ws.settings, f"50_reindex_candidate for run {run_id}", held=lease) as lease:
         return _reindex(ws, run_id, lease, progress=progress)
 
 

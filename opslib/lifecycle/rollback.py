@@ -158,9 +158,12 @@ def exclude_incomplete(ws: Workspace, snapshot_index: str, lease: Lease) -> int:
         return _exclude(session, snapshot_index)
 
 
-def roll_back(ws: Workspace, request: RollbackRequest, *, progress: bool = False) -> RollbackReport:
-    """Stage 70 under the release lease (``LeaseBusy`` when another worker drives the release)."""
-    with holding_release(ws.db, ws.settings, f"70_rollback ({request.trace_id})") as lease:
+def roll_back(
+    ws: Workspace, request: RollbackRequest, *, progress: bool = False, lease: Lease | None = None
+) -> RollbackReport:
+    """Stage 70 under the release lease (``LeaseBusy`` when another worker drives the release);
+    ``lease``: the driving worker's, which holds it for the stage (``holding_release``)."""
+    with holding_release(ws.db, ws.settings, f"70_rollback ({request.trace_id})", held=lease) as lease:
         return _roll_back(ws, request, lease, progress=progress)
 
 

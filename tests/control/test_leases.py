@@ -7,17 +7,20 @@ from datetime import timedelta
 import pytest
 
 from opslib.control.leases import (
+    Lease,
     LeaseBusy,
     StaleLease,
     acquire,
     check_fence,
     holding,
+    holding_release,
     lease_state,
     release,
     renew,
 )
 from opslib.control.release import apply, current_release
 from opslib.db.models import ReleaseEvent, utcnow
+from opslib.execution.registry import StageError, validate_params
 from opslib.infra.workspace import Workspace
 
 
@@ -61,3 +64,29 @@ def test_holding_renews_while_the_block_runs_and_releases_after(ws: Workspace) -
             acquire(ws.db, "release", "other", purpose="x", stale_after_s=1.0)
     state = lease_state(ws.db, "release", stale_after_s=1.0)
     assert state is not None and state.holder is None and not state.live
+
+
+def test_a_stage_works_under_the_lease_its_driver_hands_it_and_leaves_it_to_the_driver(ws: Workspace) -> None:
+    """A worker holds the release lease across 50 → 60 and hands it to each stage's kernel: the
+    stage checks it, and neither renews nor releases it (the driver does)."""
+    driver = acquire(ws.db, "release", "worker-a", purpose="release of run 1", stale_after_s=30)
+    with holding_release(ws.db, ws.settings, "50 for run 1", held=driver) as lease:
+        assert lease == driver
+    state = lease_state(ws.db, "release", stale_after_s=30)
+    assert state is not None and state.live and (state.holder, state.token) == ("worker-a", driver.token)
+    # A hand-off from a driver that was taken over is refused before the stage does anything.
+    later = utcnow() + timedelta(seconds=31)
+    acquire(ws.db, "release", "worker-b", purpose="release of run 1", stale_after_s=30, now=later)
+    with (
+        pytest.raises(StaleLease, match=f"token {driver.token} of worker-a is no longer valid"),
+        holding_release(ws.db, ws.settings, "60 for run 1", held=driver),
+    ):
+        pytest.fail("the stage ran under a stale lease")
+
+
+def test_the_hand_off_parameters_come_both_or_not_at_all() -> None:
+    params = validate_params("60_cutover", {"run_id": 3, "lease_token": 7, "lease_holder": "worker-a"})
+    assert params.lease == Lease("release", 7, "worker-a")  # type: ignore[attr-defined]
+    assert validate_params("60_cutover", {"run_id": 3}).lease is None  # type: ignore[attr-defined]
+    with pytest.raises(StageError, match="lease_token and lease_holder: give both"):
+        validate_params("70_rollback", {"message_id": 1, "lease_token": 7})

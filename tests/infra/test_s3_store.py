@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -175,6 +178,145 @@ def test_an_object_another_process_published_is_seen_at_once(store: ObjectStore)
     with pytest.raises(ObjectExistsError):
         store.put_text("raw_logs/b.jsonl", "mine")
     assert store.get_text("raw_logs/b.jsonl") == "b\n"
+
+
+# Racing writers and a crash between an object and its checksum, on S3 -----------------------------
+WRITERS, ROUNDS = 4, 5
+
+
+@pytest.fixture
+def versioned_bucket(s3_bucket: S3Bucket) -> Iterator[S3Bucket]:
+    """``s3_bucket`` with versioning on: every PUT that landed stays countable on the server, so a
+    test sees an overwrite (or a sidecar write) even when a later one hid it. Emptied afterwards."""
+    client = s3_bucket.client()
+    client.put_bucket_versioning(Bucket=s3_bucket.name, VersioningConfiguration={"Status": "Enabled"})
+    yield s3_bucket
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=s3_bucket.name):
+        for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+            client.delete_object(Bucket=s3_bucket.name, Key=item["Key"], VersionId=item["VersionId"])
+
+
+def _versions(bucket: S3Bucket, key: str) -> int:
+    """How many PUTs of exactly ``key`` the server accepted."""
+    listing = bucket.client().list_object_versions(Bucket=bucket.name, Prefix=key)
+    return sum(1 for version in listing.get("Versions", []) if version["Key"] == key)
+
+
+Put = Callable[[ObjectStore, str, bytes], object]
+
+
+def _put_bytes(store: ObjectStore, key: str, data: bytes) -> object:
+    return store.put_bytes(key, data)
+
+
+def _put_file_from(folder: Path) -> Put:
+    def put(store: ObjectStore, key: str, data: bytes) -> object:
+        source = folder / f"{sha256_bytes(data)}.bin"
+        source.write_bytes(data)
+        return store.put_file(key, source)
+
+    return put
+
+
+def _race(url: str, key: str, payloads: list[bytes], put: Put) -> list[int]:
+    """Every payload published under ``key`` at once, each by its own store (another worker, a
+    kernel), released together by a barrier; the indexes of the writers that succeeded."""
+    barrier = threading.Barrier(len(payloads))
+
+    def write(index: int) -> int | None:
+        store = ObjectStore(url)
+        barrier.wait()
+        try:
+            put(store, key, payloads[index])
+        except ObjectExistsError as refused:
+            assert f"key {key!r}: already exists" in str(refused)
+            return None
+        return index
+
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        return [index for index in pool.map(write, range(len(payloads))) if index is not None]
+
+
+@pytest.mark.parametrize("put_name", ["put_bytes", "put_file"])
+def test_racing_writers_of_one_key_on_s3_exactly_one_wins(
+    versioned_bucket: S3Bucket, tmp_path: Path, put_name: str
+) -> None:
+    """A check-then-put let every racer pass the check: all "succeeded", the last PUT won, and the
+    sidecar could be another writer's. The conditional PUT lets exactly one through."""
+    put = _put_bytes if put_name == "put_bytes" else _put_file_from(tmp_path)
+    store = ObjectStore(versioned_bucket.object_store_url)
+    for round_ in range(ROUNDS):
+        key = f"datasets/race-{round_}/train.jsonl"
+        payloads = [f"writer {writer} of round {round_}\n".encode() * (writer + 1) for writer in range(WRITERS)]
+        winners = _race(store.url, key, payloads, put)
+        assert len(winners) == 1, f"round {round_}: {len(winners)} writers succeeded"
+        won = payloads[winners[0]]
+        assert store.get_bytes(key) == won and store.recorded_sha256(key) == sha256_bytes(won)
+        assert store.read_verified(key, sha256_bytes(won)) == won
+        assert _versions(versioned_bucket, f"objects/{key}") == 1  # never overwritten, not even for a moment
+
+
+def test_the_sidecar_is_written_only_by_the_writer_that_published(versioned_bucket: S3Bucket) -> None:
+    """The sidecar used to be written before the data: every racer wrote its own checksum."""
+    store = ObjectStore(versioned_bucket.object_store_url)
+    for round_ in range(ROUNDS):
+        key = f"raw_logs/race-{round_}.jsonl"
+        (winner,) = _race(store.url, key, [f"{round_}/{writer}\n".encode() for writer in range(WRITERS)], _put_bytes)
+        assert _versions(versioned_bucket, f"objects/{key}{SHA_SUFFIX}") == 1, f"round {round_}: losers wrote it"
+        assert store.recorded_sha256(key) == sha256_bytes(f"{round_}/{winner}\n".encode())
+    with pytest.raises(ObjectExistsError):
+        store.put_text("raw_logs/race-0.jsonl", "refused")
+    assert _versions(versioned_bucket, f"objects/raw_logs/race-0.jsonl{SHA_SUFFIX}") == 1
+
+
+@pytest.mark.parametrize("read", ["recorded_sha256", "check", "read_verified", "open_verified"])
+def test_a_crash_between_an_s3_object_and_its_sidecar_is_recovered_from_the_objects_metadata(
+    s3_bucket: S3Bucket, read: str
+) -> None:
+    store = ObjectStore(s3_bucket.object_store_url)
+    data = b'{"group": 1}\n'
+    stored = store.put_bytes(KEY, data)
+    client, object_key = s3_bucket.client(), f"objects/{KEY}"
+    assert client.head_object(Bucket=s3_bucket.name, Key=object_key)["Metadata"] == {"sha256": stored.sha256}
+    client.delete_object(Bucket=s3_bucket.name, Key=object_key + SHA_SUFFIX)  # the crash: data in, sidecar not
+
+    result = getattr(store, read)(KEY)
+    if read == "open_verified":
+        with result as handle:
+            assert handle.read() == data
+    else:
+        assert result == (data if read == "read_verified" else stored.sha256)
+    assert s3_bucket.keys(object_key) == [object_key, object_key + SHA_SUFFIX]  # recorded again
+    assert store.verify(KEY)
+
+    _overwrite(store, KEY, b'{"group": 2}\n')  # tampered behind the store's back (no metadata)
+    with pytest.raises(ChecksumMismatch, match=r"key 'datasets/v1/train\.jsonl': content fails its recorded sha256"):
+        store.check(KEY)
+    client.delete_object(Bucket=s3_bucket.name, Key=object_key + SHA_SUFFIX)  # and its sidecar lost too
+    with pytest.raises(ChecksumMismatch, match=r"key 'datasets/v1/train\.jsonl': no recorded sha256"):
+        store.read_verified(KEY)
+    with pytest.raises(ObjectNotFoundError, match="no recorded checksum"):
+        store.recorded_sha256(KEY)
+
+
+def test_an_s3_sidecar_that_disagrees_with_the_objects_metadata_is_a_mismatch(s3_bucket: S3Bucket) -> None:
+    store = ObjectStore(s3_bucket.object_store_url)
+    store.put_bytes(KEY, b"x\n")
+    _overwrite(store, KEY + SHA_SUFFIX, sha256_bytes(b"y\n").encode())
+    for read in (store.recorded_sha256, store.check, store.read_verified):
+        with pytest.raises(
+            ChecksumMismatch, match=r"key 'datasets/v1/train\.jsonl': its \.sha256 sidecar .* disagree"
+        ) as caught:
+            read(KEY)
+        assert caught.value.key == KEY
+
+
+def test_an_s3_object_written_before_its_sha256_was_in_its_metadata_still_verifies(s3_bucket: S3Bucket) -> None:
+    """Buckets written by earlier versions hold the sidecar only."""
+    store = ObjectStore(s3_bucket.object_store_url)
+    _overwrite(store, KEY, b"old\n")
+    _overwrite(store, KEY + SHA_SUFFIX, sha256_bytes(b"old\n").encode())
+    assert store.read_verified(KEY) == b"old\n" and store.recorded_sha256(KEY) == sha256_bytes(b"old\n")
 
 
 # Model Artifact Files on S3 ------------------------------------------------------------------------
