@@ -3,32 +3,38 @@
 Use these *instead of* `opsbench schedule`, not next to it, or each job runs twice.
 
 - ``biblio_ops_daily_dataset`` — daily 03:00 Asia/Seoul: 10_feedback_health, then 20_build_dataset
-  over the last 30 days, each executed by Papermill through ``PapermillOperator``.
+  over the last 30 days, each executed by Papermill's API with the ``opsbench`` engine.
 - ``biblio_ops_weekly_training`` — Monday 04:00 Asia/Seoul: queue a TRAINING_REQUEST, then run the
   worker once (it fixes the run's dataset/baseline/candidate and drives 30 → 40 → 50 → 60).
-  Training stages need a run id that only the worker creates, so they are not PapermillOperator
-  tasks of their own.
+  Training stages need a run id that only the worker creates, so they are not Papermill tasks of
+  their own.
 
 Requirements on the Airflow workers: ``opslib`` installed from its wheel (``pip install
-opslib-<version>-py3-none-any.whl``, torch 2.13.0 first) so the notebooks' kernel can import it, the ``apache-airflow-providers-papermill`` package, and the same
+opslib-<version>-py3-none-any.whl``, torch 2.13.0 first) so the notebooks' kernel can import it and
+Papermill finds the ``opsbench`` engine (the wheel registers it), and the same
 ``OPS_*`` settings as everywhere else (``OPS_DB_URL`` pointing at the shared PostgreSQL,
 ``OPS_OBJECT_STORE_URL`` / ``OPS_MODEL_STORE_URL`` on object storage, ``OPS_CHROMA_HOST``...): the
 kernel Papermill starts inherits the task's environment and the notebooks read their settings
 from it. See docs/schedules.md.
 
-PapermillOperator executes the notebook directly: the executed copy lands at ``output_nb`` but no
-``StageExecution`` row and no HTML report are made. For the workbench's own archive and run
-history use ``BashOperator(bash_command="opsbench run 20_build_dataset -p as_of=...")`` instead;
-the notebooks behave the same either way.
+The ``opsbench`` Papermill engine (opslib/execution/papermill_engine.py) makes a Papermill task
+behave like ``opsbench run``: unknown or mistyped parameters fail the task before anything
+executes; otherwise the execution gets its ``StageExecution`` row, its archived .ipynb and HTML
+report under ``OPS_RUNS_DIR`` and its run-index entry, and the executed notebook also lands at the
+task's output path. A failed stage fails the task (``StageFailed``). ``PapermillOperator`` takes no
+engine name (the provider picks one only for a remote kernel), hence a ``PythonOperator`` calling
+``papermill.execute_notebook(..., engine_name="opsbench")``; ``BashOperator(bash_command="papermill
+--engine opsbench IN OUT -p window_days 7")`` or ``"opsbench run 10_feedback_health -p window_days=7"``
+do the same.
 """
 
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 import pendulum
 from airflow import DAG
-from airflow.providers.papermill.operators.papermill import PapermillOperator
 
 try:  # Airflow 3
     from airflow.providers.standard.operators.bash import BashOperator
@@ -42,6 +48,14 @@ NOTEBOOKS = str(resources.files("opslib.notebooks"))
 ARCHIVE = "/srv/biblio-ops/runs/airflow"  # or an s3:// / gs:// prefix (Papermill writes through its I/O handlers)
 OPSBENCH = "opsbench"  # the console script of the installed wheel
 SEOUL = pendulum.timezone("Asia/Seoul")
+
+
+def execute_stage(input_nb: str, output_nb: str, parameters: dict[str, Any]) -> None:
+    """Execute a stage notebook with Papermill's ``opsbench`` engine: validated, recorded in the
+    Metadata DB, archived with its HTML report, indexed; a copy at ``output_nb``."""
+    import papermill as pm
+
+    pm.execute_notebook(input_nb, output_nb, parameters=parameters, engine_name="opsbench", progress_bar=False)
 
 
 def queue_training_request(airflow_run_id: str) -> int:
@@ -74,25 +88,30 @@ with DAG(
     default_args=default_args,
     tags=["biblio-ops"],
 ) as daily_dataset:
-    feedback_health = PapermillOperator(
+    # op_kwargs are templated: the paths and parameters below are rendered per task run.
+    feedback_health = PythonOperator(
         task_id="feedback_health",
-        input_nb=f"{NOTEBOOKS}/10_feedback_health.ipynb",
-        output_nb=ARCHIVE + "/{{ ds_nodash }}/10_feedback_health-{{ ts_nodash }}.ipynb",
-        parameters={"window_days": 7},
-        kernel_name="python3",
-    )
-    build_dataset = PapermillOperator(
-        task_id="build_dataset",
-        input_nb=f"{NOTEBOOKS}/20_build_dataset.ipynb",
-        output_nb=ARCHIVE + "/{{ ds_nodash }}/20_build_dataset-{{ ts_nodash }}.ipynb",
-        # The window ends at the scheduled tick (not at "now"), so a retried task builds the
-        # same dataset; the builder finds an identical one instead of writing it twice.
-        parameters={
-            "as_of": "{{ data_interval_end.in_timezone('UTC').isoformat() }}",
-            "source_window_days": 30,
-            "seed": 0,
+        python_callable=execute_stage,
+        op_kwargs={
+            "input_nb": f"{NOTEBOOKS}/10_feedback_health.ipynb",
+            "output_nb": ARCHIVE + "/{{ ds_nodash }}/10_feedback_health-{{ ts_nodash }}.ipynb",
+            "parameters": {"window_days": 7},
         },
-        kernel_name="python3",
+    )
+    build_dataset = PythonOperator(
+        task_id="build_dataset",
+        python_callable=execute_stage,
+        op_kwargs={
+            "input_nb": f"{NOTEBOOKS}/20_build_dataset.ipynb",
+            "output_nb": ARCHIVE + "/{{ ds_nodash }}/20_build_dataset-{{ ts_nodash }}.ipynb",
+            # The window ends at the scheduled tick (not at "now"), so a retried task builds the
+            # same dataset; the builder finds an identical one instead of writing it twice.
+            "parameters": {
+                "as_of": "{{ data_interval_end.in_timezone('UTC').isoformat() }}",
+                "source_window_days": 30,
+                "seed": 0,
+            },
+        },
     )
     feedback_health >> build_dataset
 

@@ -29,6 +29,7 @@ from opslib.infra.workspace import Workspace
 log = get_logger(__name__)
 CHUNK_MS = 30_000
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,30}[a-z0-9]$")
+_NAME_MAX = 32
 _SLUG_MAX = 64
 
 
@@ -104,6 +105,35 @@ def _slug(value: str) -> str:
     digest = hashlib.sha256(value.encode("utf-8")).hexdigest()[:10]
     slug = slug[:_SLUG_MAX].rstrip("-._")
     return f"{slug}-{digest}" if slug else f"u{digest}"
+
+
+def default_corpus_name(folder: str, prefix: str = "beir") -> str:
+    """A corpus name derived from a folder's name that always satisfies the name rule: the lowered
+    name when it does; else ``<prefix>-<its a-z0-9 form>``, ending in a short hash of the folder's
+    name when that form lost characters or length (so two folders do not share a name)."""
+    lowered = folder.lower()
+    if _NAME.match(lowered):
+        return lowered
+    slug = re.sub(r"[^a-z0-9]+", "-", lowered).strip("-")
+    room = _NAME_MAX - len(prefix) - 1
+    if slug == lowered and len(slug) <= room:  # only too short: "ko" becomes "beir-ko"
+        return f"{prefix}-{slug}"
+    digest = hashlib.sha256(folder.encode("utf-8")).hexdigest()[:8]
+    kept = slug[: room - len(digest) - 1].strip("-")
+    return "-".join(part for part in (prefix, kept, digest) if part)
+
+
+def imported_corpora(ws: Workspace) -> list[str]:
+    with ws.db.read() as session:
+        return list(session.scalars(select(CorpusImport.name).order_by(CorpusImport.name)))
+
+
+def imported_corpora_text(ws: Workspace) -> str:
+    """The imported corpora, for an error that needs one named."""
+    names = imported_corpora(ws)
+    if not names:
+        return "no corpus is imported yet (`opsbench import-builtin` or `opsbench import-beir FOLDER`)"
+    return f"imported corpora: {', '.join(names)}"
 
 
 def project_id_for(corpus: str, project_key: str) -> str:
@@ -284,9 +314,9 @@ def read_queries(ws: Workspace, corpus: str, kind: str) -> Iterator[QueryRecord]
         raise CorpusError(f"kind {kind!r}: must be 'traffic' or 'reserved'")
     with ws.db.read() as session:
         row = session.get(CorpusImport, corpus)
-        if row is None:
-            raise CorpusError(f"corpus {corpus!r}: not imported")
-        key = row.traffic_queries_key if kind == "traffic" else row.reserved_queries_key
+    if row is None:  # outside the session: listing the imported ones opens its own
+        raise CorpusError(f"corpus {corpus!r}: not imported; {imported_corpora_text(ws)}")
+    key = row.traffic_queries_key if kind == "traffic" else row.reserved_queries_key
     for line in ws.objects.iter_lines(key):
         data = json.loads(line)
         yield QueryRecord(data["query_id"], data["query_text"], data["project_id"], tuple(data["expected_results"]))

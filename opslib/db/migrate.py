@@ -11,9 +11,15 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, make_url
 
-from opslib.db.engine import Database
+from opslib.db.engine import Database, sqlite_file
+from opslib.errors import Invalid
+
+
+class SchemaNotReady(Invalid, RuntimeError):
+    """The Metadata DB is missing, has no schema, or one other than the code's; the message says
+    which command fixes it (``schema_hint``). Nothing was changed."""
 
 
 def migrations_dir() -> AbstractContextManager[Path]:
@@ -83,11 +89,26 @@ def head_revision() -> str:
     return head
 
 
+def schema_hint(current: str | None, head: str) -> str:
+    """What to do about a schema at ``current`` when the code needs ``head``: every command and
+    ``opsbench status`` say it in these words."""
+    if current is None:
+        return "the workspace is not initialised: run `opsbench init`"
+    return f"the Metadata DB's schema is at revision {current!r}, the code needs {head!r}: run `opsbench db upgrade`"
+
+
+def require_existing(url: str) -> None:
+    """Refuse, with the hint, when ``url`` names a SQLite file that does not exist: connecting
+    would create it, and a command that finds no workspace must leave no file behind."""
+    path = sqlite_file(url)
+    if path is not None and not path.is_file():
+        shown = make_url(url).render_as_string(hide_password=True)
+        raise SchemaNotReady(f"Metadata DB at {shown}: no such file; {schema_hint(None, head_revision())}")
+
+
 def require_current(db: Database) -> None:
-    """Refuse to work on a schema that is missing or behind the code."""
-    current = current_revision(db)
-    if current != head_revision():
-        raise RuntimeError(
-            f"Metadata DB at {db.engine.url.render_as_string(hide_password=True)} is at revision {current!r}, code needs {head_revision()!r}: "
-            "run `opsbench db upgrade`"
-        )
+    """Refuse to work on a schema that is missing or other than the code's."""
+    current, head = current_revision(db), head_revision()
+    if current != head:
+        shown = db.engine.url.render_as_string(hide_password=True)
+        raise SchemaNotReady(f"Metadata DB at {shown}: {schema_hint(current, head)}")

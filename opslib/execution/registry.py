@@ -293,6 +293,11 @@ def stage_spec(name: str) -> StageSpec:
         raise StageError(f"stage {name!r}: unknown; known stages: {', '.join(sorted(STAGES))}") from None
 
 
+def _known_params(spec: StageSpec) -> str:
+    """What an unknown parameter's error lists: the names the stage's schema accepts."""
+    return f"parameters of {spec.name}: {', '.join(sorted(spec.params.model_fields))}"
+
+
 def _reference_problems(db: Database, params: StageParams, run_id: int | None) -> list[str]:
     """Why the ids ``params`` (and the execution's ``run_id``) name are not in the Metadata DB."""
     problems = []
@@ -336,4 +341,6 @@ def validate_params(name: str, raw: dict[str, object]) -> StageParams:
                 error["type"], error["msg"]
             )
             problems.append(f"{field}: {kind}")
+        if any(error["type"] == "extra_forbidden" for error in exc.errors()):
+            problems.append(_known_params(spec))  # once, however many names were mistyped
         raise StageError(f"stage {name}: invalid parameters: " + "; ".join(problems)) from None

@@ -60,6 +60,7 @@ from opslib.infra.precision import PRECISIONS, choose_precision, validate_precis
 from opslib.infra.vector_store import VectorStoreDamaged
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.index_snapshot import forget_entries, rebuild_index
+from opslib.settings import Settings
 
 log = get_logger(__name__)
 
@@ -326,19 +327,30 @@ def _refuse(ws: Workspace, action: Action, target: str, reason: str, why: str, t
     return ActionRefused(why)
 
 
+def role_refusal(settings: Settings) -> str | None:
+    """Why ``settings``' operator may not perform a guarded action, and how to act as admin; None
+    when they may."""
+    if settings.operator_role == ADMIN_ROLE:
+        return None
+    return (
+        f"operator {settings.operator!r} has role {settings.operator_role!r}; this action needs {ADMIN_ROLE!r} "
+        f'(to act as admin: set OPS_OPERATOR_ROLE={ADMIN_ROLE}, or operator_role = "{ADMIN_ROLE}" in the '
+        "config file)"
+    )
+
+
+def require_role(ws: Workspace, preview: Preview, reason: str = "", trace_id: str | None = None) -> None:
+    """Refuse (audited) an operator without the admin role. Callers that ask the operator for
+    anything (a reason, a typed confirmation) call it first, so nobody answers only to be refused."""
+    why = role_refusal(ws.settings)
+    if why is not None:
+        raise _refuse(ws, preview.action, preview.target or "—", reason, why, trace_id or new_trace_id())
+
+
 def _check(ws: Workspace, action: Action, preview: Preview, confirm: str, reason: str, trace_id: str) -> str:
     """Role, reason and confirmation; returns the confirmed target or raises (audited)."""
     target = preview.target or "—"
-    if ws.settings.operator_role != ADMIN_ROLE:
-        raise _refuse(
-            ws,
-            action,
-            target,
-            reason,
-            f"operator {ws.settings.operator!r} has role "
-            f"{ws.settings.operator_role!r}; this action needs {ADMIN_ROLE!r}",
-            trace_id,
-        )
+    require_role(ws, preview, reason, trace_id)
     if len((reason or "").strip()) < MIN_REASON:
         raise _refuse(ws, action, target, reason or "", "a reason is required (it goes into the audit log)", trace_id)
     if not preview.possible:

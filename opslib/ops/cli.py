@@ -15,8 +15,8 @@ from sqlalchemy.exc import DatabaseError
 from opslib.control.runs import get_run
 from opslib.corpus.beir import read_beir
 from opslib.corpus.builtin import build_demo_corpus
-from opslib.corpus.loader import load_corpus
-from opslib.db.migrate import current_revision, require_current, upgrade
+from opslib.corpus.loader import default_corpus_name, imported_corpora_text, load_corpus
+from opslib.db.migrate import current_revision, require_current, require_existing, upgrade
 from opslib.errors import Conflict, Invalid, NotFound, OpsError, Refused
 from opslib.execution.run_index import build_run_index
 from opslib.execution.runner import run_stage
@@ -100,6 +100,9 @@ def _workspace(args: argparse.Namespace, default_log_name: str | None = None) ->
 
 
 def _ready(ws: Workspace) -> Workspace:
+    """The workspace, once its Metadata DB exists at the code's schema; else refused with the hint
+    (``schema_hint``) before anything is created: a missing SQLite file is not made by asking."""
+    require_existing(ws.settings.resolved_db_url)
     require_current(ws.db)
     return ws
 
@@ -116,13 +119,23 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.db_command == "upgrade":
         print(f"Metadata DB at revision {upgrade(ws.db, args.revision)}")
     else:
+        require_existing(ws.settings.resolved_db_url)  # read-only: never creates the file
         print(current_revision(ws.db) or "empty (no schema yet)")
     return 0
 
 
+def _beir_name(args: argparse.Namespace, folder: Path) -> str:
+    """``--name``, else a name derived from the folder's that satisfies the name rule (said so)."""
+    if args.name:
+        return str(args.name)
+    name = default_corpus_name(folder.resolve().name)
+    print(f"corpus name: {name} (from the folder {folder.resolve().name!r}; --name chooses another)")
+    return name
+
+
 def cmd_import_beir(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
-    name = args.name or Path(args.path).resolve().name.lower()
+    name = _beir_name(args, Path(args.path))
     report = load_corpus(
         ws,
         read_beir(Path(args.path), name),
@@ -150,6 +163,8 @@ def cmd_import_builtin(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
+    if not args.corpus:
+        raise CliError(f"--corpus is required: {imported_corpora_text(ws)}")
     channel: Any = None
     if args.url:
         from opslib.service.client import EndpointChannel, EndpointClient
@@ -260,18 +275,23 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-def _guarded(args: argparse.Namespace, preview: Any, perform: Any) -> int:
-    """A guarded action from the CLI: show the preview, take the typed confirmation (``--confirm``,
-    or asked for on a terminal), perform it; refusals are audited and exit with 3 (``exit_code``)."""
-    print(
-        f"{preview.action.value}: {preview.summary if preview.possible else 'not possible now: ' + str(preview.blocker)}"
-    )
-    confirm = args.confirm
-    if confirm is None and preview.possible:
-        if not sys.stdin.isatty():
-            raise CliError(f"--confirm {preview.target} is required (the target you confirm)")
-        confirm = input(f"type {preview.target} to confirm: ")
+def _guarded(ws: Workspace, args: argparse.Namespace, preview: actions.Preview, perform: Any) -> int:
+    """A guarded action from the CLI: the role first (nobody answers only to be refused), then
+    ``--reason``; show the preview, take the typed confirmation (``--confirm``, or asked for on a
+    terminal), perform it; refusals are audited and exit with 3 (``exit_code``)."""
     try:
+        actions.require_role(ws, preview, args.reason or "")
+        if not (args.reason or "").strip():
+            raise CliError("--reason is required: why (it goes into the audit log)")
+        print(
+            f"{preview.action.value}: "
+            f"{preview.summary if preview.possible else 'not possible now: ' + str(preview.blocker)}"
+        )
+        confirm = args.confirm
+        if confirm is None and preview.possible:
+            if not sys.stdin.isatty():
+                raise CliError(f"--confirm {preview.target} is required (the target you confirm)")
+            confirm = input(f"type {preview.target} to confirm: ")
         result = perform(confirm or "", args.reason)
     except ActionRefused as refused:
         raise ActionRefused(f"{refused} (audited)") from None
@@ -282,6 +302,7 @@ def _guarded(args: argparse.Namespace, preview: Any, perform: Any) -> int:
 def cmd_request_training(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
     return _guarded(
+        ws,
         args,
         actions.preview_training(ws),
         lambda confirm, reason: actions.retrigger_training(ws, confirm=confirm, reason=reason),
@@ -291,6 +312,7 @@ def cmd_request_training(args: argparse.Namespace) -> int:
 def cmd_request_rollback(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
     return _guarded(
+        ws,
         args,
         actions.preview_rollback(ws),
         lambda confirm, reason: actions.request_rollback(ws, confirm=confirm, reason=reason),
@@ -301,6 +323,7 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
     days = args.source_window_days
     return _guarded(
+        ws,
         args,
         actions.preview_dataset(ws, days),
         lambda confirm, reason: actions.generate_dataset(
@@ -312,6 +335,7 @@ def cmd_generate_dataset(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
     return _guarded(
+        ws,
         args,
         actions.preview_promote(ws, args.run_id),
         lambda confirm, reason: actions.promote_run(ws, args.run_id, confirm=confirm, reason=reason),
@@ -321,6 +345,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_change_precision(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
     return _guarded(
+        ws,
         args,
         actions.preview_precision_change(ws, args.precision),
         lambda confirm, reason: actions.change_precision(ws, args.precision, confirm=confirm, reason=reason),
@@ -336,7 +361,7 @@ def cmd_register_eval(args: argparse.Namespace) -> int:
         from opslib.lifecycle.evaluation.guard import register_guard_set
 
         folder = Path(args.guard)
-        spec = read_beir(folder, args.name or folder.resolve().name.lower())
+        spec = read_beir(folder, _beir_name(args, folder))
         ref = register_guard_set(ws, spec, source=f"guard: BEIR folder {folder.resolve()} (reserved queries)")
         print(f"guard set {ref}: {spec.name}, reserved queries with their own passages (the newest guard set is used)")
         return 0
@@ -344,8 +369,12 @@ def cmd_register_eval(args: argparse.Namespace) -> int:
         records, source = records_from_corpus(ws, args.corpus), f"corpus {args.corpus}: reserved queries"
     else:
         records, source = records_from_file(Path(args.file)), f"file {Path(args.file).resolve()}"
-    row = register_evaluation_set(ws, records, source=source)
-    print(f"evaluation set {row.evaluation_dataset_ref}: {row.sample_count} queries ({row.source})")
+    registered = register_evaluation_set(ws, records, source=source)
+    print(
+        f"evaluation set {registered.evaluation_dataset_ref}: {registered.sample_count} queries ({registered.source})"
+    )
+    if registered.merged:
+        print(f"  {registered.merged} duplicate query text(s) merged into one query each (expected results united)")
     return 0
 
 
@@ -355,15 +384,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = workspace_status(_workspace(args))
+    status = workspace_status(_ready(_workspace(args)))
     if args.json:
         print(json.dumps(status, indent=2, default=str))
         return 0
     release = status.get("release")
     print(f"workspace: {status['workspace']}  (schema {status['schema']['current']}, head {status['schema']['head']})")
-    if "hint" in status:
-        print(status["hint"])
-        return 0
     if release:
         print(
             f"release: {release['release_status']}  active {release['active_model_version']} "
@@ -415,6 +441,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_reindex_active(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
     return _guarded(
+        ws,
         args,
         actions.preview_reindex_active(ws),
         lambda confirm, reason: actions.reindex_active(ws, confirm=confirm, reason=reason, progress=not args.quiet),
@@ -520,7 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = add("import-beir", cmd_import_beir, "load a BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv)")
     sub.add_argument("path", help="the BEIR folder")
-    sub.add_argument("--name", help="corpus name (default: the folder name)")
+    sub.add_argument(
+        "--name", help="corpus name (default: from the folder's name, prefixed beir- when too short; printed)"
+    )
     sub.add_argument("--reserve-fraction", type=float, default=0.3, help="share of queries kept for evaluation")
     sub.add_argument("--seed", type=int, default=0, help="seed of the traffic/evaluation query split")
     sub.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -531,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub = add("simulate-traffic", cmd_simulate, "send simulated searches and ingest their feedback")
-    sub.add_argument("--corpus", required=True, help="an imported corpus name")
+    sub.add_argument("--corpus", help="an imported corpus name (required; without it, the imported ones are listed)")
     sub.add_argument("--requests", type=int, default=200, help="number of search requests")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--noise", type=float, default=0.1, help="probability a rating is flipped")
@@ -589,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
         + guarded
         + " TARGET: the latest eligible dataset version.",
     )
-    sub.add_argument("--reason", required=True, help="why (goes into the audit log and the message)")
+    sub.add_argument("--reason", help="required: why (goes into the audit log and the message)")
     sub.add_argument("--confirm", metavar="DATASET_VERSION", help="the dataset version the preview names")
 
     sub = add(
@@ -599,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
         + guarded
         + " TARGET: the model version serving now (a stale request is refused).",
     )
-    sub.add_argument("--reason", required=True, help="why (goes into the audit log and the message)")
+    sub.add_argument("--reason", help="required: why (goes into the audit log and the message)")
     sub.add_argument(
         "--confirm",
         "--expected-active",
@@ -614,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         "build a training dataset now (20_build_dataset over the "
         "last N days; never starts training). " + guarded + " TARGET: today's date (UTC), e.g. 2026-12-01.",
     )
-    sub.add_argument("--reason", required=True, help="why (goes into the audit log)")
+    sub.add_argument("--reason", help="required: why (goes into the audit log)")
     sub.add_argument("--confirm", metavar="DATE", help="today's date (UTC) as the preview names it")
     sub.add_argument("--source-window-days", type=int, default=None, help="default: settings (30)")
 
@@ -625,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(the worker then runs 50 reindex, 60 cutover). " + guarded + " TARGET: the run's candidate model version.",
     )
     sub.add_argument("run_id", type=int)
-    sub.add_argument("--reason", required=True, help="why (goes into the audit log)")
+    sub.add_argument("--reason", help="required: why (goes into the audit log)")
     sub.add_argument("--confirm", metavar="MODEL_VERSION", help="the run's candidate model version")
 
     sub = add(
@@ -636,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
         "50 reindex, 60 cutover on a PASS). " + guarded + " TARGET: the new version's name.",
     )
     sub.add_argument("precision", choices=["fp32", "bf16", "fp16"])
-    sub.add_argument("--reason", required=True, help="why (goes into the audit log and the message)")
+    sub.add_argument("--reason", help="required: why (goes into the audit log and the message)")
     sub.add_argument("--confirm", metavar="MODEL_VERSION", help="the new version's name, as the preview shows it")
 
     sub = add(
@@ -647,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
         + guarded
         + " TARGET: the active index name.",
     )
-    sub.add_argument("--reason", required=True, help="why (goes into the audit log)")
+    sub.add_argument("--reason", help="required: why (goes into the audit log)")
     sub.add_argument("--confirm", metavar="INDEX_NAME", help="the active index name, as the preview shows it")
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -657,7 +686,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--guard", help="a BEIR folder registered as the guard set (its reserved 30 %% of queries, its own passages)"
     )
-    sub.add_argument("--name", help="with --guard: the corpus name ids are built from (default: the folder's name)")
+    sub.add_argument(
+        "--name", help="with --guard: the corpus name ids are built from (default: from the folder's name; printed)"
+    )
 
     add("report", cmd_report, "rebuild runs/index.html, the run index for reviewers")
 

@@ -21,7 +21,7 @@ from opslib.control.release import current_release, history_frame, release_state
 from opslib.control.runs import is_stalled, latest_eligible_dataset
 from opslib.control.shards import shard_progress
 from opslib.corpus.indexing import missing_from_index
-from opslib.db.migrate import current_revision, head_revision
+from opslib.db.migrate import current_revision, head_revision, schema_hint
 from opslib.db.models import (
     AuditLog,
     Chunk,
@@ -649,14 +649,14 @@ def _iso(value: datetime | None) -> str | None:
 
 def workspace_status(ws: Workspace, recent: int = 10) -> dict[str, Any]:
     now, stall = utcnow(), timedelta(seconds=ws.settings.run_stall_after_s)
-    revision = current_revision(ws.db)
+    revision, head = current_revision(ws.db), head_revision()
     status: dict[str, Any] = {
         "workspace": str(ws.settings.workspace),
         "db_url": ws.db.engine.url.render_as_string(hide_password=True),
-        "schema": {"current": revision, "head": head_revision()},
+        "schema": {"current": revision, "head": head},
     }
-    if revision is None:
-        status["hint"] = "the Metadata DB is empty: run `opsbench init`"
+    if revision != head:  # an outdated schema lacks columns the queries below read
+        status["hint"] = schema_hint(revision, head)
         return status
     with ws.db.read() as session:
         status["release"] = release_state(current_release(session))

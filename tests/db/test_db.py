@@ -12,6 +12,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from opslib.corpus.search import keyword_search
 from opslib.db.engine import Database
 from opslib.db.migrate import (
+    SchemaNotReady,
     current_revision,
     downgrade,
     head_revision,
@@ -60,7 +61,10 @@ def _run(status: RunStatus) -> MLPipelineRun:
 
 def test_upgrade_creates_every_design_table(empty_ws: Workspace) -> None:
     assert current_revision(empty_ws.db) is None
-    with pytest.raises(RuntimeError, match="opsbench db upgrade"):
+    with pytest.raises(SchemaNotReady, match="the workspace is not initialised: run `opsbench init`"):
+        require_current(empty_ws.db)
+    upgrade(empty_ws.db, "0010")
+    with pytest.raises(SchemaNotReady, match=r"is at revision '0010', the code needs .*: run `opsbench db upgrade`"):
         require_current(empty_ws.db)
     assert upgrade(empty_ws.db) == head_revision()
     assert set(inspect(empty_ws.db.engine).get_table_names()) >= TABLES

@@ -31,6 +31,21 @@ def test_build_dataset_parameters() -> None:
             validate_params("20_build_dataset", bad)
 
 
+def test_unknown_names_are_listed_with_the_valid_ones() -> None:
+    """A mistyped parameter or stage name: the error lists what is valid, once."""
+    with pytest.raises(StageError) as unknown:
+        validate_params("10_feedback_health", {"window_dayz": 3, "windowdays": 4})
+    assert str(unknown.value) == (
+        "stage 10_feedback_health: invalid parameters: window_dayz: unknown parameter; "
+        "windowdays: unknown parameter; parameters of 10_feedback_health: window_days"
+    )
+    with pytest.raises(StageError, match=r"run_id: missing parameter$"):  # nothing unknown: no list
+        validate_params("60_cutover", {})
+    with pytest.raises(StageError) as stage:
+        validate_params("10_feedback_healht", {})
+    assert str(stage.value).endswith("known stages: " + ", ".join(sorted(STAGES)))
+
+
 def test_parameters_are_held_to_their_real_ranges() -> None:
     """A seed is 0…2**32 − 1 wherever a stage takes one; ``as_of`` may be at most
     AS_OF_CLOCK_SKEW ahead of this machine's clock (a future window would stay "latest" for good)."""

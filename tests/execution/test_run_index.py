@@ -564,7 +564,7 @@ def test_cli_report_needs_a_migrated_db(
     monkeypatch.setenv("OPS_WORKSPACE", str(tmp_path / "ws"))
     monkeypatch.setenv("OPS_RUNS_DIR", str(tmp_path / "runs"))
     assert main(["report"]) == 2
-    assert "opsbench db upgrade" in capsys.readouterr().err
+    assert "the workspace is not initialised: run `opsbench init`" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "index.html").exists()
 
 

@@ -474,7 +474,7 @@ def test_cli_schedule_once(
     }.items():
         monkeypatch.setenv(key, str(value))
     assert main(["schedule", "--once"]) == 2
-    assert "opsbench db upgrade" in capsys.readouterr().err
+    assert "the workspace is not initialised: run `opsbench init`" in capsys.readouterr().err
     assert main(["init", "--quiet"]) == 0
     capsys.readouterr()
     assert main(["schedule", "--once"]) == 0

@@ -64,10 +64,10 @@ def test_cli_flow_and_clear_errors(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _env(tmp_path, tiny_model_dir, monkeypatch)
-    assert main(["status"]) == 0
-    assert "opsbench init" in capsys.readouterr().out
+    assert main(["status"]) == 2
+    assert "opsbench init" in capsys.readouterr().err
     assert main(["run", "10_feedback_health"]) == 2
-    assert "opsbench db upgrade" in capsys.readouterr().err
+    assert "opsbench init" in capsys.readouterr().err
     assert main(["init", "--quiet"]) == 0
     assert "bootstrapped" in capsys.readouterr().out
     assert main(["import-beir", str(write_beir(tmp_path / "mini")), "--quiet"]) == 0
@@ -82,7 +82,7 @@ def test_cli_flow_and_clear_errors(
     out = capsys.readouterr().out
     assert "2 lines: 1 accepted" in out and "rejected 1: not JSON" in out
     assert main(["run", "10_feedback_health", "-p", "window_dayz=3"]) == 2
-    assert "window_dayz: unknown parameter" in capsys.readouterr().err
+    assert "window_dayz: unknown parameter; parameters of 10_feedback_health: window_days" in capsys.readouterr().err
     assert main(["run", "10_feedback_health", "-p", "oops"]) == 2
     assert "expected key=value" in capsys.readouterr().err
     assert main(["status", "--json"]) == 0
@@ -91,6 +91,62 @@ def test_cli_flow_and_clear_errors(
     assert status["corpus"]["chunks"] == 24 and status["corpus"]["imports"] == ["mini"]
     assert [(t["schedule"], t["last_status"]) for t in status["schedules"]] == [("dataset", None), ("training", None)]
     assert all(t["next_due_at"] for t in status["schedules"])
+
+
+def test_read_only_commands_create_nothing_and_every_command_gives_one_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On an empty folder a read-only command refuses with the hint and creates no file (SQLite
+    would create metadata.db on connect); status and run say the same words, for an uninitialised
+    workspace and for an outdated schema."""
+    from opslib.db.migrate import head_revision
+
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    monkeypatch.setenv("OPS_WORKSPACE", str(folder / "ws"))
+    monkeypatch.setenv("OPS_RUNS_DIR", str(folder / "runs"))
+    monkeypatch.setenv("OPS_LOG_LEVEL", "WARNING")
+    for command in (["status"], ["status", "--json"], ["report"], ["metrics"], ["db", "current"], ["run", "x"]):
+        assert main(command) == 2, command
+        out, err = capsys.readouterr()
+        assert out == "" and err.endswith(": no such file; the workspace is not initialised: run `opsbench init`\n")
+    assert list(folder.iterdir()) == []
+    assert main(["db", "upgrade", "0010"]) == 0
+    capsys.readouterr()
+    outdated = f"the Metadata DB's schema is at revision '0010', the code needs {head_revision()!r}: "
+    for command in (["status"], ["run", "10_feedback_health"]):
+        assert main(command) == 2, command
+        assert capsys.readouterr().err.endswith(f"{outdated}run `opsbench db upgrade`\n"), command
+
+
+def test_a_short_folder_name_imports_under_a_derived_name_and_corpus_errors_list_the_imported(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """import-beir of a folder named "ko" (too short for the name rule) imports as beir-ko and says
+    so; simulate-traffic without --corpus, or with an unknown one, lists the imported corpora;
+    register-eval --corpus merges a query text that appears twice (reported) instead of refusing."""
+    _env(tmp_path, tiny_model_dir, monkeypatch)
+    assert main(["init", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["simulate-traffic", "--requests", "1"]) == 2
+    assert "--corpus is required: no corpus is imported yet (`opsbench import-builtin`" in capsys.readouterr().err
+    folder = write_beir(tmp_path / "ko")
+    queries = (folder / "queries.jsonl").read_text().splitlines()
+    # q02 asks what q00 asks (both in project alpha): a duplicate query text with other answers.
+    queries[2] = json.dumps({"_id": "q02", "text": json.loads(queries[0])["text"].upper()})
+    (folder / "queries.jsonl").write_text("\n".join(queries) + "\n")
+    assert main(["import-beir", str(folder), "--reserve-fraction", "0.99", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "corpus name: beir-ko (from the folder 'ko'" in out and "imported beir-ko: 24 chunks" in out
+    assert "12 reserved queries" in out
+    assert main(["simulate-traffic", "--requests", "1"]) == 2
+    assert capsys.readouterr().err == "error: --corpus is required: imported corpora: beir-ko\n"
+    assert main(["simulate-traffic", "--corpus", "ko", "--requests", "1"]) == 2
+    assert capsys.readouterr().err == "error: corpus 'ko': not imported; imported corpora: beir-ko\n"
+    assert main(["register-eval", "--corpus", "beir-ko"]) == 0
+    out = capsys.readouterr().out
+    assert ": 11 queries (corpus beir-ko: reserved queries)" in out
+    assert "1 duplicate query text(s) merged into one query each (expected results united)" in out
 
 
 def test_bad_settings_are_reported(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -118,11 +174,18 @@ def test_guarded_actions_from_the_cli(
     ws = Workspace(Settings())
     dataset_row(ws)
     capsys.readouterr()
+    # The role is checked before anything is shown or asked (no --reason, no --confirm needed to
+    # learn it), and the refusal says how to act as admin.
+    assert main(["generate-dataset"]) == 3
+    out, err = capsys.readouterr()
+    assert out == "" and "this action needs 'admin' (to act as admin: set OPS_OPERATOR_ROLE=admin" in err
     # The default role is viewer: refused (exit 3, shown as a refusal), and the refusal is audited.
     assert main(["request-training", "--reason", "try", "--confirm", "20261201-aaaaaaaaaaaa"]) == 3
     err = capsys.readouterr().err
     assert "\nrefused: operator" in err and "needs 'admin'" in err and "(audited)" in err and "error:" not in err
     monkeypatch.setenv("OPS_OPERATOR_ROLE", "admin")
+    assert main(["request-training"]) == 2  # an admin is asked for the reason next
+    assert "--reason is required" in capsys.readouterr().err
     assert main(["request-training", "--reason", "weekly"]) == 2  # no terminal to ask on
     assert "--confirm 20261201-aaaaaaaaaaaa is required" in capsys.readouterr().err
     assert main(["request-training", "--reason", "weekly", "--confirm", "20261201-aaaaaaaaaaaa"]) == 0
@@ -135,6 +198,7 @@ def test_guarded_actions_from_the_cli(
     assert "run 7: no such run" in capsys.readouterr().err
     with ws.db.read() as session:
         assert [a.result.split(":")[0] for a in session.query(AuditLog).order_by(AuditLog.id)] == [
+            "refused",
             "refused",
             "queued TRAINING_REQUEST message 1",
             "refused",

@@ -352,7 +352,10 @@ def test_every_action_form_refuses_and_changes_nothing(ws: Workspace, form_name:
     assert not form.button.disabled  # the button can be clicked
     before = _state(operator)
     if who == "viewer":
-        why = "operator 'ana' has role 'viewer'; this action needs 'admin'"
+        why = (
+            "operator 'ana' has role 'viewer'; this action needs 'admin' (to act as admin: set "
+            'OPS_OPERATOR_ROLE=admin, or operator_role = "admin" in the config file)'
+        )
         assert "your role is viewer" in shown_html(form.preview)
         form.confirm.value = target  # even the right confirmation does not help
     else:

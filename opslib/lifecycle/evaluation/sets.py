@@ -2,9 +2,11 @@
 
 A set is a list of ``{query_text, project_id, expected_results}`` records stored canonically
 (sorted, sorted expected ids) in ``evaluation_sets/<ref>.jsonl``; ``ref`` is derived from the
-content hash, so registering the same content again returns the same ref. A set is refused if
-any of its queries (compared case- and whitespace-insensitively, per project) appears in the
-feedback traffic of the raw logs — the traffic training datasets are built from.
+content hash, so registering the same content again returns the same ref. Records whose query
+texts are the same (compared case- and whitespace-insensitively, per project) are merged into one
+query expecting the union of their results; the registration reports how many were merged. A set
+is refused if any of its queries appears in the feedback traffic of the raw logs — the traffic
+training datasets are built from.
 """
 
 from __future__ import annotations
@@ -54,26 +56,37 @@ class EvalRecord:
         )
 
 
-def _validated(records: Iterable[EvalRecord]) -> list[EvalRecord]:
-    out, seen = [], set()
+def _checked(i: int, record: EvalRecord) -> EvalRecord:
+    """Record ``i`` with its text and project stripped and its expected ids sorted, or refused."""
+    if not isinstance(record.query_text, str) or not record.query_text.strip():
+        raise EvaluationSetError(f"record {i}: query_text must not be empty")
+    if not isinstance(record.project_id, str) or not record.project_id.strip():
+        raise EvaluationSetError(f"record {i}: project_id must not be empty")
+    expected = tuple(sorted(set(record.expected_results)))
+    if not expected or not all(isinstance(e, str) and e for e in expected):
+        raise EvaluationSetError(f"record {i}: expected_results must be a non-empty list of chunk ids")
+    return EvalRecord(record.query_text.strip(), record.project_id.strip(), expected)
+
+
+def _merged(group: list[EvalRecord]) -> EvalRecord:
+    """One query for records with the same text: the union of their expected results, under the
+    smallest of their spellings — chosen by value, not by order, so the set's ref stays the same."""
+    expected = tuple(sorted({e for r in group for e in r.expected_results}))
+    return EvalRecord(min(r.query_text for r in group), group[0].project_id, expected)
+
+
+def _validated(records: Iterable[EvalRecord]) -> tuple[list[EvalRecord], int]:
+    """The canonical records (sorted; duplicate query texts per project merged) and how many
+    records were merged away."""
+    groups: dict[tuple[str, str], list[EvalRecord]] = {}
     for i, record in enumerate(records, start=1):
-        if not isinstance(record.query_text, str) or not record.query_text.strip():
-            raise EvaluationSetError(f"record {i}: query_text must not be empty")
-        if not isinstance(record.project_id, str) or not record.project_id.strip():
-            raise EvaluationSetError(f"record {i}: project_id must not be empty")
-        expected = tuple(sorted(set(record.expected_results)))
-        if not expected or not all(isinstance(e, str) and e for e in expected):
-            raise EvaluationSetError(f"record {i}: expected_results must be a non-empty list of chunk ids")
-        key = (record.project_id, normalise_query(record.query_text))
-        if key in seen:
-            raise EvaluationSetError(
-                f"record {i}: the query {record.query_text!r} appears twice in {record.project_id}"
-            )
-        seen.add(key)
-        out.append(EvalRecord(record.query_text.strip(), record.project_id.strip(), expected))
-    if not out:
+        checked = _checked(i, record)
+        groups.setdefault((checked.project_id, normalise_query(checked.query_text)), []).append(checked)
+    if not groups:
         raise EvaluationSetError("an evaluation set needs at least one record")
-    return sorted(out, key=lambda r: (r.project_id, r.query_text, r.expected_results))
+    out = [_merged(group) for group in groups.values()]
+    merged = sum(len(group) - 1 for group in groups.values())
+    return sorted(out, key=lambda r: (r.project_id, r.query_text, r.expected_results)), merged
 
 
 def canonical_bytes(records: list[EvalRecord]) -> bytes:
@@ -94,6 +107,27 @@ def traffic_overlap(ws: Workspace, records: list[EvalRecord]) -> list[EvalRecord
 ROLES = ("evaluation", "guard")
 
 
+@dataclass(frozen=True)
+class RegisteredSet:
+    """A registration's outcome: the set's row (the same one for the same content) and how many
+    records were merged into another with the same query text."""
+
+    row: EvaluationDataset
+    merged: int = 0
+
+    @property
+    def evaluation_dataset_ref(self) -> str:
+        return self.row.evaluation_dataset_ref
+
+    @property
+    def sample_count(self) -> int:
+        return self.row.sample_count
+
+    @property
+    def source(self) -> str:
+        return self.row.source
+
+
 def corpus_key(ref: str) -> str:
     """Where a guard set keeps its own passages (evaluation sets rank the workspace's chunks)."""
     return f"{PREFIX}/{ref}.corpus.jsonl"
@@ -106,15 +140,15 @@ def register_evaluation_set(
     source: str,
     role: str = "evaluation",
     corpus: list[dict[str, object]] | None = None,
-) -> EvaluationDataset:
-    """Store the set (if new) and its row; returns the row (the same one for the same content).
-    A ``guard`` set brings its ``corpus`` (chunk_id, project_id, video_id, position, text per
+) -> RegisteredSet:
+    """Store the set (if new) and its row; returns the row (the same one for the same content)
+    and how many duplicate query texts were merged. A ``guard`` set brings its ``corpus`` (chunk_id, project_id, video_id, position, text per
     passage), stored beside it and part of its content hash."""
     if role not in ROLES:
         raise EvaluationSetError(f"role {role!r}: must be one of {', '.join(ROLES)}")
     if (role == "guard") != (corpus is not None):
         raise EvaluationSetError("a guard set needs its corpus, and only a guard set has one")
-    canonical = _validated(records)
+    canonical, merged = _validated(records)
     overlap = traffic_overlap(ws, canonical)
     if overlap:
         sample = ", ".join(repr(r.query_text) for r in overlap[:3])
@@ -133,7 +167,7 @@ def register_evaluation_set(
     with ws.db.read() as session:
         existing = session.get(EvaluationDataset, ref)
         if existing is not None:
-            return existing
+            return RegisteredSet(existing, merged)
     if corpus is not None and not ws.objects.exists(corpus_key(ref)):
         ws.objects.put_bytes(corpus_key(ref), passages)
     if not ws.objects.exists(key):
@@ -148,9 +182,10 @@ def register_evaluation_set(
         )
         session.add(row)
     log.info(
-        "evaluation set registered", extra={"evaluation_dataset_ref": ref, "samples": len(canonical), "role": role}
+        "evaluation set registered",
+        extra={"evaluation_dataset_ref": ref, "samples": len(canonical), "merged": merged, "role": role},
     )
-    return row
+    return RegisteredSet(row, merged)
 
 
 def records_from_corpus(ws: Workspace, corpus: str) -> list[EvalRecord]:
