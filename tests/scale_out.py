@@ -140,6 +140,7 @@ class Traffic:
     pause_s: float = 0.2
     searches: int = 0
     failed_searches: list[str] = field(default_factory=list)
+    refused_feedback: list[str] = field(default_factory=list)  # feedback for a search that was answered
     acknowledged: set[str] = field(default_factory=set)  # event ids answered 202
     served_by: set[str] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -164,8 +165,12 @@ class Traffic:
             refs = [c["ref"] for c in answer["chunks"]]
             if refs:
                 rating = "LIKE" if rng.random() < 0.7 else "DISLIKE"
-                accepted = self.client.feedback(answer["req_id"], user, rating, refs[:1])
-                self.acknowledged.add(accepted["event_id"])
+                try:
+                    accepted = self.client.feedback(answer["req_id"], user, rating, refs[:1])
+                except EndpointError as error:  # recorded, and the users go on
+                    self.refused_feedback.append(str(error))
+                else:
+                    self.acknowledged.add(accepted["event_id"])
             self._stop.wait(self.pause_s)
 
     def stop(self) -> None:

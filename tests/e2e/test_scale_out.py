@@ -230,7 +230,7 @@ def test_chaos_run(scale_out_settings: Settings, s3_bucket: S3Bucket) -> None:
     print(
         "\nchaos run (seed {seed}): kills survived {kills} ({by}) · invariant violations {violations} · "
         "duplicate effects {duplicates} · records left unfinished {unfinished} · acknowledged feedback lost "
-        "{lost} of {acked} · searches failed {failed} of {searches} · loops completed {loops} "
+        "{lost} of {acked} · feedback refused {refused} · searches failed {failed} of {searches} · loops completed {loops} "
         "(cut over {cutovers}) · runs {runs} · {wall:.0f} s".format(
             seed=CHAOS_SEED,
             kills=sum(kills.values()),
@@ -242,6 +242,7 @@ def test_chaos_run(scale_out_settings: Settings, s3_bucket: S3Bucket) -> None:
             unfinished=len(result.unfinished),
             lost=len(result.lost_feedback),
             acked=len(traffic.acknowledged),
+            refused=len(traffic.refused_feedback),
             failed=len(traffic.failed_searches),
             searches=traffic.searches,
             loops=completed_rollbacks(ws),
@@ -253,3 +254,4 @@ def test_chaos_run(scale_out_settings: Settings, s3_bucket: S3Bucket) -> None:
     assert sum(kills.values()) >= CHAOS_KILLS
     assert result.clean, result
     assert traffic.failed_searches == [], traffic.failed_searches[:5]
+    assert traffic.refused_feedback == [], traffic.refused_feedback[:5]
