@@ -31,6 +31,16 @@ def _listening_port(pid: int, host: str) -> int | None:
     return None
 
 
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a loopback server the fixtures started: SIGTERM, then SIGKILL after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
 def _answers_chroma_heartbeat(host: str, port: int) -> bool:
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
     try:
@@ -67,9 +77,4 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
             port = port or _listening_port(proc.pid, host)
         yield host, port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop_server(proc)

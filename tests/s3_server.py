@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chroma_server import _listening_port
+from chroma_server import _listening_port, stop_server
 
 REGION = "us-east-1"
 # moto accepts any credentials; these only have to be present, as they must be for a real endpoint.
@@ -121,12 +121,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             port = port or _listening_port(proc.pid, host)
         yield S3Server(endpoint_url=f"http://{host}:{port}", log_path=log_path)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop_server(proc)
 
 
 def _forget_s3_filesystems() -> None:
