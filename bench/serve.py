@@ -27,6 +27,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,26 +55,18 @@ def vocabulary(seed: int = 0) -> tuple[list[str], list[float]]:
     return words, [1.0 / (rank + 1) for rank in range(len(words))]
 
 
-def synthetic_corpus(ws: Any, n: int, seed: int = 0) -> None:
-    """N chunks in one project (100 per video) with random unit vectors in the active index."""
-    from sqlalchemy import insert
-
-    from opslib.control.release import current_release
-    from opslib.db.models import Chunk, ServingState, VectorIndexEntry, Video, VideoStatus, utcnow
+def synthetic_rows(n: int, model: str, seed: int = 0) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """Batches of (video rows, chunk rows): N chunks of 40 Zipf-drawn words, 100 per video, one
+    project."""
+    from opslib.db.models import ServingState, VideoStatus, utcnow
 
     rng = random.Random(seed)
     words, weights = vocabulary()
-    vectors_rng = np.random.default_rng(seed)
-    with ws.db.read() as session:
-        release = current_release(session)
-        index, model = release.active_index_name, release.active_model_version
-    dimension = ws.embeddings.load(model).dimension
     now = utcnow()
     batch = 5000
     for start in range(0, n, batch):
-        count = min(batch, n - start)
-        videos, chunks, entries = [], [], []
-        for i in range(start, start + count):
+        videos, chunks = [], []
+        for i in range(start, min(n, start + batch)):
             if i % 100 == 0:
                 videos.append(
                     {
@@ -101,21 +94,39 @@ def synthetic_corpus(ws: Any, n: int, seed: int = 0) -> None:
                     "created_at": now,
                 }
             )
-            entries.append(
-                {
-                    "index_name": index,
-                    "chunk_id": f"c{i:07d}",
-                    "embedding_model_version": model,
-                    "content_hash": f"{i:064x}",
-                    "created_at": now,
-                }
-            )
+        yield videos, chunks
+
+
+def synthetic_corpus(ws: Any, n: int, seed: int = 0) -> None:
+    """N chunks in one project (``synthetic_rows``) with random unit vectors in the active index."""
+    from sqlalchemy import insert
+
+    from opslib.control.release import current_release
+    from opslib.db.models import Chunk, VectorIndexEntry, Video, utcnow
+
+    vectors_rng = np.random.default_rng(seed)
+    with ws.db.read() as session:
+        release = current_release(session)
+        index, model = release.active_index_name, release.active_model_version
+    dimension = ws.embeddings.load(model).dimension
+    now = utcnow()
+    for videos, chunks in synthetic_rows(n, model, seed):
+        entries = [
+            {
+                "index_name": index,
+                "chunk_id": c["id"],
+                "embedding_model_version": model,
+                "content_hash": f"{int(c['id'][1:]):064x}",
+                "created_at": now,
+            }
+            for c in chunks
+        ]
         with ws.db.transaction() as session:
             if videos:
                 session.execute(insert(Video), videos)
             session.execute(insert(Chunk), chunks)
             session.execute(insert(VectorIndexEntry), entries)
-        vectors = vectors_rng.standard_normal((count, dimension)).astype(np.float32)
+        vectors = vectors_rng.standard_normal((len(chunks), dimension)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         ws.vectors.upsert(
             index,

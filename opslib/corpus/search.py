@@ -7,7 +7,6 @@ start of a request and used for all of it, so a request never mixes two combinat
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from opslib.control.release import current_release
@@ -29,6 +28,7 @@ from opslib.db.models import (
 )
 from opslib.errors import Invalid
 from opslib.infra.embedding import EmbeddingRefused, Purpose
+from opslib.infra.keyword_index import keyword_index_for
 from opslib.infra.logs import current_trace_id
 from opslib.infra.workspace import Workspace
 
@@ -39,7 +39,6 @@ TOP_K = 5
 MAX_TOP_K = 20  # what a caller may ask for: no more than each list fused holds
 STEPS = ("keyword", "embed", "vector", "fuse", "gate", "store")  # timed steps of a request
 MAX_QUERY_CHARS = 2000
-_TERM = re.compile(r"\w+", re.UNICODE)
 
 
 class SearchError(Invalid, ValueError):
@@ -76,83 +75,11 @@ class SearchResponse:
 
 
 # Keyword search ---------------------------------------------------------------------------
-def query_terms(query_text: str) -> list[str]:
-    """Distinct word tokens (any script) of at least two characters, in query order."""
-    return list(dict.fromkeys(t.lower() for t in _TERM.findall(query_text) if len(t) >= 2))
-
-
 def keyword_search(session: Session, query_text: str, project_id: str, k: int = KEYWORD_K) -> list[str]:
-    """Chunk ids of ``project_id`` ranked by keyword match; finds words inside longer tokens."""
-    terms = query_terms(query_text)
-    if not terms:
-        return []
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        return _keyword_postgres(session, terms, project_id, k)
-    return _keyword_sqlite(session, terms, project_id, k)
-
-
-def _keyword_sqlite(session: Session, terms: list[str], project_id: str, k: int) -> list[str]:
-    # The trigram tokenizer matches any substring of >= 3 characters; shorter terms (common in
-    # Korean, e.g. a two-syllable noun) are matched by LIKE, which the same index serves.
-    long_terms = [t for t in terms if len(t) >= 3]
-    short_terms = [t for t in terms if len(t) < 3]
-    ranked: list[str] = []
-    if long_terms:
-        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in long_terms)
-        ranked = list(
-            session.execute(
-                text(
-                    "SELECT c.id FROM chunk_fts JOIN chunks c ON c.rowid = chunk_fts.rowid "
-                    "JOIN videos v ON v.id = c.video_id "
-                    "WHERE chunk_fts MATCH :match AND v.project_id = :project "
-                    "ORDER BY bm25(chunk_fts), c.id LIMIT :k"
-                ),
-                {"match": match, "project": project_id, "k": k},
-            ).scalars()
-        )
-    if short_terms and len(ranked) < k:
-        hits = " + ".join(f"(c.enriched_text LIKE :t{i})" for i in range(len(short_terms)))
-        params: dict[str, object] = {f"t{i}": f"%{t}%" for i, t in enumerate(short_terms)}
-        params.update(project=project_id, k=k)
-        extra = session.execute(
-            text(
-                f"SELECT c.id FROM chunks c JOIN videos v ON v.id = c.video_id "
-                f"WHERE v.project_id = :project AND ({hits}) > 0 ORDER BY ({hits}) DESC, c.id LIMIT :k"
-            ),
-            params,
-        ).scalars()
-        ranked.extend(i for i in extra if i not in set(ranked))
-    return ranked[:k]
-
-
-def trigram_match_postgres(terms: list[str]) -> tuple[str, dict[str, object]]:
-    """WHERE fragment on ``chunks c``: enriched_text contains any term (case-insensitive).
-
-    An OR of ILIKEs, which the pg_trgm GIN index ``ix_chunks_enriched_trgm`` can serve (a sum of
-    them compared with 0 could not)."""
-    params: dict[str, object] = {f"t{i}": f"%{t}%" for i, t in enumerate(terms)}
-    return "(" + " OR ".join(f"c.enriched_text ILIKE :t{i}" for i in range(len(terms))) + ")", params
-
-
-def keyword_sql_postgres(terms: list[str], project_id: str, k: int) -> tuple[str, dict[str, object]]:
-    """The PostgreSQL keyword query and its parameters."""
-    # Substring match decides *whether* a chunk matches — so a word inside a longer eojeol is
-    # found; the number of matched terms and ts_rank over the 'simple' tsvector decide the order.
-    matches, params = trigram_match_postgres(terms)
-    hits = " + ".join(f"(c.enriched_text ILIKE :t{i})::int" for i in range(len(terms)))
-    params.update(project=project_id, k=k, tsq=" | ".join(f"{t}:*" for t in terms if t.isalnum()))
-    sql = (
-        f"SELECT c.id FROM chunks c JOIN videos v ON v.id = c.video_id "
-        f"WHERE v.project_id = :project AND {matches} "
-        f"ORDER BY ({hits}) DESC, ts_rank(c.enriched_tsv, to_tsquery('simple', :tsq)) DESC, c.id "
-        f"LIMIT :k"
-    )
-    return sql, params
-
-
-def _keyword_postgres(session: Session, terms: list[str], project_id: str, k: int) -> list[str]:
-    sql, params = keyword_sql_postgres(terms, project_id, k)
-    return list(session.execute(text(sql), params).scalars())
+    """Chunk ids of ``project_id`` ranked by BM25 over their words; a query word also matches
+    inside a longer word (opslib/infra/keyword_index.py). The index catches up with the database
+    read through ``session`` first."""
+    return keyword_index_for(session).search(session, query_text, project_id, k)
 
 
 # Fusion and gate --------------------------------------------------------------------------

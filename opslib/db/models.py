@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -177,6 +178,30 @@ class Chunk(Base):
     chunking_version: Mapped[str] = mapped_column(String(64))
     embedding_model_version: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ChunkChange(Base):
+    """The chunk change log: one row per chunk inserted, deleted or re-texted, appended by
+    triggers (migration 0012) in the writer's transaction; the in-memory keyword index follows it."""
+
+    __tablename__ = "chunk_changes"
+    __table_args__ = ({"sqlite_autoincrement": True},)  # never reuse a sequence number
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    chunk_id: Mapped[str] = mapped_column(String(160))
+    # PostgreSQL: the writer's transaction id (a trigger default), so a reader can tell which rows
+    # may still be invisible to it; NULL on SQLite, where writers are serialised.
+    txid: Mapped[int | None] = mapped_column(BigInteger, index=True)
+
+
+class DatabaseIdentity(Base):
+    """One row, written by migration 0012: tells a re-created or replaced database from the one
+    an in-memory index was built from."""
+
+    __tablename__ = "database_identity"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    identity: Mapped[str] = mapped_column(String(36))
 
 
 class VectorIndexEntry(Base):

@@ -6,6 +6,8 @@
   reads the release row per request, so it answers with the new combination as soon as the switch
   commits — and since the cutover waits until every live endpoint reports the candidate loaded,
   the new model is already in memory then: no request waits on a load or mixes two models;
+* **follow the chunks** — the keyword index applies the chunk change log (built from every chunk
+  at start, before the server takes requests), so a search has little or nothing left to apply;
 * **report the endpoint** — every ``endpoint_heartbeat_s`` its ``serving_endpoints`` row: loaded
   versions, what it serves, readiness;
 * **flush feedback** — acknowledged feedback goes from the outbox to ``raw_logs/`` once a batch is
@@ -23,6 +25,7 @@ from sqlalchemy import func, select
 from opslib.control.endpoints import EndpointReport, report_endpoint, stop_endpoint
 from opslib.control.release import current_release
 from opslib.db.models import ModelRelease, ReleaseStatus, VectorIndexEntry
+from opslib.infra.keyword_index import keyword_index_for
 from opslib.infra.logs import get_logger
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.feedback.intake import flush_outbox
@@ -101,6 +104,7 @@ class Follower:
         with self.ws.db.read() as session:
             release = current_release(session)
             wanted = models_to_hold(release) if release is not None else []
+            keyword_index_for(session).refresh(session)
         for model_version in wanted:
             if not self.ws.embeddings.is_ready(model_version):
                 started = time.perf_counter()

@@ -1,7 +1,7 @@
 from typing import Any
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import update
 
 from opslib.corpus import search as search_module
 from opslib.corpus.ingest import ChunkIn, IngestError, VideoIn, ingest_videos
@@ -11,10 +11,8 @@ from opslib.corpus.search import (
     VECTOR_K,
     SearchError,
     keyword_search,
-    query_terms,
     reciprocal_rank_fusion,
     search,
-    trigram_match_postgres,
 )
 from opslib.db.models import (
     Chunk,
@@ -25,6 +23,7 @@ from opslib.db.models import (
     VideoStatus,
 )
 from opslib.infra.embedding import Purpose
+from opslib.infra.keyword_index import query_words
 from opslib.infra.vector_store import VectorHit
 from opslib.infra.workspace import Workspace
 
@@ -174,25 +173,7 @@ def test_keyword_search_ranks_and_limits(ws: Workspace) -> None:
         }
         assert keyword_search(session, "!!! ??", "coding") == []
         assert len(keyword_search(session, "a e i o u python", "coding")) <= KEYWORD_K
-    assert query_terms("Sort a LIST, sort it!") == ["sort", "list", "it"]
-
-
-def test_postgres_keyword_match_can_use_the_trigram_index(ws: Workspace) -> None:
-    if ws.db.dialect != "postgresql":
-        pytest.skip("PostgreSQL only: SQLite answers from FTS5")
-    _load(ws)
-    match, params = trigram_match_postgres(["python", "pytest"])
-    with ws.db.read() as session:
-        session.execute(text("SET LOCAL enable_seqscan = off"))  # a tiny table would be scanned anyway
-        plan = "\n".join(session.execute(text(f"EXPLAIN SELECT c.id FROM chunks c WHERE {match}"), params).scalars())
-        assert "ix_chunks_enriched_trgm" in plan, plan
-        assert set(keyword_search(session, "python pytest", "coding")) == {
-            "coding-v0#0000",
-            "coding-v1#0000",
-            "coding-v2#0000",
-            "coding-v3#0000",
-            "coding-v4#0000",
-        }
+    assert query_words("Sort a LIST, sort it!") == ["sort", "list", "it"]
 
 
 def test_ingest_refuses_bad_videos_and_keeps_nothing(ws: Workspace) -> None:

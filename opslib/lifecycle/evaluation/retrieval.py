@@ -104,7 +104,7 @@ def rank(
 def hybrid_top(
     ws: Workspace, records: Sequence[Scoped], dense: list[list[tuple[str, float]]], k: int = K
 ) -> list[list[str]]:
-    """What the serving path would show (keyword top-20 from the full-text index + the dense top-20
+    """What the serving path would show (keyword top-20 from the keyword index + the dense top-20
     given, fused by Reciprocal Rank Fusion, then the SOT gate, top k) — per record, the model's
     dense ranking standing in for its index."""
     from opslib.corpus.search import KEYWORD_K, keyword_search, reciprocal_rank_fusion, sot_gate
