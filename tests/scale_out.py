@@ -137,7 +137,7 @@ class Traffic:
     client: EndpointClient
     queries: list[tuple[str, str]]  # (query text, project)
     seed: int = 0
-    pause_s: float = 0.2
+    pause_s: float = 0.5  # about two searches a second: users throughout, without starving the workers of CPU
     searches: int = 0
     failed_searches: list[str] = field(default_factory=list)
     refused_feedback: list[str] = field(default_factory=list)  # feedback for a search that was answered

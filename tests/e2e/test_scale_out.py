@@ -58,6 +58,8 @@ CHAOS_SEED = 15
 # every stage of the loop (20 … 70, and the moments between stages) instead of all landing in the
 # first long one.
 KILLS_PER_STAGE = 4
+KILL_EVERY_S = (1.0, 5.0)  # the next kill comes a uniformly random time after the last one
+CHAOS_TIMEOUT_S = 1200
 
 pytestmark = [
     pytest.mark.slow,
@@ -185,6 +187,7 @@ def _served_by(traffic: Traffic) -> str:
 
 
 @pytest.mark.chaos
+@pytest.mark.timeout(CHAOS_TIMEOUT_S + 600)  # the loop's own deadline fails first, with the state it saw
 def test_chaos_run(scale_out_settings: Settings, s3_bucket: S3Bucket) -> None:
     ws = Workspace(scale_out_settings)
     stack = ScaleOutStack(scale_out_settings, s3_bucket.env, scale_out_settings.workspace / "logs")
@@ -199,7 +202,7 @@ def test_chaos_run(scale_out_settings: Settings, s3_bucket: S3Bucket) -> None:
         traffic = _prepare(ws, stack)
         _start_services(stack)
         traffic.start()
-        next_kill[0] = time.monotonic() + rng.uniform(2, 8)
+        next_kill[0] = time.monotonic() + rng.uniform(*KILL_EVERY_S)
 
         def killer() -> bool:
             """One kill -9 when its (seeded, random) moment has come, unless the stage in flight
@@ -214,11 +217,11 @@ def test_chaos_run(scale_out_settings: Settings, s3_bucket: S3Bucket) -> None:
                     stack.restart(victim)  # as a supervisor (systemd, Kubernetes) would
                     kills[victim] += 1
                     in_flight[moment] += 1
-                next_kill[0] = time.monotonic() + rng.uniform(2, 8)
+                next_kill[0] = time.monotonic() + rng.uniform(*KILL_EVERY_S)
             return False
 
         # Kill while the loop runs; then let it finish at least one full loop with no more kills.
-        drive_loops(ws, stack, until=lambda: killer() and completed_rollbacks(ws) >= 1, timeout_s=1200)
+        drive_loops(ws, stack, until=lambda: killer() and completed_rollbacks(ws) >= 1, timeout_s=CHAOS_TIMEOUT_S)
         settle(ws, stack, timeout_s=300)
     finally:
         if traffic is not None:
