@@ -204,6 +204,12 @@ class Settings(BaseSettings):
     serve_follow_interval_s: float = Field(
         default=0.5, gt=0, description="how often an endpoint reads the release row to preload what comes next"
     )
+    serve_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="worker processes serving one address (`opsbench serve --processes`), each a replica: one per core",
+    )
     serve_encode_workers: int = Field(default=2, ge=1, le=64, description="threads encoding queries per endpoint")
     serve_batch_wait_ms: float = Field(
         default=2.0, ge=0, le=1000, description="how long a query encode waits for others to share its batch"

@@ -81,10 +81,13 @@ def parse_param(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _workspace(args: argparse.Namespace, default_log_name: str | None = None) -> Workspace:
+def _workspace(
+    args: argparse.Namespace, default_log_name: str | None = None, settings_from_options: dict[str, Any] | None = None
+) -> Workspace:
     """Settings and logging for a command; ``default_log_name``: log to
-    ``<workspace>/logs/<name>`` unless OPS_LOG_FILE says where."""
-    overrides: dict[str, Any] = {}
+    ``<workspace>/logs/<name>`` unless OPS_LOG_FILE says where. ``settings_from_options``: the
+    command's options that override settings (None values: not given), checked like the settings."""
+    overrides: dict[str, Any] = {k: v for k, v in (settings_from_options or {}).items() if v is not None}
     if args.config:
         overrides["config_file"] = args.config
     if args.workspace:
@@ -451,7 +454,7 @@ def cmd_reindex_active(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from opslib.service.server import serve  # deferred: FastAPI and uvicorn only for this command
 
-    ws = _ready(_workspace(args))
+    ws = _ready(_workspace(args, settings_from_options={"serve_processes": args.processes}))
     serve(
         ws,
         host=args.host,
@@ -459,6 +462,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         endpoint_id=args.endpoint_id,
         advertise=args.advertise,
         allow_anonymous=args.allow_anonymous,
+        listen_fd=args.listen_fd,
     )
     return 0
 
@@ -699,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         cmd_serve,
         "the managed embedding endpoint over HTTP: /v1/search, /v1/feedback, /v1/embeddings, /healthz, /readyz, "
-        "/metrics (one process per replica; docs/serving.md)",
+        "/metrics (each process a replica; docs/serving.md)",
     )
     sub.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
     sub.add_argument("--port", type=int, default=8000, help="0: any free port (printed on start)")
@@ -710,6 +714,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no bearer token needed (loopback hosts only: for a local demo or a test)",
     )
+    sub.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="worker processes serving this address, each a replica with its own endpoint row (ID/0, ID/1, …), "
+        "restarted if one dies; recommended: the number of cores (default OPS_SERVE_PROCESSES, 1)",
+    )
+    # Internal: how the supervisor of --processes N starts each worker on its listening socket.
+    sub.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
 
     sub = add("serve-token", cmd_serve_token, "make a bearer token for the endpoint; prints it and its settings entry")
     sub.add_argument("name", help="who the token is for, e.g. biblio-app")

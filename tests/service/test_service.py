@@ -4,7 +4,11 @@ client (httpx), a real Chroma server shared with the test process, on SQLite and
 from __future__ import annotations
 
 import base64
+import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from helpers import dataset_row, mini_corpus_spec, ready_run
 from sqlalchemy import update
@@ -29,7 +34,7 @@ from opslib.lifecycle.reindex import reindex_candidate
 from opslib.lifecycle.rollback import roll_back
 from opslib.ops.bootstrap import init_workspace
 from opslib.service.auth import new_token
-from opslib.service.server import ServerProcess, spawn_server
+from opslib.service.server import ServerProcess, ready_workers, spawn_server
 from opslib.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -54,14 +59,15 @@ class Server:
         self.process.stop(sig)
 
 
-def start_server(settings: Settings, log: Path, token: str, search_only: str) -> Server:
-    return Server(spawn_server(settings, log), token, search_only)
+def start_server(settings: Settings, log: Path, token: str, search_only: str, processes: int | None = None) -> Server:
+    return Server(spawn_server(settings, log, processes=processes), token, search_only)
 
 
 @pytest.fixture
-def served(
+def prepared(
     tmp_path: Path, db_url: str, tiny_model_dir: Path, chroma_server: tuple[str, int]
-) -> Iterator[tuple[Workspace, Server]]:
+) -> tuple[Workspace, str, str]:
+    """A workspace with the mini corpus, ready to serve, and two tokens (all scopes, search only)."""
     token, entry = new_token("tests", ["search", "feedback", "embeddings"])
     narrow, narrow_entry = new_token("search-only", ["search"])
     host, port = chroma_server
@@ -84,7 +90,13 @@ def served(
     ws = Workspace(settings)
     init_workspace(ws)
     load_corpus(ws, mini_corpus_spec(), reserve_fraction=0.25, seed=2)
-    server = start_server(settings, tmp_path / "serve.log", token, narrow)
+    return ws, token, narrow
+
+
+@pytest.fixture
+def served(prepared: tuple[Workspace, str, str], tmp_path: Path) -> Iterator[tuple[Workspace, Server]]:
+    ws, token, narrow = prepared
+    server = start_server(ws.settings, tmp_path / "serve.log", token, narrow)
     try:
         yield ws, server
     finally:
@@ -326,3 +338,89 @@ def test_simulated_traffic_over_http_reaches_raw_logs_one_trace_per_request(serv
             snapshot = session.get(SearchResponseSnapshot, event["req_id"])
             assert snapshot is not None and snapshot.trace_id == event["trace_id"]
     assert sum(e["rating"] == "LIKE" for e in events) == report.likes
+
+
+# Worker processes: `opsbench serve --processes 2` ------------------------------------------------
+@pytest.fixture
+def served_by_two(prepared: tuple[Workspace, str, str], tmp_path: Path) -> Iterator[tuple[Workspace, Server]]:
+    ws, token, narrow = prepared
+    server = start_server(ws.settings, tmp_path / "serve.log", token, narrow, processes=2)
+    try:
+        yield ws, server
+    finally:
+        server.stop()
+
+
+def _workers(server: Server) -> list[int]:
+    return sorted(child.pid for child in psutil.Process(server.process.proc.pid).children())
+
+
+def _endpoint_rows(ws: Workspace, address: str) -> dict[str, tuple[bool, bool]]:
+    """endpoint id → (ready, stopped) of the rows advertising ``address``."""
+    with ws.db.read() as session:
+        rows = session.query(ServingEndpoint).where(ServingEndpoint.address == address).all()
+        return {row.endpoint_id: (row.ready, row.stopped_at is not None) for row in rows}
+
+
+def test_two_worker_processes_serve_one_address_and_a_killed_one_comes_back(served_by_two) -> None:  # type: ignore[no-untyped-def]
+    ws, server = served_by_two
+    rows = _endpoint_rows(ws, server.url)
+    first, second = sorted(rows)
+    assert first.endswith("/0") and second.endswith("/1") and first[:-2] == second[:-2], rows  # one replica each
+    assert rows[first] == rows[second] == (True, False)
+    workers = _workers(server)
+    assert len(workers) == 2
+    with server.client() as client:
+        assert _search(client).status_code == 200
+
+    os.kill(workers[0], signal.SIGKILL)
+    killed_at = time.monotonic()
+    with server.client() as client:  # a new connection: only a live worker accepts it
+        for _ in range(3):
+            assert _search(client).status_code == 200
+    _until(lambda: len(_workers(server)) == 2 and workers[0] not in _workers(server))
+    # Both reported ready since the kill: the restarted worker is serving again, under its id.
+    _until(lambda: ready_workers(ws.settings, server.url, time.monotonic() - killed_at) == 2)
+    assert sorted(_endpoint_rows(ws, server.url)) == [first, second]
+    assert "worker died unexpectedly: restarting it" in server.process.log_path.read_text()
+    with server.client() as client:
+        assert _search(client).status_code == 200
+
+
+def test_sigterm_stops_the_supervisor_and_its_workers_cleanly(prepared, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ws, token, narrow = prepared
+    slow = ws.settings.model_copy(update={"feedback_flush_age_s": 3600.0, "feedback_batch_size": 1000})
+    server = start_server(slow, tmp_path / "serve.log", token, narrow, processes=2)
+    try:
+        workers = _workers(server)
+        assert len(workers) == 2
+        with server.client() as client:
+            body = _search(client).json()
+            feedback = {
+                "req_id": body["req_id"],
+                "user_id": "u1",
+                "rating": "LIKE",
+                "used_ids": [body["chunks"][0]["ref"]],
+            }
+            assert client.post("/v1/feedback", json=feedback).status_code == 202
+        assert not any(e["req_id"] == body["req_id"] for e in _raw_events(ws))  # pending: flushing is slow
+        assert server.process.stop(signal.SIGTERM) == 0
+    finally:
+        server.stop(signal.SIGKILL)
+    assert not [pid for pid in workers if psutil.pid_exists(pid)]  # no orphan left
+    assert set(_endpoint_rows(ws, server.url).values()) == {(False, True)}  # both rows marked stopped
+    assert any(e["req_id"] == body["req_id"] for e in _raw_events(ws))  # the clean stop flushed it
+
+
+@pytest.mark.sqlite_only(
+    reason="its point is the supervisor giving up, not the database; workers on PostgreSQL: the two tests above"
+)
+def test_the_supervisor_gives_up_when_workers_die_as_they_start(prepared) -> None:  # type: ignore[no-untyped-def]
+    ws, _, _ = prepared
+    shutil.rmtree(Path(ws.settings.resolved_model_store_url) / ws.settings.base_model_version)  # cannot load
+    env = {**os.environ, **ws.settings.as_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "opslib.ops.cli", "serve", "--port", "0", "--processes", "2"]
+    done = subprocess.run(command, env=env, capture_output=True, timeout=120)
+    assert done.returncode == 1 and done.stdout.startswith(b"serving on "), done
+    error = done.stderr.decode(errors="replace").splitlines()[-1]
+    assert error.startswith("error: worker ") and "3 times in a row" in error and "giving up" in error, error

@@ -86,3 +86,10 @@ def test_readiness_names_what_is_missing(ws: Workspace) -> None:
     ws.vectors.drop("idx-tiny-base")
     state = readiness(ws)
     assert not state.ready and "idx-tiny-base does not exist" in state.reason
+
+
+def test_serve_refuses_a_bad_process_count_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--workspace", str(tmp_path / "ws"), "serve", "--processes", "0"]) == 2
+    error = capsys.readouterr().err
+    assert "serve_processes" in error and "greater than or equal to 1" in error, error
+    assert not (tmp_path / "ws").exists()  # refused before anything was made
