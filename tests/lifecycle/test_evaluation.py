@@ -523,8 +523,8 @@ def test_a_broken_candidate_fails_with_fail(run_ws, tiny_model_dir: Path, tmp_pa
     assert outcome.decision is Decision.FAIL and "candidate below baseline" in (outcome.fail_reason or "")
     q = outcome.quality_metrics
     assert all(q["candidate"][m] == 0.0 < q["baseline"][m] for m in METRICS)
-    # The hybrid serving path, summarised beside (what keyword search adds differs by backend:
-    # FTS5 trigrams on SQLite, pg_trgm on PostgreSQL — so only its shape is checked here).
+    # The hybrid serving path, summarised beside (what keyword search adds is tested with the
+    # keyword index, tests/infra/test_keyword_index.py — so only its shape is checked here).
     hybrid = q["hybrid"]
     assert set(hybrid) >= {"baseline", "candidate", "delta", "ci95", "p_value", "p_value_holm", "win_tie_loss"}
     assert all(sum(hybrid["win_tie_loss"][m].values()) == q["coverage"]["evaluated"] for m in METRICS)
