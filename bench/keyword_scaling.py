@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -81,11 +82,11 @@ def fts5_ranked(conn: sqlite3.Connection, text: str) -> list[str]:
     return [r[0] for r in conn.execute(FTS5_QUERY, (match, PROJECT, KEYWORD_K))]
 
 
-def timed(call: object, texts: list[str]) -> tuple[list[float], list[list[str]]]:
+def timed(call: Callable[[str], list[str]], texts: list[str]) -> tuple[list[float], list[list[str]]]:
     times, results = [], []
     for text in texts:
         started = time.perf_counter()
-        results.append(call(text))  # type: ignore[operator]
+        results.append(call(text))
         times.append(time.perf_counter() - started)
     return times, results
 

@@ -192,12 +192,15 @@ def test_segments_are_merged_and_the_ranking_does_not_change(db: Database) -> No
 
 
 def test_one_index_per_database_per_process(db: Database) -> None:
+    _add(db, "v0", "p", ["alpha beta"])
     with db.read() as first, db.read() as second:
-        assert keyword_index_for(first) is keyword_index_for(second)
-    assert isinstance(keyword_index_for(Session(bind=database_for(db.url).engine)), KeywordIndex)
+        index = keyword_index_for(first)
+        assert index is keyword_index_for(second)
+        assert index.search(first, "alpha", "p", 20) == ["v0#0000"]
     forget_database(db.url)  # a fresh engine for the same URL finds the same index (caught up by identity)
     with database_for(db.url).read() as session:
-        assert keyword_index_for(session).search(session, "nothing", "p", 20) == []
+        assert keyword_index_for(session) is index
+        assert index.search(session, "alpha", "p", 20) == ["v0#0000"]
 
 
 def test_an_index_built_in_batches_ranks_as_one_built_at_once(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
