@@ -12,22 +12,14 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as _Figure
 
+from opslib.control import outcomes
 from opslib.errors import Refused
-
-_COLOURS = {
-    "PASS": "#1b7f3b",
-    "OK": "#1b7f3b",
-    "FAIL": "#b3261e",
-    "ERROR": "#7a1fa2",
-    "REFUSED": "#b35c00",
-    "INFO": "#1f4e8c",
-}
 
 
 def banner(verdict: str, text: str) -> Any:
     from IPython.display import HTML  # deferred: IPython (≈0.5 s) is needed only in a notebook
 
-    colour = _COLOURS.get(verdict, "#444")
+    colour = outcomes.colour(verdict)
     return HTML(
         f'<div class="ops-banner" style="padding:12px 16px;border-radius:6px;color:white;'
         f'background:{colour};font-size:1.2em"><b>{html.escape(verdict)}</b> — {html.escape(text)}</div>'

@@ -39,7 +39,9 @@ from urllib.parse import quote
 
 from sqlalchemy import select
 
+from opslib.control.outcomes import RELEASE_EVENT_VERDICTS, TONE_COLOURS, Verdict, released_run_ids, run_outcome, tone
 from opslib.control.release import current_release
+from opslib.control.runs import is_stalled
 from opslib.db.models import (
     ExecutionStatus,
     MLPipelineRun,
@@ -60,17 +62,6 @@ log = get_logger(__name__)
 INDEX_NAME = "index.html"
 EVAL_METRICS = (("recall_at_5", "recall@5"), ("mrr_at_5", "MRR@5"), ("ndcg_at_5", "nDCG@5"))
 _SLACK = timedelta(seconds=1)  # clock rounding between a row's timestamps and the execution's
-_RELEASE_VERDICTS = {
-    "OPEN_CANDIDATE": "REINDEXING",
-    "CANDIDATE_READY": "CANDIDATE READY",
-    "CUTOVER": "SWITCHED",
-    "ABORT_CANDIDATE": "ABORTED",
-    "PREPARE_ROLLBACK": "ROLLBACK PREPARING",
-    "COMPLETE_ROLLBACK": "ROLLED BACK",
-    "BOOTSTRAP": "BOOTSTRAPPED",
-}
-_GOOD = {"PASS", "ELIGIBLE", "TRAINED", "CANDIDATE READY", "SWITCHED", "ROLLED BACK", "OK"}
-_BAD = {"FAIL", "INELIGIBLE", "ABORTED"}
 
 
 @dataclass(frozen=True)
@@ -83,7 +74,7 @@ class IndexRow:
     started_at: datetime
     finished_at: datetime | None
     run_id: int | None
-    run_status: str | None
+    run_outcome: str | None  # opslib.control.outcomes.RunOutcome
     verdict: str  # PASS, FAIL, ERROR, ELIGIBLE, …, or "—" when the stage has no verdict
     headline: list[str] = field(default_factory=list)
     # Evaluation table: (metric, baseline, candidate, delta), already formatted.
@@ -115,6 +106,7 @@ class _Facts:
     model_versions: set[str]
     events: list[ReleaseEvent]
     message_traces: dict[int, str]
+    released: set[int]
 
 
 def _fmt_time(value: datetime | None) -> str:
@@ -226,7 +218,7 @@ def _dataset_lines(dataset: TrainingDataset, built: str | None) -> tuple[str, li
     reasons = dataset.ineligible_reasons if isinstance(dataset.ineligible_reasons, list) else []
     if not dataset.eligible and reasons:
         lines.append("not eligible: " + "; ".join(str(r) for r in reasons))
-    return ("ELIGIBLE" if dataset.eligible else "INELIGIBLE"), lines
+    return (Verdict.ELIGIBLE if dataset.eligible else Verdict.INELIGIBLE), lines
 
 
 def _evaluation_rows(
@@ -273,7 +265,7 @@ def _training_rows(run: MLPipelineRun | None, facts: _Facts) -> tuple[str, list[
         f"candidate {candidate}" + ("" if trained else " (not trained)"),
         f"baseline {run.baseline_model_version or '—'}, dataset {run.dataset_version or '—'}",
     ]
-    return ("TRAINED" if trained else "—"), lines
+    return (Verdict.TRAINED if trained else "—"), lines
 
 
 def _release_rows(
@@ -297,7 +289,7 @@ def _release_rows(
         lines.append("no release transition")
     if run is not None:
         lines.append(
-            f"run {run.id} now {run.status.value}"
+            f"run {run.id} now {run_outcome(run, released=run.id in facts.released).value}"
             + (
                 f" ({run.failed_stage.value if run.failed_stage else '?'}, "
                 f"{run.failure_type.value if run.failure_type else '?'})"
@@ -305,7 +297,7 @@ def _release_rows(
                 else ""
             )
         )
-    verdict = _RELEASE_VERDICTS.get(events[-1].kind, events[-1].kind) if events else "NO CHANGE"
+    verdict = str(RELEASE_EVENT_VERDICTS.get(events[-1].kind, events[-1].kind)) if events else Verdict.NO_CHANGE
     return verdict, lines
 
 
@@ -315,6 +307,13 @@ def _stalled_line(ex: StageExecution, now: datetime, stall_after_s: float) -> st
     if ex.status is not ExecutionStatus.RUNNING or now - last <= timedelta(seconds=stall_after_s):
         return None
     return f"no heartbeat since {_fmt_time(last)}: its process looks dead (the next reconcile marks it ABANDONED)"
+
+
+def _outcome_of(run: MLPipelineRun | None, facts: _Facts, now: datetime, stall_after_s: float) -> str | None:
+    if run is None:
+        return None
+    stalled = is_stalled(run, stall_after_s, now)
+    return run_outcome(run, released=run.id in facts.released, stalled=stalled).value
 
 
 def _row(ex: StageExecution, facts: _Facts, runs_dir: Path, now: datetime, stall_after_s: float) -> IndexRow:
@@ -337,15 +336,15 @@ def _row(ex: StageExecution, facts: _Facts, runs_dir: Path, now: datetime, stall
         days = _param_int(ex.parameters, "window_days")
         lines = [f"window {days if days is not None else '?'} days (volume, rejects, rating mix in the report)"]
     if ex.status is ExecutionStatus.FAILED:
-        verdict = "REFUSED" if recorded_as(ex.error, Refused) else "ERROR"
+        verdict = Verdict.REFUSED if recorded_as(ex.error, Refused) else Verdict.ERROR
         lines = [_error_line(ex.error), *lines]
     elif ex.status is ExecutionStatus.ABANDONED:
-        verdict = "ABANDONED"
+        verdict = Verdict.ABANDONED
         evalue = ex.error.get("evalue") if isinstance(ex.error, dict) else None
         lines = [f"abandoned: {evalue or 'its process died'}", *lines]
     elif ex.status is ExecutionStatus.RUNNING:
         stalled = _stalled_line(ex, now, stall_after_s)
-        verdict = "STALLED" if stalled else "RUNNING"
+        verdict = Verdict.STALLED if stalled else Verdict.RUNNING
         lines = [stalled, *lines] if stalled else lines
     return IndexRow(
         execution_id=ex.id,
@@ -354,7 +353,7 @@ def _row(ex: StageExecution, facts: _Facts, runs_dir: Path, now: datetime, stall
         started_at=ex.started_at,
         finished_at=ex.finished_at,
         run_id=run_id,
-        run_status=run.status.value if run is not None else None,
+        run_outcome=_outcome_of(run, facts, now, stall_after_s),
         verdict=verdict,
         headline=lines,
         metrics=metrics,
@@ -394,6 +393,7 @@ def collect_run_index(ws: Workspace, now: datetime | None = None) -> tuple[list[
             )
             if message_ids
             else {},
+            released=released_run_ids(session),
         )
         release = current_release(session)
         stall_after_s = ws.settings.run_stall_after_s
@@ -427,8 +427,6 @@ table.m{border-collapse:collapse;margin-top:4px;font-variant-numeric:tabular-num
 table.m th,table.m td{border:1px solid #e3e3e3;padding:2px 6px;text-align:right}
 table.m td:first-child,table.m th:first-child{text-align:left}
 .v{display:inline-block;padding:2px 8px;border-radius:4px;color:#fff;font-weight:600;white-space:nowrap}
-.v-good{background:#1b7f3b}.v-bad{background:#b3261e}.v-error{background:#7a1fa2}.v-refused{background:#b35c00}
-.v-running{background:#1f4e8c}.v-info{background:#666}.v-abandoned{background:#5d4037}.v-stalled{background:#d35400}
 .s-FAILED{color:#7a1fa2;font-weight:600}.s-RUNNING{color:#1f4e8c;font-weight:600}
 .s-ABANDONED{color:#5d4037;font-weight:600}
 .missing{color:#b3261e}.muted{color:#777}
@@ -436,33 +434,27 @@ code{font-size:0.95em}
 """
 
 
+_CSS += "".join(f".v-{t.value}{{background:{c}}}" for t, c in TONE_COLOURS.items())
+
+
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
 def _verdict_class(verdict: str) -> str:
-    if verdict == "ERROR":
-        return "v-error"
-    if verdict == "REFUSED":
-        return "v-refused"
-    if verdict == "RUNNING":
-        return "v-running"
-    if verdict == "ABANDONED":
-        return "v-abandoned"
-    if verdict == "STALLED":
-        return "v-stalled"
-    if verdict in _GOOD:
-        return "v-good"
-    if verdict in _BAD:
-        return "v-bad"
-    return "v-info"
+    return f"v-{tone(verdict).value}"
 
 
 def _render_row(row: IndexRow) -> str:
     run = (
         "—"
         if row.run_id is None
-        else f"{row.run_id}" + (f'<br><span class="muted">{_e(row.run_status)}</span>' if row.run_status else "")
+        else f"{row.run_id}"
+        + (
+            f'<br><span class="v {_verdict_class(row.run_outcome)}">{_e(row.run_outcome)}</span>'
+            if row.run_outcome
+            else ""
+        )
     )
     headline = "<br>".join(_e(line) for line in row.headline) or '<span class="muted">—</span>'
     if row.metrics:

@@ -413,7 +413,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     for dataset in datasets["unusable"]:
         print(f"  UNUSABLE {dataset['dataset_version']} (since {dataset['unusable_at']}): {dataset['reason']}")
     print(f"models: {[m['model_version'] for m in status['models']]}")
-    print(f"queue: {status['queue']['unacked']} unacked message(s); runs: {len(status['runs'])} recent")
+    print(f"queue: {status['queue']['unacked']} unacked message(s)")
+    print(f"runs (newest {len(status['runs'])}):" if status["runs"] else "runs: none yet")
+    for run in status["runs"]:
+        failure = f" at {run['failed_stage']}" if run["failed_stage"] else ""
+        print(f"  run {run['id']:>4} {run['outcome']:<10} ({run['status']}{failure}) created {run['created_at']}")
     for parked in status["queue"]["parked"]:
         print(f"  PARKED message {parked['id']} ({parked['type']}, {parked['attempt']} deliveries): {parked['reason']}")
     print(f"release driven by: {status['release_driver']}")

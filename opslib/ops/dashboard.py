@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import ipywidgets as w
 import pandas as pd
 
+from opslib.control import outcomes
 from opslib.errors import Refused
 from opslib.infra.logs import get_logger
 from opslib.infra.workspace import Workspace
@@ -28,21 +29,6 @@ from opslib.settings import Settings
 
 log = get_logger(__name__)
 
-_OUTCOME_COLOURS = {
-    "FAIL": "#b3261e",
-    "FAILED": "#b3261e",
-    "DONE": "#1b7f3b",
-    "ERROR": "#7a1fa2",
-    "REFUSED": "#b35c00",
-    "STALLED": "#d35400",
-    "ABANDONED": "#5d4037",
-    "PASS": "#1b7f3b",
-    "RELEASED": "#1b7f3b",
-    "HELD": "#b35c00",
-    "RUNNING": "#1f4e8c",
-    "PENDING": "#555",
-    "SUPERSEDED": "#888",
-}
 _STYLE = (
     "<style>.ops-panel table{border-collapse:collapse;font-size:12px}"
     ".ops-panel th,.ops-panel td{border:1px solid #ddd;padding:3px 6px;text-align:left!important;"
@@ -63,7 +49,7 @@ def _local(iso: str, tz_name: str) -> str:
 
 
 def _badge(text: str) -> str:
-    return f'<span class="ops-badge" style="background:{_OUTCOME_COLOURS.get(text, "#444")}">{_e(text)}</span>'
+    return f'<span class="ops-badge" style="background:{outcomes.colour(text)}">{_e(text)}</span>'
 
 
 def _table(frame: pd.DataFrame, empty: str = "none") -> str:

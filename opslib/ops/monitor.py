@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DatabaseError
 
 from opslib.control.leases import RELEASE_LEASE, lease_state
+from opslib.control.outcomes import released_run_ids, run_outcome
 from opslib.control.release import current_release, history_frame, release_state
 from opslib.control.runs import is_stalled, latest_eligible_dataset
 from opslib.control.shards import shard_progress
@@ -87,22 +88,11 @@ class RunsView:
     schedules: list[dict[str, Any]] = field(default_factory=list)  # opslib.execution.schedule.schedule_status
 
 
-def _outcome(run: MLPipelineRun, stalled: bool) -> str:
-    if stalled:
-        return "STALLED"
-    if run.status is RunStatus.FAILED:
-        return run.failure_type.value if run.failure_type else "ERROR"
-    if run.status is RunStatus.READY_FOR_RELEASE:
-        if run.cutover_time:
-            return "RELEASED"
-        return "HELD" if run.release_hold and run.promoted_at is None else "PASS"
-    return run.status.value
-
-
 def runs_view(ws: Workspace, limit: int = 15, now: datetime | None = None) -> RunsView:
     now = now or utcnow()
     stall = ws.settings.run_stall_after_s
     with ws.db.read() as session:
+        released = released_run_ids(session)
         runs = list(session.scalars(select(MLPipelineRun).order_by(MLPipelineRun.id.desc()).limit(limit)))
         active = list(
             session.scalars(
@@ -125,7 +115,7 @@ def runs_view(ws: Workspace, limit: int = 15, now: datetime | None = None) -> Ru
         return RunRow(
             run.id,
             run.status.value,
-            _outcome(run, stalled),
+            run_outcome(run, released=run.id in released, stalled=stalled).value,
             run.failed_stage.value if run.failed_stage else None,
             run.failure_reason,
             run.trigger_source.value,
@@ -679,10 +669,14 @@ def workspace_status(ws: Workspace, recent: int = 10) -> dict[str, Any]:
             ),
             "imports": [c.name for c in session.scalars(select(CorpusImport).order_by(CorpusImport.name))],
         }
+        released = released_run_ids(session)
         status["runs"] = [
             {
                 "id": r.id,
                 "status": r.status.value,
+                "outcome": run_outcome(
+                    r, released=r.id in released, stalled=is_stalled(r, stall.total_seconds(), now)
+                ).value,
                 "failed_stage": r.failed_stage and r.failed_stage.value,
                 "failure_type": r.failure_type and r.failure_type.value,
                 "created_at": _iso(r.created_at),

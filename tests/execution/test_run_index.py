@@ -353,7 +353,7 @@ def test_rows_show_verdicts_metrics_and_relative_links(ws: Workspace) -> None:
     assert any("recall_at_5 0.3750 < 0.5000" in line for line in by_id[ids["ev_fail"]].headline)
     assert by_id[ids["ev_error"]].verdict == "ERROR"  # a system error, distinct from FAIL
     assert "EvaluationError: no query" in by_id[ids["ev_error"]].headline[0]
-    assert by_id[ids["cutover"]].verdict == "SWITCHED"
+    assert by_id[ids["cutover"]].verdict == "RELEASED"
     assert not any("ABORT" in line for line in by_id[ids["cutover"]].headline)
     assert by_id[ids["no_html"]].report_href is None
     assert by_id[ids["running"]].verdict == "RUNNING"
