@@ -215,6 +215,36 @@ class Settings(BaseSettings):
         default=2.0, ge=0, le=1000, description="how long a query encode waits for others to share its batch"
     )
     serve_max_body_bytes: int = Field(default=1_048_576, ge=1024, description="larger request bodies get 413")
+    # Alerts (`opsbench status --check`, the dashboard's problem list; opslib.ops.alerts, docs/operator-guide.md)
+    alert_incident_window_h: float = Field(
+        default=72.0,
+        gt=0,
+        description="a past incident (a failed run or schedule tick, an ABANDONED stage execution, a parked "
+        "message, a dataset marked unusable) alerts for this many hours after it happened, unless something "
+        "later clears it sooner (default: over a weekend)",
+    )
+    alert_schedule_grace_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="a schedule whose due tick has not been claimed this many seconds after it was due is overdue",
+    )
+    alert_dataset_lag_h: float = Field(
+        default=30.0,
+        gt=0,
+        description="the newest eligible dataset's source window ending longer ago than this alerts "
+        "(datasets are built daily)",
+    )
+    alert_endpoints_expected: int = Field(
+        default=0,
+        ge=0,
+        description="fewer live and ready serving endpoints than this alerts (0: endpoints are optional)",
+    )
+    alert_endpoint_stale_h: float = Field(
+        default=24.0,
+        gt=0,
+        description="an endpoint that stopped heartbeating without a clean stop alerts for this many hours after "
+        "its last heartbeat; after that it counts as removed",
+    )
     fault_point: str | None = Field(default=None, description="test only: SIGKILL the process at this checkpoint")
 
     @classmethod

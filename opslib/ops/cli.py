@@ -33,6 +33,7 @@ from opslib.lifecycle.feedback.events import IntakeLimits, ingest_feedback
 from opslib.lifecycle.feedback.simulate import simulate_traffic
 from opslib.ops import actions
 from opslib.ops.actions import ActionRefused
+from opslib.ops.alerts import problems
 from opslib.ops.bootstrap import init_workspace
 from opslib.ops.demo import run_demo
 from opslib.ops.monitor import store_failure, workspace_status
@@ -50,7 +51,8 @@ _MARKER_EXITS: tuple[tuple[type[OpsError], int], ...] = (
 )
 EXIT_CODES_HELP = """exit codes:
   0  done
-  1  failed: a stage, tick or the demo failed, or an operation failed (an error without a marker)
+  1  failed: a stage, tick or the demo failed, or an operation failed (an error without a marker);
+     `status --check`: it found a problem
   2  invalid: usage, bad input or settings (Invalid), or the workspace is not ready
   3  refused: a guard said no (Refused), also inside a stage notebook; nothing was changed
   4  not found: what you named does not exist (NotFound)
@@ -387,10 +389,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = workspace_status(_ready(_workspace(args)))
+    ws = _ready(_workspace(args))
+    found = problems(ws)
+    if args.check:  # for cron and monitoring: the problems only, and the exit code says whether any
+        if args.json:
+            print(json.dumps([p.as_dict() for p in found], indent=2))
+        else:
+            print("\n".join(p.line() for p in found) if found else "OK: no problems")
+        return EXIT_FAILED if found else EXIT_OK
+    status = workspace_status(ws)
     if args.json:
-        print(json.dumps(status, indent=2, default=str))
+        print(json.dumps({"problems": [p.as_dict() for p in found], **status}, indent=2, default=str))
         return 0
+    print(f"problems ({len(found)}):" if found else "problems: none")
+    for problem in found:
+        print(f"  {problem.line()}")
     release = status.get("release")
     print(f"workspace: {status['workspace']}  (schema {status['schema']['current']}, head {status['schema']['head']})")
     if release:
@@ -700,8 +713,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("report", cmd_report, "rebuild runs/index.html, the run index for reviewers")
 
-    sub = add("status", cmd_status, "summarise the workspace from the Metadata DB")
+    sub = add(
+        "status",
+        cmd_status,
+        "summarise the workspace from the Metadata DB, what needs an operator first (docs/operator-guide.md#alerts)",
+    )
     sub.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_argument(
+        "--check",
+        action="store_true",
+        help="only the problems, one line each, and exit 1 if there is any (0 and 'OK: no problems' if none): "
+        "for cron and monitoring",
+    )
 
     sub = add(
         "serve",

@@ -24,7 +24,7 @@ from opslib.control import outcomes
 from opslib.errors import Refused
 from opslib.infra.logs import get_logger
 from opslib.infra.workspace import Workspace
-from opslib.ops import actions, monitor
+from opslib.ops import actions, alerts, monitor
 from opslib.settings import Settings
 
 log = get_logger(__name__)
@@ -265,6 +265,37 @@ def render_serving(view: monitor.ServingView) -> str:
     )
 
 
+_AMBER = frozenset(
+    {
+        alerts.ProblemKind.ABANDONED,
+        alerts.ProblemKind.OVERDUE,
+        alerts.ProblemKind.LAGGING,
+        alerts.ProblemKind.UNUSABLE,
+        alerts.ProblemKind.PARKED,
+    }
+)
+
+
+def render_problems(found: list[alerts.Problem]) -> str:
+    """The problem list shown above the tabs: what ``opsbench status --check`` prints, one line each."""
+    if not found:
+        return (
+            f'<div class="ops-panel">{_STYLE}<p style="color:{outcomes.TONE_COLOURS[outcomes.Tone.GOOD]}">'
+            "<b>no problems</b> (the same check as <code>opsbench status --check</code>)</p></div>"
+        )
+    # Amber when all of them can wait for working hours (something is late, or a past incident
+    # to read up on); red when something failed, hangs, or search is served wrong.
+    tone = outcomes.Tone.WARN if all(p.kind in _AMBER for p in found) else outcomes.Tone.BAD
+    colour = outcomes.TONE_COLOURS[tone]
+    lines = "".join(f"<li>{_badge(p.kind.value)} {_e(p.subject)}: {_e(p.message)}</li>" for p in found)
+    return (
+        f'<div class="ops-panel ops-problems">{_STYLE}<div style="border:2px solid {colour};border-radius:6px;'
+        f'padding:4px 10px;margin:4px 0"><b style="color:{colour}">{len(found)} problem(s)</b> '
+        f'<span class="ops-note">(the same list as <code>opsbench status --check</code>; '
+        f"docs/operator-guide.md#alerts)</span><ul style='margin:4px 0'>{lines}</ul></div></div>"
+    )
+
+
 def render_audit(frame: pd.DataFrame) -> str:
     return f'<div class="ops-panel">{_STYLE}{_table(frame, "no operator actions yet")}</div>'
 
@@ -380,6 +411,7 @@ class Dashboard:
         self._refreshing = threading.Lock()
         self.outputs = {name: w.Output() for name in self.PANELS if name != "Actions"}
         self.header = w.Output()  # an Output, not an HTML widget: JupyterLab opens its relative links
+        self.problems = w.Output()  # what needs an operator, above the tabs (opslib.ops.alerts)
         self.refresh_button = w.Button(description="Refresh", icon="refresh")
         self.refresh_button.on_click(lambda _b: self.refresh())
         self.check_button = w.Button(description="Check readiness")
@@ -435,7 +467,7 @@ class Dashboard:
         self.tabs = w.Tab(children=children)
         for i, name in enumerate(self.PANELS):
             self.tabs.set_title(i, name)
-        self.widget = w.VBox([w.HBox([self.refresh_button, self.header]), self.tabs])
+        self.widget = w.VBox([w.HBox([self.refresh_button, self.header]), self.problems, self.tabs])
 
     # Background work ---------------------------------------------------------------------------
     def in_background(self, work: Callable[[], None]) -> None:
@@ -472,6 +504,12 @@ class Dashboard:
                 f"{_link(str(settings.runs_dir / 'index.html'), 'run index (all reports)', self.link_base)}"
                 "</span>",
             )
+            try:
+                _show(self.problems, render_problems(alerts.problems(self.ws)))
+            except Exception as exc:  # the panels below still show
+                if monitor.store_failure(exc) is None:
+                    log.exception("dashboard problem list failed")
+                _show(self.problems, error_html(exc, self._db_url()))
             renderers: dict[str, Callable[[], str]] = {
                 "Runs": lambda: render_runs(monitor.runs_view(self.ws), self.link_base),
                 "Release": lambda: (
