@@ -59,7 +59,18 @@ CHROMIUM_ARGS = [
 ]
 LAB_START_TIMEOUT_S = 120
 WIDGETS_TIMEOUT_S = 180
-TABS = ("Runs", "Release", "Datasets", "Evaluations", "Queue", "Serving", "Embedding endpoint", "Audit", "Actions")
+TABS = (
+    "Runs",
+    "Release",
+    "Datasets",
+    "Evaluations",
+    "History",
+    "Queue",
+    "Serving",
+    "Embedding endpoint",
+    "Audit",
+    "Actions",
+)
 METRICS = ("recall_at_5", "mrr_at_5", "ndcg_at_5")
 NOTEBOOK = "notebooks/00_ops_dashboard.ipynb"
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import html
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as _Figure
@@ -213,5 +214,57 @@ def release_timeline(history: pd.DataFrame, title: str = "release history") -> F
     ax.set_yticks(range(len(models)), models)
     ax.set_ylim(-0.5, len(models) - 0.5)
     ax.set_title(title)
+    fig.autofmt_xdate()
+    return fig
+
+
+TREND_MARKERS = {"CUTOVER": ("#2e7d32", "-"), "COMPLETE_ROLLBACK": ("#7a1fa2", "--")}
+
+
+def metric_trend(
+    points: pd.DataFrame, markers: pd.DataFrame, metrics: Sequence[tuple[str, str]], title: str = "metric trend"
+) -> Figure:
+    """A panel per metric: each evaluation's baseline and candidate over time (candidate coloured
+    by its decision, its bar the baseline plus the 95 % CI of the delta), with vertical lines at
+    every release (CUTOVER) and rollback (COMPLETE_ROLLBACK) in ``markers``.
+
+    ``points`` holds ``at``, ``decision`` and per metric ``<m>_baseline``, ``<m>_candidate``,
+    ``<m>_ci95_low``, ``<m>_ci95_high``; ``markers`` holds ``at`` and ``kind``."""
+    fig = Figure(figsize=(9, 2.4 * max(len(metrics), 1) + 0.6), layout="constrained")
+    if points.empty:
+        return _empty(fig, title)
+    axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
+    times = list(points["at"])
+    decisions = list(points["decision"])
+    colours = [LIKE if d == "PASS" else DISLIKE for d in decisions]
+    for ax, (key, label) in zip(axes, metrics, strict=True):
+        base = points[f"{key}_baseline"].astype(float).to_numpy()
+        cand = points[f"{key}_candidate"].astype(float).to_numpy()
+        low = points[f"{key}_ci95_low"].astype(float).to_numpy()
+        high = points[f"{key}_ci95_high"].astype(float).to_numpy()
+        ax.plot(times, base, marker="s", linestyle=":", color="#777", label="baseline")
+        ax.plot(times, cand, linestyle="-", color="#1f4e8c", alpha=0.5)
+        # The CI is of the delta: drawn around the candidate as baseline + [low, high].
+        below, above = cand - (base + low), (base + high) - cand
+        has_ci = ~(np.isnan(below) | np.isnan(above))
+        if has_ci.any():
+            ax.errorbar(
+                [t for t, ok in zip(times, has_ci, strict=True) if ok],
+                cand[has_ci],
+                yerr=[np.clip(below[has_ci], 0, None), np.clip(above[has_ci], 0, None)],
+                fmt="none",
+                ecolor="#555",
+                capsize=4,
+            )
+        ax.scatter(times, cand, color=colours, zorder=3, s=40, label="candidate (green PASS, red FAIL)")
+        for at, kind in zip(markers.get("at", []), markers.get("kind", []), strict=True):
+            colour, style = TREND_MARKERS.get(str(kind), ("#333", ":"))
+            ax.axvline(at, color=colour, linestyle=style, linewidth=1.2)
+        ax.set_ylabel(label)
+    for kind, (colour, style) in TREND_MARKERS.items():
+        if not markers.empty and (markers["kind"] == kind).any():
+            axes[0].plot([], [], color=colour, linestyle=style, label=kind)
+    axes[0].set_title(title)
+    axes[0].legend(loc="best", fontsize=7)
     fig.autofmt_xdate()
     return fig

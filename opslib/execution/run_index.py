@@ -5,7 +5,9 @@ metrics and a verdict, with a relative link to the archived HTML report. Everyth
 read from the Metadata DB (the SOT) — never from the notebooks — so the index and the DB always
 agree. The page is self-contained (inline CSS, no scripts, no fonts or images from elsewhere)
 so it reads offline and from a copied ``runs/`` folder; it is written to a temporary file and
-moved into place, so a reader never sees half a page.
+moved into place, so a reader never sees half a page. The history pages (``runs/history/``:
+runs compared, the metric trend, each run's lineage — ``opslib.execution.history_pages``) are
+rebuilt with it; its header links them and each run id opens that run's lineage.
 
 How each stage's row is filled (see ``docs/architecture.md`` § Run index):
 
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -54,6 +55,7 @@ from opslib.db.models import (
     utcnow,
 )
 from opslib.errors import Refused, recorded_as
+from opslib.execution import history, history_pages
 from opslib.execution.registry import parse_instant
 from opslib.infra.logs import get_logger
 from opslib.infra.workspace import Workspace
@@ -449,7 +451,12 @@ def _render_row(row: IndexRow) -> str:
     run = (
         "—"
         if row.run_id is None
-        else f"{row.run_id}"
+        # A run that exists (it has an outcome) has a lineage page under history/.
+        else (
+            f'<a href="{history.HISTORY_DIR}/run-{row.run_id}.html">{row.run_id}</a>'
+            if row.run_outcome
+            else f"{row.run_id}"
+        )
         + (
             f'<br><span class="v {_verdict_class(row.run_outcome)}">{_e(row.run_outcome)}</span>'
             if row.run_outcome
@@ -517,7 +524,9 @@ def render_run_index(rows: list[IndexRow], summary: IndexSummary) -> str:
         f"<style>{_CSS}</style></head><body>"
         "<h1>Run index</h1>"
         '<p class="sub">Every stage execution, newest first, from the Metadata DB. '
-        "Open a report for the full record of a stage.</p>"
+        "Open a report for the full record of a stage, a run id for that run's lineage.</p>"
+        f'<p class="sub">History: <a href="{history.HISTORY_DIR}/{history.COMPARE_PAGE}">compare runs</a> · '
+        f'<a href="{history.HISTORY_DIR}/{history.TREND_PAGE}">metric trend across evaluations and releases</a></p>'
         '<dl class="summary">'
         f"<dt>generated</dt><dd>{_e(_fmt_time(summary.generated_at))}</dd>"
         f"<dt>serving</dt><dd>{serving}</dd>"
@@ -529,22 +538,13 @@ def render_run_index(rows: list[IndexRow], summary: IndexSummary) -> str:
 
 
 def build_run_index(ws: Workspace) -> Path:
-    """Rebuild ``<runs_dir>/index.html`` from the Metadata DB; atomic (temp file + rename)."""
-    rows, summary = collect_run_index(ws)
+    """Rebuild ``<runs_dir>/index.html`` and the history pages it links (``history/``) from the
+    Metadata DB; each page atomic (temp file + rename)."""
+    now = utcnow()
+    rows, summary = collect_run_index(ws, now)
     page = render_run_index(rows, summary)
-    runs_dir = ws.settings.runs_dir
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    target = runs_dir / INDEX_NAME
-    fd, tmp = tempfile.mkstemp(dir=runs_dir, prefix=".index-", suffix=".html.part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(page)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    history_pages.build_history_pages(ws, now)  # first: the index links to them
+    target = ws.settings.runs_dir / INDEX_NAME
+    history_pages.write_atomic(target, page)
     log.info("run index rebuilt", extra={"path": str(target), "executions": len(rows)})
     return target

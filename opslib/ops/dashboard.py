@@ -22,6 +22,7 @@ import pandas as pd
 
 from opslib.control import outcomes
 from opslib.errors import Refused
+from opslib.execution import history, history_pages
 from opslib.infra.logs import get_logger
 from opslib.infra.workspace import Workspace
 from opslib.ops import actions, alerts, monitor
@@ -300,6 +301,29 @@ def render_audit(frame: pd.DataFrame) -> str:
     return f'<div class="ops-panel">{_STYLE}{_table(frame, "no operator actions yet")}</div>'
 
 
+def render_history_compare(runs: list[history.RunHistory], base: Path | None, pages: Path | None = None) -> str:
+    """Two (or any) runs side by side: the compare page's table, links relative to ``base``."""
+    if len(runs) < 2:
+        return '<p class="ops-note">two runs are needed for a comparison</p>'
+    table = history_pages.render_compare_table(runs, base or Path.cwd(), pages)
+    return f'<div class="ops-history"><style>{history_pages.FRAGMENT_CSS}</style>{table}</div>'
+
+
+def render_history_trend(trend: history.TrendView) -> str:
+    return (
+        f'<div class="ops-history"><style>{history_pages.FRAGMENT_CSS}</style>{history_pages.render_trend(trend)}</div>'
+    )
+
+
+def render_history_lineage(run: history.RunHistory | None, base: Path | None) -> str:
+    if run is None:
+        return '<p class="ops-note">no runs yet</p>'
+    return (
+        f'<div class="ops-history"><style>{history_pages.FRAGMENT_CSS}</style>'
+        f"{history_pages.render_lineage(run, base or Path.cwd())}</div>"
+    )
+
+
 def _show(out: w.Output, markup: str) -> None:
     """Replace an Output's content with HTML (works with and without a kernel, from any thread)."""
     out.outputs = (
@@ -395,6 +419,7 @@ class Dashboard:
         "Release",
         "Datasets",
         "Evaluations",
+        "History",
         "Queue",
         "Serving",
         "Embedding endpoint",
@@ -459,9 +484,30 @@ class Dashboard:
             extra=[self.run_choice],
         )
         self.forms = [self.training, self.dataset, self.rollback, self.promote]
+        # History: runs collected on refresh; choosing a run re-renders from them (no DB read).
+        self._histories: dict[int, history.RunHistory] = {}
+        self.compare_a = w.Dropdown(description="run", options=[])
+        self.compare_b = w.Dropdown(description="with run", options=[])
+        self.lineage_choice = w.Dropdown(description="lineage of", options=[], style={"description_width": "initial"})
+        self.compare_out, self.lineage_out = w.Output(), w.Output()
+        for choice in (self.compare_a, self.compare_b):
+            choice.observe(lambda _c: self._show_compare(), names="value")
+        self.lineage_choice.observe(lambda _c: self._show_lineage(), names="value")
         children = [self.outputs[name] for name in self.PANELS if name != "Actions"]
         children[self.PANELS.index("Embedding endpoint")] = w.VBox(
             [self.outputs["Embedding endpoint"], self.check_button, self.check_result]
+        )
+        children[self.PANELS.index("History")] = w.VBox(
+            [
+                w.HTML("<h4>compare two runs</h4>"),
+                w.HBox([self.compare_a, self.compare_b]),
+                self.compare_out,
+                w.HTML("<h4>metric trend across evaluations and releases</h4>"),
+                self.outputs["History"],
+                w.HTML("<h4>lineage of a run</h4>"),
+                self.lineage_choice,
+                self.lineage_out,
+            ]
         )
         children.append(w.VBox([f.box for f in self.forms]))
         self.tabs = w.Tab(children=children)
@@ -517,6 +563,7 @@ class Dashboard:
                 ),
                 "Datasets": lambda: render_datasets(monitor.datasets_view(self.ws)),
                 "Evaluations": lambda: render_evaluations(monitor.evaluations_view(self.ws), self.link_base),
+                "History": self._refresh_history,
                 "Queue": lambda: render_queue(monitor.queue_view(self.ws)),
                 "Serving": lambda: render_serving(monitor.serving_view(self.ws)),
                 "Embedding endpoint": lambda: render_endpoint(monitor.endpoint_view(self.ws)),
@@ -552,6 +599,39 @@ class Dashboard:
         finally:
             self.refresh_button.disabled = False
             self._refreshing.release()
+
+    # History -----------------------------------------------------------------------------------
+    def _refresh_history(self) -> str:
+        """Re-collect the runs, keep the chosen ones if they still exist (else the newest two),
+        show their comparison and lineage; returns the trend panel."""
+        runs = history.collect_run_histories(self.ws)
+        self._histories = {r.run_id: r for r in runs}
+        options = [(f"run {r.run_id} · {r.outcome} · {r.created_at:%Y-%m-%d %H:%M}", r.run_id) for r in runs]
+        ids = [r.run_id for r in runs]
+        picks = [
+            (self.compare_a, ids[1] if len(ids) > 1 else None),
+            (self.compare_b, ids[0] if ids else None),
+            (self.lineage_choice, ids[0] if ids else None),
+        ]
+        for choice, default in picks:
+            kept = choice.value if choice.value in self._histories else default
+            choice.options = options
+            choice.value = kept
+        self._show_compare()
+        self._show_lineage()
+        return render_history_trend(history.collect_trend(self.ws))
+
+    def _show_compare(self) -> None:
+        chosen = [self._histories.get(c.value) for c in (self.compare_a, self.compare_b) if c.value is not None]
+        runs = [r for r in chosen if r is not None]
+        _show(self.compare_out, render_history_compare(runs, self.link_base, self._history_pages()))
+
+    def _show_lineage(self) -> None:
+        value = self.lineage_choice.value
+        _show(self.lineage_out, render_history_lineage(self._histories.get(value), self.link_base))
+
+    def _history_pages(self) -> Path:
+        return self.ws.settings.runs_dir / history.HISTORY_DIR
 
     # Helpers -----------------------------------------------------------------------------------
     def _db_url(self) -> str:

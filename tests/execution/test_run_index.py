@@ -363,7 +363,14 @@ def test_rows_show_verdicts_metrics_and_relative_links(ws: Workspace) -> None:
     page = build_run_index(ws).read_text()
     assert not OFFLINE_BREAKERS.search(page)
     hrefs = _links(page)
-    assert len(hrefs) == 7 and "b%20c.html" in " ".join(hrefs)
+    reports = [h for h in hrefs if not h.startswith("history/")]
+    assert len(reports) == 7 and "b%20c.html" in " ".join(reports)
+    # The header's history pages and each existing run's lineage page (runs 1-3 have rows).
+    assert sorted(set(hrefs) - set(reports)) == [
+        "history/compare.html",
+        *(f"history/run-{i}.html" for i in (1, 2, 3)),
+        "history/trend.html",
+    ]
     for href in hrefs:
         assert not href.startswith(("/", "file:")), href  # relative: the folder can be copied or served
         assert (ws.settings.runs_dir / unquote(href)).is_file(), href
@@ -497,7 +504,7 @@ def test_hostile_text_is_escaped(ws: Workspace) -> None:
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
     row = _row_html(page, eval_id)
     assert "<td>—</td>" in row  # a non-numeric metric is not shown as a number
-    (href,) = [h for h in _links(page)]
+    (href,) = [h for h in _links(page) if not h.startswith("history/")]
     assert (ws.settings.runs_dir / unquote(href)).is_file()
 
 

@@ -21,6 +21,7 @@ from opslib.db.models import (
     ModelEvaluation,
     ModelRelease,
     OpsMessage,
+    ReleaseEvent,
     RunStage,
     RunStatus,
     StageExecution,
@@ -457,3 +458,114 @@ def test_runs_panel_shows_a_stage_whose_process_died_as_abandoned(ws: Workspace,
     dashboard.refresh()
     html = shown_html(dashboard.outputs["Runs"])
     assert ">ABANDONED</span>" in html and "30 <span" in html
+
+
+def _history_runs(ws: Workspace, report: Path) -> tuple[int, int, int]:
+    """Three runs: released (its 40 report archived), failed, and a newest PASS; the release cut
+    over to the first."""
+    metrics = ("recall_at_5", "mrr_at_5", "ndcg_at_5")
+    ids = []
+    with ws.db.transaction() as session:
+        for n, (status, decision, cand) in enumerate(
+            (
+                (RunStatus.READY_FOR_RELEASE, Decision.PASS, 0.6),
+                (RunStatus.FAILED, Decision.FAIL, 0.4),
+                (RunStatus.READY_FOR_RELEASE, Decision.PASS, 0.7),
+            )
+        ):
+            run = MLPipelineRun(
+                status=status,
+                trigger_source=TriggerSource.MANUAL,
+                trace_id=f"t-history-{n}",
+                baseline_model_version="tiny-base",
+                candidate_model_version=f"cand-{n}",
+                dataset_version=DATASET,
+                created_at=utcnow() - timedelta(hours=3 - n),
+            )
+            session.add(run)
+            session.flush()
+            session.add(
+                ModelEvaluation(
+                    run_id=run.id,
+                    candidate_model_version=f"cand-{n}",
+                    baseline_model_version="tiny-base",
+                    evaluation_dataset_ref="eval-0123456789abcdef",
+                    sample_count=40,
+                    quality_metrics={
+                        "baseline": {m: 0.5 for m in metrics},
+                        "candidate": {m: cand for m in metrics},
+                        "delta": {m: cand - 0.5 for m in metrics},
+                        "ci95": {m: [cand - 0.55, cand - 0.45] for m in metrics},
+                    },
+                    pass_criteria=PASS_CRITERIA,
+                    overall_decision=decision,
+                    detail_artifact_path="file:///detail.jsonl",
+                    created_at=utcnow() - timedelta(hours=3 - n, minutes=-5),
+                )
+            )
+            ids.append(run.id)
+        session.add(
+            StageExecution(
+                run_id=ids[0],
+                stage="40_evaluate_candidate",
+                notebook="40.ipynb",
+                parameters={"run_id": ids[0]},
+                status=ExecutionStatus.SUCCEEDED,
+                trace_id="t",
+                output_html=str(report),
+                started_at=utcnow() - timedelta(hours=3),
+                finished_at=utcnow() - timedelta(hours=3) + timedelta(seconds=95),
+            )
+        )
+        release = session.scalars(select(ModelRelease)).one()
+        session.add(
+            ReleaseEvent(
+                release_id=release.id,
+                kind="CUTOVER",
+                before={"candidate_run_id": ids[0], "active_model_version": "tiny-base"},
+                after={"active_model_version": "cand-0"},
+                actor="worker",
+                trace_id="t-history-0",
+                at=utcnow() - timedelta(hours=2, minutes=30),
+            )
+        )
+    return ids[0], ids[1], ids[2]
+
+
+def test_history_tab_compares_two_runs_plots_the_trend_and_shows_a_lineage(ws: Workspace, tmp_path: Path) -> None:
+    report = tmp_path / "runs" / "20261201" / "x-40_evaluate_candidate.html"
+    report.parent.mkdir(parents=True)
+    report.write_text("<html>report</html>")
+    released, failed, newest = _history_runs(ws, report)
+    dashboard = Dashboard(ws, background=False, link_base=tmp_path)
+    assert dashboard.tabs.get_title(Dashboard.PANELS.index("History")) == "History"
+    dashboard.refresh()
+    # The newest two by default, side by side (the same table as runs/history/compare.html).
+    assert (dashboard.compare_a.value, dashboard.compare_b.value) == (failed, newest)
+    compare = shown_html(dashboard.compare_out)
+    assert f'data-run="{failed}"' in compare and f'data-run="{newest}"' in compare
+    assert f'data-run="{released}"' not in compare
+    assert "-0.1000 [-0.1500, -0.0500]" in compare and "+0.2000 [+0.1500, +0.2500]" in compare
+    dashboard.compare_a.value = released  # another pick re-renders from what was collected
+    compare = shown_html(dashboard.compare_out)
+    assert f'data-run="{released}"' in compare and "RELEASED" in compare and f'data-run="{failed}"' not in compare
+    assert 'href="runs/20261201/x-40_evaluate_candidate.html"' in compare  # relative to the notebook
+    trend = shown_html(dashboard.outputs["History"])
+    assert trend.count("data:image/png;base64,") == 1 and "CUTOVER" in trend
+    assert trend.count("eval-0123456789abcdef") == 3  # one point per evaluation
+    dashboard.lineage_choice.value = released
+    lineage = shown_html(dashboard.lineage_out)
+    assert "feedback window" not in lineage  # the dataset row does not exist: said, not invented
+    assert "not in the Metadata DB" in lineage and "CUTOVER" in lineage
+    assert 'href="runs/20261201/x-40_evaluate_candidate.html"' in lineage
+    # A refresh keeps the reader's picks.
+    dashboard.refresh()
+    assert dashboard.compare_a.value == released and dashboard.lineage_choice.value == released
+
+
+def test_history_tab_with_no_runs_says_so(ws: Workspace) -> None:
+    dashboard = Dashboard(ws, background=False)
+    dashboard.refresh()
+    assert "two runs are needed" in shown_html(dashboard.compare_out)
+    assert "No evaluation yet." in shown_html(dashboard.outputs["History"])
+    assert "no runs yet" in shown_html(dashboard.lineage_out)
