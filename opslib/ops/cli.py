@@ -711,7 +711,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", help="with --guard: the corpus name ids are built from (default: from the folder's name; printed)"
     )
 
-    add("report", cmd_report, "rebuild runs/index.html (the run index for reviewers) and the history pages under runs/history/")
+    add(
+        "report",
+        cmd_report,
+        "rebuild runs/index.html (the run index for reviewers) and the history pages under runs/history/",
+    )
 
     sub = add(
         "status",
