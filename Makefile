@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test chaos lint install lab clean-workspace
+.PHONY: demo test chaos lint install lab bench-data clean-workspace
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ lab: $(STAMP)
 	OPS_WORKSPACE=$${OPS_WORKSPACE:-$(CURDIR)/workspace} OPS_RUNS_DIR=$${OPS_RUNS_DIR:-$(CURDIR)/runs} \
 	$(BIN)/jupyter lab --notebook-dir=$(CURDIR) --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,) \
 	  $(LAB_ARGS) notebooks/00_ops_dashboard.ipynb
+
+# A small real benchmark set: the built-in corpus (this Python's standard-library docstrings) as a
+# BEIR folder, for `bench/*.py --dataset` and `opsbench import-beir` (docs/benchmarks.md). Made once.
+BENCH_DATA ?= bench/data/stdlib
+bench-data: $(STAMP)
+	test -f $(BENCH_DATA)/qrels.tsv || $(BIN)/opsbench export-builtin $(BENCH_DATA)
 
 clean-workspace:
 	rm -rf workspace runs/2*

@@ -1,16 +1,18 @@
 """Benchmark: encode precision on this machine — speed and quality, measured side by side in one run.
 
-On the same texts (the faq-dev passages when the folder exists, and the built-in corpus), each
-repeat runs every variant once, in a rotated order, so the shared machine's drift cancels:
+On the same texts (the passages of the BEIR folder ``--dataset`` names, when given, and the
+built-in corpus), each repeat runs every variant once, in a rotated order, so the machine's drift
+cancels. docs/benchmarks.md quotes runs on faq-dev, a FAQ collection of 937 passages; the built-in
+corpus as a BEIR folder comes from ``opsbench export-builtin DIR``:
 
 - raw fp32 ``SentenceTransformer.encode`` (batch 64, normalised);
 - raw encode at the precision ``choose_precision("auto", …)`` picks here (printed with its reason);
 - the reindex pipeline (``build_index``: SOT reads, content hashes, encode, Chroma upsert, entry
   writes) into a fresh index for a freshly registered version at that precision (nothing reused);
-- with ``--sizes``, the pipeline on random subsets of the faq-dev passages (time vs corpus size).
+- with ``--sizes``, the pipeline on random subsets of the ``--dataset`` passages (time vs corpus size).
 
 Then the query-encode p50 for one query through ``ws.embeddings.embed([q], version, Purpose.SEARCH)``
-at each precision (alternated), and recall@5 / nDCG@5 on faq-dev at each precision (exact search
+at each precision (alternated), and recall@5 / nDCG@5 on ``--dataset`` at each precision (exact search
 over all passages; the passages' vectors are the raw fp32 encode's and the pipeline's index).
 Finally one training epoch on the demo's dataset (built as ``opsbench demo`` builds it) with
 ``encode_precision="fp32"`` vs ``"auto"``, and the two candidates' recall@5 / MRR@5 / nDCG@5 on the
@@ -20,7 +22,7 @@ Targets (this machine): pipeline ≥ 2.0× raw fp32 and ≥ 0.95× raw encode at
 recall@5 and nDCG@5 within 0.5 points of fp32; a training epoch ≥ 1.5× faster, the candidate's
 metrics inside fp32's bootstrap CI. Medians of the paired repeats are quoted.
 
-    .venv/bin/python bench/encode.py [--dataset ../shared/data/faq-dev] [--repeat 3]
+    .venv/bin/python bench/encode.py [--dataset BEIR_FOLDER] [--repeat 3]
                                      [--sizes 0.25,0.5] [--queries 40] [--skip-training]
 """
 
@@ -46,7 +48,6 @@ TARGET_VS_SAME = 0.95
 TARGET_POINTS = 0.5  # recall@5 / nDCG@5, in points (1 point = 0.01)
 TARGET_TRAINING = 1.5
 K = 5
-DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "faq-dev"
 
 
 def _workspace(root: Path, **extra: Any) -> Any:
@@ -306,7 +307,7 @@ def _metrics(query_vectors: np.ndarray, doc_vectors: np.ndarray, chunk_ids: list
 
 
 def bench_quality(corpus: Corpus, choice: Any, fp32_choice: Any) -> None:
-    """recall@5 / nDCG@5 over all faq-dev queries with qrels, exact search over all passages."""
+    """recall@5 / nDCG@5 over all of the dataset's queries with qrels, exact search over all passages."""
     from opslib.corpus.loader import chunk_id_for
     from opslib.infra.embedding import Purpose
     from opslib.infra.model_artifacts import register_model
@@ -327,7 +328,7 @@ def bench_quality(corpus: Corpus, choice: Any, fp32_choice: Any) -> None:
         docs = np.stack([stored[c] for c in corpus.chunk_ids]).astype(np.float32)
         qp = ws.embeddings.embed(texts, version, Purpose.EVALUATION)
         results[choice.precision] = _metrics(qp, docs, corpus.chunk_ids, relevant)
-    print(f"\n[quality] faq-dev, {len(queries)} queries, exact search over {len(corpus.chunk_ids)} passages")
+    print(f"\n[quality] {corpus.label}, {len(queries)} queries, exact search over {len(corpus.chunk_ids)} passages")
     base = results["fp32"]
     for p, r in results.items():
         line = ", ".join(f"{m} {r[m].mean():.4f}" for m in ("recall_at_5", "mrr_at_5", "ndcg_at_5"))
@@ -461,10 +462,15 @@ def bench_training(corpus: Corpus, repeat: int, samples: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET, help="BEIR folder (skipped if missing)")
+    parser.add_argument(
+        "--dataset",
+        type=Path,
+        default=None,
+        help="a BEIR folder (e.g. one `opsbench export-builtin DIR` wrote); without it the built-in corpus only",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="paired repeats of every timed variant")
     parser.add_argument(
-        "--sizes", default="0.25,0.5", help="shares of the faq-dev passages also indexed per repeat ('' = none)"
+        "--sizes", default="0.25,0.5", help="shares of the --dataset passages also indexed per repeat ('' = none)"
     )
     parser.add_argument("--queries", type=int, default=40, help="single-query encodes per precision per repeat")
     parser.add_argument("--training-repeat", type=int, default=None, help="paired training epochs (default --repeat)")
@@ -475,6 +481,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be ≥ 1")
+    if args.dataset is not None and not args.dataset.is_dir():
+        parser.error(f"--dataset {args.dataset}: not a folder (a BEIR folder: corpus.jsonl, queries.jsonl, qrels.tsv)")
 
     from opslib.corpus.builtin import build_demo_corpus
     from opslib.infra.precision import choose_precision, resolve_device
@@ -488,13 +496,14 @@ def main() -> None:
         root = args.workspace or Path(tmp)
         corpora = []
         faq = None
-        if args.dataset.is_dir() and not args.skip_encode:
+        if args.dataset is not None and not args.skip_encode:
             from opslib.corpus.beir import read_beir
 
-            faq = _prepare(root, "faq-dev", read_beir(args.dataset, "faqdev"))
+            label = args.dataset.resolve().name
+            faq = _prepare(root, f"{label}-dataset" if label == "builtin" else label, read_beir(args.dataset, "bench"))
             corpora.append(faq)
-        else:
-            print(f"{args.dataset}: not found — the built-in corpus only, no recall/nDCG")
+        elif not args.skip_encode:
+            print("no --dataset: the built-in corpus only, no recall/nDCG")
         builtin = _prepare(root, "builtin", build_demo_corpus(DEMO_CORPUS))
         corpora.append(builtin)
         if not args.skip_encode:

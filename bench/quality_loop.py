@@ -1,8 +1,10 @@
 """Quality benchmark: does the feedback loop improve retrieval on a real benchmark — and does it
 refuse a broken candidate?
 
-    .venv/bin/python bench/quality_loop.py --dataset ../shared/data/faq-dev   # full: ≈ 30 min
-    .venv/bin/python bench/quality_loop.py --quick                            # CI: a few minutes
+    .venv/bin/python bench/quality_loop.py --dataset BEIR_FOLDER   # full: ≈ 30 min on faq-dev's 937 passages
+    .venv/bin/python bench/quality_loop.py --quick                 # CI: a few minutes, the built-in corpus
+
+Any BEIR folder will do; ``opsbench export-builtin DIR`` writes the built-in corpus as one.
 
 Imports a BEIR folder, reserves 30 % of its queries for evaluation, simulates search traffic with
 feedback on the rest, builds the training dataset, then runs the pipeline twice through the
@@ -45,7 +47,7 @@ from opslib.lifecycle.feedback.simulate import simulate_traffic
 from opslib.ops.bootstrap import init_workspace
 from opslib.settings import Settings
 
-# The full run's parameters (on a BEIR folder) and the quick run's (CI: the built-in corpus, 757
+# The full run's parameters (on a BEIR folder) and the quick run's (CI: the built-in corpus, 755
 # chunks of at most 120 words, on two cores). Chosen before looking at any evaluation result; the
 # quick run keeps the full run's training recipe and noise, with fewer requests and the workspace's
 # default max_seq_length (128 tokens: most built-in passages fit).
@@ -149,7 +151,7 @@ def main() -> int:
     parser.add_argument(
         "--dataset",
         type=Path,
-        help="a BEIR folder, e.g. ../shared/data/faq-dev (with --quick: default the built-in corpus)",
+        help="a BEIR folder, e.g. one `opsbench export-builtin DIR` wrote (with --quick: default the built-in corpus)",
     )
     parser.add_argument("--quick", action="store_true", help="the reduced loop CI runs (see QUICK_DEFAULTS)")
     parser.add_argument("--workspace", type=Path)

@@ -1,6 +1,7 @@
 """Benchmark: a candidate index build shared across worker processes (stage 50's shards).
 
-On one corpus (faq-dev's passages with ``--dataset``, else the built-in corpus) and one fresh
+On one corpus (a BEIR folder's passages with ``--dataset`` — docs/benchmarks.md quotes faq-dev's —
+else the built-in corpus) and one fresh
 candidate version per measurement (same weights as the base, registered anew, so every chunk is
 encoded), the sharded build (``opslib.lifecycle.sharded_build``) runs in child processes that
 load the model first and then start together:
@@ -15,7 +16,7 @@ Printed, medians over ``--repeat`` alternated rounds: efficiency = time(1x2) / t
 ≥ 0.9: two processes with one thread each do at least 90 % of what one process with two threads
 does), and the shard overhead = time(1x2) / time(1x2-one-shard) − 1.
 
-    .venv/bin/python bench/reindex_shards.py [--dataset ../shared/data/faq-dev] [--repeat 3] [--shard-size 128]
+    .venv/bin/python bench/reindex_shards.py [--dataset BEIR_FOLDER] [--repeat 3] [--shard-size 128]
 """
 
 from __future__ import annotations
@@ -165,7 +166,9 @@ def measure(root: Path, mode: str, tag: str, shard_size: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path)
+    parser.add_argument(
+        "--dataset", type=Path, help="a BEIR folder (e.g. one `opsbench export-builtin DIR` wrote); default: built-in"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--shard-size", type=int, default=128)
     parser.add_argument("--root", type=Path)
@@ -177,6 +180,8 @@ def main() -> int:
     if args.child:
         child(args.root, args.index, args.child, args.threads, args.go)
         return 0
+    if args.dataset is not None and not args.dataset.is_dir():
+        parser.error(f"--dataset {args.dataset}: not a folder (a BEIR folder: corpus.jsonl, queries.jsonl, qrels.tsv)")
     from opslib.infra.logs import configure_logging
 
     configure_logging("WARNING")

@@ -13,7 +13,7 @@
 
 Medians are quoted: the machine is shared and noisy.
 
-    .venv/bin/python bench/release.py [--dataset ../shared/data/faq-dev] [--repeat 3]
+    .venv/bin/python bench/release.py [--dataset BEIR_FOLDER] [--repeat 3]
                                       [--sizes 10000,100000] [--switches 5] [--skip-reindex]
 """
 
@@ -34,7 +34,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TARGET_THROUGHPUT = 0.95
 TARGET_SECOND_REINDEX = 0.02
 TARGET_SWITCH_MS = 50.0
-DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "faq-dev"
 
 
 def _workspace(root: Path, **extra):  # type: ignore[no-untyped-def]
@@ -314,8 +313,8 @@ def main() -> None:
     parser.add_argument(
         "--dataset",
         type=Path,
-        default=DEFAULT_DATASET,
-        help="BEIR folder for (a)/(b); the built-in corpus if it does not exist",
+        default=None,
+        help="BEIR folder for (a)/(b) (e.g. one `opsbench export-builtin DIR` wrote); default: the built-in corpus",
     )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sizes", default="10000,100000")
@@ -324,6 +323,8 @@ def main() -> None:
     parser.add_argument("--skip-switch", action="store_true")
     parser.add_argument("--workspace", type=Path, default=None, help="scratch folder (default: a temp dir)")
     args = parser.parse_args()
+    if args.dataset is not None and not args.dataset.is_dir():
+        parser.error(f"--dataset {args.dataset}: not a folder (a BEIR folder: corpus.jsonl, queries.jsonl, qrels.tsv)")
     with tempfile.TemporaryDirectory(prefix="bench-release-") as tmp:
         root = args.workspace or Path(tmp)
         if not args.skip_reindex:

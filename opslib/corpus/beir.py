@@ -1,4 +1,5 @@
-"""Reading a BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels.tsv) into a CorpusSpec.
+"""Reading a BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels.tsv) into a CorpusSpec, and
+writing one out (``export_beir``: the built-in corpus as a benchmark folder any ``--dataset`` takes).
 
 Grouping is deterministic: a document's project is its ``metadata.source`` (else the corpus
 name) and its video is its ``metadata.part``, else its title, else a run of
@@ -8,6 +9,8 @@ name) and its video is its ``metadata.part``, else its title, else a run of
 from __future__ import annotations
 
 import csv
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from opslib.corpus.loader import CorpusError, CorpusSpec, Document, Query
 from opslib.infra.storage import read_objects
 
 DOCS_PER_VIDEO = 20
+BEIR_FILES = ("corpus.jsonl", "queries.jsonl", "qrels.tsv")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -72,3 +76,43 @@ def read_beir(path: Path, name: str) -> CorpusSpec:
         )
     spec_queries = [Query(row["_id"], row["text"], tuple(qrels.get(row["_id"], ()))) for row in queries]
     return CorpusSpec(name=name, source=str(path.resolve()), documents=documents, queries=spec_queries)
+
+
+@dataclass(frozen=True)
+class BeirExport:
+    folder: Path
+    documents: int
+    queries: int
+    judgments: int
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
+
+
+def export_beir(spec: CorpusSpec, folder: Path) -> BeirExport:
+    """Write ``spec`` as a BEIR folder that ``read_beir`` reads back into the same projects,
+    videos, chunks and queries: each document's project and video go in its ``metadata``
+    (``source``, ``part``), every relevant passage is a qrels row of score 1. Refuses to
+    overwrite: a benchmark folder, once written, is what its figures were measured on."""
+    folder = Path(folder)
+    existing = [name for name in BEIR_FILES if (folder / name).exists()]
+    if existing:
+        raise CorpusError(f"{folder}: already holds {', '.join(existing)} (choose an empty folder)")
+    folder.mkdir(parents=True, exist_ok=True)
+    documents = [
+        {"_id": d.doc_id, "title": d.title, "text": d.text, "metadata": {"source": d.project_key, "part": d.video_key}}
+        for d in spec.documents
+    ]
+    queries = [{"_id": q.query_id, "text": q.text} for q in spec.queries]
+    qrels = [f"{q.query_id}\t{doc_id}\t1" for q in spec.queries for doc_id in q.relevant_doc_ids]
+    # Each file is written whole under a temporary name first: a half-written folder never looks complete.
+    for name, text in (
+        ("corpus.jsonl", _jsonl(documents)),
+        ("queries.jsonl", _jsonl(queries)),
+        ("qrels.tsv", "\n".join(["query-id\tcorpus-id\tscore", *qrels]) + "\n"),
+    ):
+        partial = folder / f".{name}.partial"
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(folder / name)
+    return BeirExport(folder, len(documents), len(queries), len(qrels))

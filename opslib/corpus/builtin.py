@@ -5,6 +5,13 @@ with a summary line and a body gives one query and its relevant passages: the qu
 docstring's first paragraph (what the object does), the passages are the rest of the docstring
 cut into pieces of at most ``MAX_WORDS`` words — the summary itself is never part of a passage,
 so a query does not simply find itself. Modules are videos, module families are projects.
+
+The corpus is the same in every process on one Python version: the modules are the fixed list in
+``PROJECTS`` (imported here, by name), their members are taken in sorted order, and only what the
+standard library itself defines is documented — another library may attach members to stdlib
+classes when it is imported (transformers adds ``logging.Logger.warning_once``), and those would
+otherwise make the corpus depend on what the process imported before it (755 chunks in a fresh
+process, 757 after sentence-transformers).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import sys
 
 from opslib.corpus.loader import CorpusSpec, Document, Query
 
@@ -95,6 +103,13 @@ def _passages(body: str) -> list[str]:
     return [" ".join(words[i : i + MAX_WORDS]) for i in range(0, len(words), MAX_WORDS)]
 
 
+def _from_stdlib(obj: object) -> bool:
+    """Whether ``obj`` was defined by the standard library: its ``__module__`` is a stdlib module
+    (``time``, ``_io``, ``email.iterators``), or it names none (a C builtin such as ``random.random``)."""
+    module = getattr(obj, "__module__", None)
+    return not isinstance(module, str) or module.partition(".")[0] in sys.stdlib_module_names
+
+
 def _members(module: object) -> list[tuple[str, object]]:
     found: list[tuple[str, object]] = []
     name = getattr(module, "__name__", "")
@@ -104,7 +119,7 @@ def _members(module: object) -> list[tuple[str, object]]:
         if inspect.isclass(value):
             found.append((attr, value))
             for method, member in sorted(vars(value).items()):
-                if not method.startswith("_") and callable(member):
+                if not method.startswith("_") and callable(member) and _from_stdlib(member):
                     found.append((f"{attr}.{method}", member))
         elif inspect.isfunction(value) or inspect.isbuiltin(value):
             found.append((attr, value))

@@ -253,6 +253,11 @@ def _archive_paths(runs_dir: Path, started: datetime, execution_id: int, name: s
     return stem.with_name(stem.name + ".ipynb"), stem.with_name(stem.name + ".html"), stem.with_name(stem.name + ".log")
 
 
+def kernel_log_path(runs_dir: Path, execution: StageExecution) -> Path:
+    """Where the kernel of ``execution`` writes its JSON log lines while it runs (beside its archive)."""
+    return _archive_paths(runs_dir, execution.started_at, execution.id, execution.stage)[2]
+
+
 def run_stage(
     ws: Workspace,
     name: str,

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DatabaseError
 
 from opslib.control.runs import get_run
-from opslib.corpus.beir import read_beir
+from opslib.corpus.beir import export_beir, read_beir
 from opslib.corpus.builtin import build_demo_corpus
 from opslib.corpus.loader import default_corpus_name, imported_corpora_text, load_corpus
 from opslib.db.migrate import current_revision, require_current, require_existing, upgrade
@@ -163,6 +163,19 @@ def cmd_import_builtin(args: argparse.Namespace) -> int:
         f"imported {report.name}: {report.chunks} chunks, {report.traffic_queries} traffic + "
         f"{report.reserved_queries} reserved queries"
     )
+    return 0
+
+
+def cmd_export_builtin(args: argparse.Namespace) -> int:
+    """The built-in corpus as a BEIR folder: a small real benchmark set for every ``--dataset``
+    and for ``import-beir``, built here from this Python's docstrings (no workspace needed)."""
+    folder = Path(args.path)
+    export = export_beir(build_demo_corpus(), folder)
+    print(
+        f"wrote {export.documents} passages, {export.queries} queries and {export.judgments} relevance judgments "
+        f"to {folder} (corpus.jsonl, queries.jsonl, qrels.tsv; Python {sys.version.split()[0]}'s docstrings)"
+    )
+    print(f"import it with `opsbench import-beir {folder} --name stdlib`, or pass it to a benchmark's --dataset")
     return 0
 
 
@@ -579,6 +592,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--name", default="stdlib", help="corpus name")
     sub.add_argument("--seed", type=int, default=0, help="seed of the traffic/evaluation query split")
     sub.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub = add(
+        "export-builtin",
+        cmd_export_builtin,
+        "write the built-in corpus as a BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv) for benchmarks",
+    )
+    sub.add_argument("path", help="the folder to write (created; refused if it already holds a BEIR file)")
 
     sub = add("simulate-traffic", cmd_simulate, "send simulated searches and ingest their feedback")
     sub.add_argument("--corpus", help="an imported corpus name (required; without it, the imported ones are listed)")

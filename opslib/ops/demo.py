@@ -39,6 +39,7 @@ from opslib.lifecycle.evaluation.sets import (
 from opslib.lifecycle.feedback.intake import flush_outbox
 from opslib.lifecycle.feedback.simulate import SimulationReport, TrafficChannel, simulate_traffic
 from opslib.ops.bootstrap import BootstrapReport, init_workspace
+from opslib.ops.progress import StageProgress
 from opslib.service.client import EndpointChannel, EndpointClient
 from opslib.service.server import ServerProcess, spawn_server
 
@@ -196,7 +197,10 @@ def _loop(
     )
     say(f"      evaluation set {evaluation_set.evaluation_dataset_ref}: {evaluation_set.sample_count} reserved queries")
     publish(ws.db, new_training_request(reason="demo"))
-    report.worker = Worker(ws, name="demo-worker").run_once()
+    # The worker's stages run in notebook kernels whose output reaches no console: the watcher
+    # prints each stage's start and end and, while one runs, what it is doing.
+    with StageProgress(ws, say):
+        report.worker = Worker(ws, name="demo-worker").run_once()
     for run_id, status in report.worker.runs.items():
         run = get_run(ws.db, run_id)
         with ws.db.read() as session:
@@ -233,7 +237,8 @@ def _loop(
         else:
             say(f"      rollback requested: {active} → {snapshot} (70_rollback)")
             publish(ws.db, new_rollback_request(active, reason="demo --rollback"))
-            report.rollback = Worker(ws, name="demo-worker").run_once()
+            with StageProgress(ws, say):
+                report.rollback = Worker(ws, name="demo-worker").run_once()
             for message_id, what in report.rollback.rollbacks:
                 say(f"      rollback message {message_id}: {what}")
             report.served_by = _show_search(ws, client, say)

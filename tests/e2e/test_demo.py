@@ -63,6 +63,10 @@ def test_demo_path(empty_ws: Workspace) -> None:
     assert any(line.strip().startswith("endpoint stopped cleanly") for line in lines)
     assert report.rollback is not None and [w for _, w in report.rollback.rollbacks] == ["done"]
     assert report.served_by == "tiny-base"  # after the rollback
+    # The worker's stages ran in notebook kernels, out of the console's sight: each one's end was printed.
+    for stage in ("30_train_candidate", "40_evaluate_candidate", "50_reindex_candidate", "60_cutover"):
+        assert any(line.strip().startswith(f"▸ {stage} of run 1 SUCCEEDED after") for line in lines), stage
+    assert any(line.strip().startswith("▸ 70_rollback SUCCEEDED after") for line in lines)
     with empty_ws.db.read() as session:
         assert session.query(ModelRelease).one().release_status is ReleaseStatus.STABLE
         assert session.get(CorpusImport, "stdlib") is not None

@@ -86,7 +86,7 @@ def scale_out_settings(
         # Blind (reads no text), so the candidate trained from feedback PASSes every time.
         base_model_path=build_blind_model(tiny_model_dir, tmp_path / "tiny-blind"),
         base_model_version=f"tiny-{uuid.uuid4().hex[:8]}",  # its own collections on the shared server
-        reindex_shard_size=200,  # 757 chunks → 4 shards for the two workers to share
+        reindex_shard_size=200,  # 755 chunks → 4 shards for the two workers to share
         auto_cutover=True,
         log_level="INFO",
         **FAST_TIMINGS,

@@ -13,6 +13,7 @@ COMMANDS = [
     "db",
     "import-beir",
     "import-builtin",
+    "export-builtin",
     "simulate-traffic",
     "ingest-feedback",
     "run",
@@ -415,6 +416,8 @@ def test_demo_exits_1_when_a_step_fails(
     assert _executions(tmp_path) == [(stage, "FAILED" if stage == failing else "SUCCEEDED") for stage in ran]
     if failing == "30_train_candidate":
         assert "run 1: FAILED — TRAINING ERROR: 30_train_candidate failed at cell 2: RuntimeError" in out
+        # The worker's stage ran in a kernel, out of the console's sight: the watcher reported it.
+        assert "▸ 30_train_candidate of run 1 FAILED after" in out
     else:
         assert "no eligible dataset: nothing to train" in out
 
@@ -438,3 +441,21 @@ def test_register_eval_guard_registers_a_guard_set_with_its_corpus(
     assert ref is not None and ref in out and ws.objects.exists(corpus_key(ref))
     assert main(["register-eval", "--guard", str(folder), "--corpus", "x"]) == 2
     assert "exactly one of" in capsys.readouterr().err
+
+
+def test_export_builtin_writes_a_benchmark_folder_and_never_overwrites_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from opslib.corpus.beir import read_beir
+    from opslib.corpus.builtin import build_demo_corpus
+
+    folder = tmp_path / "bench-data" / "stdlib"
+    assert main(["export-builtin", str(folder)]) == 0
+    out = capsys.readouterr().out
+    spec = build_demo_corpus()
+    assert f"wrote {len(spec.documents)} passages, {len(spec.queries)} queries" in out
+    assert f"opsbench import-beir {folder} --name stdlib" in out
+    back = read_beir(folder, "stdlib")
+    assert {d.doc_id for d in back.documents} == {d.doc_id for d in spec.documents}
+    assert main(["export-builtin", str(folder)]) == 2
+    assert "already holds corpus.jsonl" in capsys.readouterr().err

@@ -54,7 +54,7 @@ from opslib.lifecycle.feedback.queries import normalise_query
 
 log = get_logger(__name__)
 DEFAULT_BOOTSTRAP = 1000
-VECTOR_K = 20  # the serving path's vector candidates (DESIGN: vector top-20 into the fusion)
+VECTOR_K = 20  # the serving path's vector candidates (vector top-20 into the fusion, docs/contracts.md)
 
 
 class EvaluationError(Invalid):
@@ -268,7 +268,10 @@ def evaluate_run(
         )
     corpora = project_corpora(ws, {r.project_id for r in records})
     # Dense top-20 per model: its top 5 is what is judged; all 20 feed the hybrid serving path.
+    # Phase lines in the kernel's log: what a watcher of a long evaluation sees it doing.
+    log.info("ranking with the baseline", extra={"model": run.baseline_model_version, "queries": len(records)})
     baseline_20 = rank(ws, run.baseline_model_version, records, corpora, progress, k=VECTOR_K)
+    log.info("ranking with the candidate", extra={"model": run.candidate_model_version, "queries": len(records)})
     candidate_20 = rank(ws, run.candidate_model_version, records, corpora, progress, k=VECTOR_K)
     baseline = [ranked[:K] for ranked in baseline_20]
     candidate = [ranked[:K] for ranked in candidate_20]
@@ -310,6 +313,7 @@ def evaluate_run(
             f"evaluation set {evaluation_dataset_ref}: no query has its expected chunks in the corpus"
         )
 
+    log.info("bootstrapping the deltas", extra={"queries": evaluated, "samples": bootstrap_samples})
     quality = _summarise(per_query, bootstrap_samples)
     # What users get: the same queries through the hybrid serving path (not the verdict; the
     # release rule holds a PASS whose primary metric falls here).
@@ -335,6 +339,7 @@ def evaluate_run(
     guard_ref = guard_set(ws, s.guard_builtin)
     criteria = pass_criteria(s.release_primary_metric, s.release_min_effect, guard_ref, s.guard_max_drop)
     if guard_ref is not None:
+        log.info("scoring the guard set", extra={"guard": guard_ref})
         quality["guard"] = score_guard(
             ws,
             guard_ref,

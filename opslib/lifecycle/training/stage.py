@@ -178,6 +178,7 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
         raise TrainingError(f"dataset {run.dataset_version}: no groups left to train on after the validation split")
     _deterministic(params.seed)
     train_groups = merge_by_query(split.train)
+    log.info("mining hard negatives with the baseline", extra={"run_id": run_id, "groups": len(train_groups)})
     mined, mining = mine_hard_negatives(ws, run.baseline_model_version, train_groups, params.mining, progress=progress)
     rows, rows_report = training_rows(train_groups, mined, params.negatives_per_row)
     if not rows:
@@ -214,7 +215,16 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
     best_state: dict[str, Any] = {}
     chosen = -1
     serving_length = 0
-    for index, configuration in enumerate(params.configurations()):
+    configurations = params.configurations()
+    for index, configuration in enumerate(configurations):
+        log.info(
+            "training configuration",
+            extra={
+                "run_id": run_id,
+                "configuration": configuration.label,
+                "n": f"{index + 1} of {len(configurations)}",
+            },
+        )
         _deterministic(params.seed)
         # A private copy of the weights: the endpoint's shared (serving) instance must not change.
         model = SentenceTransformer(base_path, device=device)
@@ -249,6 +259,7 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
         # Every labelled query now trains, for the epochs validation chose (same schedule, stopped there).
         _deterministic(params.seed)
         all_groups = merge_by_query(split.train + split.validation)
+        log.info("refit on every labelled query", extra={"run_id": run_id, "epochs": winner.best_epoch})
         all_mined, _ = mine_hard_negatives(ws, run.baseline_model_version, all_groups, params.mining, progress=progress)
         all_rows, all_rows_report = training_rows(all_groups, all_mined, params.negatives_per_row)
         refit_settings = dataclasses.replace(settings, stop_after=winner.best_epoch)
