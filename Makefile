@@ -39,11 +39,14 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-logo
 
-# Rooted at the repository so report links under runs/ open in JupyterLab; the kernels find the
-# demo's workspace and runs/ whatever folder a notebook runs in.
+# Rooted at the repository; the kernels find the demo's workspace and runs/ whatever folder a
+# notebook runs in. The opslib server extension serves runs/ at /ops/runs/ (the dashboard links
+# there), where the run index and the reports link to each other; JupyterLab's HTML viewer and
+# /files/ answer such links 403 (opslib/ops/lab_runs.py says why).
 lab: $(STAMP)
 	OPS_WORKSPACE=$${OPS_WORKSPACE:-$(CURDIR)/workspace} OPS_RUNS_DIR=$${OPS_RUNS_DIR:-$(CURDIR)/runs} \
 	$(BIN)/jupyter lab --notebook-dir=$(CURDIR) --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,) \
+	  --ServerApp.jpserver_extensions="{'opslib.ops.lab_runs': True}" \
 	  $(LAB_ARGS) notebooks/00_ops_dashboard.ipynb
 
 # A small real benchmark set: the built-in corpus (this Python's standard-library docstrings) as a

@@ -9,12 +9,16 @@
    ``ModelEvaluation``) and its metrics table are visible.
 3. Evaluation report (the archived HTML of 40_evaluate_candidate): the verdict banner and the
    headline metrics table (recall_at_5, mrr_at_5, ndcg_at_5) are visible.
-4. JupyterLab (loopback, token, kernel environment pointing at the throwaway workspace): the
-   dashboard notebook runs and its ipywidgets panels render — every tab label is visible and the
-   Runs panel shows the demo's run.
+4. JupyterLab (loopback, token, kernel environment pointing at the throwaway workspace, the
+   opslib server extension enabled as ``make lab`` does): the dashboard notebook runs and its
+   ipywidgets panels render — every tab label is visible and the Runs panel shows the demo's run.
+   Then the dashboard's "run index (all reports)" link, clicked inside JupyterLab, opens the index
+   in a tab of its own (served by the extension at /ops/runs/), and the evaluation's report link
+   there opens the report (HTTP 200, its verdict banner; not the server's 403 page).
 
-Screenshots go to ``--out`` (run-index.png, evaluation-report.png, dashboard.png). Uses the
-system Chromium (Debian ``chromium``); Playwright never downloads a browser. Prints one
+Screenshots go to ``--out`` (run-index.png, evaluation-report.png, dashboard.png,
+lab-run-index.png, lab-report.png). Uses the system Chromium (Debian ``chromium``); Playwright
+never downloads a browser. Prints one
 ``PASS``/``FAIL`` line per check; exits 0 only if every check passed.
 
     .venv/bin/python .ci/browser_check.py [--out runs/browser-check] [--keep]
@@ -160,7 +164,8 @@ def check_run_index(page, facts: Facts, out: Path) -> str:  # type: ignore[no-un
     page.goto(facts.index.as_uri())
     row = page.locator(f"tr#execution-{facts.execution_id}")
     expect(row).to_be_visible()
-    verdict = row.locator("span.v")
+    # The verdict cell (the 6th); the run cell may carry a badge of its own (the run's outcome, e.g. HELD).
+    verdict = row.locator("xpath=./td[6]").locator("span.v")
     expect(verdict).to_be_visible()
     expect(verdict).to_have_text(facts.verdict)
     table = row.locator("table.m")
@@ -269,6 +274,8 @@ class JupyterLab:
             f"--ServerApp.root_dir={REPO}",
             "--LabApp.news_url=None",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            # As `make lab`: serves runs/ so the reports link to each other (opslib/ops/lab_runs.py).
+            "--ServerApp.jpserver_extensions={'opslib.ops.lab_runs': True}",
         ]
         self.log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -431,11 +438,13 @@ def check_dashboard(browser, ws, facts: Facts, out: Path, scratch: Path) -> str:
         # The Evaluations tab shows the same verdict as the DB.
         tab_bar.get_by_role("tab", name="Evaluations", exact=True).click()
         heading = tabs.locator(".ops-panel h4", has_text=f"run {facts.run_id}").first
-        expect(heading).to_be_visible()
+        expect(heading).to_be_visible(timeout=WIDGETS_TIMEOUT_S * 1000)  # filled by the background refresh
         expect(heading.locator(".ops-badge")).to_have_text(facts.verdict)
+        navigation = check_reports_from_lab(context, page, facts, out)
         return (
             f"JupyterLab dashboard: tabs {', '.join(TABS)} visible; Runs panel shows run {facts.run_id} "
-            f"({facts.run_status}, candidate {facts.candidate}); Evaluations tab shows verdict {facts.verdict}"
+            f"({facts.run_status}, candidate {facts.candidate}); Evaluations tab shows verdict {facts.verdict}; "
+            + navigation
         )
     except Exception:
         if context is not None:
@@ -454,6 +463,72 @@ def check_dashboard(browser, ws, facts: Facts, out: Path, scratch: Path) -> str:
             print(f"      WARNING: {NOTEBOOK} changed on disk while JupyterLab had it open")
         if not had_checkpoints and checkpoints.is_dir():
             shutil.rmtree(checkpoints, ignore_errors=True)
+
+
+def check_reports_from_lab(context, page, facts: Facts, out: Path) -> str:  # type: ignore[no-untyped-def]
+    """The dashboard's run-index link, clicked in JupyterLab, then a report link in that index:
+    each page must be the page itself (HTTP 200), not the server's 403 "Blocking request from
+    unknown origin" (what JupyterLab's HTML viewer and /files/ answer to a page's relative link)."""
+    from playwright.sync_api import expect
+
+    link = page.locator(".jp-OutputArea a", has_text="run index (all reports)").first
+    expect(link).to_be_visible()
+    href = link.get_attribute("href") or ""
+    require(
+        href.startswith("/ops/runs/"),
+        f"the dashboard links the run index as {href!r}, not where the server extension serves runs/ "
+        "(/ops/runs/…): did the kernel get OPS_LAB_RUNS_URL?",
+    )
+    with context.expect_page() as opened:
+        link.click()
+    index = opened.value
+    index.set_default_timeout(30_000)
+    index.wait_for_load_state()
+
+    def shown(tab, what: str) -> None:  # type: ignore[no-untyped-def]
+        body = tab.locator("body").inner_text()
+        require(
+            "403 : Forbidden" not in body and "Blocking request" not in body,
+            f"{what} at {tab.url} is the server's error page: {' '.join(body.split())[:300]}",
+        )
+
+    shown(index, "the run index")
+    require(index.url.endswith("/ops/runs/index.html"), f"the run index opened at {index.url}")
+    row = index.locator(f"tr#execution-{facts.execution_id}")
+    expect(row).to_be_visible(timeout=30_000)
+    expect(row.locator("xpath=./td[6]").locator("span.v")).to_have_text(facts.verdict)
+    index.screenshot(path=str(out / "lab-run-index.png"), full_page=True)
+    report_link = row.get_by_role("link", name="report", exact=True)
+    expect(report_link).to_be_visible(timeout=30_000)
+    with index.expect_navigation() as navigation:
+        report_link.click()
+    response = navigation.value
+    require(
+        response is not None and response.status == 200,
+        f"the report link answered {response.status if response else 'nothing'} at {index.url}",
+    )
+    shown(index, "the evaluation report")
+    require(index.url.endswith(facts.report.name), f"the report link opened {index.url}, not {facts.report.name}")
+    banner = index.locator(".ops-banner")
+    expect(banner).to_be_visible(timeout=30_000)
+    expect(banner).to_contain_text(facts.verdict)
+    index.screenshot(path=str(out / "lab-report.png"), full_page=True)
+    # A report that links back to the index (its header) must get there too.
+    back = index.locator("a[href$='index.html']").first
+    followed = ""
+    if back.count():
+        with index.expect_navigation() as navigation:
+            back.click()
+        response = navigation.value
+        require(response is not None and response.status == 200, f"the report's index link answered {response}")
+        shown(index, "the run index (back from the report)")
+        expect(index.locator(f"tr#execution-{facts.execution_id}")).to_be_visible(timeout=30_000)
+        followed = "; its link back to the index works too"
+    index.close()
+    return (
+        f"the run index opened from the dashboard in JupyterLab ({href}) and its report link for execution "
+        f"#{facts.execution_id} showed the report (HTTP 200, banner {facts.verdict}){followed}"
+    )
 
 
 def _dismiss_dialogs(page) -> None:  # type: ignore[no-untyped-def]
@@ -494,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     throwaway = [out / "workspace", out / "models", out / "runs"]
     for path in throwaway:
         shutil.rmtree(path, ignore_errors=True)
-    for name in ("run-index.png", "evaluation-report.png", "dashboard.png"):
+    for name in ("run-index.png", "evaluation-report.png", "dashboard.png", "lab-run-index.png", "lab-report.png"):
         (out / name).unlink(missing_ok=True)
 
     started = time.monotonic()

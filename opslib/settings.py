@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     chroma_host: str | None = Field(default=None, description="Chroma server host; when set, HttpClient is used")
     chroma_port: int = Field(default=8000, ge=1, le=65535)
     runs_dir: Path = Field(default=Path("runs"), description="Archive of executed stage notebooks (.ipynb + .html).")
+    lab_runs_url: str | None = Field(
+        default=None,
+        description="URL path (from the server's root, e.g. /ops/runs/) where the Jupyter server this kernel "
+        "runs under serves runs_dir; set for its kernels by the opslib server extension (opslib.ops.lab_runs), "
+        "so the dashboard links reports there rather than as files",
+    )
     notebooks_dir: Path | None = Field(
         default=None,
         description="Stage notebooks; default: the ones shipped in the package (opslib.notebooks, i.e. the "
@@ -268,6 +274,15 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
+
+    @field_validator("lab_runs_url")
+    @classmethod
+    def _url_path(cls, value: str | None) -> str | None:
+        # A path the browser resolves against the Lab page's own origin: a full URL or a relative
+        # path would point the operator somewhere else.
+        if value is not None and not (value.startswith("/") and value.endswith("/") and "//" not in value):
+            raise ValueError(f"{value!r} is not a URL path that starts and ends with / (e.g. /ops/runs/)")
+        return value
 
     @field_validator("feedback_epoch")
     @classmethod

@@ -103,3 +103,11 @@ def test_notebooks_come_from_the_package_unless_ops_notebooks_dir_is_set(
     assert all((packaged / spec.notebook).is_file() for spec in STAGES.values())
     monkeypatch.setenv("OPS_NOTEBOOKS_DIR", str(tmp_path))
     assert Settings().resolved_notebooks_dir == tmp_path
+
+
+@pytest.mark.parametrize("value", ["ops/runs/", "/ops/runs", "http://127.0.0.1:8888/ops/runs/", "//evil/ops/runs/"])
+def test_lab_runs_url_must_be_a_url_path_from_the_server_root(value: str) -> None:
+    with pytest.raises(ValidationError, match="lab_runs_url") as error:
+        Settings(lab_runs_url=value)
+    assert "starts and ends with /" in str(error.value)
+    assert Settings(lab_runs_url="/user/ana/ops/runs/").lab_runs_url == "/user/ana/ops/runs/"

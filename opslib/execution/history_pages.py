@@ -14,7 +14,7 @@ import base64
 import html
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -95,21 +95,31 @@ def href(path: Path | None, base_dir: Path) -> str | None:
     return quote(Path(relative).as_posix(), safe="/#")
 
 
-def _a(path: Path | None, text: str, base_dir: Path) -> str:
-    target = href(path, base_dir)
+# Where a page's links point: a function from a file to its URL (None: no link). A page under
+# runs/history/ links relatively (``relative_from``); the dashboard passes its own (a Jupyter server
+# URL when the opslib server extension serves runs/, see opslib.ops.monitor.ReportLinks).
+Linker = Callable[[Path | None], str | None]
+
+
+def relative_from(base_dir: Path) -> Linker:
+    return lambda path: href(path, base_dir)
+
+
+def _a(path: Path | None, text: str, link: Linker) -> str:
+    target = link(path)
     return f'<a href="{_e(target)}">{_e(text)}</a>' if target else ""
 
 
-def _attempt_links(attempts: Sequence[Attempt], base_dir: Path) -> str:
+def _attempt_links(attempts: Sequence[Attempt], link: Linker) -> str:
     """Each attempt: stage, status, duration, and its report / notebook / log (Airflow's log per attempt)."""
     items = []
     for a in attempts:
         links = " · ".join(
             x
             for x in (
-                _a(a.report, "report", base_dir),
-                _a(a.notebook, "notebook", base_dir),
-                _a(a.log, "log", base_dir),
+                _a(a.report, "report", link),
+                _a(a.notebook, "notebook", link),
+                _a(a.log, "log", link),
             )
             if x
         )
@@ -120,7 +130,7 @@ def _attempt_links(attempts: Sequence[Attempt], base_dir: Path) -> str:
     return "<br>".join(items) or '<span class="muted">—</span>'
 
 
-def render_compare_table(runs: Sequence[RunHistory], base_dir: Path, pages_dir: Path | None = None) -> str:
+def render_compare_table(runs: Sequence[RunHistory], link: Linker, pages_dir: Path | None = None) -> str:
     """The comparison as an HTML table: a column per run (``data-run`` on every cell, for the
     page's picker), the run header linking to its lineage page when ``pages_dir`` holds them."""
     if not runs:
@@ -128,14 +138,14 @@ def render_compare_table(runs: Sequence[RunHistory], base_dir: Path, pages_dir: 
 
     def title(run_id: int) -> str:
         page = page_path(pages_dir.parent, run_id) if pages_dir else None
-        return _a(page, f"run {run_id}", base_dir) if page and page.is_file() else f"run {run_id}"
+        return _a(page, f"run {run_id}", link) if page and page.is_file() else f"run {run_id}"
 
     head = "".join(f'<th data-run="{r.run_id}">{title(r.run_id)}<br>{_badge(r.outcome)}</th>' for r in runs)
     body = []
     for label, values in compare_rows(runs):
         cells = "".join(f'<td data-run="{r.run_id}">{_e(v)}</td>' for r, v in zip(runs, values, strict=True))
         body.append(f'<tr data-row><th scope="row">{_e(label)}</th>{cells}</tr>')
-    links = "".join(f'<td data-run="{r.run_id}">{_attempt_links(r.attempts, base_dir)}</td>' for r in runs)
+    links = "".join(f'<td data-run="{r.run_id}">{_attempt_links(r.attempts, link)}</td>' for r in runs)
     body.append(f'<tr><th scope="row">stage reports and logs</th>{links}</tr>')
     return (
         f'<table class="h" id="compare"><thead><tr><th>field</th>{head}</tr></thead>'
@@ -205,7 +215,7 @@ def render_compare_page(runs: Sequence[RunHistory], runs_dir: Path, generated_at
             '<label><input type="checkbox" id="diff-only"> only rows that differ</label></form>'
         )
         script = _PICKER_SCRIPT
-    body = picker + render_compare_table(ordered, pages_dir, pages_dir) + script
+    body = picker + render_compare_table(ordered, relative_from(pages_dir), pages_dir) + script
     sub = (
         f"Every run side by side, from the Metadata DB (generated {_e(fmt_time(generated_at))}). "
         "Δ is candidate − baseline with its paired-bootstrap 95 % CI; a run's header opens its lineage."
@@ -294,23 +304,23 @@ def render_trend_page(trend: TrendView, generated_at: datetime) -> str:
     return _page("metric trend", "Metric trend", sub, render_trend(trend), "../")
 
 
-def render_lineage(run: RunHistory, base_dir: Path) -> str:
+def render_lineage(run: RunHistory, link: Linker) -> str:
     """The chain of nodes (each with its report link or its record) and every stage attempt."""
     parts = []
     for i, node in enumerate(lineage_nodes(run)):
         if i:
             parts.append('<div class="arrow">↓</div>')
         facts = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in node.facts)
-        link = _a(node.link, node.link_text, base_dir)
+        anchor = _a(node.link, node.link_text, link)
         record = f'<span class="muted">record: {_e(node.record)}</span>' if node.record else ""
         verdict = f" {_badge(node.verdict)}" if node.verdict else ""
         parts.append(
             f'<section class="node"><h3><span class="kind">{_e(node.kind)}</span>{_e(node.title)}{verdict}</h3>'
-            f"<dl>{facts}</dl>{link}{'<br>' if link and record else ''}{record}</section>"
+            f"<dl>{facts}</dl>{anchor}{'<br>' if anchor and record else ''}{record}</section>"
         )
     return (
         "".join(parts)
-        + f"<h2>Stage executions of run {run.run_id} (every attempt)</h2><p>{_attempt_links(run.attempts, base_dir)}</p>"
+        + f"<h2>Stage executions of run {run.run_id} (every attempt)</h2><p>{_attempt_links(run.attempts, link)}</p>"
     )
 
 
@@ -323,7 +333,7 @@ def render_lineage_page(run: RunHistory, runs_dir: Path, generated_at: datetime)
         f"run {run.run_id} lineage",
         f"Run {run.run_id} — lineage",
         sub,
-        render_lineage(run, runs_dir / HISTORY_DIR),
+        render_lineage(run, relative_from(runs_dir / HISTORY_DIR)),
         "../",
     )
 

@@ -60,15 +60,19 @@ def _table(frame: pd.DataFrame, empty: str = "none") -> str:
     return shown.to_html(escape=True, index=frame.index.name is not None, border=0)
 
 
-def _link(path: str | None, text: str, base: Path | None) -> str:
-    target = monitor.link_path(path, base)
+def _link(path: str | None, text: str, links: monitor.ReportLinks | Path | None) -> str:
+    """A link to a file under runs/ that opens in a browser tab of its own (see ``ReportLinks``);
+    a bare Path is the folder relative links start from."""
+    if not isinstance(links, monitor.ReportLinks):
+        links = monitor.ReportLinks(base=links)
+    target = links.href(path)
     if not target:
         return _e(text)
     return f'<a href="{html.escape(target, quote=True)}" target="_blank">{_e(text)}</a>'
 
 
 # Panel renderers (pure: view → HTML) -------------------------------------------------------------
-def render_runs(view: monitor.RunsView, base: Path | None = None) -> str:
+def render_runs(view: monitor.RunsView, base: monitor.ReportLinks | Path | None = None) -> str:
     def slot(name: str, row: monitor.RunRow | None) -> str:
         if row is None:
             return f"<b>{name}</b>: free"
@@ -208,7 +212,7 @@ def error_html(exc: BaseException, db_url: str | None = None) -> str:
     return f'<p class="ops-error">error: {_e(type(exc).__name__)}: {_e(exc)}</p>'
 
 
-def render_evaluations(rows: list[monitor.EvaluationRow], base: Path | None = None) -> str:
+def render_evaluations(rows: list[monitor.EvaluationRow], base: monitor.ReportLinks | Path | None = None) -> str:
     if not rows:
         return '<p class="ops-note">no evaluations yet</p>'
     parts = [f'<div class="ops-panel">{_STYLE}']
@@ -301,12 +305,18 @@ def render_audit(frame: pd.DataFrame) -> str:
     return f'<div class="ops-panel">{_STYLE}{_table(frame, "no operator actions yet")}</div>'
 
 
-def render_history_compare(runs: list[history.RunHistory], base: Path | None, pages: Path | None = None) -> str:
-    """Two (or any) runs side by side: the compare page's table, links relative to ``base``."""
+def render_history_compare(
+    runs: list[history.RunHistory], links: monitor.ReportLinks, pages: Path | None = None
+) -> str:
+    """Two (or any) runs side by side: the compare page's table, linked as the dashboard links."""
     if len(runs) < 2:
         return '<p class="ops-note">two runs are needed for a comparison</p>'
-    table = history_pages.render_compare_table(runs, base or Path.cwd(), pages)
+    table = history_pages.render_compare_table(runs, _linker(links), pages)
     return f'<div class="ops-history"><style>{history_pages.FRAGMENT_CSS}</style>{table}</div>'
+
+
+def _linker(links: monitor.ReportLinks) -> history_pages.Linker:
+    return lambda path: links.href(str(path)) if path is not None else None
 
 
 def render_history_trend(trend: history.TrendView) -> str:
@@ -315,12 +325,12 @@ def render_history_trend(trend: history.TrendView) -> str:
     )
 
 
-def render_history_lineage(run: history.RunHistory | None, base: Path | None) -> str:
+def render_history_lineage(run: history.RunHistory | None, links: monitor.ReportLinks) -> str:
     if run is None:
         return '<p class="ops-note">no runs yet</p>'
     return (
         f'<div class="ops-history"><style>{history_pages.FRAGMENT_CSS}</style>'
-        f"{history_pages.render_lineage(run, base or Path.cwd())}</div>"
+        f"{history_pages.render_lineage(run, _linker(links))}</div>"
     )
 
 
@@ -432,10 +442,13 @@ class Dashboard:
         self.ws = ws
         self.background = background
         self.link_base = link_base
+        self.links = monitor.ReportLinks.for_workspace(ws, link_base)
         self._threads: list[threading.Thread] = []
         self._refreshing = threading.Lock()
         self.outputs = {name: w.Output() for name in self.PANELS if name != "Actions"}
-        self.header = w.Output()  # an Output, not an HTML widget: JupyterLab opens its relative links
+        # An Output, not an HTML widget: without the opslib server extension the links are relative
+        # paths, and JupyterLab opens those of an output itself.
+        self.header = w.Output()
         self.problems = w.Output()  # what needs an operator, above the tabs (opslib.ops.alerts)
         self.refresh_button = w.Button(description="Refresh", icon="refresh")
         self.refresh_button.on_click(lambda _b: self.refresh())
@@ -547,7 +560,7 @@ class Dashboard:
                 f"<span class='ops-note'>operator <b>{_e(settings.operator)}</b> (role "
                 f"<b>{_e(settings.operator_role)}</b>) · Metadata DB "
                 f"{_e(self.ws.db.engine.url.render_as_string(hide_password=True))} · "
-                f"{_link(str(settings.runs_dir / 'index.html'), 'run index (all reports)', self.link_base)}"
+                f"{_link(str(settings.runs_dir / 'index.html'), 'run index (all reports)', self.links)}"
                 "</span>",
             )
             try:
@@ -557,12 +570,12 @@ class Dashboard:
                     log.exception("dashboard problem list failed")
                 _show(self.problems, error_html(exc, self._db_url()))
             renderers: dict[str, Callable[[], str]] = {
-                "Runs": lambda: render_runs(monitor.runs_view(self.ws), self.link_base),
+                "Runs": lambda: render_runs(monitor.runs_view(self.ws), self.links),
                 "Release": lambda: (
                     render_release(monitor.release_view(self.ws)) + render_indexes(monitor.indexes_view(self.ws))
                 ),
                 "Datasets": lambda: render_datasets(monitor.datasets_view(self.ws)),
-                "Evaluations": lambda: render_evaluations(monitor.evaluations_view(self.ws), self.link_base),
+                "Evaluations": lambda: render_evaluations(monitor.evaluations_view(self.ws), self.links),
                 "History": self._refresh_history,
                 "Queue": lambda: render_queue(monitor.queue_view(self.ws)),
                 "Serving": lambda: render_serving(monitor.serving_view(self.ws)),
@@ -624,11 +637,11 @@ class Dashboard:
     def _show_compare(self) -> None:
         chosen = [self._histories.get(c.value) for c in (self.compare_a, self.compare_b) if c.value is not None]
         runs = [r for r in chosen if r is not None]
-        _show(self.compare_out, render_history_compare(runs, self.link_base, self._history_pages()))
+        _show(self.compare_out, render_history_compare(runs, self.links, self._history_pages()))
 
     def _show_lineage(self) -> None:
         value = self.lineage_choice.value
-        _show(self.lineage_out, render_history_lineage(self._histories.get(value), self.link_base))
+        _show(self.lineage_out, render_history_lineage(self._histories.get(value), self.links))
 
     def _history_pages(self) -> Path:
         return self.ws.settings.runs_dir / history.HISTORY_DIR

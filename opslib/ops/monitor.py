@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 from sqlalchemy import func, select
@@ -502,6 +503,44 @@ def link_path(html: str | None, base: Path | None = None) -> str | None:
         return os.path.relpath(html, base or Path.cwd())
     except ValueError:  # another drive (Windows)
         return html
+
+
+@dataclass(frozen=True)
+class ReportLinks:
+    """Where the dashboard's links to files under ``runs_dir`` point.
+
+    Under a Jupyter server that serves ``runs_dir`` (the opslib server extension,
+    ``opslib.ops.lab_runs``, sets ``runs_url``), a report's link is its URL there: opened in a
+    browser tab it is a page of its own, so every relative link between the pages under runs/
+    (index → report → back) stays on that server. JupyterLab's HTML viewer cannot follow them:
+    it shows a copy of the page (a blob: document) whose clicks reach ``/files/`` with neither a
+    Referer nor the XSRF token, and the server answers "403 Blocking request from unknown origin".
+    Without ``runs_url`` (no such server; tests) the link is the path relative to ``base``."""
+
+    base: Path | None = None  # the notebook's folder (default: the current directory)
+    runs_dir: Path | None = None
+    runs_url: str | None = None  # a URL path ending in "/", e.g. /ops/runs/
+
+    @classmethod
+    def for_workspace(cls, ws: Workspace, base: Path | None = None) -> ReportLinks:
+        return cls(base=base, runs_dir=ws.settings.runs_dir, runs_url=ws.settings.lab_runs_url)
+
+    def href(self, html: str | None) -> str | None:
+        """The link to one file (a report, the run index); None when there is no file."""
+        if not html:
+            return None
+        if self.runs_url and self.runs_dir is not None:
+            inside = _relative_inside(Path(html), self.runs_dir)
+            if inside is not None:
+                return self.runs_url + quote(inside.as_posix())
+        return link_path(html, self.base)
+
+
+def _relative_inside(path: Path, folder: Path) -> Path | None:
+    try:
+        return path.resolve().relative_to(folder.resolve())
+    except ValueError:  # outside runs_dir: the server does not serve it
+        return None
 
 
 # Indexes: what the Metadata DB lists against what the vector store holds -----------------------

@@ -129,6 +129,44 @@ def test_runs_panel_tells_fail_error_and_stalled_apart_and_links_reports(ws: Wor
     assert 'href="runs/20261201/x-40_evaluate_candidate.html"' in html
 
 
+def test_under_jupyter_reports_link_where_the_server_serves_runs(ws: Workspace, tmp_path: Path) -> None:
+    """With Settings.lab_runs_url (set for its kernels by opslib.ops.lab_runs), every link into
+    runs/ is its URL there (a page of its own in a new tab, whose relative links work); a file
+    outside runs/ keeps its relative path."""
+    served = Workspace(Settings(**{**ws.settings.model_dump(), "lab_runs_url": "/user/ana/ops/runs/"}))
+    report = served.settings.runs_dir / "20261201" / "x 1-40_evaluate_candidate.html"
+    elsewhere = tmp_path / "elsewhere" / "y-30_train_candidate.html"
+    for path in (report, elsewhere):
+        path.parent.mkdir(parents=True)
+        path.write_text("<html>report</html>")
+    with served.db.transaction() as session:
+        run = _run(session, RunStatus.FAILED, failed_stage=RunStage.EVALUATION, failure_type=FailureType.FAIL)
+        for stage, path in (("40_evaluate_candidate", report), ("30_train_candidate", elsewhere)):
+            session.add(
+                StageExecution(
+                    run_id=run.id,
+                    stage=stage,
+                    notebook=f"{stage[:2]}.ipynb",
+                    parameters={},
+                    status=ExecutionStatus.SUCCEEDED,
+                    trace_id="t",
+                    output_html=str(path),
+                )
+            )
+    dashboard = Dashboard(served, background=False, link_base=tmp_path)
+    dashboard.refresh()
+    header = shown_html(dashboard.header)
+    assert '<a href="/user/ana/ops/runs/index.html" target="_blank">run index (all reports)</a>' in header
+    runs = shown_html(dashboard.outputs["Runs"])
+    assert '<a href="/user/ana/ops/runs/20261201/x%201-40_evaluate_candidate.html" target="_blank">40</a>' in runs
+    assert '<a href="elsewhere/y-30_train_candidate.html" target="_blank">30</a>' in runs
+    # Without the server extension (a plain kernel): paths relative to the notebook's folder.
+    plain = Dashboard(ws, background=False, link_base=tmp_path)
+    plain.refresh()
+    assert '<a href="runs/index.html" target="_blank">' in shown_html(plain.header)
+    assert 'href="runs/20261201/x 1-40_evaluate_candidate.html"' in shown_html(plain.outputs["Runs"])
+
+
 def test_datasets_panel_shows_eligibility_and_the_lag(ws: Workspace) -> None:
     _dataset(ws, "20261128-bbbbbbbbbbbb", hours_ago=72)
     _dataset(ws, "20261130-cccccccccccc", eligible=False, hours_ago=24)
