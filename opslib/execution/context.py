@@ -96,12 +96,15 @@ def record_error_classes() -> bool:
 
 
 def show_tables_whole() -> None:
-    """Reports show evidence whole: no cell of a table cut to pandas' 50 characters, no row or
-    column elided (a stage's tables are small; what is large is summarised before it is shown)."""
+    """Reports show evidence whole: no cell of a table cut to pandas' 50 characters, no row,
+    column or list item elided (a stage's tables are small; what is large is summarised before it
+    is shown). The report's CSS wraps what is long instead (``templates/offline``)."""
     import pandas as pd
 
     pd.set_option("display.max_colwidth", None)
     pd.set_option("display.max_columns", None)
+    pd.set_option("display.max_rows", None)
+    pd.set_option("display.max_seq_items", None)
 
 
 def open_stage(stage: str, params: dict[str, Any], execution_id: int | None = None) -> StageContext:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import html
 import io
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,17 +14,36 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as _Figure
 
 from opslib.control import outcomes
-from opslib.errors import Refused
+from opslib.errors import Invalid, Refused
+from opslib.execution.report import BANNER_METADATA_KEY, banner_html
+
+VERDICT_WORDS = tuple(v.value for v in outcomes.Verdict)
 
 
-def banner(verdict: str, text: str) -> Any:
-    from IPython.display import HTML  # deferred: IPython (≈0.5 s) is needed only in a notebook
+class VerdictWordError(Invalid, ValueError):
+    pass
 
-    colour = outcomes.colour(verdict)
-    return HTML(
-        f'<div class="ops-banner" style="padding:12px 16px;border-radius:6px;color:white;'
-        f'background:{colour};font-size:1.2em"><b>{html.escape(verdict)}</b> — {html.escape(text)}</div>'
-    )
+
+@dataclass(frozen=True)
+class Banner:
+    """A stage's verdict and its sentence, displayed as a coloured bar (offline HTML)."""
+
+    verdict: str
+    text: str
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> tuple[dict[str, str], dict[str, Any]]:
+        data = {"text/html": banner_html(self.verdict, self.text), "text/plain": f"{self.verdict} — {self.text}"}
+        # The mark by which the report puts the stage's (last) banner at the top of the page.
+        return data, {BANNER_METADATA_KEY: {"verdict": self.verdict, "text": self.text}}
+
+
+def banner(verdict: str, text: str) -> Banner:
+    """The stage's verdict banner. ``verdict`` is a word of the shared vocabulary
+    (``opslib.control.outcomes.Verdict``): one outcome never goes by two names."""
+    word = str(verdict)
+    if word not in VERDICT_WORDS:
+        raise VerdictWordError(f"banner verdict {word!r}: not a stage verdict; one of {', '.join(VERDICT_WORDS)}")
+    return Banner(word, text)
 
 
 def facts(title: str, values: dict[str, Any]) -> pd.DataFrame:

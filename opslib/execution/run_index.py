@@ -11,6 +11,9 @@ rebuilt with it; its header links them and each run id opens that run's lineage.
 
 How each stage's row is filled (see ``docs/architecture.md`` § Run index):
 
+- ``10_feedback_health``: OK / WARN and the window's numbers (events, rejected lines, unreadable
+  lines, duplicate rate) the notebook recorded in the execution's ``outputs``, with every
+  threshold crossed.
 - ``20_build_dataset``: the dataset version the notebook recorded in the execution's
   ``outputs``. Executions from before that column (migration 0006) are tied by their parameters
   and time (same source window; with no ``as_of``, a window ending while the execution ran); if
@@ -303,6 +306,30 @@ def _release_rows(
     return verdict, lines
 
 
+def _health_rows(ex: StageExecution) -> tuple[str, list[str]]:
+    """10_feedback_health: the OK / WARN and the numbers the notebook recorded in ``outputs``
+    (executions from before it recorded them show the window only)."""
+    days = _param_int(ex.parameters, "window_days")
+    window = f"window {days if days is not None else '?'} days"
+    outputs = ex.outputs if isinstance(ex.outputs, dict) else {}
+    verdict = outputs.get("health_verdict")
+    if verdict not in (Verdict.OK, Verdict.WARN):
+        return "—", [f"{window} (volume, rejects, rating mix in the report)"]
+    numbers = {k: outputs.get(k) for k in ("events", "rejected_lines", "unreadable_lines")}
+    shares = {k: outputs.get(k) for k in ("rejected_share", "duplicate_rate")}
+    shown = {
+        **{k: v if isinstance(v, int) else "?" for k, v in numbers.items()},
+        **{k: f"{v:.1%}" if isinstance(v, (int, float)) else "?" for k, v in shares.items()},
+    }
+    lines = [
+        f"{window}: {shown['events']} events, {shown['rejected_lines']} rejected lines ({shown['rejected_share']}), "
+        f"{shown['unreadable_lines']} unreadable, duplicate rate {shown['duplicate_rate']}"
+    ]
+    reasons = outputs.get("health_reasons")
+    lines += [f"WARN: {r}" for r in reasons if isinstance(r, str)] if isinstance(reasons, list) else []
+    return str(verdict), lines
+
+
 def _stalled_line(ex: StageExecution, now: datetime, stall_after_s: float) -> str | None:
     """For a RUNNING execution whose process has not beaten for ``stall_after_s``: what is known."""
     last = ex.heartbeat_at or ex.started_at
@@ -335,8 +362,7 @@ def _row(ex: StageExecution, facts: _Facts, runs_dir: Path, now: datetime, stall
     elif ex.stage in ("50_reindex_candidate", "60_cutover", "70_rollback"):
         verdict, lines = _release_rows(ex, run, facts, until)
     elif ex.stage == "10_feedback_health":
-        days = _param_int(ex.parameters, "window_days")
-        lines = [f"window {days if days is not None else '?'} days (volume, rejects, rating mix in the report)"]
+        verdict, lines = _health_rows(ex)
     if ex.status is ExecutionStatus.FAILED:
         verdict = Verdict.REFUSED if recorded_as(ex.error, Refused) else Verdict.ERROR
         lines = [_error_line(ex.error), *lines]

@@ -14,7 +14,6 @@ write that ends a row is guarded on its still being RUNNING, so an ended row nev
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -22,19 +21,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from opslib.control.outcomes import Verdict
 from opslib.db.engine import Database
 from opslib.db.models import ExecutionStatus, StageExecution, utcnow
 from opslib.errors import Conflict, Refused, class_path, recorded_as
 from opslib.execution import run_index
 from opslib.execution.context import ERROR_CLASS_MIME
 from opslib.execution.registry import EXECUTION_ID_PARAM, check_references, stage_spec, validate_params
+from opslib.execution.report import ReportContext, render_report, report_context
 from opslib.infra.faults import checkpoint
 from opslib.infra.heartbeat import heartbeating
 from opslib.infra.logs import current_trace_id, get_logger, trace
@@ -65,23 +65,27 @@ class StageResult:
         return recorded_as(self.error, Refused)
 
 
-def render_html(ipynb_path: Path, html_path: Path) -> Path:
-    """Render an executed notebook to HTML that needs no network (no CDN scripts)."""
+def render_html(ipynb_path: Path, html_path: Path, context: ReportContext | None = None) -> Path:
+    """Render an executed notebook to the reviewers' report (``opslib.execution.report``): HTML
+    that needs no network (no CDN scripts), no code cells, the verdict banner first. ``context``
+    adds the execution's links and failure (``report_context``); without it the page has none."""
     # Deferred: nbformat validates with jsonschema, whose format checkers take seconds to import.
     import nbformat
-    from nbconvert import HTMLExporter
 
-    # The nbconvert template shipped in the package: opslib/execution/templates/offline
-    with as_file(files("opslib.execution").joinpath("templates")) as templates:
-        exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(templates)])
-        exporter.log.setLevel(logging.ERROR)  # not "alternative text is missing" for every plot
-        exporter.exclude_input_prompt = True
-        exporter.exclude_output_prompt = True
-        body, _ = exporter.from_notebook_node(nbformat.read(ipynb_path, as_version=4))
+    body = render_report(nbformat.read(ipynb_path, as_version=4), context)
     tmp = html_path.with_suffix(".html.part")
     tmp.write_text(body, encoding="utf-8")
     os.replace(tmp, html_path)
     return html_path
+
+
+def _failure_banner(error: dict[str, Any] | None) -> tuple[str, str] | None:
+    """The header's verdict for a failed execution: REFUSED (a guard said no) or ERROR, and why."""
+    if error is None:
+        return None
+    verdict = Verdict.REFUSED if recorded_as(error, Refused) else Verdict.ERROR
+    where = f"failed at cell {error['cell_index']}" if error.get("cell_index") is not None else "failed"
+    return verdict.value, f"{where}: {error.get('ename')}: {error.get('evalue')}"
 
 
 @contextmanager
@@ -335,7 +339,15 @@ def run_stage(
             forget_local_clients()
             if output_ipynb.is_file():
                 try:
-                    render_html(output_ipynb, output_html)
+                    context = report_context(
+                        ws,
+                        execution_id,
+                        output_html,
+                        log_path=output_log,
+                        ipynb_path=output_ipynb,
+                        failure=_failure_banner(error),
+                    )
+                    render_html(output_ipynb, output_html, context)
                 except Exception:  # the execution still gets recorded; its row shows no HTML
                     log.exception("HTML rendering failed", extra={"stage": name, "execution_id": execution_id})
             status = ExecutionStatus.FAILED if error else ExecutionStatus.SUCCEEDED

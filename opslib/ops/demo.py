@@ -29,6 +29,7 @@ from opslib.db.models import (
     TrainingDataset,
     utcnow,
 )
+from opslib.execution.context import recorded_outputs
 from opslib.execution.runner import StageResult, run_stage
 from opslib.execution.worker import Worker, WorkerReport
 from opslib.infra.workspace import Workspace
@@ -166,6 +167,10 @@ def _loop(
     _show_search(ws, client, say)  # before the loop: the base model serves
     say("[4/6] running stage 10_feedback_health")
     health = run_stage(ws, "10_feedback_health", {"window_days": 7}, progress=True)
+    recorded = recorded_outputs(ws, health.execution_id)
+    if "health_verdict" in recorded:
+        reasons = "; ".join(recorded.get("health_reasons") or []) or "within every threshold"
+        say(f"      feedback health {recorded['health_verdict']}: {recorded.get('events')} events — {reasons}")
     say(f"      {health.status.value}: report {health.output_html}")
     say("[5/6] running stage 20_build_dataset (source window: the last 30 days)")
     build = run_stage(ws, "20_build_dataset", {"source_window_days": 30}, progress=True)

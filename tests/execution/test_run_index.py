@@ -542,6 +542,8 @@ def test_run_stage_rebuilds_the_index(ws: Workspace) -> None:
     page = (ws.settings.runs_dir / "index.html").read_text()
     row = _row_html(page, result.execution_id)
     assert "10_feedback_health" in row and "SUCCEEDED" in row
+    # No feedback at all: the notebook's WARN and its numbers, recorded on the execution.
+    assert "WARN" in row and "window 3 days: 0 events" in row and "0 events in the window" in row
     (href,) = [h for h in _links(row) if h.endswith(".html")]
     assert (ws.settings.runs_dir / unquote(href)).resolve() == result.output_html.resolve()
 
@@ -578,3 +580,38 @@ def test_cli_report_needs_a_migrated_db(
 def test_cli_report_help() -> None:
     done = subprocess.run([sys.executable, "-m", "opslib.ops.cli", "report", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "rebuild runs/index.html" in done.stdout
+
+
+def test_a_feedback_health_row_shows_its_verdict_and_numbers(ws: Workspace) -> None:
+    with ws.db.transaction() as session:
+        ok, warn, old = (
+            _execution(session, "10_feedback_health", minute, params={"window_days": 7}) for minute in (1, 2, 3)
+        )
+        ok.outputs = {
+            "health_verdict": "OK",
+            "health_reasons": [],
+            "events": 1200,
+            "rejected_lines": 3,
+            "rejected_share": 0.0025,
+            "unreadable_lines": 0,
+            "duplicate_rate": 0.01,
+        }
+        warn.outputs = {
+            "health_verdict": "WARN",
+            "health_reasons": ["0 events in the window (fewer than 1)"],
+            "events": 0,
+            "rejected_lines": 0,
+            "rejected_share": 0.0,
+            "unreadable_lines": 0,
+            "duplicate_rate": 0.0,
+        }
+        ids = ok.id, warn.id, old.id
+    rows, summary = collect_run_index(ws)
+    by_id = {r.execution_id: r for r in rows}
+    assert by_id[ids[0]].verdict == "OK" and by_id[ids[0]].headline == [
+        "window 7 days: 1200 events, 3 rejected lines (0.2%), 0 unreadable, duplicate rate 1.0%"
+    ]
+    assert by_id[ids[1]].verdict == "WARN"
+    assert by_id[ids[1]].headline[1] == "WARN: 0 events in the window (fewer than 1)"
+    assert by_id[ids[2]].verdict == "—" and by_id[ids[2]].headline[0].startswith("window 7 days (")
+    assert summary.by_verdict == {"OK": 1, "WARN": 1}

@@ -141,7 +141,13 @@ def test_a_failing_notebook_is_archived_with_its_failing_cell(
     assert (result.error["ename"], result.error["evalue"]) == ("ValueError", "boom with x=4")
     assert result.error["cell_index"] == 3  # papermill's injected-parameters cell comes first
     assert result.output_ipynb.is_file() and result.output_html.is_file()
-    assert "boom with x=4" in result.output_html.read_text()
+    page = result.output_html.read_text()
+    assert "boom with x=4" in page
+    # The report opens with the failure: no banner was shown, so the header says ERROR and where.
+    header = page.split('<header class="ops-report">', 1)[1].split("</header>", 1)[0]
+    assert "<b>ERROR</b> — failed at cell 3: ValueError: boom with x=4" in header
+    assert f"<title>99_fail — execution {result.execution_id} — ERROR</title>" in page
+    assert 'class="jp-CodeMirrorEditor' not in page and "before the failure" in page  # outputs, no code cells
     (row,) = _executions(ws)
     assert row.status is ExecutionStatus.FAILED and row.error == result.error and row.finished_at
 
@@ -272,11 +278,17 @@ def test_stage_reports_show_table_cells_whole() -> None:
     from opslib.execution.context import show_tables_whole
 
     long = " — ".join(["sha256(seed, project, normalised query) < share; whole queries only"] * 3)
-    with pd.option_context("display.max_colwidth", 50, "display.max_columns", 20):
+    tall = pd.DataFrame({"id": [f"row-{i}" for i in range(80)], "ids": [list(range(120))] * 80})
+    with pd.option_context(
+        "display.max_colwidth", 50, "display.max_columns", 20, "display.max_rows", 60, "display.max_seq_items", 100
+    ):
         table = display.facts("split", {"rule": long})
-        assert long not in table._repr_html_()  # pandas' default cuts it
+        assert long not in table._repr_html_()  # pandas' defaults cut it
+        assert "row-40" not in tall._repr_html_()
         show_tables_whole()
         assert long.replace("<", "&lt;") in table._repr_html_()
+        whole = tall._repr_html_()
+        assert "row-40" in whole and "119]" in whole  # every row, every list item
 
 
 # Records that end (a killed stage's row is ABANDONED) ----------------------------------------------

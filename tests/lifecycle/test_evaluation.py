@@ -619,3 +619,44 @@ def test_p_values_are_paired_randomisation_tests_adjusted_by_holm() -> None:
     # sorted 0.01, 0.03, 0.04 → ×3, ×2, ×1 = 0.03, 0.06, 0.04 → monotone: 0.03, 0.06, 0.06
     assert adjusted == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
     assert holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}
+
+
+def _outcome_with(delta: dict[str, float], ci: dict[str, tuple[float, float]], decision: Decision, **extra: Any):  # type: ignore[no-untyped-def]
+    from opslib.lifecycle.evaluation.evaluate import EvaluationOutcome, pass_criteria
+
+    quality = {
+        "baseline": dict.fromkeys(METRICS, 0.5),
+        "candidate": {m: 0.5 + delta[m] for m in METRICS},
+        "delta": delta,
+        "ci95": {m: list(ci[m]) for m in METRICS},
+        **extra,
+    }
+    reason = None if decision is Decision.PASS else "candidate below baseline: recall_at_5 0.4000 < 0.5000"
+    return EvaluationOutcome(1, 1, decision, reason, quality, pass_criteria(), "detail.jsonl")
+
+
+def test_the_headline_says_when_no_difference_is_distinguishable_from_zero() -> None:
+    crossing = {m: (-0.01, 0.03) for m in METRICS}
+    held = _outcome_with(
+        dict.fromkeys(METRICS, 0.01), crossing, Decision.PASS, release={"hold": "not significant: ndcg_at_5 …"}
+    )
+    assert held.headline.startswith("no difference distinguishable from zero (every metric's 95 % CI includes 0); ")
+    assert held.headline.endswith("run READY_FOR_RELEASE, held")
+    failed = _outcome_with(dict.fromkeys(METRICS, -0.01), {m: (-0.03, 0.0) for m in METRICS}, Decision.FAIL)
+    assert failed.headline.startswith("no difference distinguishable from zero")  # a CI reaching 0 includes it
+    assert failed.headline.endswith("recall_at_5 0.4000 < 0.5000: run FAILED (FAIL)")
+
+
+def test_the_headline_names_the_significant_metrics() -> None:
+    delta = {"recall_at_5": 0.05, "mrr_at_5": -0.04, "ndcg_at_5": 0.01}
+    ci = {"recall_at_5": (0.01, 0.09), "mrr_at_5": (-0.07, -0.01), "ndcg_at_5": (-0.01, 0.03)}
+    headline = _outcome_with(delta, ci, Decision.FAIL).headline
+    assert headline.startswith(
+        "significantly better on recall_at_5 +0.0500 [+0.0100, +0.0900]; "
+        "significantly worse on mrr_at_5 -0.0400 [-0.0700, -0.0100]; "
+        "no difference distinguishable from zero on ndcg_at_5; "
+    )
+    lift = {m: (0.01, 0.05) for m in METRICS}
+    released = _outcome_with(dict.fromkeys(METRICS, 0.03), lift, Decision.PASS).headline
+    assert released.startswith("significantly better on recall_at_5 +0.0300 [+0.0100, +0.0500], mrr_at_5")
+    assert "lift is significant (ndcg_at_5 95 % CI lower bound +0.0100 > 0): run READY_FOR_RELEASE" in released

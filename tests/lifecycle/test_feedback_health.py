@@ -2,6 +2,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from event_strategies import accepted_times, any_times, event_lines, intake_accepts
 from helpers import feedback_event
@@ -19,7 +20,7 @@ from opslib.lifecycle.feedback.events import (
     log_key,
     make_event,
 )
-from opslib.lifecycle.feedback.health import FeedbackHealth, feedback_health
+from opslib.lifecycle.feedback.health import FeedbackHealth, HealthThresholds, feedback_health, health_verdict
 
 NOW = datetime.now(UTC) + timedelta(hours=1)  # ingestion below writes files at the real now
 
@@ -155,3 +156,59 @@ def test_feedback_health_runs_on_anything_an_older_raw_log_may_hold(
     readable = sum(_readable(line) for line in lines)
     assert (health.total, health.unreadable_lines) == (readable, len(lines) - readable)
     _every_figure(health)
+
+
+def _health(events: int, *, duplicates: int = 0, rejects: int = 0, unreadable: int = 0) -> FeedbackHealth:
+    ids = [f"e{i}" for i in range(events - duplicates)] + ["e0"] * duplicates
+    return FeedbackHealth(
+        window_start=NOW - timedelta(days=7),
+        window_end=NOW,
+        events=pd.DataFrame({"event_id": ids}),
+        rejects=pd.DataFrame({"reason": ["not JSON"] * rejects}),
+        raw_files=1,
+        error_files=1 if rejects else 0,
+        unreadable_lines=unreadable,
+    )
+
+
+@pytest.mark.parametrize(
+    ("health", "verdict", "reasons"),
+    [
+        (_health(100), "OK", []),
+        # At the thresholds, not above them: still OK (5 rejects of 100 lines, 5 repeats of 100 events).
+        (_health(95, rejects=5), "OK", []),
+        (_health(100, duplicates=5), "OK", []),
+        (_health(0), "WARN", ["0 events in the window (fewer than 1)"]),
+        (_health(94, rejects=6), "WARN", ["rejected share 6.0% above 5.0% (see rejected lines by reason)"]),
+        (_health(100, unreadable=1), "WARN", ["1 unreadable raw-log lines (more than 0)"]),
+        (_health(100, duplicates=6), "WARN", ["duplicate rate 6.0% above 5.0%"]),
+        (
+            _health(0, rejects=3),
+            "WARN",
+            [
+                "0 events in the window (fewer than 1)",
+                "rejected share 100.0% above 5.0% (see rejected lines by reason)",
+            ],
+        ),
+    ],
+)
+def test_the_health_verdict_warns_past_each_threshold(health: FeedbackHealth, verdict: str, reasons: list[str]) -> None:
+    result = health_verdict(health)
+    assert (result.verdict, result.reasons) == (verdict, reasons)
+    outputs = result.outputs()
+    assert outputs["health_verdict"] == verdict and outputs["health_reasons"] == reasons
+    assert outputs["events"] == health.total and outputs["rejected_lines"] == len(health.rejects)
+    json.dumps(outputs, allow_nan=False)  # recordable on the execution
+    assert result.sentence.endswith("within every threshold") if verdict == "OK" else reasons[-1] in result.sentence
+
+
+def test_health_thresholds_are_configurable_and_checked() -> None:
+    strict = HealthThresholds(min_events=200, max_duplicate_rate=0.0)
+    assert health_verdict(_health(100, duplicates=1), strict).reasons == [
+        "100 events in the window (fewer than 200)",
+        "duplicate rate 1.0% above 0.0%",
+    ]
+    with pytest.raises(ValueError, match=r"max_rejected_share 1\.5: must be a share between 0 and 1"):
+        HealthThresholds(max_rejected_share=1.5)
+    with pytest.raises(ValueError, match="min_events -1: must be >= 0"):
+        HealthThresholds(min_events=-1)

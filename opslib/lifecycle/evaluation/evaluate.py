@@ -151,6 +151,33 @@ def release_hold(quality_metrics: dict[str, Any], pass_criteria: dict[str, Any])
     return None
 
 
+NO_DIFFERENCE = "no difference distinguishable from zero"
+
+
+def difference_strength(quality_metrics: dict[str, Any]) -> str:
+    """How strong the candidate's difference is, from the stored deltas and their paired-bootstrap
+    95 % CIs: ``NO_DIFFERENCE`` when every metric's CI includes 0 (a PASS or FAIL by the means
+    alone: noise cannot be ruled out), else which metrics are significantly better or worse."""
+    ci, delta = quality_metrics["ci95"], quality_metrics["delta"]
+    better = [m for m in METRICS if ci[m][0] > 0]
+    worse = [m for m in METRICS if ci[m][1] < 0]
+    if not better and not worse:
+        return f"{NO_DIFFERENCE} (every metric's 95 % CI includes 0)"
+
+    def named(metrics: list[str]) -> str:
+        return ", ".join(f"{m} {delta[m]:+.4f} [{ci[m][0]:+.4f}, {ci[m][1]:+.4f}]" for m in metrics)
+
+    parts = []
+    if better:
+        parts.append(f"significantly better on {named(better)}")
+    if worse:
+        parts.append(f"significantly worse on {named(worse)}")
+    unclear = [m for m in METRICS if m not in better and m not in worse]
+    if unclear:
+        parts.append(f"no difference distinguishable from zero on {', '.join(unclear)}")
+    return "; ".join(parts)
+
+
 # The stage --------------------------------------------------------------------------------
 @dataclass
 class EvaluationOutcome:
@@ -165,16 +192,21 @@ class EvaluationOutcome:
 
     @property
     def headline(self) -> str:
-        """The banner's sentence: the verdict and what happens to the run next."""
+        """The banner's sentence: how strong the difference is, the verdict's reason and what
+        happens to the run next."""
+        strength = difference_strength(self.quality_metrics)
         if self.decision is not Decision.PASS:
-            return f"{self.fail_reason}: run FAILED (FAIL)"
+            return f"{strength}; {self.fail_reason}: run FAILED (FAIL)"
         hold = self.quality_metrics.get("release", {}).get("hold")
         if hold:
-            return f"candidate meets every criterion, but {hold}: run READY_FOR_RELEASE, held"
+            return f"{strength}; candidate meets every criterion, but {hold}: run READY_FOR_RELEASE, held"
         metric = self.pass_criteria.get("release", {}).get("primary_metric")
         low = self.quality_metrics["ci95"][metric][0] if metric else None
         significant = f" ({metric} 95 % CI lower bound {low:+.4f} > 0)" if low is not None else ""
-        return f"candidate meets every criterion and the lift is significant{significant}: run READY_FOR_RELEASE"
+        return (
+            f"{strength}; candidate meets every criterion and the lift is significant{significant}: "
+            "run READY_FOR_RELEASE"
+        )
 
     def hybrid_frame(self) -> Any:
         """The same table for the hybrid serving path (keyword + dense, RRF, top 5)."""

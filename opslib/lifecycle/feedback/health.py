@@ -3,16 +3,23 @@
 It reads ``raw_logs/`` as every reader does (``check_stored_event``): a line it cannot read — one
 written before intake refused such lines, e.g. a ``created_at`` with no UTC instant — is counted in
 ``unreadable_lines`` and skipped, never fatal; anything readable is tolerated (any year, any text).
+
+The stage's verdict (``health_verdict``) is OK, or WARN when any of ``HealthThresholds`` is
+crossed (documented in docs/reviewer-guide.md § The feedback-health report): the window holds no
+event, too large a share of the lines received were rejected at ingestion, a raw-log line no
+reader can use, or too many duplicate deliveries. A WARN blocks nothing — the dataset stage has
+its own eligibility rules — it tells the reviewer where to look.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import pandas as pd
 
+from opslib.control.outcomes import Verdict
 from opslib.db.models import utcnow
 from opslib.infra.storage import ObjectStore
 from opslib.lifecycle.feedback.events import (
@@ -36,6 +43,12 @@ class FeedbackHealth:
     @property
     def total(self) -> int:
         return len(self.events)
+
+    @property
+    def rejected_share(self) -> float:
+        """Rejected lines over every line received in the window (events, rejects, unreadable)."""
+        received = self.total + len(self.rejects) + self.unreadable_lines
+        return len(self.rejects) / received if received else 0.0
 
     @property
     def duplicate_rate(self) -> float:
@@ -118,3 +131,80 @@ def feedback_health(store: ObjectStore, window_days: int, now: datetime | None =
         error_files=len(error_keys),
         unreadable_lines=unreadable,
     )
+
+
+@dataclass(frozen=True)
+class HealthThresholds:
+    """When the feedback log earns a WARN (any one crossed is enough)."""
+
+    # Fewer events than this in the window: traffic or feedback delivery has stopped.
+    min_events: int = 1
+    # Rejected lines over all lines received: a client sending malformed feedback.
+    max_rejected_share: float = 0.05
+    # Raw-log lines no reader can use (intake refuses such lines now: any one is an anomaly).
+    max_unreadable_lines: int = 0
+    # Repeated event ids over events: delivery is at-least-once, so some repeats are normal
+    # (readers deduplicate), but this many means a client retrying in a loop.
+    max_duplicate_rate: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("max_rejected_share", "max_duplicate_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} {value}: must be a share between 0 and 1")
+        for name in ("min_events", "max_unreadable_lines"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} {getattr(self, name)}: must be >= 0")
+
+
+THRESHOLDS = HealthThresholds()
+
+
+@dataclass(frozen=True)
+class HealthVerdict:
+    verdict: Verdict  # OK or WARN
+    reasons: list[str] = field(default_factory=list)  # one per threshold crossed
+    numbers: dict[str, int | float] = field(default_factory=dict)
+
+    @property
+    def sentence(self) -> str:
+        """The banner's text: what was seen, and why WARN."""
+        n = self.numbers
+        seen = (
+            f"{n['events']} events, {n['rejected_lines']} rejected lines ({n['rejected_share']:.1%} of lines), "
+            f"{n['unreadable_lines']} unreadable, duplicate rate {n['duplicate_rate']:.1%}"
+        )
+        return f"{seen} — " + "; ".join(self.reasons) if self.reasons else f"{seen}: within every threshold"
+
+    def outputs(self) -> dict[str, object]:
+        """What the stage records on its execution (the run index shows it)."""
+        return {"health_verdict": self.verdict.value, "health_reasons": list(self.reasons), **self.numbers}
+
+
+def health_verdict(health: FeedbackHealth, thresholds: HealthThresholds = THRESHOLDS) -> HealthVerdict:
+    """OK, or WARN naming every threshold the window crosses."""
+    numbers: dict[str, int | float] = {
+        "events": health.total,
+        "rejected_lines": len(health.rejects),
+        "rejected_share": round(health.rejected_share, 4),
+        "unreadable_lines": health.unreadable_lines,
+        "duplicate_rate": round(health.duplicate_rate, 4),
+    }
+    reasons = []
+    if health.total < thresholds.min_events:
+        reasons.append(f"{health.total} events in the window (fewer than {thresholds.min_events})")
+    # Counts against share × total (not share against share): exactly at a threshold is not above it.
+    received = health.total + len(health.rejects) + health.unreadable_lines
+    if len(health.rejects) > thresholds.max_rejected_share * received:
+        reasons.append(
+            f"rejected share {health.rejected_share:.1%} above {thresholds.max_rejected_share:.1%} "
+            "(see rejected lines by reason)"
+        )
+    if health.unreadable_lines > thresholds.max_unreadable_lines:
+        reasons.append(
+            f"{health.unreadable_lines} unreadable raw-log lines (more than {thresholds.max_unreadable_lines})"
+        )
+    repeats = health.total - (health.events["event_id"].nunique() if health.total else 0)
+    if repeats > thresholds.max_duplicate_rate * health.total:
+        reasons.append(f"duplicate rate {health.duplicate_rate:.1%} above {thresholds.max_duplicate_rate:.1%}")
+    return HealthVerdict(Verdict.WARN if reasons else Verdict.OK, reasons, numbers)
