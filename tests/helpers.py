@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 
 from opslib.corpus.loader import load_corpus
@@ -205,3 +206,17 @@ def write_stage_notebook(path: Path, parameters: str, *sources: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
     return path
+
+
+class PageLinks(HTMLParser):
+    """Every ``href`` and ``src`` of an HTML page (the run index, history pages, reports)."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+        self.srcs: list[str] = []
+        self.feed(page)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.hrefs.extend(v for k, v in attrs if k == "href" and v)
+        self.srcs.extend(v for k, v in attrs if k == "src" and v)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
 
 import pandas as pd
 import pytest
+from helpers import PageLinks
 
 from opslib.control.release import current_release
 from opslib.db.models import (
@@ -39,21 +39,8 @@ HOSTILE = "<script>alert('x')</script>"
 OFFLINE_BREAKERS = re.compile(r"<script[^>]*\ssrc=|<link|@import|url\(|https?://", re.I)
 
 
-class _Links(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
-        self.srcs: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.hrefs.extend(v for k, v in attrs if k == "href" and v)
-        self.srcs.extend(v for k, v in attrs if k == "src" and v)
-
-
-def _links(page: str) -> _Links:
-    parser = _Links()
-    parser.feed(page)
-    return parser
+def _links(page: str) -> PageLinks:
+    return PageLinks(page)
 
 
 def _archive(ws: Workspace, stem: str) -> str:

@@ -5,11 +5,11 @@ import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+from helpers import PageLinks
 
 from opslib.control.release import current_release
 from opslib.db.models import (
@@ -38,20 +38,8 @@ HOSTILE = "<script>alert('x')</script>"
 OFFLINE_BREAKERS = re.compile(r"<script|<link|@import|url\(|https?://", re.I)
 
 
-class _Links(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self.hrefs.extend(v for k, v in attrs if k == "href" and v)
-
-
 def _links(page: str) -> list[str]:
-    parser = _Links()
-    parser.feed(page)
-    return parser.hrefs
+    return PageLinks(page).hrefs
 
 
 def _row_html(page: str, execution_id: int) -> str:
