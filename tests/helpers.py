@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from opslib.corpus.loader import load_corpus
-from opslib.db.models import utcnow
+from opslib.db.models import MLPipelineRun, RunStatus, TriggerSource, utcnow
 from opslib.infra.workspace import Workspace
 from opslib.lifecycle.dataset.builder import build_dataset
 from opslib.lifecycle.feedback.events import make_event
@@ -220,3 +220,12 @@ class PageLinks(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.hrefs.extend(v for k, v in attrs if k == "href" and v)
         self.srcs.extend(v for k, v in attrs if k == "src" and v)
+
+
+def add_run(session, status: RunStatus, **fields) -> MLPipelineRun:  # type: ignore[no-untyped-def]
+    """A manual ``MLPipelineRun`` row in ``session`` (flushed: it has its id), other fields as given."""
+    fields.setdefault("trace_id", f"t-{status.value}")
+    run = MLPipelineRun(status=status, trigger_source=TriggerSource.MANUAL, **fields)
+    session.add(run)
+    session.flush()
+    return run

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from helpers import add_run
+
 from opslib.control.outcomes import RunOutcome, Tone, colour, released_run_ids, run_outcome, tone
 from opslib.control.runs import is_stalled
-from opslib.db.models import FailureType, MLPipelineRun, ReleaseEvent, RunStatus, TriggerSource, utcnow
+from opslib.db.models import FailureType, MLPipelineRun, ReleaseEvent, RunStatus, utcnow
 from opslib.infra.workspace import Workspace
-
-
-def _run(session, status: RunStatus, **fields) -> MLPipelineRun:  # type: ignore[no-untyped-def]
-    run = MLPipelineRun(status=status, trigger_source=TriggerSource.MANUAL, trace_id=f"t-{status.value}", **fields)
-    session.add(run)
-    session.flush()
-    return run
 
 
 def test_a_run_is_released_only_once_a_cutover_event_switched_its_candidate(ws: Workspace) -> None:
     with ws.db.transaction() as session:
         release_id = session.scalar(ReleaseEvent.__table__.select().with_only_columns(ReleaseEvent.release_id))
-        switched = _run(session, RunStatus.READY_FOR_RELEASE, cutover_time=utcnow())
-        waiting = _run(session, RunStatus.READY_FOR_RELEASE, cutover_time=utcnow())  # the gate not met yet
+        switched = add_run(session, RunStatus.READY_FOR_RELEASE, cutover_time=utcnow())
+        waiting = add_run(session, RunStatus.READY_FOR_RELEASE, cutover_time=utcnow())  # the gate not met yet
         session.add(
             ReleaseEvent(
                 release_id=release_id,
@@ -42,12 +37,12 @@ def test_a_run_is_released_only_once_a_cutover_event_switched_its_candidate(ws: 
 
 def test_outcomes_of_every_status(ws: Workspace) -> None:
     with ws.db.transaction() as session:
-        held = _run(session, RunStatus.READY_FOR_RELEASE, release_hold="not significant")
-        promoted = _run(session, RunStatus.READY_FOR_RELEASE, release_hold="not significant", promoted_at=utcnow())
-        fail = _run(session, RunStatus.FAILED, failure_type=FailureType.FAIL)
-        error = _run(session, RunStatus.FAILED, failure_type=FailureType.ERROR)
-        silent = _run(session, RunStatus.RUNNING, heartbeat_at=utcnow() - timedelta(hours=2))
-        superseded = _run(session, RunStatus.SUPERSEDED)
+        held = add_run(session, RunStatus.READY_FOR_RELEASE, release_hold="not significant")
+        promoted = add_run(session, RunStatus.READY_FOR_RELEASE, release_hold="not significant", promoted_at=utcnow())
+        fail = add_run(session, RunStatus.FAILED, failure_type=FailureType.FAIL)
+        error = add_run(session, RunStatus.FAILED, failure_type=FailureType.ERROR)
+        silent = add_run(session, RunStatus.RUNNING, heartbeat_at=utcnow() - timedelta(hours=2))
+        superseded = add_run(session, RunStatus.SUPERSEDED)
         assert run_outcome(held, released=False) is RunOutcome.HELD
         assert run_outcome(promoted, released=False) is RunOutcome.PASS
         assert run_outcome(fail, released=False) is RunOutcome.FAIL

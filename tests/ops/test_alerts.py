@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import dataset_row, mini_corpus_spec
+from helpers import add_run, dataset_row, mini_corpus_spec
 from sqlalchemy import select
 
 from opslib.corpus.loader import load_corpus
@@ -25,7 +25,6 @@ from opslib.db.models import (
     StageExecution,
     TickStatus,
     TrainingDataset,
-    TriggerSource,
     VectorIndexEntry,
     utcnow,
 )
@@ -49,10 +48,7 @@ def _lines(ws: Workspace, now: datetime | None = None) -> list[str]:
 
 def _run(ws: Workspace, status: RunStatus, **fields: object) -> int:
     with ws.db.transaction() as session:
-        run = MLPipelineRun(status=status, trigger_source=TriggerSource.MANUAL, trace_id="t", **fields)
-        session.add(run)
-        session.flush()
-        return run.id
+        return add_run(session, status, trace_id="t", **fields).id
 
 
 def _execution(ws: Workspace, stage: str, status: ExecutionStatus, **fields: object) -> int:

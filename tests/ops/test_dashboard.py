@@ -8,7 +8,7 @@ from html import escape
 from pathlib import Path
 
 import pytest
-from helpers import dataset_row
+from helpers import add_run, dataset_row
 from sqlalchemy import select
 
 from opslib.db.models import (
@@ -51,13 +51,6 @@ def _dataset(ws: Workspace, version: str = DATASET, eligible: bool = True, hours
     dataset_row(ws, version, eligible=eligible, hours_ago=hours_ago)
 
 
-def _run(session, status: RunStatus, **fields) -> MLPipelineRun:  # type: ignore[no-untyped-def]
-    run = MLPipelineRun(status=status, trigger_source=TriggerSource.MANUAL, trace_id=f"t-{status.value}", **fields)
-    session.add(run)
-    session.flush()
-    return run
-
-
 def _audit(ws: Workspace) -> list[AuditLog]:
     with ws.db.read() as session:
         return list(session.scalars(select(AuditLog).order_by(AuditLog.id)))
@@ -88,23 +81,23 @@ def test_runs_panel_tells_fail_error_and_stalled_apart_and_links_reports(ws: Wor
     report.parent.mkdir(parents=True)
     report.write_text("<html>report</html>")
     with ws.db.transaction() as session:
-        quality = _run(
+        quality = add_run(
             session,
             RunStatus.FAILED,
             failed_stage=RunStage.EVALUATION,
             failure_type=FailureType.FAIL,
             failure_reason="recall_at_5 0.5 < 0.6",
         )
-        system = _run(
+        system = add_run(
             session,
             RunStatus.FAILED,
             failed_stage=RunStage.TRAINING,
             failure_type=FailureType.ERROR,
             failure_reason="30_train_candidate failed at cell 3: OSError",
         )
-        _run(session, RunStatus.RUNNING, heartbeat_at=utcnow() - timedelta(hours=2), dataset_version=DATASET)
-        held = _run(session, RunStatus.READY_FOR_RELEASE, release_hold="not significant: ndcg_at_5 delta +0.0100")
-        promoted = _run(session, RunStatus.READY_FOR_RELEASE, release_hold="not significant", promoted_at=utcnow())
+        add_run(session, RunStatus.RUNNING, heartbeat_at=utcnow() - timedelta(hours=2), dataset_version=DATASET)
+        held = add_run(session, RunStatus.READY_FOR_RELEASE, release_hold="not significant: ndcg_at_5 delta +0.0100")
+        promoted = add_run(session, RunStatus.READY_FOR_RELEASE, release_hold="not significant", promoted_at=utcnow())
         session.add(
             StageExecution(
                 run_id=quality.id,
@@ -140,7 +133,7 @@ def test_under_jupyter_reports_link_where_the_server_serves_runs(ws: Workspace, 
         path.parent.mkdir(parents=True)
         path.write_text("<html>report</html>")
     with served.db.transaction() as session:
-        run = _run(session, RunStatus.FAILED, failed_stage=RunStage.EVALUATION, failure_type=FailureType.FAIL)
+        run = add_run(session, RunStatus.FAILED, failed_stage=RunStage.EVALUATION, failure_type=FailureType.FAIL)
         for stage, path in (("40_evaluate_candidate", report), ("30_train_candidate", elsewhere)):
             session.add(
                 StageExecution(
@@ -172,7 +165,7 @@ def test_datasets_panel_shows_eligibility_and_the_lag(ws: Workspace) -> None:
     _dataset(ws, "20261130-cccccccccccc", eligible=False, hours_ago=24)
     _dataset(ws, DATASET)
     with ws.db.transaction() as session:
-        _run(session, RunStatus.READY_FOR_RELEASE, dataset_version="20261128-bbbbbbbbbbbb")
+        add_run(session, RunStatus.READY_FOR_RELEASE, dataset_version="20261128-bbbbbbbbbbbb")
     view = monitor.datasets_view(ws)
     assert (view.newest_eligible, view.last_used) == (DATASET, "20261128-bbbbbbbbbbbb")
     assert view.lag.startswith("1 newer eligible dataset(s)") and "72 h more feedback" in view.lag
@@ -189,7 +182,7 @@ def test_evaluations_and_queue_panels(ws: Workspace) -> None:
         "ci95": {m: [0.02, 0.18] for m in ("recall_at_5", "mrr_at_5", "ndcg_at_5")},
     }
     with ws.db.transaction() as session:
-        run = _run(session, RunStatus.READY_FOR_RELEASE)
+        run = add_run(session, RunStatus.READY_FOR_RELEASE)
         session.add(
             ModelEvaluation(
                 run_id=run.id,
@@ -354,7 +347,7 @@ def _make_possible(ws: Workspace, form: str) -> None:
             release.rollback_snapshot_captured_at = utcnow()
     elif form == "promote":
         with ws.db.transaction() as session:
-            _run(
+            add_run(
                 session,
                 RunStatus.READY_FOR_RELEASE,
                 dataset_version=DATASET,
@@ -472,7 +465,7 @@ def test_serving_panel_shows_endpoints_their_lag_and_the_like_rate(ws: Workspace
 
 def test_runs_panel_shows_a_stage_whose_process_died_as_abandoned(ws: Workspace, tmp_path: Path) -> None:
     with ws.db.transaction() as session:
-        run = _run(
+        run = add_run(
             session,
             RunStatus.FAILED,
             failed_stage=RunStage.TRAINING,
