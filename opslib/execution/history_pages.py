@@ -266,13 +266,17 @@ def trend_table(trend: TrendView) -> pd.DataFrame:
             "baseline": p["baseline_model"],
         }
     )
+    # One column per metric (baseline → candidate, Δ and its CI): the table fits a page's width.
     for key, label in METRICS:
-        table[f"{label} baseline"] = p[f"{key}_baseline"]
-        table[f"{label} candidate"] = p[f"{key}_candidate"]
-        table[f"{label} Δ (95 % CI)"] = [
-            delta_ci(MetricValue(key, label, None, None, d, lo, hi))
-            for d, lo, hi in zip(
-                _opt(p[f"{key}_delta"]), _opt(p[f"{key}_ci95_low"]), _opt(p[f"{key}_ci95_high"]), strict=True
+        table[f"{label}: baseline → candidate, Δ (95 % CI)"] = [
+            f"{_cell(base)} → {_cell(cand)}, " + delta_ci(MetricValue(key, label, None, None, d, lo, hi))
+            for base, cand, d, lo, hi in zip(
+                _opt(p[f"{key}_baseline"]),
+                _opt(p[f"{key}_candidate"]),
+                _opt(p[f"{key}_delta"]),
+                _opt(p[f"{key}_ci95_low"]),
+                _opt(p[f"{key}_ci95_high"]),
+                strict=True,
             )
         ]
     return table

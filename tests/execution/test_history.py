@@ -279,6 +279,9 @@ def test_trend_has_one_point_per_evaluation_and_the_release_markers(ws: Workspac
     assert list(trend.markers["kind"]) == ["CUTOVER", "COMPLETE_ROLLBACK"]  # OPEN/PREPARE are not marked
     assert list(trend.markers["serving"]) == ["cand-r1", "tiny-base"]
     assert trend.markers["run_id"].iloc[0] == seeded.released and pd.isna(trend.markers["run_id"].iloc[1])
+    table = history_pages.trend_table(trend)
+    assert len(table.columns) == 10  # one column per metric: the table fits a page's width
+    assert table["nDCG@5: baseline → candidate, Δ (95 % CI)"].iloc[0].startswith("0.5000 → 0.6250, +0.1250 [")
     figure = history_pages.trend_figure(trend)
     assert len(figure.axes) == 3  # a panel per metric
     # Each panel: a vertical line per marker, at the marker's time.
