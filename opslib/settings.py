@@ -9,6 +9,7 @@ kernels) receive ``Settings.as_env()``.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
@@ -151,6 +152,12 @@ class Settings(BaseSettings):
     )
     training_max_seq_length: int = Field(default=128, ge=8, le=512)
     training_seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    training_base_model_version: str | None = Field(
+        default=None,
+        description="the registered model version every fine-tune starts from; default: the model serving when "
+        "the run starts (the run's baseline), e.g. a delivered model once it serves. Stage 40 still judges "
+        "the candidate against the serving model",
+    )
     bootstrap_samples: int = Field(default=1000, ge=100, le=100_000)
     release_primary_metric: Literal["recall_at_5", "mrr_at_5", "ndcg_at_5"] = Field(
         default="ndcg_at_5", description="the metric whose CI decides whether a PASS releases on its own"
@@ -298,6 +305,17 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
             raise ValueError(f"{value!r} is not an IANA time zone (e.g. Asia/Seoul, UTC)") from None
+        return value
+
+    @field_validator("training_base_model_version")
+    @classmethod
+    def _model_version(cls, value: str | None) -> str | None:
+        # The rule of opslib.infra.model_artifacts.validate_model_version (this module sits below it).
+        if value is not None and not re.match(r"^[a-z0-9](?:[a-z0-9_-]|\.(?!\.)){1,54}[a-z0-9]$", value):
+            raise ValueError(
+                f"{value!r} is not a model version name (3-56 characters of a-z, 0-9, '.', '_', '-', "
+                "starting and ending with a letter or digit)"
+            )
         return value
 
     @field_validator("dataset_schedule", "training_schedule")

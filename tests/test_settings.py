@@ -111,3 +111,11 @@ def test_lab_runs_url_must_be_a_url_path_from_the_server_root(value: str) -> Non
         Settings(lab_runs_url=value)
     assert "starts and ends with /" in str(error.value)
     assert Settings(lab_runs_url="/user/ana/ops/runs/").lab_runs_url == "/user/ana/ops/runs/"
+
+
+def test_the_fine_tune_base_is_the_serving_model_unless_pinned_by_a_valid_version_name() -> None:
+    assert Settings().training_base_model_version is None  # the run's baseline: whatever serves
+    assert Settings(training_base_model_version="ko-sbert-1.0").training_base_model_version == "ko-sbert-1.0"
+    with pytest.raises(ValidationError, match="training_base_model_version") as error:
+        Settings(training_base_model_version="Bad..Name")
+    assert "is not a model version name" in str(error.value)

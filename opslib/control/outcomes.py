@@ -8,7 +8,7 @@ Two families of words:
   ``RELEASED``; one the release rule holds is ``HELD``; a RUNNING run without a heartbeat is
   ``STALLED``; a FAILED one is ``FAIL`` — quality below the criteria — or ``ERROR``);
 - a **stage verdict** (``Verdict``) says how one stage execution ended: the stage's own word
-  (``ELIGIBLE``, ``TRAINED``, ``PASS``, ``RELEASED``, …) or how the execution itself ended
+  (``ELIGIBLE``, ``TRAINED``, ``DELIVERED``, ``PASS``, ``RELEASED``, …) or how the execution itself ended
   (``ERROR``, ``REFUSED``, ``ABANDONED``, ``STALLED``, ``RUNNING``).
 
 Every word has a ``Tone`` (good, bad, warning, …) that decides its colour everywhere.
@@ -70,6 +70,7 @@ class Verdict(enum.StrEnum):
     INELIGIBLE = "INELIGIBLE"
     # 30_train_candidate
     TRAINED = "TRAINED"
+    DELIVERED = "DELIVERED"  # an operator delivered the candidate (opsbench propose-model): nothing trained
     # 40_evaluate_candidate
     PASS = "PASS"
     FAIL = "FAIL"
@@ -103,7 +104,10 @@ RELEASE_EVENT_VERDICTS: dict[str, Verdict] = {
 }
 
 _TONES: dict[str, Tone] = {
-    **{w: Tone.GOOD for w in ("OK", "ELIGIBLE", "TRAINED", "PASS", "CANDIDATE READY", "RELEASED", "ROLLED BACK")},
+    **{
+        w: Tone.GOOD
+        for w in ("OK", "ELIGIBLE", "TRAINED", "DELIVERED", "PASS", "CANDIDATE READY", "RELEASED", "ROLLED BACK")
+    },
     **{w: Tone.BAD for w in ("FAIL", "INELIGIBLE", "ABORTED")},
     **{w: Tone.WARN for w in ("WARN", "HELD", "WAITING", "ROLLBACK PREPARING")},
     "ERROR": Tone.ERROR,

@@ -96,17 +96,31 @@ def _slot(session: Session, status: RunStatus) -> MLPipelineRun | None:
     return session.scalars(select(MLPipelineRun).where(MLPipelineRun.status == status)).one_or_none()
 
 
+def is_delivered(session: Session, model_version: str | None) -> bool:
+    """``model_version`` is a model an operator delivered (``opsbench propose-model``): a run
+    naming it trains nothing, so it needs no training dataset."""
+    row = session.get(ModelVersion, model_version) if model_version else None
+    return row is not None and row.delivered
+
+
 def _fix_start(session: Session, run: MLPipelineRun, dataset_version: str | None = None) -> None:
     """What a run is fixed to when it starts: dataset (``dataset_version``, verified by the caller,
-    else the latest eligible), baseline (= active now), candidate."""
-    dataset = session.get(TrainingDataset, dataset_version) if dataset_version else latest_eligible_dataset(session)
+    else the latest eligible; none for a delivered candidate), baseline (= active now), candidate."""
     release = current_release(session)
-    if dataset is None or not dataset.eligible or dataset.unusable_at is not None:
-        raise RunError("no eligible training dataset")
     if release is None:
         raise RunError("no ModelRelease: bootstrap the workspace")
-    run.dataset_version = dataset.dataset_version
     run.baseline_model_version = release.active_model_version
+    if is_delivered(session, run.candidate_model_version):
+        # Nothing is trained: the run judges and releases the delivered model on the evaluation and
+        # guard sets alone, so a workspace without feedback yet is not blocked (run.dataset_version None).
+        assert run.candidate_model_version is not None
+        run.candidate_index_name = index_name_for(run.candidate_model_version)
+        run.heartbeat_at = utcnow()
+        return
+    dataset = session.get(TrainingDataset, dataset_version) if dataset_version else latest_eligible_dataset(session)
+    if dataset is None or not dataset.eligible or dataset.unusable_at is not None:
+        raise RunError("no eligible training dataset")
+    run.dataset_version = dataset.dataset_version
     if run.candidate_model_version is None:  # else: a registered model was named by the request
         run.candidate_model_version = candidate_version_for(run.id, dataset.dataset_version)
     run.candidate_index_name = index_name_for(run.candidate_model_version)
@@ -125,13 +139,16 @@ def request_run(
     """Handle one TRAINING_REQUEST: start a run, queue it, or refuse — never two for one message.
 
     ``candidate_model_version`` names a registered model to evaluate and release instead of
-    training one (e.g. the serving weights at another precision): stage 30 finds it trained.
+    training one (e.g. the serving weights at another precision): stage 30 finds it trained —
+    or, for a model an operator delivered, records it delivered; such a run needs no dataset.
     With ``objects`` (the worker passes its Object Storage) the dataset is verified before it is
     picked: one whose artifact is gone or changed is marked unusable and the next eligible one is
     used — or the request is refused with the reason when none is left."""
     source = TriggerSource(trigger_source)
     chosen: str | None = None
-    if objects is not None and not _redelivered(db, request_message_id):
+    with db.read() as session:
+        delivered = is_delivered(session, candidate_model_version)
+    if objects is not None and not delivered and not _redelivered(db, request_message_id):
         dataset, skipped = choose_usable_dataset(db, objects)
         if dataset is None:
             return RunRequestOutcome(None, None, False, no_usable_dataset_reason(skipped))
@@ -145,7 +162,7 @@ def request_run(
                     ).one_or_none()
                     if existing is not None:
                         return RunRequestOutcome(existing.id, existing.status, False, "redelivered: run exists")
-                if latest_eligible_dataset(session) is None:
+                if not delivered and latest_eligible_dataset(session) is None:
                     return RunRequestOutcome(None, None, False, "no eligible training dataset: no run started")
                 if candidate_model_version is not None:
                     refusal = _candidate_refusal(session, candidate_model_version)
@@ -209,7 +226,9 @@ def start_next_pending(db: Database, objects: ObjectStore | None = None) -> int 
     chosen: str | None = None
     if objects is not None:
         with db.read() as session:
-            waiting = _slot(session, RunStatus.PENDING) is not None and _slot(session, RunStatus.RUNNING) is None
+            pending = _slot(session, RunStatus.PENDING)
+            waiting = pending is not None and _slot(session, RunStatus.RUNNING) is None
+            waiting = waiting and pending is not None and not is_delivered(session, pending.candidate_model_version)
         if waiting:
             dataset, skipped = choose_usable_dataset(db, objects)
             if dataset is None:

@@ -96,6 +96,11 @@ def export_beir(spec: CorpusSpec, folder: Path) -> BeirExport:
     (``source``, ``part``), every relevant passage is a qrels row of score 1. Refuses to
     overwrite: a benchmark folder, once written, is what its figures were measured on."""
     folder = Path(folder)
+    if spec.chunking_version is not None:
+        # Its pieces share their passage's id: BEIR has no word for a piece of a passage.
+        raise CorpusError(
+            f"corpus {spec.name!r}: re-chunked ({spec.chunking_version}); export the passages, not their pieces"
+        )
     existing = [name for name in BEIR_FILES if (folder / name).exists()]
     if existing:
         raise CorpusError(f"{folder}: already holds {', '.join(existing)} (choose an empty folder)")

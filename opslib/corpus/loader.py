@@ -44,6 +44,9 @@ class Document:
     project_key: str
     video_key: str
     title: str = ""
+    # Set when the passage was re-chunked (``opslib.corpus.chunking``): which piece of the
+    # passage ``doc_id`` this is. Judgments name passages; a piece inherits its passage's.
+    piece: int | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,12 @@ class CorpusSpec:
     source: str
     documents: list[Document]
     queries: list[Query]
+    # What every chunk records as its ``chunking_version``; None: whole passages, one chunk each.
+    chunking_version: str | None = None
+
+    @property
+    def chunking(self) -> str:
+        return self.chunking_version or f"corpus-{self.name}-v1"
 
 
 @dataclass(frozen=True)
@@ -145,8 +154,15 @@ def video_id_for(corpus: str, project_key: str, video_key: str) -> str:
     return f"{corpus}:{_slug(project_key)}/{_slug(video_key)}"
 
 
-def chunk_id_for(corpus: str, doc_id: str) -> str:
-    return f"{corpus}:{_slug(doc_id)}"
+def chunk_id_for(corpus: str, doc_id: str, piece: int | None = None) -> str:
+    """A passage's chunk id; a piece of a re-chunked passage adds ``#<piece>`` — a character no
+    slug has, so a piece's id never equals another passage's."""
+    base = f"{corpus}:{_slug(doc_id)}"
+    return base if piece is None else f"{base}#{piece:04d}"
+
+
+def document_chunk_id(corpus: str, doc: Document) -> str:
+    return chunk_id_for(corpus, doc.doc_id, doc.piece)
 
 
 def is_reserved(query_id: str, seed: int, fraction: float) -> bool:
@@ -167,7 +183,7 @@ def build_videos(spec: CorpusSpec) -> list[VideoIn]:
                 enriched_text=f"{doc.title}\n{doc.text}" if doc.title else doc.text,
                 start_ms=i * CHUNK_MS,
                 end_ms=(i + 1) * CHUNK_MS,
-                chunk_id=chunk_id_for(spec.name, doc.doc_id),
+                chunk_id=document_chunk_id(spec.name, doc),
             )
             for i, doc in enumerate(docs)
         ]
@@ -185,8 +201,12 @@ def build_videos(spec: CorpusSpec) -> list[VideoIn]:
 
 
 def build_query_records(spec: CorpusSpec) -> tuple[list[QueryRecord], int]:
-    """Queries mapped onto chunk ids; a query is scoped to the project most of its answers are in."""
+    """Queries mapped onto chunk ids; a query is scoped to the project most of its answers are in.
+    A passage judged relevant maps to all its chunks: each piece of a re-chunked one."""
     project_of = {d.doc_id: project_id_for(spec.name, d.project_key) for d in spec.documents}
+    chunks_of: dict[str, list[str]] = defaultdict(list)
+    for doc in spec.documents:
+        chunks_of[doc.doc_id].append(document_chunk_id(spec.name, doc))
     records, dropped = [], 0
     for query in spec.queries:
         relevant = [d for d in query.relevant_doc_ids if d in project_of]
@@ -194,7 +214,7 @@ def build_query_records(spec: CorpusSpec) -> tuple[list[QueryRecord], int]:
             dropped += 1
             continue
         project = Counter(project_of[d] for d in relevant).most_common(1)[0][0]
-        expected = tuple(chunk_id_for(spec.name, d) for d in relevant if project_of[d] == project)
+        expected = tuple(cid for d in relevant if project_of[d] == project for cid in chunks_of[d])
         records.append(QueryRecord(query.query_id, query.text.strip(), project, expected))
     return records, dropped
 
@@ -206,9 +226,10 @@ def validate_spec(spec: CorpusSpec) -> None:
         raise CorpusError(f"corpus {spec.name!r}: has no documents")
     seen: set[str] = set()
     for doc in spec.documents:
-        cid = chunk_id_for(spec.name, doc.doc_id)
+        cid = document_chunk_id(spec.name, doc)
         if cid in seen:
-            raise CorpusError(f"corpus {spec.name!r}: document id {doc.doc_id!r} is not unique")
+            which = doc.doc_id if doc.piece is None else f"{doc.doc_id} piece {doc.piece}"
+            raise CorpusError(f"corpus {spec.name!r}: document id {which!r} is not unique")
         seen.add(cid)
         if not doc.text.strip():
             raise CorpusError(f"corpus {spec.name!r}: document {doc.doc_id!r} has no text")
@@ -232,7 +253,10 @@ def load_corpus(
         raise CorpusError(f"reserve_fraction {reserve_fraction}: must be in [0, 1)")
     with ws.db.read() as session:
         if session.get(CorpusImport, spec.name) is not None:
-            raise CorpusError(f"corpus {spec.name!r}: already imported")
+            # Not re-chunked in place: its chunk ids are in feedback, datasets and evaluation sets.
+            raise CorpusError(
+                f"corpus {spec.name!r}: already imported (to import it chunked another way, give it a new name)"
+            )
         if current_release(session) is None:
             raise CorpusError("no ModelRelease yet: bootstrap the workspace (`opsbench init`)")
     videos = build_videos(spec)
@@ -247,7 +271,7 @@ def load_corpus(
     bar = tqdm(total=sum(len(v.chunks) for v in todo), desc=f"import {spec.name}", unit="chunk", disable=not progress)
     for start in range(0, len(todo), batch_videos):
         batch = todo[start : start + batch_videos]
-        ingest_videos(ws, batch, chunking_version=f"corpus-{spec.name}-v1")
+        ingest_videos(ws, batch, chunking_version=spec.chunking)
         bar.update(sum(len(v.chunks) for v in batch))
     bar.close()
 

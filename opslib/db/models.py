@@ -354,7 +354,18 @@ class ModelVersion(Base):
     # Not in the base data model: the precision this version encodes at, wherever it runs (chosen at
     # registration, opslib.infra.precision); its indexes and queries all use it.
     encode_precision: Mapped[str] = mapped_column(String(8), default="fp32", server_default="fp32")
+    # Not in the base data model: the provenance of a model an operator delivered (``opsbench
+    # propose-model``): where its files came from, who delivered it and why. None for the
+    # bootstrapped base and for fine-tunes (their provenance is base_model_version and run_id).
+    source: Mapped[str | None] = mapped_column(String(1024))
+    delivered_by: Mapped[str | None] = mapped_column(String(128))
+    delivery_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @property
+    def delivered(self) -> bool:
+        """An operator delivered it (it was not trained here)."""
+        return self.source is not None
 
 
 class ModelEvaluation(Base):

@@ -159,6 +159,35 @@ def bars(values: dict[str, float], title: str, ylabel: str, colour: str = "#1f4e
     return fig
 
 
+def grouped_bars(table: pd.DataFrame, title: str, ylabel: str) -> Figure:
+    """One group of bars per row of ``table``, one bar per column (e.g. tokens per character
+    by script, per model), each labelled with its value; a missing value draws no bar."""
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    if table.empty:
+        return _empty(fig, title)
+    ax = fig.subplots()
+    width = 0.8 / max(len(table.columns), 1)
+    x = np.arange(len(table.index))
+    palette = ["#1f4e8c", "#e08a00", "#2e7d32", "#6a1b9a"]
+    for i, column in enumerate(table.columns):
+        values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
+        drawn = ax.bar(x + i * width, np.nan_to_num(values), width, label=str(column), color=palette[i % len(palette)])
+        for bar, value in zip(drawn, values, strict=True):
+            if np.isfinite(value):
+                ax.annotate(
+                    f"{value:.2f}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
+    ax.set_xticks(x + width * (len(table.columns) - 1) / 2, [str(i) for i in table.index])
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
 def lines(table: pd.DataFrame, title: str, ylabel: str, full_scale: bool = True) -> Figure:
     """One line per column of ``table`` over its index (e.g. like rate per model per day);
     ``full_scale`` draws 0–1, else the axis fits the values (small differences stay visible)."""

@@ -103,6 +103,12 @@ class TrainCandidateParams(StageParams):
     losses: list[Literal["mnrl", "cached_mnrl", "gist"]] = Field(default=["mnrl"], min_length=1, max_length=3)
     max_seq_length: int = Field(default=128, ge=8, le=512)
     seed: int = Field(default=0, ge=0, le=SEED_MAX)
+    base_model_version: str | None = Field(
+        default=None,
+        min_length=3,
+        max_length=56,
+        description="the registered version to fine-tune from; None: the run's baseline (the serving model)",
+    )
     patience: int = Field(default=1, ge=1, le=50, description="epochs without a better validation score")
     validation_share: float = Field(default=0.2, gt=0, lt=1)
     negatives_per_row: int = Field(default=1, ge=1, le=8)
@@ -128,6 +134,7 @@ class TrainCandidateParams(StageParams):
             losses=tuple(self.losses),
             max_seq_length=self.max_seq_length,
             seed=self.seed,
+            base_model_version=self.base_model_version,
             patience=self.patience,
             validation_share=self.validation_share,
             negatives_per_row=self.negatives_per_row,

@@ -109,6 +109,7 @@ class _Facts:
     evaluations: dict[int, list[ModelEvaluation]]
     datasets: list[TrainingDataset]
     model_versions: set[str]
+    delivered_versions: set[str]  # of model_versions: delivered by an operator, not trained
     events: list[ReleaseEvent]
     message_traces: dict[int, str]
     released: set[int]
@@ -265,6 +266,11 @@ def _training_rows(run: MLPipelineRun | None, facts: _Facts) -> tuple[str, list[
     candidate = run.candidate_model_version
     if not candidate:
         return "—", ["the run has no candidate version"]
+    if candidate in facts.delivered_versions:
+        return Verdict.DELIVERED, [
+            f"candidate {candidate} (delivered by an operator, not trained)",
+            f"baseline {run.baseline_model_version or '—'}, no dataset",
+        ]
     trained = candidate in facts.model_versions
     lines = [
         f"candidate {candidate}" + ("" if trained else " (not trained)"),
@@ -413,6 +419,9 @@ def collect_run_index(ws: Workspace, now: datetime | None = None) -> tuple[list[
             evaluations=evaluations,
             datasets=list(session.scalars(select(TrainingDataset))),
             model_versions=set(session.scalars(select(ModelVersion.model_version))),
+            delivered_versions=set(
+                session.scalars(select(ModelVersion.model_version).where(ModelVersion.source.is_not(None)))
+            ),
             events=list(session.scalars(select(ReleaseEvent).order_by(ReleaseEvent.id))),
             message_traces=dict(
                 session.execute(select(OpsMessage.id, OpsMessage.trace_id).where(OpsMessage.id.in_(message_ids)))

@@ -44,11 +44,13 @@ from opslib.control.runs import (
     fail_run,
     get_run,
     heartbeat,
+    is_delivered,
     is_stalled,
     request_run,
     start_next_pending,
 )
 from opslib.db.models import (
+    ExecutionStatus,
     FailureType,
     MLPipelineRun,
     ModelVersion,
@@ -56,6 +58,7 @@ from opslib.db.models import (
     RunStage,
     RunStatus,
     ServingState,
+    StageExecution,
     TriggerSource,
     Video,
 )
@@ -87,13 +90,16 @@ class WorkerReport:
 
 def resume_problem(ws: Workspace, run: MLPipelineRun) -> str | None:
     """Why a stalled run cannot be resumed, or None if its inputs are intact."""
-    if not (run.dataset_version and run.baseline_model_version and run.candidate_model_version):
+    with ws.db.read() as session:
+        delivered = is_delivered(session, run.candidate_model_version)
+    if not ((run.dataset_version or delivered) and run.baseline_model_version and run.candidate_model_version):
         return "dataset, baseline or candidate were never fixed"
-    try:
-        check_dataset(ws.objects, run.dataset_version)
-    except IntegrityFailure as failure:  # marked unusable: no later run picks it either
-        mark_dataset_unusable(ws.db, run.dataset_version, str(failure))
-        return f"dataset {run.dataset_version} is missing or fails its checksum: {failure}"
+    if run.dataset_version:  # a delivered candidate's run has none
+        try:
+            check_dataset(ws.objects, run.dataset_version)
+        except IntegrityFailure as failure:  # marked unusable: no later run picks it either
+            mark_dataset_unusable(ws.db, run.dataset_version, str(failure))
+            return f"dataset {run.dataset_version} is missing or fails its checksum: {failure}"
     for version in (run.baseline_model_version, run.candidate_model_version):
         with ws.db.read() as session:
             registered = session.get(ModelVersion, version) is not None
@@ -211,7 +217,16 @@ class Worker:
         ):
             with self.ws.db.read() as session:
                 trained = session.get(ModelVersion, run.candidate_model_version or "") is not None
-            if not trained:
+                # A delivered candidate is not trained, but 30 still runs once: its report records
+                # the model as delivered (where from, who, why, what its validation measured).
+                delivery_unrecorded = is_delivered(session, run.candidate_model_version) and not session.scalar(
+                    select(StageExecution.id).where(
+                        StageExecution.run_id == run_id,
+                        StageExecution.stage == "30_train_candidate",
+                        StageExecution.status == ExecutionStatus.SUCCEEDED,
+                    )
+                )
+            if not trained or delivery_unrecorded:
                 result = self._run_stage(
                     run_id,
                     RunStage.TRAINING,
@@ -224,6 +239,7 @@ class Worker:
                         "losses": list(self.settings.training_losses),
                         "max_seq_length": self.settings.training_max_seq_length,
                         "seed": self.settings.training_seed,
+                        "base_model_version": self.settings.training_base_model_version,
                     },
                     run.trace_id,
                 )

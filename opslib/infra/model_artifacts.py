@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from opslib.db.engine import Database
 from opslib.db.models import ModelVersion, utcnow
@@ -84,9 +85,24 @@ class ModelManifest:
     # Manifests from before precisions were recorded encode in fp32 (the only precision then).
     encode_precision: str = "fp32"
     precision_choice: dict[str, Any] = field(default_factory=dict)  # why, and the start-up check's result
+    # Recorded for a delivered model (``opsbench propose-model``): what its validation measured, and
+    # where it came from, who delivered it and why (also on its ModelVersion row). Older manifests
+    # and fine-tunes have none.
+    embedding_dimension: int | None = None
+    max_seq_length: int | None = None
+    delivery: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a delivered model came from, who delivered it and why."""
+
+    source: str
+    delivered_by: str
+    reason: str
 
 
 def register_model(
@@ -99,15 +115,25 @@ def register_model(
     run_id: int | None = None,
     training_parameters: dict[str, Any] | None = None,
     precision: PrecisionChoice | None = None,
+    provenance: Provenance | None = None,
+    delivery: dict[str, Any] | None = None,
+    embedding_dimension: int | None = None,
+    max_seq_length: int | None = None,
+    session: Session | None = None,
 ) -> ModelVersion:
     """Publish ``source_dir`` as ``model_version`` and record it in the Metadata DB, with the
-    precision it will encode at (default: chosen for this machine by the settings)."""
+    precision it will encode at (default: chosen for this machine by the settings).
+
+    A delivered model carries its ``provenance`` (on the row and in the manifest, with the
+    ``delivery`` record of its validation). With ``session`` the row is added in the caller's
+    transaction (which commits it with the effect it belongs to, or rolls it back: nothing is
+    then registered); the files stay published and a retry with the same files adopts them."""
     validate_model_version(model_version)
     source_dir = Path(source_dir)
     if not (source_dir / "modules.json").is_file():
         raise ModelArtifactError(f"source_dir {source_dir}: not a sentence-transformers folder (no modules.json)")
-    with ws.db.read() as session:
-        if session.get(ModelVersion, model_version) is not None:
+    with ws.db.read() as reading:
+        if reading.get(ModelVersion, model_version) is not None:
             raise ModelArtifactError(f"model_version {model_version!r}: already registered")
     files = {
         path.relative_to(source_dir).as_posix(): sha256_file(path)
@@ -148,19 +174,29 @@ def register_model(
             created_at=utcnow().isoformat(),
             encode_precision=precision.precision,
             precision_choice=precision.as_record(),
+            embedding_dimension=embedding_dimension,
+            max_seq_length=max_seq_length,
+            delivery={**(delivery or {}), **(provenance.__dict__ if provenance else {})},
         )
         stored_sha = ws.models.put_text(manifest_key, manifest.to_json()).sha256
-    with ws.db.transaction() as session:
-        row = ModelVersion(
-            model_version=model_version,
-            artifact_path=ws.models.uri(model_version),
-            base_model_version=base_model_version,
-            run_id=run_id,
-            sha256=stored_sha,
-            encode_precision=manifest.encode_precision,
-            created_at=datetime.fromisoformat(manifest.created_at),
-        )
+    row = ModelVersion(
+        model_version=model_version,
+        artifact_path=ws.models.uri(model_version),
+        base_model_version=base_model_version,
+        run_id=run_id,
+        sha256=stored_sha,
+        encode_precision=manifest.encode_precision,
+        source=provenance.source[:1024] if provenance else None,
+        delivered_by=provenance.delivered_by[:128] if provenance else None,
+        delivery_reason=provenance.reason if provenance else None,
+        created_at=datetime.fromisoformat(manifest.created_at),
+    )
+    if session is not None:
         session.add(row)
+        session.flush()
+        return row
+    with ws.db.transaction() as own:
+        own.add(row)
     return row
 
 

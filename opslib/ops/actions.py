@@ -51,11 +51,13 @@ from opslib.execution.runner import run_stage
 from opslib.infra.logs import get_logger, new_trace_id, trace
 from opslib.infra.model_artifacts import (
     ModelArtifactError,
+    Provenance,
     local_model_dir,
     read_manifest,
     register_model,
     validate_model_version,
 )
+from opslib.infra.model_intake import ModelIntakeRefused, inspect_model, stage_model
 from opslib.infra.precision import PRECISIONS, choose_precision, validate_precision
 from opslib.infra.vector_store import VectorStoreDamaged
 from opslib.infra.workspace import Workspace
@@ -75,6 +77,7 @@ class Action(enum.StrEnum):
     PROMOTE_RUN = "promote-run"
     CHANGE_PRECISION = "change-precision"
     REINDEX_ACTIVE = "reindex-active"
+    PROPOSE_MODEL = "propose-model"
 
 
 class ActionRefused(Refused):
@@ -248,6 +251,38 @@ def preview_precision_change(ws: Workspace, precision: str) -> Preview:
         f"recorded at {precision}, and queues a TRAINING_REQUEST naming it: the run skips training, evaluates it "
         f"against {active.model_version} (the report shows the metric change), and on a PASS builds its own "
         f"index (50) and switches serving to it (60) like any candidate. Type {derived_name} to confirm.",
+    )
+
+
+def preview_propose_model(ws: Workspace, source: str, model_version: str) -> Preview:
+    """Bring your own model: what ``propose_model`` will do with ``source`` as ``model_version``.
+    Cheap (no download, no load): the artifact itself is validated when the action is performed."""
+    action = Action.PROPOSE_MODEL
+    if not (source or "").strip():
+        return Preview(action, None, "—", "source: a sentence-transformers folder or an fsspec URL of one is required")
+    try:
+        validate_model_version(model_version)
+    except ModelArtifactError as exc:
+        return Preview(action, None, "—", str(exc))
+    with ws.db.read() as session:
+        release = current_release(session)
+        exists = session.get(ModelVersion, model_version) is not None
+    if release is None:
+        return Preview(action, None, "—", "no ModelRelease: initialise the workspace")
+    if exists:
+        return Preview(
+            action, None, "—", f"model_version {model_version!r}: already registered (versions are written once)"
+        )
+    return Preview(
+        action,
+        model_version,
+        f"copies the model at {source}, checks it loads offline from those files alone and smoke-encodes (its "
+        f"embedding dimension and max sequence length are recorded), registers it as {model_version} with its "
+        f"source, you and your reason (files hashed into model_manifest.json, written once), and queues a "
+        f"TRAINING_REQUEST naming it: the run trains nothing (30 records it DELIVERED), 40 judges it against "
+        f"{release.active_model_version} on the evaluation and guard sets like a fine-tune, and on a PASS 50 "
+        f"builds its own index and 60 switches serving to it under the same release rule; a FAIL leaves serving "
+        f"as it is. Type {model_version} to confirm.",
     )
 
 
@@ -487,6 +522,63 @@ def change_precision(ws: Workspace, precision: str, *, confirm: str, reason: str
         return f"registered {target}; queued TRAINING_REQUEST message {published[0]} naming it"
 
     audit_id, result = _effect_with_audit(ws, action, target, reason, trace_id, queue)
+    return ActionResult(action, target, audit_id, result, trace_id, message_id=published[0])
+
+
+def propose_model(ws: Workspace, source: str, model_version: str, *, confirm: str, reason: str) -> ActionResult:
+    """Bring your own model (``opsbench propose-model``): validate the artifact at ``source``,
+    register it as ``model_version`` with its provenance and queue a run that judges it (no
+    training). Any refusal — role, reason, confirmation, a version that exists, an artifact that
+    is not a model, needs a download or fails its smoke encode — is audited and registers nothing:
+    the row, the queued message and the audit row commit in one transaction."""
+    action = Action.PROPOSE_MODEL
+    trace_id = new_trace_id()
+    target = _check(ws, action, preview_propose_model(ws, source, model_version), confirm, reason, trace_id)
+    with tempfile.TemporaryDirectory(prefix="propose-") as tmp:
+        staged = Path(tmp) / "model"
+        try:
+            stage_model(source, staged)
+            inspection = inspect_model(staged, source, ws.embeddings.device)
+            # The precision it will encode at is chosen (and checked) now, like any registration.
+            precision = choose_precision(ws.settings.encode_precision, ws.embeddings.device, staged)
+        except ModelIntakeRefused as exc:
+            raise _refuse(ws, action, target, reason, str(exc), trace_id) from None
+        message = new_training_request(
+            trigger_source="manual",
+            requested_by=ws.settings.operator,
+            reason=reason,
+            trace_id=trace_id,
+            candidate_model_version=target,
+        )
+        published: list[int] = []
+
+        def register_and_queue(session: Session) -> str:
+            if session.get(ModelVersion, target) is not None:
+                raise _GuardFailed(f"model_version {target!r}: already registered (versions are written once)")
+            try:
+                register_model(
+                    ws,
+                    target,
+                    staged,
+                    base_model_version=None,
+                    precision=precision,
+                    provenance=Provenance(source=source, delivered_by=ws.settings.operator, reason=reason),
+                    delivery=inspection.as_record(),
+                    embedding_dimension=inspection.embedding_dimension,
+                    max_seq_length=inspection.max_seq_length,
+                    session=session,
+                )
+            except ModelArtifactError as exc:
+                raise _GuardFailed(str(exc)) from None
+            published.append(publish(ws.db, message, session=session))
+            return (
+                f"registered {target} (delivered from {source}: {inspection.embedding_dimension} dimensions, max "
+                f"sequence length {inspection.max_seq_length}, encodes at {precision.precision}); queued "
+                f"TRAINING_REQUEST message {published[0]} naming it"
+            )
+
+        audit_id, result = _effect_with_audit(ws, action, target, reason, trace_id, register_and_queue)
+    log.info("model delivered", extra={"model_version": target, "source": source, "trace_id": trace_id})
     return ActionResult(action, target, audit_id, result, trace_id, message_id=published[0])
 
 

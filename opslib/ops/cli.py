@@ -15,7 +15,8 @@ from sqlalchemy.exc import DatabaseError
 from opslib.control.runs import get_run
 from opslib.corpus.beir import export_beir, read_beir
 from opslib.corpus.builtin import build_demo_corpus
-from opslib.corpus.loader import default_corpus_name, imported_corpora_text, load_corpus
+from opslib.corpus.chunking import model_budget, rechunk
+from opslib.corpus.loader import CorpusSpec, default_corpus_name, imported_corpora_text, load_corpus
 from opslib.db.migrate import current_revision, require_current, require_existing, upgrade
 from opslib.errors import Conflict, Invalid, NotFound, OpsError, Refused
 from opslib.execution.run_index import build_run_index
@@ -138,12 +139,33 @@ def _beir_name(args: argparse.Namespace, folder: Path) -> str:
     return name
 
 
+SERVING = "serving"
+
+
+def _chunked(ws: Workspace, args: argparse.Namespace, spec: CorpusSpec) -> CorpusSpec:
+    """``spec`` re-chunked to a model's token budget when ``--chunk-to-model`` or
+    ``--chunk-tokens`` asks for it (said so), else as it is: one chunk per passage."""
+    if args.chunk_to_model is None and args.chunk_tokens is None:
+        return spec
+    version = None if args.chunk_to_model in (None, SERVING) else str(args.chunk_to_model)
+    budget = model_budget(
+        ws, version, args.chunk_tokens, version_option="--chunk-to-model", tokens_option="--chunk-tokens"
+    )
+    chunked, report = rechunk(spec, budget)
+    print(
+        f"re-chunked to {report.max_tokens} tokens of {budget.model_version}: {report.cut} of {report.passages} "
+        f"passages cut, {report.chunks} chunks (longest {report.longest} tokens); "
+        f"chunking_version {report.chunking_version}"
+    )
+    return chunked
+
+
 def cmd_import_beir(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
     name = _beir_name(args, Path(args.path))
     report = load_corpus(
         ws,
-        read_beir(Path(args.path), name),
+        _chunked(ws, args, read_beir(Path(args.path), name)),
         reserve_fraction=args.reserve_fraction,
         seed=args.seed,
         progress=not args.quiet,
@@ -158,7 +180,8 @@ def cmd_import_beir(args: argparse.Namespace) -> int:
 
 def cmd_import_builtin(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
-    report = load_corpus(ws, build_demo_corpus(args.name), seed=args.seed, progress=not args.quiet)
+    spec = _chunked(ws, args, build_demo_corpus(args.name))
+    report = load_corpus(ws, spec, seed=args.seed, progress=not args.quiet)
     print(
         f"imported {report.name}: {report.chunks} chunks, {report.traffic_queries} traffic + "
         f"{report.reserved_queries} reserved queries"
@@ -370,6 +393,16 @@ def cmd_change_precision(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_propose_model(args: argparse.Namespace) -> int:
+    ws = _ready(_workspace(args))
+    return _guarded(
+        ws,
+        args,
+        actions.preview_propose_model(ws, args.source, args.version),
+        lambda confirm, reason: actions.propose_model(ws, args.source, args.version, confirm=confirm, reason=reason),
+    )
+
+
 def cmd_register_eval(args: argparse.Namespace) -> int:
     ws = _ready(_workspace(args))
     if sum(bool(x) for x in (args.corpus, args.file, args.guard)) != 1:
@@ -554,6 +587,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _chunking_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--chunk-to-model",
+        nargs="?",
+        const=SERVING,
+        metavar="VERSION",
+        help="cut passages longer than a registered model version reads into pieces that fit (its max sequence "
+        "length less special tokens, counted by its tokenizer); without VERSION: the serving model",
+    )
+    sub.add_argument(
+        "--chunk-tokens",
+        type=int,
+        metavar="N",
+        help="pieces of at most N tokens (at least 16, at most the model's budget); alone: of the serving model",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opsbench",
@@ -586,11 +636,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--reserve-fraction", type=float, default=0.3, help="share of queries kept for evaluation")
     sub.add_argument("--seed", type=int, default=0, help="seed of the traffic/evaluation query split")
+    _chunking_options(sub)
     sub.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub = add("import-builtin", cmd_import_builtin, "load the built-in corpus made from the stdlib's docstrings")
     sub.add_argument("--name", default="stdlib", help="corpus name")
     sub.add_argument("--seed", type=int, default=0, help="seed of the traffic/evaluation query split")
+    _chunking_options(sub)
     sub.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub = add(
@@ -708,6 +760,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("precision", choices=["fp32", "bf16", "fp16"])
     sub.add_argument("--reason", help="required: why (goes into the audit log and the message)")
     sub.add_argument("--confirm", metavar="MODEL_VERSION", help="the new version's name, as the preview shows it")
+
+    sub = add(
+        "propose-model",
+        cmd_propose_model,
+        "bring your own model: validate the sentence-transformers folder at SOURCE (a path or any fsspec URL; it "
+        "must load offline and smoke-encode), register it as VERSION with its source, you and your reason, and "
+        "queue a run naming it (no training; evaluated against the serving model on the evaluation and guard "
+        "sets, then 50 reindex, 60 cutover on a PASS). " + guarded + " TARGET: VERSION.",
+    )
+    sub.add_argument("source", help="a sentence-transformers folder, or an fsspec URL of one (s3://…, file://…)")
+    sub.add_argument("--version", required=True, help="the model version to register it as (3-56 of a-z0-9._-)")
+    sub.add_argument("--reason", help="required: why (goes into the audit log, the model's provenance, the message)")
+    sub.add_argument("--confirm", metavar="MODEL_VERSION", help="the version, as the preview shows it")
 
     sub = add(
         "reindex-active",

@@ -437,6 +437,7 @@ class Dashboard:
         "Actions",
     )
     promote: ActionForm  # set in __init__ after the run chooser whose callback refreshes it
+    propose: ActionForm  # likewise, after the source and version fields
 
     def __init__(self, ws: Workspace, *, background: bool = True, link_base: Path | None = None) -> None:
         self.ws = ws
@@ -496,7 +497,27 @@ class Dashboard:
             lambda confirm, reason: actions.promote_run(ws, self._chosen_run(), confirm=confirm, reason=reason),
             extra=[self.run_choice],
         )
-        self.forms = [self.training, self.dataset, self.rollback, self.promote]
+        self.model_source = w.Text(
+            description="source",
+            placeholder="a sentence-transformers folder or an fsspec URL of one",
+            layout=w.Layout(width="60%"),
+        )
+        self.model_version = w.Text(
+            description="version", placeholder="the version to register it as", layout=w.Layout(width="60%")
+        )
+        for field in (self.model_source, self.model_version):
+            field.observe(lambda _c: self.propose.refresh(), names="value")
+        self.propose = ActionForm(
+            self,
+            "Bring your own model (evaluated like a fine-tune; released on a PASS)",
+            "Propose model",
+            lambda: actions.preview_propose_model(ws, self.model_source.value, self.model_version.value),
+            lambda confirm, reason: actions.propose_model(
+                ws, self.model_source.value, self.model_version.value, confirm=confirm, reason=reason
+            ),
+            extra=[self.model_source, self.model_version],
+        )
+        self.forms = [self.training, self.dataset, self.rollback, self.promote, self.propose]
         # History: runs collected on refresh; choosing a run re-renders from them (no DB read).
         self._histories: dict[int, history.RunHistory] = {}
         self.compare_a = w.Dropdown(description="run", options=[])

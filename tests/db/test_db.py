@@ -483,7 +483,12 @@ ADDED_LATER: dict[str, dict[str, Callable[[dict[str, Any]], Any]]] = {
     },
     "schedule_ticks": {"heartbeat_at": lambda row: row["started_at"]},  # 0005: last seen when it started
     "stage_executions": {"outputs": lambda row: None, "heartbeat_at": lambda row: None},  # 0006, 0010
-    "model_versions": {"encode_precision": lambda row: "fp32"},  # 0007: every older model encoded in fp32
+    "model_versions": {  # 0007: every older model encoded in fp32; 0013: none was delivered
+        "encode_precision": lambda row: "fp32",
+        "source": lambda row: None,
+        "delivered_by": lambda row: None,
+        "delivery_reason": lambda row: None,
+    },
     "vector_index_entries": {"encode_precision": lambda row: "fp32"},
     "evaluation_datasets": {"role": lambda row: "evaluation"},  # 0008: every older set judged candidates
     "search_response_snapshots": {"trace_id": lambda row: None},  # 0009: older searches recorded no trace
@@ -518,7 +523,7 @@ def test_upgrade_from_0001_keeps_every_row_and_backfills_new_columns(empty_ws: W
         for table, rows in ROWS_0001.items():
             for row in rows:
                 _insert_raw(conn, table, row)
-    revisions = ["0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011", "0012"]
+    revisions = ["0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011", "0012", "0013"]
     for revision in revisions:
         assert upgrade(db, revision) == revision
         with db.engine.begin() as conn:

@@ -121,6 +121,7 @@ def test_a_request_is_trained_evaluated_and_judged(blind_wws: Workspace) -> None
     assert all(e.trace_id == "trace-e2e" for e in executions)
     html = Path(executions[1].output_html).read_text()
     assert "PASS" in html and "recall_at_5" in html and "Provenance" in html
+    assert "Model–corpus fit" in html and "keyword recall@5 (no model)" in html  # both models' fit
     assert '"level": ' not in html  # the kernel's JSON logs go to the .log beside the report, not into it
     assert Path(executions[1].output_html).with_suffix(".log").is_file()
     assert "data:image/png;base64" in Path(executions[0].output_html).read_text()  # the loss curve

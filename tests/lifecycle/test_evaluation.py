@@ -42,6 +42,7 @@ from opslib.lifecycle.evaluation.evaluate import (
     rank,
     read_details,
 )
+from opslib.lifecycle.evaluation.report import fit_frame, fit_scripts
 from opslib.lifecycle.evaluation.retrieval import ProjectCorpus
 from opslib.lifecycle.evaluation.sets import (
     EvalRecord,
@@ -480,6 +481,35 @@ def test_identical_candidate_passes_and_the_run_becomes_ready(run_ws, tiny_model
     assert len(details) == q["coverage"]["evaluated"]
     assert {"query_text", "project_id", "expected_results", "baseline", "candidate"} <= set(details[0])
     assert len(details[0]["candidate"]["returned"]) == 5
+    # Model–corpus fit, beside the verdict: both models over the same sample, and the keyword path alone.
+    fit = q["fit"]
+    assert (fit["baseline"]["model_version"], fit["candidate"]["model_version"]) == (
+        "tiny-base",
+        run.candidate_model_version,
+    )
+    assert fit["baseline"]["max_seq_length"] == 128 and fit["baseline"]["chunks"] == fit["candidate"]["chunks"]
+    assert fit["warnings"] == {"baseline": [], "candidate": []} and fit["baseline"]["chunks"]["truncated"] == 0
+    assert fit["baseline"]["queries"]["texts"] == q["coverage"]["queries"]
+    assert fit["keyword"]["recall_at_5"] == pytest.approx(_keyword_recall(ws, details))
+    table = fit_frame(q)
+    assert list(table.columns) == ["baseline: tiny-base", f"candidate: {run.candidate_model_version}"]
+    assert table.loc["keyword recall@5 (no model)"].tolist() == [round(fit["keyword"]["recall_at_5"], 4)] * 2
+    assert table.loc["dense recall@5"].tolist() == [round(q["baseline"]["recall_at_5"], 4)] * 2
+    assert list(fit_scripts(q).index) == ["latin", "other"]  # the mini corpus has no Hangul
+
+
+def _keyword_recall(ws: Workspace, details: list[dict[str, Any]]) -> float:
+    """recall@5 of the serving path's keyword search alone, through the SOT gate, per judged query."""
+    from opslib.corpus.search import keyword_search, sot_gate
+
+    recalls = []
+    with ws.db.read() as session:
+        for d in details:
+            ranked = keyword_search(session, d["query_text"], d["project_id"], 20)
+            allowed = sot_gate(session, ranked, d["project_id"])
+            top = [c for c in ranked if c in allowed][:5]
+            recalls.append(len(set(top) & set(d["expected_results"])) / len(d["expected_results"]))
+    return sum(recalls) / len(recalls)
 
 
 def test_the_same_weights_at_another_precision_are_judged_at_that_precision(run_ws, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
@@ -530,6 +560,12 @@ def test_a_broken_candidate_fails_with_fail(run_ws, tiny_model_dir: Path, tmp_pa
     assert all(sum(hybrid["win_tie_loss"][m].values()) == q["coverage"]["evaluated"] for m in METRICS)
     assert list(outcome.hybrid_frame().index) == list(METRICS)
     assert q["guard"]["forgetting"] and "forgetting: on guard set" in outcome.fail_reason  # it reads nothing anywhere
+    # The fit says why: the candidate cuts every chunk (and query) at two tokens.
+    fit = q["fit"]
+    assert fit["candidate"]["max_seq_length"] == 2
+    assert fit["candidate"]["chunks"]["truncated"] == fit["candidate"]["chunks"]["texts"] > 0
+    assert fit["baseline"]["chunks"]["truncated"] == 0 and fit["warnings"]["baseline"] == []
+    assert "truncates 100.0% of sampled chunks at 2 tokens" in fit["warnings"]["candidate"][0]
     run = get_run(ws.db, run_id)
     assert (run.status, run.failed_stage, run.failure_type) == (RunStatus.FAILED, RunStage.EVALUATION, FailureType.FAIL)
     assert run.evaluation_id == outcome.evaluation_id

@@ -11,7 +11,9 @@ PASS releases by itself only when the primary metric's CI lower bound is above t
 and the primary metric does not fall on the hybrid serving path (keyword + dense, fused: what users
 get, also summarised); otherwise the run is READY_FOR_RELEASE but held until an operator promotes
 it (``release_hold`` recomputes that from the stored summary too). A guard set (``guard``) catches
-forgetting: a drop beyond its margin there FAILs the run.
+forgetting: a drop beyond its margin there FAILs the run. Beside the verdict, never part of it:
+each model's fit to the corpus and the keyword path's metrics alone (``quality_metrics["fit"]``,
+opslib.lifecycle.corpus_fit).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from opslib.errors import Invalid
 from opslib.infra.logs import get_logger
 from opslib.infra.model_artifacts import read_manifest
 from opslib.infra.workspace import Workspace
+from opslib.lifecycle.corpus_fit import FIT_THRESHOLDS, fit_warnings, model_fit, sample_texts
 from opslib.lifecycle.evaluation.guard import guard_set, score_guard
 from opslib.lifecycle.evaluation.metrics import (
     BOOTSTRAP_SEED,
@@ -48,7 +51,14 @@ from opslib.lifecycle.evaluation.metrics import (
     query_metrics,
     randomisation_p_value,
 )
-from opslib.lifecycle.evaluation.retrieval import hybrid_top, project_corpora, rank
+from opslib.lifecycle.evaluation.retrieval import (
+    ProjectCorpus,
+    hybrid_top,
+    keyword_only_top,
+    keyword_top,
+    project_corpora,
+    rank,
+)
 from opslib.lifecycle.evaluation.sets import EvalRecord, read_evaluation_set
 from opslib.lifecycle.feedback.queries import normalise_query
 
@@ -285,14 +295,15 @@ def evaluate_run(
     run = get_run(ws.db, run_id)
     if run.status is not RunStatus.RUNNING:
         raise RunError(f"run {run_id}: is {run.status.value}, evaluation needs a RUNNING run")
-    assert run.candidate_model_version and run.baseline_model_version and run.dataset_version
+    assert run.candidate_model_version and run.baseline_model_version
     if run.candidate_model_version == run.baseline_model_version:  # a named candidate that started serving since
         raise EvaluationError(f"run {run_id}: candidate {run.candidate_model_version} is the model serving now")
     with ws.db.read() as session:
         if session.get(ModelVersion, run.candidate_model_version) is None:
             raise EvaluationError(f"run {run_id}: candidate {run.candidate_model_version} is not trained yet")
     records = list(read_evaluation_set(ws, evaluation_dataset_ref))
-    overlap = training_overlap(ws, run.dataset_version, records)
+    # A delivered candidate (no dataset) was not trained here: there is no training set to overlap.
+    overlap = training_overlap(ws, run.dataset_version, records) if run.dataset_version else 0
     if overlap:
         raise EvaluationError(
             f"evaluation set {evaluation_dataset_ref} shares {overlap} queries with training "
@@ -307,8 +318,14 @@ def evaluate_run(
     candidate_20 = rank(ws, run.candidate_model_version, records, corpora, progress, k=VECTOR_K)
     baseline = [ranked[:K] for ranked in baseline_20]
     candidate = [ranked[:K] for ranked in candidate_20]
-    shown = {"baseline": hybrid_top(ws, records, baseline_20), "candidate": hybrid_top(ws, records, candidate_20)}
+    keyword_20 = keyword_top(ws, records)  # model-independent: once, for both hybrid lists
+    shown = {
+        "baseline": hybrid_top(ws, records, baseline_20, keyword=keyword_20),
+        "candidate": hybrid_top(ws, records, candidate_20, keyword=keyword_20),
+    }
+    keyword_5 = keyword_only_top(ws, records, keyword_20)
     hybrid: dict[str, dict[str, list[float]]] = {name: {m: [] for m in METRICS} for name in shown}
+    keyword_only: dict[str, list[float]] = {m: [] for m in METRICS}
 
     details: list[dict[str, Any]] = []
     per_query: dict[str, dict[str, list[float]]] = {
@@ -327,6 +344,8 @@ def evaluate_run(
             metrics = query_metrics(lists[i], relevant)
             for m in METRICS:
                 hybrid[name][m].append(metrics[m])
+        for m, value in query_metrics(keyword_5[i], relevant).items():
+            keyword_only[m].append(value)
         row: dict[str, Any] = {
             "query_text": record.query_text,
             "project_id": record.project_id,
@@ -357,6 +376,12 @@ def evaluate_run(
         "unjudged_share_baseline": round(unjudged["baseline"] / (evaluated * K), 4),
         "unjudged_share_candidate": round(unjudged["candidate"] / (evaluated * K), 4),
     }
+    # Does each model read this corpus at all (truncation, tokens per script, [UNK]), and what the
+    # keyword path finds without a model: shown beside the verdict, never part of it.
+    log.info("measuring model-corpus fit", extra={"models": [run.baseline_model_version, run.candidate_model_version]})
+    quality["fit"] = corpus_fit_summary(
+        ws, [run.baseline_model_version, run.candidate_model_version], corpora, records, keyword_only
+    )
     # Each model is judged at the precision it serves at (recorded with the version): what users get.
     quality["encoding"] = {
         "device": ws.embeddings.device,
@@ -418,6 +443,31 @@ def evaluate_run(
         evaluation_id = evaluation.id
     log.info("run evaluated", extra={"run_id": run_id, "decision": decision.value, "evaluation_id": evaluation_id})
     return EvaluationOutcome(run_id, evaluation_id, decision, fail_reason, quality, criteria, detail_key, details)
+
+
+def corpus_fit_summary(
+    ws: Workspace,
+    models: list[str],
+    corpora: dict[str, ProjectCorpus],
+    records: list[EvalRecord],
+    keyword_only: dict[str, list[float]],
+) -> dict[str, Any]:
+    """quality_metrics["fit"]: each model's fit over a seeded sample of the evaluated projects'
+    chunks and of the evaluation queries, the warnings it earns, and the keyword path's metrics
+    (top 5 through the SOT gate) over the evaluated queries."""
+    texts = [text for project in sorted(corpora) for text in corpora[project].texts]
+    chunks, queries = sample_texts(texts), sample_texts([r.query_text for r in records])
+    fits = [model_fit(ws, model, chunks, queries, len(texts)) for model in models]
+    return {
+        "baseline": fits[0].as_record(),
+        "candidate": fits[1].as_record(),
+        "warnings": {"baseline": fit_warnings(fits[0]), "candidate": fit_warnings(fits[1])},
+        "thresholds": {
+            "max_truncated_share": FIT_THRESHOLDS.max_truncated_share,
+            "max_unk_rate": FIT_THRESHOLDS.max_unk_rate,
+        },
+        "keyword": {m: exact_mean(keyword_only[m]) for m in METRICS},
+    }
 
 
 def _summarise(per_query: dict[str, dict[str, list[float]]], samples: int) -> dict[str, Any]:

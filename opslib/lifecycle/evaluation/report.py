@@ -11,6 +11,7 @@ import pandas as pd
 
 import opslib
 from opslib.control.runs import get_run
+from opslib.lifecycle import corpus_fit
 
 
 def _source_checkout() -> Path | None:
@@ -64,7 +65,7 @@ def provenance(ctx: Any, outcome: Any) -> dict[str, Any]:
         "run": run.id,
         "run status": run.status.value,
         "trigger": run.trigger_source.value,
-        "training dataset": run.dataset_version,
+        "training dataset": run.dataset_version or "none: the candidate was delivered, not trained here",
         "baseline model": run.baseline_model_version,
         "candidate model": run.candidate_model_version,
         # Summaries from before precisions were recorded have no "encoding": everything was fp32.
@@ -99,3 +100,33 @@ def changes_table(details: list[dict[str, Any]], metric: str = "ndcg_at_5") -> p
             for d in details
         ]
     )
+
+
+def fit_frame(quality_metrics: dict[str, Any]) -> pd.DataFrame:
+    """The "Model–corpus fit" table: one column per model (baseline, candidate), a row per
+    figure, then recall@5 of the dense, keyword and hybrid paths. Empty for evaluations stored
+    before the fit was measured."""
+    fit = quality_metrics.get("fit")
+    if fit is None:
+        return pd.DataFrame()
+    columns = {}
+    for side in ("baseline", "candidate"):
+        model = corpus_fit.ModelFit.from_record(fit[side])
+        columns[f"{side}: {model.model_version}"] = {
+            **model.summary(),
+            "dense recall@5": round(quality_metrics[side]["recall_at_5"], 4),
+            "keyword recall@5 (no model)": round(fit["keyword"]["recall_at_5"], 4),
+            "hybrid recall@5": round(
+                quality_metrics.get("hybrid", {}).get(side, {}).get("recall_at_5", float("nan")), 4
+            ),
+            "fit warnings": "; ".join(fit["warnings"][side]) or "none",
+        }
+    return pd.DataFrame(columns)
+
+
+def fit_scripts(quality_metrics: dict[str, Any]) -> pd.DataFrame:
+    """Tokens per character by script (rows) and model (columns), for the plot."""
+    fit = quality_metrics.get("fit")
+    if fit is None:
+        return pd.DataFrame()
+    return corpus_fit.scripts_frame([corpus_fit.ModelFit.from_record(fit[side]) for side in ("baseline", "candidate")])

@@ -101,19 +101,46 @@ def rank(
     return results
 
 
+def keyword_top(ws: Workspace, records: Sequence[Scoped], k: int | None = None) -> list[list[str]]:
+    """The serving path's keyword candidates per record (BM25 over the keyword index, top
+    ``KEYWORD_K`` unless ``k``): model-independent, so computed once per evaluation."""
+    from opslib.corpus.search import KEYWORD_K, keyword_search
+
+    with ws.db.read() as session:
+        return [keyword_search(session, r.query_text, r.project_id, k or KEYWORD_K) for r in records]
+
+
 def hybrid_top(
-    ws: Workspace, records: Sequence[Scoped], dense: list[list[tuple[str, float]]], k: int = K
+    ws: Workspace,
+    records: Sequence[Scoped],
+    dense: list[list[tuple[str, float]]],
+    k: int = K,
+    keyword: list[list[str]] | None = None,
 ) -> list[list[str]]:
-    """What the serving path would show (keyword top-20 from the keyword index + the dense top-20
-    given, fused by Reciprocal Rank Fusion, then the SOT gate, top k) — per record, the model's
-    dense ranking standing in for its index."""
-    from opslib.corpus.search import KEYWORD_K, keyword_search, reciprocal_rank_fusion, sot_gate
+    """What the serving path would show (keyword top-20 from the keyword index — or ``keyword``,
+    from ``keyword_top`` — + the dense top-20 given, fused by Reciprocal Rank Fusion, then the SOT
+    gate, top k) — per record, the model's dense ranking standing in for its index."""
+    from opslib.corpus.search import reciprocal_rank_fusion, sot_gate
+
+    if keyword is None:
+        keyword = keyword_top(ws, records)
+    shown: list[list[str]] = []
+    with ws.db.read() as session:
+        for record, ranked, words in zip(records, dense, keyword, strict=True):
+            fused = [doc for doc, _ in reciprocal_rank_fusion([words, [doc for doc, _ in ranked]])]
+            allowed = sot_gate(session, fused, record.project_id)
+            shown.append([doc for doc in fused if doc in allowed][:k])
+    return shown
+
+
+def keyword_only_top(ws: Workspace, records: Sequence[Scoped], keyword: list[list[str]], k: int = K) -> list[list[str]]:
+    """The keyword path alone, as a user would see it (through the SOT gate, top k): how much of
+    the hybrid path's result the keyword side could find without any model."""
+    from opslib.corpus.search import sot_gate
 
     shown: list[list[str]] = []
     with ws.db.read() as session:
-        for record, ranked in zip(records, dense, strict=True):
-            keyword = keyword_search(session, record.query_text, record.project_id, KEYWORD_K)
-            fused = [doc for doc, _ in reciprocal_rank_fusion([keyword, [doc for doc, _ in ranked]])]
-            allowed = sot_gate(session, fused, record.project_id)
-            shown.append([doc for doc in fused if doc in allowed][:k])
+        for record, words in zip(records, keyword, strict=True):
+            allowed = sot_gate(session, words, record.project_id)
+            shown.append([doc for doc in words if doc in allowed][:k])
     return shown

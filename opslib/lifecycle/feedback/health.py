@@ -7,7 +7,9 @@ written before intake refused such lines, e.g. a ``created_at`` with no UTC inst
 The stage's verdict (``health_verdict``) is OK, or WARN when any of ``HealthThresholds`` is
 crossed (documented in docs/reviewer-guide.md § The feedback-health report): the window holds no
 event, too large a share of the lines received were rejected at ingestion, a raw-log line no
-reader can use, or too many duplicate deliveries. A WARN blocks nothing — the dataset stage has
+reader can use, or too many duplicate deliveries — or the serving model does not fit the corpus
+it serves (``FitThresholds``: it truncates too many chunks at its max sequence length, or reads
+too many ``[UNK]``; opslib.lifecycle.corpus_fit). A WARN blocks nothing — the dataset stage has
 its own eligibility rules — it tells the reviewer where to look.
 """
 
@@ -22,6 +24,7 @@ import pandas as pd
 from opslib.control.outcomes import Verdict
 from opslib.db.models import utcnow
 from opslib.infra.storage import ObjectStore
+from opslib.lifecycle.corpus_fit import FIT_THRESHOLDS, FitThresholds, ModelFit, fit_warnings
 from opslib.lifecycle.feedback.events import (
     ERROR_PREFIX,
     RAW_PREFIX,
@@ -146,6 +149,8 @@ class HealthThresholds:
     # Repeated event ids over events: delivery is at-least-once, so some repeats are normal
     # (readers deduplicate), but this many means a client retrying in a loop.
     max_duplicate_rate: float = 0.05
+    # The serving model's fit to the corpus (truncated share, [UNK] rate).
+    fit: FitThresholds = FIT_THRESHOLDS
 
     def __post_init__(self) -> None:
         for name in ("max_rejected_share", "max_duplicate_rate"):
@@ -165,6 +170,7 @@ class HealthVerdict:
     verdict: Verdict  # OK or WARN
     reasons: list[str] = field(default_factory=list)  # one per threshold crossed
     numbers: dict[str, int | float] = field(default_factory=dict)
+    fit: ModelFit | None = None  # the serving model's fit (None: not measured — no corpus yet)
 
     @property
     def sentence(self) -> str:
@@ -174,15 +180,24 @@ class HealthVerdict:
             f"{n['events']} events, {n['rejected_lines']} rejected lines ({n['rejected_share']:.1%} of lines), "
             f"{n['unreadable_lines']} unreadable, duplicate rate {n['duplicate_rate']:.1%}"
         )
+        if self.fit is not None:
+            seen += (
+                f"; serving model {self.fit.model_version} truncates {n['fit_truncated_share']:.1%} of "
+                f"sampled chunks, [UNK] {n['fit_unk_rate']:.1%} of chunk tokens"
+            )
         return f"{seen} — " + "; ".join(self.reasons) if self.reasons else f"{seen}: within every threshold"
 
     def outputs(self) -> dict[str, object]:
-        """What the stage records on its execution (the run index shows it)."""
-        return {"health_verdict": self.verdict.value, "health_reasons": list(self.reasons), **self.numbers}
+        """What the stage records on its execution (the run index shows it); with the serving
+        model's whole fit record, so it is read back rather than measured again."""
+        fit = {"model_fit": self.fit.as_record()} if self.fit is not None else {}
+        return {"health_verdict": self.verdict.value, "health_reasons": list(self.reasons), **self.numbers, **fit}
 
 
-def health_verdict(health: FeedbackHealth, thresholds: HealthThresholds = THRESHOLDS) -> HealthVerdict:
-    """OK, or WARN naming every threshold the window crosses."""
+def health_verdict(
+    health: FeedbackHealth, thresholds: HealthThresholds = THRESHOLDS, fit: ModelFit | None = None
+) -> HealthVerdict:
+    """OK, or WARN naming every threshold the window — or the serving model's ``fit`` — crosses."""
     numbers: dict[str, int | float] = {
         "events": health.total,
         "rejected_lines": len(health.rejects),
@@ -207,4 +222,9 @@ def health_verdict(health: FeedbackHealth, thresholds: HealthThresholds = THRESH
     repeats = health.total - (health.events["event_id"].nunique() if health.total else 0)
     if repeats > thresholds.max_duplicate_rate * health.total:
         reasons.append(f"duplicate rate {health.duplicate_rate:.1%} above {thresholds.max_duplicate_rate:.1%}")
-    return HealthVerdict(Verdict.WARN if reasons else Verdict.OK, reasons, numbers)
+    if fit is not None:
+        numbers["fit_truncated_share"] = round(fit.chunks.truncated_share, 4)
+        numbers["fit_unk_rate"] = round(fit.chunks.unk_rate, 4)
+        numbers["fit_query_unk_rate"] = round(fit.queries.unk_rate, 4)
+        reasons.extend(fit_warnings(fit, thresholds.fit))
+    return HealthVerdict(Verdict.WARN if reasons else Verdict.OK, reasons, numbers, fit)

@@ -44,7 +44,7 @@ from opslib.control.runs import RunError, get_run
 from opslib.db.models import ModelVersion, RunStatus
 from opslib.errors import Invalid
 from opslib.infra.logs import get_logger
-from opslib.infra.model_artifacts import local_model_dir, register_model
+from opslib.infra.model_artifacts import local_model_dir, read_manifest, register_model
 from opslib.infra.offline import use_offline_environment
 from opslib.infra.precision import resolve_device, training_mixed_precision
 from opslib.infra.workspace import Workspace
@@ -86,6 +86,7 @@ class TrainingParams:
     negatives_per_row: int = 1
     refit: bool = True  # the winner retrained on training + validation queries for its best epoch count
     mining: MiningParams = field(default_factory=MiningParams)
+    base_model_version: str | None = None  # what the fine-tune starts from; None: the run's baseline
 
     def __post_init__(self) -> None:
         if not self.learning_rates or not self.losses:
@@ -114,6 +115,7 @@ class TrainingParams:
             "negatives_per_row": self.negatives_per_row,
             "refit": self.refit,
             "mining": self.mining.__dict__,
+            "base_model_version": self.base_model_version,
         }
 
 
@@ -130,6 +132,9 @@ class TrainingReport:
     loss_history: list[tuple[int, float]] = field(default_factory=list)  # the selected configuration's
     already_trained: bool = False
     selection: dict[str, Any] = field(default_factory=dict)  # what selection.json holds
+    # A delivered candidate (``opsbench propose-model``): nothing is trained; what was delivered.
+    delivered: dict[str, Any] = field(default_factory=dict)
+    base_model_version: str | None = None  # what the fine-tune started from (None: nothing trained)
 
 
 def selection_key(run_id: int, candidate: str) -> str:
@@ -159,19 +164,51 @@ def read_dataset_groups(ws: Workspace, dataset_version: str) -> list[dict[str, A
         return [orjson.loads(line) for line in handle if line.strip()]
 
 
+def delivery_record(ws: Workspace, row: ModelVersion) -> dict[str, Any]:
+    """What the 30 report shows of a delivered model: its provenance and what its validation
+    measured, from its ModelVersion row and its (verified) manifest."""
+    manifest = read_manifest(ws, row.model_version)
+    return {
+        "model version": row.model_version,
+        "source": row.source,
+        "delivered by": row.delivered_by,
+        "reason": row.delivery_reason,
+        "registered at": row.created_at.isoformat(),
+        "embedding dimension": manifest.embedding_dimension,
+        "max sequence length": manifest.max_seq_length,
+        "encodes at": manifest.encode_precision,
+        "files (sha256 in model_manifest.json)": len(manifest.files),
+        "artifact": row.artifact_path,
+    }
+
+
 def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progress: bool = True) -> TrainingReport:
-    """Train the candidate of RUNNING run ``run_id`` and register it (never overwriting)."""
+    """Train the candidate of RUNNING run ``run_id`` and register it (never overwriting); a
+    delivered candidate is verified and recorded as delivered, not trained."""
     run = get_run(ws.db, run_id)
     if run.status is not RunStatus.RUNNING:
         raise RunError(f"run {run_id}: is {run.status.value}, training needs a RUNNING run")
-    if not (run.dataset_version and run.baseline_model_version and run.candidate_model_version):
-        raise RunError(f"run {run_id}: dataset, baseline and candidate must be fixed before training")
-    report = TrainingReport(run_id, run.candidate_model_version, run.baseline_model_version, run.dataset_version)
+    if not (run.baseline_model_version and run.candidate_model_version):
+        raise RunError(f"run {run_id}: baseline and candidate must be fixed before training")
+    report = TrainingReport(run_id, run.candidate_model_version, run.baseline_model_version, run.dataset_version or "—")
     with ws.db.read() as session:
-        if session.get(ModelVersion, run.candidate_model_version) is not None:
-            report.already_trained = True  # a resumed run: the artifact stands, it is never rewritten
-            report.selection = read_selection(ws, run_id, run.candidate_model_version)
-            return report
+        registered = session.get(ModelVersion, run.candidate_model_version)
+    if registered is not None and registered.delivered:
+        local_model_dir(ws, registered.model_version)  # every file verified against its manifest
+        report.delivered = delivery_record(ws, registered)
+        log.info("candidate delivered, not trained", extra={"run_id": run_id, "candidate": registered.model_version})
+        return report
+    if registered is not None:
+        report.already_trained = True  # a resumed run: the artifact stands, it is never rewritten
+        report.selection = read_selection(ws, run_id, run.candidate_model_version)
+        return report
+    if not run.dataset_version:
+        raise RunError(f"run {run_id}: a dataset must be fixed before training")
+    base = params.base_model_version or run.baseline_model_version
+    with ws.db.read() as session:
+        if session.get(ModelVersion, base) is None:
+            raise TrainingError(f"base_model_version {base!r}: not registered (training_base_model_version)")
+    report.base_model_version = base
 
     split = split_groups(read_dataset_groups(ws, run.dataset_version), params.validation_share, params.seed)
     if not split.train:
@@ -179,7 +216,8 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
     _deterministic(params.seed)
     train_groups = merge_by_query(split.train)
     log.info("mining hard negatives with the baseline", extra={"run_id": run_id, "groups": len(train_groups)})
-    mined, mining = mine_hard_negatives(ws, run.baseline_model_version, train_groups, params.mining, progress=progress)
+    # Negatives hard for the model being fine-tuned: mined with the base it starts from.
+    mined, mining = mine_hard_negatives(ws, base, train_groups, params.mining, progress=progress)
     rows, rows_report = training_rows(train_groups, mined, params.negatives_per_row)
     if not rows:
         raise TrainingError(f"dataset {run.dataset_version}: no trainable rows (every group lacks a negative)")
@@ -192,7 +230,7 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
     mixed_precision = training_mixed_precision(ws.settings.encode_precision, device)
     validator = Validator(ws, validation_queries(split.validation), device, mixed_precision)
     baseline_scores = validator.score_registered(run.baseline_model_version) if len(validator) else None
-    base_path = str(local_model_dir(ws, run.baseline_model_version))
+    base_path = str(local_model_dir(ws, base))
     guide: list[SentenceTransformer] = []
 
     def load_guide() -> SentenceTransformer:
@@ -260,7 +298,7 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
         _deterministic(params.seed)
         all_groups = merge_by_query(split.train + split.validation)
         log.info("refit on every labelled query", extra={"run_id": run_id, "epochs": winner.best_epoch})
-        all_mined, _ = mine_hard_negatives(ws, run.baseline_model_version, all_groups, params.mining, progress=progress)
+        all_mined, _ = mine_hard_negatives(ws, base, all_groups, params.mining, progress=progress)
         all_rows, all_rows_report = training_rows(all_groups, all_mined, params.negatives_per_row)
         refit_settings = dataclasses.replace(settings, stop_after=winner.best_epoch)
         refit_result, best_state = fit_configuration(
@@ -296,6 +334,7 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
         "run_id": run_id,
         "candidate_model_version": run.candidate_model_version,
         "baseline_model_version": run.baseline_model_version,
+        "training_base_model_version": base,  # what the fine-tune started from (the baseline unless pinned)
         "dataset_version": run.dataset_version,
         "selection_metric": SELECTION_METRIC,
         "split": split.as_record()
@@ -324,7 +363,7 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
             ws,
             run.candidate_model_version,
             out,
-            base_model_version=run.baseline_model_version,
+            base_model_version=base,
             dataset_version=run.dataset_version,
             run_id=run_id,
             training_parameters={

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from opslib.control.outcomes import Verdict
 from opslib.lifecycle.evaluation.metrics import METRICS
+
+if TYPE_CHECKING:
+    from opslib.lifecycle.training.stage import TrainingReport
 
 
 def selection_frame(selection: dict[str, Any]) -> pd.DataFrame:
@@ -28,6 +32,8 @@ def selection_frame(selection: dict[str, Any]) -> pd.DataFrame:
                 "seconds": result["seconds"],
             }
         )
+    if not rows:  # nothing was trained (a delivered candidate)
+        return pd.DataFrame(index=pd.Index([], name="configuration"))
     return pd.DataFrame(rows).set_index("configuration")
 
 
@@ -64,6 +70,48 @@ def mining_facts(selection: dict[str, Any]) -> dict[str, Any]:
         **{f"parameter {k}": v for k, v in mining.get("params", {}).items()},
         **{k: v for k, v in mining.items() if k not in ("params", "excluded")},
         **{f"excluded as {k}": v for k, v in mining.get("excluded", {}).items()},
+    }
+
+
+def stage_headline(report: TrainingReport) -> tuple[Verdict, str]:
+    """The 30 report's verdict and banner text: DELIVERED for a model an operator delivered, else
+    TRAINED with what was selected."""
+    if report.delivered:
+        return Verdict.DELIVERED, (
+            f"candidate {report.candidate_model_version} was delivered by {report.delivered.get('delivered by')}, "
+            f"not trained: nothing is trained; stage 40 judges it against {report.baseline_model_version}, the "
+            "serving model, on the evaluation and guard sets like a fine-tune"
+        )
+    headline = f"candidate {report.candidate_model_version} " + selection_headline(
+        report.selection, report.already_trained
+    )
+    if report.base_model_version and report.base_model_version != report.baseline_model_version:
+        headline += f" (fine-tuned from {report.base_model_version}, pinned by training_base_model_version)"
+    return Verdict.TRAINED, headline
+
+
+def stage_facts(report: TrainingReport, trace_id: str) -> dict[str, Any]:
+    """The 30 report's facts table: the delivery record, or what training used and produced."""
+    if report.delivered:
+        return {
+            "run": report.run_id,
+            "baseline (serving)": report.baseline_model_version,
+            **report.delivered,
+            "trace_id": trace_id,
+        }
+    selection = report.selection
+    return {
+        "run": report.run_id,
+        "baseline": report.baseline_model_version,
+        "fine-tuned from": selection.get("training_base_model_version", report.baseline_model_version),
+        "candidate": report.candidate_model_version,
+        "dataset": report.dataset_version,
+        "groups used": report.groups,
+        "groups without negatives (left out)": report.groups_without_negatives,
+        "rows": report.rows,
+        "device / mixed precision": f"{selection.get('device')} / {selection.get('mixed_precision')}",
+        "steps (the candidate's training)": report.steps,
+        "trace_id": trace_id,
     }
 
 
