@@ -214,6 +214,10 @@ def test_a_delivered_model_is_evaluated_released_served_then_fine_tuned_and_roll
         release = current_release(session)
     assert back.message_id is not None
     assert (release.active_model_version, release.active_index_name) == ("tiny-base", "idx-tiny-base")
+    # Search follows the release back: the old model and its index serve again.
+    response = search(ws, "how do I go about parsing dates", user_id="u", project_id="mini-alpha")
+    assert (response.active_model_version, response.active_index_name) == ("tiny-base", "idx-tiny-base")
+    assert response.chunks  # the base's 32-dimensional index still answers
 
 
 def test_a_pinned_base_is_what_the_fine_tune_starts_from(admin_ws: Workspace, char_model_dir: Path) -> None:
