@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from opslib.control.leases import check_fence, holding_release
-from opslib.control.messages import new_rollback_request, new_training_request
+from opslib.control.messages import TrainingRequest, new_rollback_request, new_training_request
 from opslib.control.queue import publish
 from opslib.control.release import current_release
 from opslib.control.runs import latest_eligible_dataset
@@ -475,6 +475,18 @@ def promote_run(ws: Workspace, run_id: int, *, confirm: str, reason: str) -> Act
     return ActionResult(action, f"run {run_id}: {target}", audit_id, result, trace_id)
 
 
+def _request_to_judge(ws: Workspace, model_version: str, reason: str, trace_id: str) -> TrainingRequest:
+    """The manual TRAINING_REQUEST whose run judges (and may release) a registered model instead of
+    training one: a precision change, a delivered model."""
+    return new_training_request(
+        trigger_source="manual",
+        requested_by=ws.settings.operator,
+        reason=reason,
+        trace_id=trace_id,
+        candidate_model_version=model_version,
+    )
+
+
 def change_precision(ws: Workspace, precision: str, *, confirm: str, reason: str) -> ActionResult:
     """Release the serving weights at another precision: a new model version (recorded at
     ``precision``) through the gate, 50 and 60 — never a change in place of an index's precision."""
@@ -506,13 +518,7 @@ def change_precision(ws: Workspace, precision: str, *, confirm: str, reason: str
                 )
             except ModelArtifactError as exc:
                 raise _refuse(ws, action, target, reason, str(exc), trace_id) from None
-    message = new_training_request(
-        trigger_source="manual",
-        requested_by=ws.settings.operator,
-        reason=reason,
-        trace_id=trace_id,
-        candidate_model_version=target,
-    )
+    message = _request_to_judge(ws, target, reason, trace_id)
     published: list[int] = []
 
     def queue(session: Session) -> str:
@@ -543,13 +549,7 @@ def propose_model(ws: Workspace, source: str, model_version: str, *, confirm: st
             precision = choose_precision(ws.settings.encode_precision, ws.embeddings.device, staged)
         except ModelIntakeRefused as exc:
             raise _refuse(ws, action, target, reason, str(exc), trace_id) from None
-        message = new_training_request(
-            trigger_source="manual",
-            requested_by=ws.settings.operator,
-            reason=reason,
-            trace_id=trace_id,
-            candidate_model_version=target,
-        )
+        message = _request_to_judge(ws, target, reason, trace_id)
         published: list[int] = []
 
         def register_and_queue(session: Session) -> str:
