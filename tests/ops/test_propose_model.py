@@ -236,3 +236,38 @@ def test_a_pinned_base_is_what_the_fine_tune_starts_from(admin_ws: Workspace, ch
     trained = train_candidate(ws, run.id, params, progress=False)
     assert read_manifest(ws, trained.candidate_model_version).base_model_version == "char-ko"
     assert ws.embeddings.load(trained.candidate_model_version).dimension == 48
+
+
+def test_the_dashboard_form_and_the_command_line_deliver_a_model(
+    admin_ws: Workspace, char_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from opslib.ops.cli import main
+    from opslib.ops.dashboard import Dashboard, shown_html
+
+    # The dashboard's form: blocked until a source and version are given, then done, audited.
+    dashboard = Dashboard(admin_ws, background=False)
+    dashboard.refresh()
+    assert dashboard.propose.button.disabled or "source" in shown_html(dashboard.propose.preview)
+    dashboard.model_source.value = str(char_model_dir)
+    dashboard.model_version.value = "char-dash"
+    assert dashboard.propose.confirm.placeholder == "type char-dash"
+    dashboard.propose.reason.value = "the collection is Korean"
+    dashboard.propose.confirm.value = "char-dash"
+    dashboard.propose.button.click()
+    assert "done" in shown_html(dashboard.propose.result), shown_html(dashboard.propose.result)
+    with admin_ws.db.read() as session:
+        row = session.get(ModelVersion, "char-dash")
+        assert row is not None and row.delivered_by == "ops-kim" and row.source == str(char_model_dir)
+        assert session.query(OpsMessage).count() == 1
+
+    # The command line: the same action; a version that exists is refused (exit 3), nothing added.
+    for key, value in admin_ws.settings.as_env().items():
+        monkeypatch.setenv(key, value)
+    argv = ["propose-model", str(char_model_dir), "--version", "char-cli", "--reason", "cli", "--confirm", "char-cli"]
+    assert main(argv) == 0
+    assert "registered char-cli" in capsys.readouterr().out
+    assert main([*argv[:3], "char-dash", "--reason", "again", "--confirm", "char-dash"]) == 3
+    assert "already registered" in capsys.readouterr().err
+    with admin_ws.db.read() as session:
+        assert {v.model_version for v in session.query(ModelVersion)} >= {"char-dash", "char-cli"}
+        assert session.query(OpsMessage).count() == 2
