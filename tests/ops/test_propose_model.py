@@ -236,6 +236,13 @@ def test_a_pinned_base_is_what_the_fine_tune_starts_from(admin_ws: Workspace, ch
     trained = train_candidate(ws, run.id, params, progress=False)
     assert read_manifest(ws, trained.candidate_model_version).base_model_version == "char-ko"
     assert ws.embeddings.load(trained.candidate_model_version).dimension == 48
+    # The 30 report's epoch 0 is the pinned base; the serving baseline keeps its own row.
+    from opslib.lifecycle.training.summary import epoch_frame, selection_frame
+
+    selection = trained.selection
+    assert selection["base_validation"] and selection["base_validation"] != selection["baseline_validation"]
+    assert "base char-ko (no training; where training starts)" in selection_frame(selection).index
+    assert epoch_frame(selection, "ndcg_at_5").iloc[0, 0] == selection["base_validation"]["ndcg_at_5"]
 
 
 def test_the_dashboard_form_and_the_command_line_deliver_a_model(

@@ -230,6 +230,9 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
     mixed_precision = training_mixed_precision(ws.settings.encode_precision, device)
     validator = Validator(ws, validation_queries(split.validation), device, mixed_precision)
     baseline_scores = validator.score_registered(run.baseline_model_version) if len(validator) else None
+    # A pinned base is where training starts (epoch 0); the baseline stays what 40 judges against.
+    pinned = base != run.baseline_model_version
+    base_scores = validator.score_registered(base) if len(validator) and pinned else None
     base_path = str(local_model_dir(ws, base))
     guide: list[SentenceTransformer] = []
 
@@ -345,6 +348,7 @@ def train_candidate(ws: Workspace, run_id: int, params: TrainingParams, *, progr
         "device": device,
         "mixed_precision": mixed_precision,
         "baseline_validation": baseline_scores,
+        "base_validation": base_scores,  # a pinned base's own scores (None: the base is the baseline)
         "configurations": [r.as_record() for r in results],
         "selected": chosen,
         "selected_label": winner.configuration.label,

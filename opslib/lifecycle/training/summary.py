@@ -19,6 +19,10 @@ def selection_frame(selection: dict[str, Any]) -> pd.DataFrame:
     baseline = selection.get("baseline_validation")
     if baseline:
         rows.append({"configuration": "baseline (no training)", "epochs run": 0, "kept epoch": "—", **baseline})
+    pinned = selection.get("base_validation")
+    if pinned:  # the fine-tune started from a pinned base, not the baseline
+        label = f"base {selection.get('training_base_model_version', '?')} (no training; where training starts)"
+        rows.append({"configuration": label, "epochs run": 0, "kept epoch": "—", **pinned})
     for index, result in enumerate(selection.get("configurations", [])):
         kept = result["epochs"][result["best_epoch"] - 1] if result["best_epoch"] else None
         rows.append(
@@ -38,9 +42,10 @@ def selection_frame(selection: dict[str, Any]) -> pd.DataFrame:
 
 
 def epoch_frame(selection: dict[str, Any], metric: str) -> pd.DataFrame:
-    """Validation ``metric`` per epoch (rows) and configuration (columns); epoch 0 is the baseline."""
+    """Validation ``metric`` per epoch (rows) and configuration (columns); epoch 0 is where training
+    started: the baseline, or the pinned base."""
     columns: dict[str, dict[int, float]] = {}
-    baseline = (selection.get("baseline_validation") or {}).get(metric)
+    baseline = (selection.get("base_validation") or selection.get("baseline_validation") or {}).get(metric)
     for result in selection.get("configurations", []):
         series = {e["epoch"]: e["metrics"][metric] for e in result["epochs"]}
         if baseline is not None:
