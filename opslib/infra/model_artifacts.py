@@ -105,7 +105,7 @@ class Provenance:
     reason: str
 
 
-def register_model(
+def publish_model(
     ws: ModelStores,
     model_version: str,
     source_dir: Path,
@@ -119,15 +119,13 @@ def register_model(
     delivery: dict[str, Any] | None = None,
     embedding_dimension: int | None = None,
     max_seq_length: int | None = None,
-    session: Session | None = None,
 ) -> ModelVersion:
-    """Publish ``source_dir`` as ``model_version`` and record it in the Metadata DB, with the
-    precision it will encode at (default: chosen for this machine by the settings).
+    """Publish ``source_dir`` as ``model_version`` in the model store (files, then the manifest;
+    written once) and return the ``ModelVersion`` row that records it — not yet added to any
+    session (``register_model`` adds it). No transaction is open while the files are copied, so a
+    large model holds no lock on the Metadata DB. A version published before but not recorded (a
+    crash between the two) is adopted only if it is exactly these files."""
 
-    A delivered model carries its ``provenance`` (on the row and in the manifest, with the
-    ``delivery`` record of its validation). With ``session`` the row is added in the caller's
-    transaction (which commits it with the effect it belongs to, or rolls it back: nothing is
-    then registered); the files stay published and a retry with the same files adopts them."""
     validate_model_version(model_version)
     source_dir = Path(source_dir)
     if not (source_dir / "modules.json").is_file():
@@ -190,6 +188,46 @@ def register_model(
         delivered_by=provenance.delivered_by[:128] if provenance else None,
         delivery_reason=provenance.reason if provenance else None,
         created_at=datetime.fromisoformat(manifest.created_at),
+    )
+    return row
+
+
+def register_model(
+    ws: ModelStores,
+    model_version: str,
+    source_dir: Path,
+    *,
+    base_model_version: str | None,
+    dataset_version: str | None = None,
+    run_id: int | None = None,
+    training_parameters: dict[str, Any] | None = None,
+    precision: PrecisionChoice | None = None,
+    provenance: Provenance | None = None,
+    delivery: dict[str, Any] | None = None,
+    embedding_dimension: int | None = None,
+    max_seq_length: int | None = None,
+    session: Session | None = None,
+) -> ModelVersion:
+    """Publish ``source_dir`` as ``model_version`` and record it in the Metadata DB, with the
+    precision it will encode at (default: chosen for this machine by the settings).
+
+    A delivered model carries its ``provenance`` (on the row and in the manifest, with the
+    ``delivery`` record of its validation). With ``session`` the row is added in the caller's
+    transaction (which commits it with the effect it belongs to, or rolls it back: nothing is
+    then registered); the files stay published and a retry with the same files adopts them."""
+    row = publish_model(
+        ws,
+        model_version,
+        source_dir,
+        base_model_version=base_model_version,
+        dataset_version=dataset_version,
+        run_id=run_id,
+        training_parameters=training_parameters,
+        precision=precision,
+        provenance=provenance,
+        delivery=delivery,
+        embedding_dimension=embedding_dimension,
+        max_seq_length=max_seq_length,
     )
     if session is not None:
         session.add(row)

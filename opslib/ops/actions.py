@@ -53,6 +53,7 @@ from opslib.infra.model_artifacts import (
     ModelArtifactError,
     Provenance,
     local_model_dir,
+    publish_model,
     read_manifest,
     register_model,
     validate_model_version,
@@ -549,35 +550,39 @@ def propose_model(ws: Workspace, source: str, model_version: str, *, confirm: st
             precision = choose_precision(ws.settings.encode_precision, ws.embeddings.device, staged)
         except ModelIntakeRefused as exc:
             raise _refuse(ws, action, target, reason, str(exc), trace_id) from None
-        message = _request_to_judge(ws, target, reason, trace_id)
-        published: list[int] = []
-
-        def register_and_queue(session: Session) -> str:
-            if session.get(ModelVersion, target) is not None:
-                raise _GuardFailed(f"model_version {target!r}: already registered (versions are written once)")
-            try:
-                register_model(
-                    ws,
-                    target,
-                    staged,
-                    base_model_version=None,
-                    precision=precision,
-                    provenance=Provenance(source=source, delivered_by=ws.settings.operator, reason=reason),
-                    delivery=inspection.as_record(),
-                    embedding_dimension=inspection.embedding_dimension,
-                    max_seq_length=inspection.max_seq_length,
-                    session=session,
-                )
-            except ModelArtifactError as exc:
-                raise _GuardFailed(str(exc)) from None
-            published.append(publish(ws.db, message, session=session))
-            return (
-                f"registered {target} (delivered from {source}: {inspection.embedding_dimension} dimensions, max "
-                f"sequence length {inspection.max_seq_length}, encodes at {precision.precision}); queued "
-                f"TRAINING_REQUEST message {published[0]} naming it"
+        # The files are copied to the model store before the transaction opens: a large model
+        # must not hold the Metadata DB's write lock while it copies. Refused after this point,
+        # nothing is registered; the published files are adopted by a retry with the same files.
+        try:
+            row = publish_model(
+                ws,
+                target,
+                staged,
+                base_model_version=None,
+                precision=precision,
+                provenance=Provenance(source=source, delivered_by=ws.settings.operator, reason=reason),
+                delivery=inspection.as_record(),
+                embedding_dimension=inspection.embedding_dimension,
+                max_seq_length=inspection.max_seq_length,
             )
+        except ModelArtifactError as exc:
+            raise _refuse(ws, action, target, reason, str(exc), trace_id) from None
+    message = _request_to_judge(ws, target, reason, trace_id)
+    published: list[int] = []
 
-        audit_id, result = _effect_with_audit(ws, action, target, reason, trace_id, register_and_queue)
+    def register_and_queue(session: Session) -> str:
+        if session.get(ModelVersion, target) is not None:
+            raise _GuardFailed(f"model_version {target!r}: already registered (versions are written once)")
+        session.add(row)
+        session.flush()
+        published.append(publish(ws.db, message, session=session))
+        return (
+            f"registered {target} (delivered from {source}: {inspection.embedding_dimension} dimensions, max "
+            f"sequence length {inspection.max_seq_length}, encodes at {precision.precision}); queued "
+            f"TRAINING_REQUEST message {published[0]} naming it"
+        )
+
+    audit_id, result = _effect_with_audit(ws, action, target, reason, trace_id, register_and_queue)
     log.info("model delivered", extra={"model_version": target, "source": source, "trace_id": trace_id})
     return ActionResult(action, target, audit_id, result, trace_id, message_id=published[0])
 
