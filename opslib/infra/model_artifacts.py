@@ -17,10 +17,9 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Required, TypedDict, Unpack
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from opslib.db.engine import Database
 from opslib.db.models import ModelVersion, utcnow
@@ -192,49 +191,30 @@ def publish_model(
     return row
 
 
-def register_model(
-    ws: ModelStores,
-    model_version: str,
-    source_dir: Path,
-    *,
-    base_model_version: str | None,
-    dataset_version: str | None = None,
-    run_id: int | None = None,
-    training_parameters: dict[str, Any] | None = None,
-    precision: PrecisionChoice | None = None,
-    provenance: Provenance | None = None,
-    delivery: dict[str, Any] | None = None,
-    embedding_dimension: int | None = None,
-    max_seq_length: int | None = None,
-    session: Session | None = None,
-) -> ModelVersion:
-    """Publish ``source_dir`` as ``model_version`` and record it in the Metadata DB, with the
-    precision it will encode at (default: chosen for this machine by the settings).
+class PublishFields(TypedDict, total=False):
+    """``publish_model``'s keyword arguments (``register_model`` passes them through)."""
 
-    A delivered model carries its ``provenance`` (on the row and in the manifest, with the
-    ``delivery`` record of its validation). With ``session`` the row is added in the caller's
-    transaction (which commits it with the effect it belongs to, or rolls it back: nothing is
-    then registered); the files stay published and a retry with the same files adopts them."""
-    row = publish_model(
-        ws,
-        model_version,
-        source_dir,
-        base_model_version=base_model_version,
-        dataset_version=dataset_version,
-        run_id=run_id,
-        training_parameters=training_parameters,
-        precision=precision,
-        provenance=provenance,
-        delivery=delivery,
-        embedding_dimension=embedding_dimension,
-        max_seq_length=max_seq_length,
-    )
-    if session is not None:
+    base_model_version: Required[str | None]
+    dataset_version: str | None
+    run_id: int | None
+    training_parameters: dict[str, Any] | None
+    precision: PrecisionChoice | None
+    provenance: Provenance | None
+    delivery: dict[str, Any] | None
+    embedding_dimension: int | None
+    max_seq_length: int | None
+
+
+def register_model(
+    ws: ModelStores, model_version: str, source_dir: Path, **fields: Unpack[PublishFields]
+) -> ModelVersion:
+    """Publish ``source_dir`` as ``model_version`` (``publish_model``) and record it in the
+    Metadata DB, with the precision it will encode at (default: chosen for this machine by the
+    settings). A caller that records the row with another effect publishes first and adds the
+    row in its own transaction (``opsbench propose-model``)."""
+    row = publish_model(ws, model_version, source_dir, **fields)
+    with ws.db.transaction() as session:
         session.add(row)
-        session.flush()
-        return row
-    with ws.db.transaction() as own:
-        own.add(row)
     return row
 
 
