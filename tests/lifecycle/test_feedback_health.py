@@ -212,3 +212,12 @@ def test_health_thresholds_are_configurable_and_checked() -> None:
         HealthThresholds(max_rejected_share=1.5)
     with pytest.raises(ValueError, match="min_events -1: must be >= 0"):
         HealthThresholds(min_events=-1)
+
+
+def test_the_warn_rule_reads_as_one_line_from_the_thresholds() -> None:
+    from opslib.lifecycle.corpus_fit import FitThresholds
+    from opslib.lifecycle.feedback.health import HealthThresholds
+
+    line = HealthThresholds(min_events=3, max_rejected_share=0.1, fit=FitThresholds(max_unk_rate=0.02)).summary()
+    assert line.startswith("events < 3, rejected share > 10%, unreadable lines > 0, duplicate rate > 5%")
+    assert line.endswith("truncated chunks > 10%, [UNK] rate > 2%")

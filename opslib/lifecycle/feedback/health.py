@@ -161,6 +161,14 @@ class HealthThresholds:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} {getattr(self, name)}: must be >= 0")
 
+    def summary(self) -> str:
+        """The WARN rule in one line, as the 10 report shows it."""
+        return (
+            f"events < {self.min_events}, rejected share > {self.max_rejected_share:.0%}, "
+            f"unreadable lines > {self.max_unreadable_lines}, duplicate rate > {self.max_duplicate_rate:.0%}, "
+            f"truncated chunks > {self.fit.max_truncated_share:.0%}, [UNK] rate > {self.fit.max_unk_rate:.0%}"
+        )
+
 
 THRESHOLDS = HealthThresholds()
 
